@@ -1,0 +1,70 @@
+"""Which GGUF tensors an HF checkpoint becomes, and in what order (llama.cpp's).
+
+llama.cpp's converter writes the repacked MXFP4 experts first, in source order, then
+every other tensor in source order, gate before up where gate_up is split. Each target
+says which rows of its source it takes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+from ..checkpoint.names import gguf_names
+from ..checkpoint.safetensors_source import HFTensor, SafetensorsCheckpoint
+from ..errors import OssConvertError
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str  # GGUF name
+    source: HFTensor
+    part: str  # "all", "gate" (even rows of gate_up), "up" (odd rows)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Row-major logical shape of this tensor (ggml order is the reverse)."""
+        shape = self.source.shape
+        if self.part == "all":
+            return shape
+        # gate/up take every other row of the 2I axis: axis 1 of [E, 2I, H] and of bias [E, 2I]
+        return (shape[0], shape[1] // 2) + shape[2:]
+
+    @property
+    def ggml_shape(self) -> tuple[int, ...]:
+        return tuple(reversed(self.shape))
+
+    @property
+    def n_dims(self) -> int:
+        return len(self.shape)
+
+
+def targets(ckpt: SafetensorsCheckpoint) -> list[Target]:
+    experts, rest = [], []
+    for src in ckpt.hf_tensors():
+        names = gguf_names(src.name, "gpt-oss")
+        if not names:
+            raise OssConvertError(f"{ckpt.root}: tensor {src.name!r} has no place in a gpt-oss GGUF")
+        bucket = experts if src.format == "MXFP4" else rest
+        bucket.extend(Target(n.gguf, src, n.part) for n in names)
+    return experts + rest
+
+
+def rows_of(target: Target, data):
+    """The target's share of a chunk of its source (experts or rows along axis 0)."""
+    if target.part == "all":
+        return data
+    sl = slice(0, None, 2) if target.part == "gate" else slice(1, None, 2)
+    if isinstance(data, tuple):  # MXFP4 (blocks [E, 2I, G, 16], scales [E, 2I, G])
+        return data[0][:, sl], data[1][:, sl]
+    return data[..., sl]  # bias [E, 2I]
+
+
+def iter_chunks(target: Target, max_bytes: int) -> Iterator:
+    """The target's source in slices of whole experts (or rows) of at most ~max_bytes."""
+    src = target.source
+    total = src.shape[0]
+    per_slice = sum(p.nbytes // max(1, p.shape[0]) for p in src.parts.values())
+    step = max(1, max_bytes // max(1, per_slice))
+    for start in range(0, total, step):
+        yield rows_of(target, src.read(start, min(total, start + step)))

@@ -1,0 +1,140 @@
+"""The tokenizer as GGUF stores it, read from a Hugging Face checkpoint's tokenizer files.
+
+Follows what llama.cpp's converter does for a GPT-2-style BPE (`get_vocab_base`,
+`gguf.SpecialVocab`), without needing transformers: ids without a token become
+`[PADi]` (UNUSED), added tokens that look special are CONTROL, merges are
+"left right" strings, special ids come from tokenizer_config.json then config.json.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import OssConvertError
+
+# gguf TokenType values
+NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
+SPECIAL_TYPES = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")
+GPT_OSS_PRE_TOKENIZER = "gpt-4o"
+
+
+@dataclass
+class Vocab:
+    tokens: list[str]
+    token_types: list[int]
+    merges: list[str]
+    special_ids: dict[str, int] = field(default_factory=dict)  # in the order llama.cpp sets them
+    add_special: dict[str, bool] = field(default_factory=dict)
+    chat_template: str | None = None
+
+
+def _looks_special(token: str) -> bool:
+    return (token in ("<pad>", "<mask>", "<2mass>", "[@BOS@]")
+            or (token.startswith("<|") and token.endswith("|>"))
+            or (token.startswith("<｜") and token.endswith("｜>"))
+            or (token.startswith("<unused") and token.endswith(">")))
+
+
+def _load_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise OssConvertError(f"{path}: cannot read ({e})") from None
+
+
+def find_tokenizer_dir(root: Path) -> Path:
+    """The folder with tokenizer.json: the checkpoint's own, or the repo root above original/."""
+    for folder in (root, root.parent):
+        if (folder / "tokenizer.json").is_file():
+            return folder
+    raise OssConvertError(f"{root}: no tokenizer.json here or in its parent folder; "
+                          "a GGUF needs the tokenizer")
+
+
+def read_vocab(folder: Path, vocab_size: int | None, config: dict | None = None) -> Vocab:
+    tok = _load_json(folder / "tokenizer.json")
+    model = tok.get("model") or {}
+    if model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
+        raise OssConvertError(f"{folder / 'tokenizer.json'}: not a BPE tokenizer (GPT-OSS uses byte-level BPE)")
+    added = tok.get("added_tokens") or []
+    by_id = {i: t for t, i in model["vocab"].items()}
+    added_by_id = {}
+    for a in added:
+        by_id[a["id"]] = a["content"]
+        added_by_id[a["id"]] = a
+    if vocab_size is None:
+        vocab_size = len(by_id)
+    if by_id and max(by_id) >= vocab_size:
+        raise OssConvertError(f"{folder}: tokenizer has id {max(by_id)} but vocab_size is {vocab_size}")
+
+    tokens, types = [], []
+    for i in range(vocab_size):
+        token = by_id.get(i)
+        if token is None:
+            tokens.append(f"[PAD{i}]")
+            types.append(UNUSED)
+        elif i in added_by_id:
+            if added_by_id[i].get("special") or _looks_special(token):
+                types.append(CONTROL)
+            else:
+                token = token.replace("\u2581", " ")
+                types.append(USER_DEFINED)
+            tokens.append(token)
+        else:
+            tokens.append(token)
+            types.append(NORMAL)
+
+    vocab = Vocab(tokens, types, _merges(model.get("merges") or [], folder))
+    _special_tokens(vocab, tok, folder, added, config or {})
+    return vocab
+
+
+def _merges(merges: list, folder: Path) -> list[str]:
+    if not merges:
+        return []
+    if isinstance(merges[0], str):
+        return list(merges)
+    if isinstance(merges[0], list) and len(merges[0]) == 2:
+        # Pairs may contain spaces; GGUF's "a b" form encodes them as U+0120, as llama.cpp does.
+        return [" ".join("".join(chr(ord(c) + 256) if c == " " else c for c in part) for part in pair)
+                for pair in merges]
+    raise OssConvertError(f"{folder / 'tokenizer.json'}: unknown merges format")
+
+
+def _special_tokens(vocab: Vocab, tok: dict, folder: Path, added: list, config: dict) -> None:
+    cfg_path = folder / "tokenizer_config.json"
+    tok_config = _load_json(cfg_path) if cfg_path.is_file() else None
+    post = tok.get("post_processor")
+    if post:
+        for processor in post.get("processors", [post]):
+            if processor.get("type") == "ByteLevel":
+                vocab.add_special.setdefault("bos", False)
+                vocab.add_special.setdefault("eos", False)
+    if tok_config:
+        template = tok_config.get("chat_template")
+        if template is None:
+            for name in ("chat_template.jinja", "chat_template.json"):
+                path = folder / name
+                if path.is_file():
+                    text = path.read_text(encoding="utf-8")
+                    template = text if name.endswith(".jinja") else json.loads(text).get("chat_template")
+                    break
+        if isinstance(template, str):
+            vocab.chat_template = template
+        for typ in SPECIAL_TYPES:
+            add = tok_config.get(f"add_{typ}_token")
+            if isinstance(add, bool) and typ not in vocab.add_special:
+                vocab.add_special[typ] = add
+            entry = tok_config.get(f"{typ}_token")
+            content = entry.get("content") if isinstance(entry, dict) else entry
+            if not isinstance(content, str):
+                continue
+            tid = next((a.get("id") for a in added if a.get("content") == content), None)
+            if isinstance(tid, int):
+                vocab.special_ids.setdefault(typ, tid)
+    for typ in SPECIAL_TYPES:
+        tid = config.get(f"{typ}_token_id")
+        if isinstance(tid, int):
+            vocab.special_ids.setdefault(typ, tid)

@@ -1,0 +1,321 @@
+"""Read and write GGUF files (v2/v3), header eagerly, tensor data through mmap.
+
+We parse the container ourselves rather than through `gguf.GGUFReader` so that every
+malformed file (bad magic, truncation, offsets past the end) becomes one error naming
+the file and the problem, and so that split GGUFs (`-00001-of-0000N.gguf`) read as one.
+Type codes and block sizes come from the `gguf` package, the reference for them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import struct
+from dataclasses import dataclass, field
+from enum import IntEnum
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterable
+
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+from ..errors import OssConvertError
+from .stream import Produced, pread_array, write_produced
+
+GGUF_MAGIC = b"GGUF"
+DEFAULT_ALIGNMENT = 32
+SPLIT_NAME = re.compile(r"^(?P<stem>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
+
+
+class ValueType(IntEnum):
+    UINT8 = 0
+    INT8 = 1
+    UINT16 = 2
+    INT16 = 3
+    UINT32 = 4
+    INT32 = 5
+    FLOAT32 = 6
+    BOOL = 7
+    STRING = 8
+    ARRAY = 9
+    UINT64 = 10
+    INT64 = 11
+    FLOAT64 = 12
+
+
+_SCALAR_FORMATS = {
+    ValueType.UINT8: "<B", ValueType.INT8: "<b", ValueType.UINT16: "<H", ValueType.INT16: "<h",
+    ValueType.UINT32: "<I", ValueType.INT32: "<i", ValueType.FLOAT32: "<f", ValueType.BOOL: "<?",
+    ValueType.UINT64: "<Q", ValueType.INT64: "<q", ValueType.FLOAT64: "<d",
+}
+_NUMPY_SCALARS = {
+    ValueType.UINT8: "<u1", ValueType.INT8: "<i1", ValueType.UINT16: "<u2", ValueType.INT16: "<i2",
+    ValueType.UINT32: "<u4", ValueType.INT32: "<i4", ValueType.FLOAT32: "<f4", ValueType.BOOL: "?",
+    ValueType.UINT64: "<u8", ValueType.INT64: "<i8", ValueType.FLOAT64: "<f8",
+}
+
+
+@dataclass(frozen=True)
+class Value:
+    """A metadata value with its GGUF type; `item_type` is set for arrays."""
+
+    type: ValueType
+    value: object
+    item_type: ValueType | None = None
+
+
+def ggml_type_name(type_code: int) -> str:
+    try:
+        return GGMLQuantizationType(type_code).name
+    except ValueError:
+        return f"TYPE_{type_code}"
+
+
+def tensor_nbytes(type_code: int, shape: tuple[int, ...]) -> int:
+    """Bytes of a tensor of ggml type `type_code` and ggml shape (ne0 first)."""
+    block, size = GGML_QUANT_SIZES[GGMLQuantizationType(type_code)]
+    if shape and shape[0] % block:
+        raise ValueError(f"row length {shape[0]} is not a multiple of the {ggml_type_name(type_code)} block ({block})")
+    return math.prod(shape) // block * size
+
+
+@dataclass(frozen=True)
+class GGUFTensor:
+    """One tensor of a GGUF file: ggml type, ggml-order shape, and where its bytes lie."""
+
+    path: Path
+    name: str
+    type: int
+    shape: tuple[int, ...]  # ggml order: shape[0] = ne0, the row length
+    offset: int  # absolute offset in `path`
+    nbytes: int
+
+    @property
+    def type_name(self) -> str:
+        return ggml_type_name(self.type)
+
+    def raw(self) -> np.ndarray:
+        """The stored bytes as a read-only uint8 view, one row of blocks per ggml row."""
+        if self.nbytes == 0:
+            return np.zeros(0, np.uint8)
+        flat = np.memmap(self.path, dtype=np.uint8, mode="r", offset=self.offset, shape=(self.nbytes,))
+        rows = math.prod(self.shape[1:])
+        return flat.reshape(tuple(reversed(self.shape[1:])) + (self.nbytes // max(rows, 1),))
+
+    def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Slices [start, stop) of the outermost ggml dimension, as bytes read into memory."""
+        outer = self.shape[-1] if len(self.shape) > 1 else 1
+        stop = outer if stop is None else stop
+        per = self.nbytes // outer
+        data = pread_array(self.path, self.offset + start * per, (stop - start) * per, np.uint8)
+        rows = math.prod(self.shape[1:-1]) if len(self.shape) > 1 else 1
+        inner = tuple(reversed(self.shape[1:-1]))
+        return data.reshape((stop - start,) + inner + (per // rows,)) if len(self.shape) > 1 \
+            else data.reshape(-1)
+
+
+@dataclass
+class GGUFFile:
+    """A parsed GGUF header (all parts of a split file merged)."""
+
+    paths: list[Path]
+    version: int
+    metadata: dict[str, Value]
+    tensors: dict[str, GGUFTensor]
+
+    def get(self, key: str, default=None):
+        v = self.metadata.get(key)
+        return default if v is None else v.value
+
+
+class _Cursor:
+    def __init__(self, path: Path, data: bytes):
+        self.path, self.data, self.pos = path, data, 0
+
+    def take(self, n: int) -> bytes:
+        if n < 0 or self.pos + n > len(self.data):
+            raise OssConvertError(f"{self.path}: truncated GGUF header (needs byte {self.pos + n}, "
+                                  f"file has {len(self.data)})")
+        chunk = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return chunk
+
+    def unpack(self, fmt: str):
+        return struct.unpack(fmt, self.take(struct.calcsize(fmt)))[0]
+
+    def string(self) -> str:
+        raw = self.take(self.unpack("<Q"))
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise OssConvertError(f"{self.path}: corrupt GGUF header (a string is not UTF-8)") from None
+
+    def value(self, vtype: int, key: str) -> Value:
+        try:
+            vtype = ValueType(vtype)
+        except ValueError:
+            raise OssConvertError(f"{self.path}: corrupt GGUF header (key {key!r} has unknown type {vtype})") from None
+        if vtype == ValueType.STRING:
+            return Value(vtype, self.string())
+        if vtype != ValueType.ARRAY:
+            return Value(vtype, self.unpack(_SCALAR_FORMATS[vtype]))
+        item = self.unpack("<I")
+        count = self.unpack("<Q")
+        try:
+            item = ValueType(item)
+        except ValueError:
+            raise OssConvertError(f"{self.path}: corrupt GGUF header (array {key!r} has unknown type {item})") from None
+        if item == ValueType.STRING:
+            return Value(vtype, [self.string() for _ in range(count)], item)
+        if item == ValueType.ARRAY:
+            return Value(vtype, [self.value(ValueType.ARRAY, key).value for _ in range(count)], item)
+        dt = np.dtype(_NUMPY_SCALARS[item])
+        arr = np.frombuffer(self.take(count * dt.itemsize), dtype=dt)
+        return Value(vtype, arr.tolist(), item)
+
+
+def _read_one(path: Path) -> tuple[int, dict[str, Value], list[GGUFTensor]]:
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(24)
+            if head[:4] != GGUF_MAGIC:
+                raise OssConvertError(f"{path}: not a GGUF file (bad magic {head[:4]!r})")
+            # Headers are small next to the data; read enough to hold them, growing if needed.
+            want = min(size, 64 * 1024 * 1024)
+            f.seek(0)
+            data = f.read(want)
+    except OSError as e:
+        raise OssConvertError(f"{path}: cannot read ({e.strerror or e})") from None
+    while True:
+        try:
+            return _parse(path, data, size)
+        except OssConvertError:
+            if len(data) >= size:
+                raise
+            with open(path, "rb") as f:
+                data = f.read(min(size, len(data) * 4))
+
+
+def _parse(path: Path, data: bytes, size: int) -> tuple[int, dict[str, Value], list[GGUFTensor]]:
+    cur = _Cursor(path, data)
+    cur.take(4)
+    version = cur.unpack("<I")
+    if version not in (2, 3):
+        raise OssConvertError(f"{path}: unsupported GGUF version {version}")
+    n_tensors, n_kv = cur.unpack("<Q"), cur.unpack("<Q")
+    if n_tensors > 1_000_000 or n_kv > 1_000_000:
+        raise OssConvertError(f"{path}: corrupt GGUF header ({n_tensors} tensors, {n_kv} keys)")
+    metadata: dict[str, Value] = {}
+    for _ in range(n_kv):
+        key = cur.string()
+        metadata[key] = cur.value(cur.unpack("<I"), key)
+    infos = []
+    for _ in range(n_tensors):
+        name = cur.string()
+        n_dims = cur.unpack("<I")
+        if n_dims > 8:
+            raise OssConvertError(f"{path}: corrupt GGUF header (tensor {name!r} has {n_dims} dimensions)")
+        shape = tuple(cur.unpack("<Q") for _ in range(n_dims))
+        infos.append((name, shape, cur.unpack("<I"), cur.unpack("<Q")))
+    alignment = metadata.get("general.alignment", Value(ValueType.UINT32, DEFAULT_ALIGNMENT)).value
+    if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
+        raise OssConvertError(f"{path}: corrupt GGUF header (general.alignment = {alignment!r})")
+    data_start = cur.pos + (-cur.pos % alignment)
+    tensors = []
+    for name, shape, type_code, offset in infos:
+        if type_code not in GGMLQuantizationType._value2member_map_:
+            raise OssConvertError(f"{path}: tensor {name!r} has unknown ggml type {type_code}")
+        try:
+            nbytes = tensor_nbytes(type_code, shape)
+        except ValueError as e:
+            raise OssConvertError(f"{path}: tensor {name!r}: {e}") from None
+        start = data_start + offset
+        if start + nbytes > size:
+            raise OssConvertError(f"{path}: tensor {name!r} lies past the end of the file "
+                                  f"(ends at byte {start + nbytes}, file has {size}): truncated or corrupt")
+        tensors.append(GGUFTensor(path, name, type_code, shape, start, nbytes))
+    return version, metadata, tensors
+
+
+def split_parts(path: Path) -> list[Path]:
+    """All parts of a split GGUF given any one of them, or [path] for a single file."""
+    m = SPLIT_NAME.match(path.name)
+    if not m:
+        return [path]
+    count = int(m["count"])
+    parts = [path.with_name(f"{m['stem']}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
+    missing = [p.name for p in parts if not p.is_file()]
+    if missing:
+        raise OssConvertError(f"{path}: split GGUF is missing part(s) {', '.join(missing)}")
+    return parts
+
+
+def read_gguf(path: str | os.PathLike) -> GGUFFile:
+    path = Path(path)
+    if not path.is_file():
+        raise OssConvertError(f"{path}: no such file")
+    parts = split_parts(path)
+    version, metadata, tensors = None, {}, {}
+    for part in parts:
+        v, meta, part_tensors = _read_one(part)
+        if version is None:
+            version, metadata = v, meta
+        for t in part_tensors:
+            if t.name in tensors:
+                raise OssConvertError(f"{part}: tensor {t.name!r} appears twice")
+            tensors[t.name] = t
+    return GGUFFile(parts, version, metadata, tensors)
+
+
+# ---------------------------------------------------------------------------- writing
+
+@dataclass
+class TensorToWrite:
+    """A tensor for `write_gguf`: ggml type and shape up front, bytes from `produce()`."""
+
+    name: str
+    type: int
+    shape: tuple[int, ...]  # ggml order
+    produce: Callable[[], Produced]
+    nbytes: int = field(init=False)
+
+    def __post_init__(self):
+        self.nbytes = tensor_nbytes(self.type, self.shape)
+
+
+def _pack_string(s: str) -> bytes:
+    raw = s.encode("utf-8")
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def _pack_value(v: Value) -> bytes:
+    if v.type == ValueType.STRING:
+        return _pack_string(v.value)
+    if v.type != ValueType.ARRAY:
+        return struct.pack(_SCALAR_FORMATS[v.type], v.value)
+    items = list(v.value)
+    head = struct.pack("<IQ", v.item_type, len(items))
+    if v.item_type == ValueType.STRING:
+        return head + b"".join(_pack_string(s) for s in items)
+    return head + np.asarray(items, dtype=_NUMPY_SCALARS[v.item_type]).tobytes()
+
+
+def write_gguf(out: BinaryIO, metadata: dict[str, Value], tensors: Iterable[TensorToWrite],
+               alignment: int = DEFAULT_ALIGNMENT, on_bytes=None) -> None:
+    """Stream a GGUF v3 file: header from shapes and types alone, then each tensor in turn."""
+    tensors = list(tensors)
+    header = [GGUF_MAGIC, struct.pack("<IQQ", 3, len(tensors), len(metadata))]
+    for key, value in metadata.items():
+        header += [_pack_string(key), struct.pack("<I", value.type), _pack_value(value)]
+    offset = 0
+    for t in tensors:
+        header += [_pack_string(t.name), struct.pack("<I", len(t.shape)),
+                   struct.pack(f"<{len(t.shape)}Q", *t.shape), struct.pack("<IQ", t.type, offset)]
+        offset += t.nbytes + (-t.nbytes % alignment)
+    raw = b"".join(header)
+    out.write(raw + b"\0" * (-len(raw) % alignment))
+    for t in tensors:
+        write_produced(out, t.name, t.produce(), t.nbytes, on_bytes)
+        out.write(b"\0" * (-t.nbytes % alignment))

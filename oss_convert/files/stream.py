@@ -1,0 +1,43 @@
+"""Writing and reading tensor bytes in bounded chunks.
+
+Tensor producers return either one array or an iterable of consecutive chunks; reads use
+positioned reads into fresh buffers rather than mmap, so that streaming a 65 GB model
+does not pile file pages into the process's resident set.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import BinaryIO, Callable, Iterable
+
+import numpy as np
+
+Produced = np.ndarray | Iterable[np.ndarray]
+CHUNK_BYTES = 64 * 1024 * 1024
+
+
+def write_produced(out: BinaryIO, name: str, produced: Produced, expected: int,
+                   on_bytes: Callable[[int], None] | None = None) -> None:
+    chunks = [produced] if isinstance(produced, np.ndarray) else produced
+    written = 0
+    for chunk in chunks:
+        chunk = np.ascontiguousarray(chunk)
+        out.write(memoryview(chunk).cast("B"))
+        written += chunk.nbytes
+        if on_bytes:
+            on_bytes(chunk.nbytes)
+    if written != expected:
+        raise ValueError(f"tensor {name}: produced {written} bytes, expected {expected}")
+
+
+def pread_array(path, offset: int, nbytes: int, dtype) -> np.ndarray:
+    """`nbytes` at `offset` of `path` as a fresh, writable array of `dtype`."""
+    buf = bytearray(nbytes)
+    with open(path, "rb", buffering=0) as f:
+        view, pos = memoryview(buf), 0
+        while pos < nbytes:
+            n = os.preadv(f.fileno(), [view[pos:]], offset + pos)
+            if n == 0:
+                raise EOFError(f"{path}: ended at byte {offset + pos}, expected {offset + nbytes}")
+            pos += n
+    return np.frombuffer(buf, dtype=dtype)

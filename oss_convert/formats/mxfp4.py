@@ -1,0 +1,77 @@
+"""MXFP4: 32 E2M1 codes sharing one E8M0 scale byte, in its three byte layouts.
+
+- HF (safetensors `_blocks`/`_scales`): byte j of a 16-byte block holds element 2j in the
+  low nibble and 2j+1 in the high nibble; the scales live in a separate tensor.
+- GGML (type 39): 17-byte blocks, the scale byte first, then qs[16] where qs[j] holds
+  element j in the low nibble and element j+16 in the high nibble.
+- Ollama's older GGUFs (type 4): 17-byte blocks, the scale byte first, then the HF bytes.
+
+Converting between them moves nibbles and never decodes a value.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+BLOCK = 32
+GGML_BLOCK_BYTES = 17
+# E2M1 code -> value; bit 3 is the sign.
+E2M1_VALUES = np.array([0, .5, 1, 1.5, 2, 3, 4, 6, -0., -.5, -1, -1.5, -2, -3, -4, -6], dtype=np.float32)
+
+
+def hf_codes(blocks: np.ndarray) -> np.ndarray:
+    """HF blocks [..., 16] -> codes [..., 32] in element order."""
+    codes = np.empty(blocks.shape[:-1] + (32,), np.uint8)
+    codes[..., 0::2] = blocks & 0x0F
+    codes[..., 1::2] = blocks >> 4
+    return codes
+
+
+def hf_blocks_from_codes(codes: np.ndarray) -> np.ndarray:
+    return (codes[..., 0::2] | (codes[..., 1::2] << 4)).astype(np.uint8)
+
+
+def hf_to_ggml(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """HF blocks [..., G, 16] and scales [..., G] -> GGML bytes [..., G * 17]."""
+    lo_half = blocks[..., 0:8]   # elements 0..15, in adjacent pairs
+    hi_half = blocks[..., 8:16]  # elements 16..31
+    out = np.empty(blocks.shape[:-1] + (GGML_BLOCK_BYTES,), np.uint8)
+    out[..., 0] = scales
+    qs = out[..., 1:]
+    # qs[j] = element j (low) | element j+16 (high), for j = 2k and 2k+1.
+    qs[..., 0::2] = (lo_half & 0x0F) | ((hi_half & 0x0F) << 4)
+    qs[..., 1::2] = (lo_half >> 4) | (hi_half & 0xF0)
+    return out.reshape(blocks.shape[:-2] + (-1,))
+
+
+def ggml_to_hf(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """GGML bytes [..., G * 17] -> HF blocks [..., G, 16] and scales [..., G]."""
+    blocks17 = data.reshape(data.shape[:-1] + (-1, GGML_BLOCK_BYTES))
+    scales = np.ascontiguousarray(blocks17[..., 0])
+    qs = blocks17[..., 1:]
+    blocks = np.empty(qs.shape, np.uint8)
+    # elements 0..15 are the low nibbles of qs, elements 16..31 the high nibbles.
+    blocks[..., 0:8] = (qs[..., 0::2] & 0x0F) | ((qs[..., 1::2] & 0x0F) << 4)
+    blocks[..., 8:16] = (qs[..., 0::2] >> 4) | (qs[..., 1::2] & 0xF0)
+    return blocks, scales
+
+
+def ollama_to_hf(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ollama's older layout: [..., G * 17] with the scale byte first, then the HF bytes."""
+    blocks17 = data.reshape(data.shape[:-1] + (-1, GGML_BLOCK_BYTES))
+    return np.ascontiguousarray(blocks17[..., 1:]), np.ascontiguousarray(blocks17[..., 0])
+
+
+def hf_to_ollama(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    out = np.concatenate([scales[..., None], blocks], axis=-1)
+    return out.reshape(blocks.shape[:-2] + (-1,))
+
+
+def decode_hf(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """HF blocks/scales -> float32 values [..., G * 32]."""
+    values = E2M1_VALUES[hf_codes(blocks)]
+    # 2^(s-127) for s in 0..254 (255 is NaN in E8M0); ldexp is exact for all of them.
+    factor = np.ldexp(np.float32(1), scales.astype(np.int32) - 127).astype(np.float32)
+    factor[scales == 255] = np.nan
+    out = values * factor[..., None]
+    return out.reshape(blocks.shape[:-2] + (-1,))

@@ -1,0 +1,36 @@
+"""Q8_0 (ggml type 8): blocks of 32 int8 with one fp16 scale, 34 bytes.
+
+As ggml's `quantize_row_q8_0_ref`: d = max|x| / 127, q = roundf(x / d) with ties away
+from zero, all in float32; d stored as fp16 (round to nearest even).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .rounding import roundf
+
+BLOCK = 32
+BLOCK_BYTES = 34
+
+
+def quantize(values: np.ndarray) -> np.ndarray:
+    """float32 [..., n] (n a multiple of 32) -> Q8_0 bytes [..., n // 32 * 34]."""
+    x = np.asarray(values, dtype=np.float32)
+    blocks = x.reshape(-1, BLOCK)
+    d = np.abs(blocks).max(axis=1, keepdims=True) / np.float32(127)
+    with np.errstate(divide="ignore"):
+        inv = np.where(d == 0, np.float32(0), np.float32(1) / d).astype(np.float32)
+    q = roundf(blocks * inv).astype(np.int8)
+    out = np.empty((blocks.shape[0], BLOCK_BYTES), np.uint8)
+    out[:, :2] = d.astype(np.float16).view(np.uint8)
+    out[:, 2:] = q.view(np.uint8)
+    return out.reshape(x.shape[:-1] + (-1,))
+
+
+def dequantize(data: np.ndarray) -> np.ndarray:
+    """Q8_0 bytes [..., k * 34] -> float32 [..., k * 32]."""
+    blocks = np.asarray(data, np.uint8).reshape(-1, BLOCK_BYTES)
+    d = blocks[:, :2].copy().view(np.float16).astype(np.float32)
+    q = blocks[:, 2:].view(np.int8).astype(np.float32)
+    return (d * q).reshape(data.shape[:-1] + (-1,))
