@@ -149,14 +149,8 @@ class TensorToWrite:
         return math.prod(self.shape) * DTYPE_SIZES[self.dtype]
 
 
-def write_file(out: BinaryIO, tensors: Iterable[TensorToWrite], metadata: dict[str, str] | None = None,
-               on_bytes=None) -> None:
-    """Stream tensors into a safetensors file, one at a time, in the given order.
-
-    The header is computed from names, dtypes and shapes alone, so no tensor is held
-    in memory beyond the one being written.
-    """
-    tensors = list(tensors)
+def write_header(out: BinaryIO, tensors: list[TensorToWrite], metadata: dict[str, str] | None = None) -> int:
+    """Write the header for `tensors` (data follows in the same order); returns the data size."""
     header: dict = {}
     if metadata:
         header["__metadata__"] = metadata
@@ -168,5 +162,17 @@ def write_file(out: BinaryIO, tensors: Iterable[TensorToWrite], metadata: dict[s
     raw += b" " * (-len(raw) % 8)  # keep the data 8-byte aligned, as the reference writer does
     out.write(struct.pack("<Q", len(raw)))
     out.write(raw)
+    return offset
+
+
+def write_file(out: BinaryIO, tensors: Iterable[TensorToWrite], metadata: dict[str, str] | None = None,
+               on_bytes=None) -> None:
+    """Stream tensors into a safetensors file, one at a time, in the given order.
+
+    The header is computed from names, dtypes and shapes alone, so no tensor is held
+    in memory beyond the one being written.
+    """
+    tensors = list(tensors)
+    write_header(out, tensors, metadata)
     for t in tensors:
         write_produced(out, t.name, t.produce(), t.nbytes, on_bytes)

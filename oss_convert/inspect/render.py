@@ -1,0 +1,104 @@
+"""The human-readable form of an inspect report."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+def human_count(n: float) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(int(n))
+
+
+def _shape(shape) -> str:
+    return "[" + ", ".join(str(n) for n in shape) + "]"
+
+
+def _table(rows: list[list[str]], header: list[str]) -> list[str]:
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    fmt = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    return [fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
+
+
+def render_report(doc: dict, show_tensors: bool = False) -> str:
+    src, s = doc["source"], doc["summary"]
+    lines = [f"{src['path']}: {src['kind']}, {src['layout']} layout, {len(src['files'])} file(s), "
+             f"{s['tensors']} tensors, {human_bytes(s['bytes'])}", ""]
+    tensors = doc["tensors"]
+    if show_tensors:
+        rows = [[t["name"], t["role"], t["format"], _shape(t["shape"]), human_bytes(t["nbytes"])] for t in tensors]
+        lines += _table(rows, ["tensor", "role", "format", "shape", "bytes"])
+    else:
+        lines += _per_layer(tensors)
+    lines += ["", "Formats"]
+    total_params = s["total_params"] or 1
+    rows = [[fmt, str(v["tensors"]), human_bytes(v["bytes"]), human_count(v["params"]),
+             f"{100 * v['params'] / total_params:.1f}%"] for fmt, v in s["formats"].items()]
+    lines += ["  " + r for r in _table(rows, ["format", "tensors", "bytes", "params", "of params"])]
+    lines += ["", f"Parameters: {human_count(s['total_params'])} total, "
+                  f"{human_count(s['active_params']) if s['active_params'] else '?'} active per token "
+                  f"({100 * s['mxfp4_param_share']:.1f}% stored as MXFP4)"]
+    if s.get("hyperparameters"):
+        h = s["hyperparameters"]
+        lines.append(f"Architecture: {h['num_layers']} layers, {h['num_experts']} experts "
+                     f"({h['experts_per_token']} per token), hidden {h['hidden_size']}, expert FFN "
+                     f"{h['intermediate_size']}, {h['num_heads']} heads / {h['num_kv_heads']} KV heads "
+                     f"x {h['head_dim']}, vocab {h['vocab_size']}, context {h['context_length']}, "
+                     f"sliding window {h['sliding_window']}, rope theta {h['rope_theta']:g} "
+                     f"(yarn x{h['rope_scaling_factor']:g})")
+    k = s["kquant"]
+    lines.append(f"K-quants (ne0 % 256): {k['compatible']} weight matrices fit "
+                 f"({', '.join(k['compatible_tensors']) or 'none'}); {k['falls_back']} fall back "
+                 + (f"(row lengths {', '.join(k['fallback_row_lengths'])}: Q4_K->Q5_0, Q6_K->Q8_0)"
+                    if k["falls_back"] else ""))
+    est = s.get("estimated_sizes") or {}
+    if "mxfp4_gguf_tensor_bytes" in est:
+        types = ", ".join(f"{n} {t}" for t, n in sorted(est["q4_k_m_tensor_types"].items(), key=lambda kv: -kv[1]))
+        lines.append(f"GGUF sizes (tensor data): lossless MXFP4 {human_bytes(est['mxfp4_gguf_tensor_bytes'])}, "
+                     f"Q4_K_M {human_bytes(est['q4_k_m_gguf_tensor_bytes'])} ({types})")
+    lines.append(f"GPU memory for the weights: {human_bytes(s['gpu_memory_bytes'])} (as stored, MXFP4 packed)")
+    if "gguf" in s:
+        g = s["gguf"]
+        lines.append(f"GGUF: architecture {g['architecture']!r} ({src['layout']}), file_type {g['file_type']}, "
+                     f"tokenizer {g['tokenizer_model']}/{g['tokenizer_pre']} with {g['tokens']} tokens, "
+                     f"chat template {'present' if g['chat_template'] else 'absent'}; "
+                     f"{g['expert_tensors_mxfp4']}/{g['expert_tensors']} expert tensors MXFP4")
+    return "\n".join(lines)
+
+
+def _per_layer(tensors: list[dict]) -> list[str]:
+    globals_ = [t for t in tensors if t["layer"] is None]
+    rows = [[t["name"], t["role"], t["format"], _shape(t["shape"]), human_bytes(t["nbytes"])] for t in globals_]
+    out = _table(rows, ["tensor", "role", "format", "shape", "bytes"]) if rows else []
+    layers = defaultdict(list)
+    for t in tensors:
+        if t["layer"] is not None:
+            layers[t["layer"]].append(t)
+    formats = sorted({t["format"] for ts in layers.values() for t in ts})
+    rows = []
+    for layer in sorted(layers):
+        ts = layers[layer]
+        counts = defaultdict(int)
+        for t in ts:
+            counts[t["format"]] += 1
+        rows.append([str(layer), str(len(ts))] + [str(counts.get(f, "")) for f in formats]
+                    + [human_bytes(sum(t["nbytes"] for t in ts))])
+    if rows:
+        out += ["", "Per layer (tensors by format; --tensors lists each one)"]
+        out += _table(rows, ["layer", "tensors"] + formats + ["bytes"])
+        experts = [t for t in layers[min(layers)] if t["role"].startswith("expert_") and t["role"] != "expert_bias"]
+        if experts:
+            out.append("Expert weights per layer: " + ", ".join(
+                f"{t['name'].split('.', 3)[-1] if t['name'].startswith('model.') else t['name']} "
+                f"{t['format']} {_shape(t['shape'])}" for t in experts))
+    return out
