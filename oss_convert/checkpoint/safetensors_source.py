@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
-
 from ..errors import OssConvertError
 from ..files.safetensors import StoredTensor, read_header
 from .config import GptOssConfig
@@ -50,14 +48,23 @@ class SafetensorsCheckpoint:
         self.config = config
         self.config_path = config_path
 
-    def hf_tensors(self) -> Iterator[HFTensor]:
-        """Every tensor under its HF name, in a stable order, with fused qkv split."""
+    def hf_tensors(self) -> list[HFTensor]:
+        """Every tensor under its HF name, fused qkv split.
+
+        HF checkpoints keep their file order; OpenAI's layout is put in the order the HF
+        shards store the same tensors (by name, an MXFP4 pair at its `_scales` part), so
+        both layouts convert to the same file.
+        """
+        out = []
         for t in self.tensors:
             names = [t.name] if self.layout == "hf" else original_to_hf(t.name)
             if len(names) == 3:
-                yield from self._split_qkv(t, names)
+                out.extend(self._split_qkv(t, names))
             elif names:
-                yield HFTensor(names[0], t.format, t.shape, t.parts)
+                out.append(HFTensor(names[0], t.format, t.shape, t.parts))
+        if self.layout == "original":
+            out.sort(key=lambda h: h.name + "_scales" if h.format == "MXFP4" else h.name)
+        return out
 
     def _split_qkv(self, t: LogicalTensor, names: list[str]) -> Iterator[HFTensor]:
         cfg = self.config

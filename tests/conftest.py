@@ -1,0 +1,91 @@
+"""Shared fixtures: generated checkpoints, the bundled model, and the references.
+
+References (llama.cpp's converter source, llama-cpp-python, transformers) are optional
+on a developer's machine: tests that need them skip when they are missing, unless
+OSS_CONVERT_REQUIRE_REFERENCE=1 (set by .ci/run), where a missing reference fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fixtures.checkpoints import write_checkpoint, write_hub_repo
+
+ROOT = Path(__file__).resolve().parent.parent
+BUNDLED = ROOT / "fixtures" / "tiny"
+REQUIRE_REFERENCE = os.environ.get("OSS_CONVERT_REQUIRE_REFERENCE") == "1"
+
+
+def need_reference(what: str, available: bool):
+    if not available:
+        if REQUIRE_REFERENCE:
+            pytest.fail(f"reference {what} is missing but OSS_CONVERT_REQUIRE_REFERENCE=1")
+        pytest.skip(f"reference {what} not installed")
+
+
+@pytest.fixture(scope="session")
+def bundled() -> Path:
+    return BUNDLED
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """Generated checkpoints of several shapes and layouts, written once per session."""
+    base = tmp_path_factory.mktemp("checkpoints")
+    out = {
+        "tiny": write_hub_repo(base / "tiny", "tiny"),
+        "tiny-sharded": write_checkpoint(base / "tiny-sharded", "tiny", shards=3),
+        "small": write_checkpoint(base / "small", "small"),
+        "mid-sharded": write_hub_repo(base / "mid-sharded", "mid", shards=2),
+    }
+    return out
+
+
+@pytest.fixture(scope="session")
+def llama_cpp_dir() -> Path:
+    d = os.environ.get("LLAMA_CPP_DIR")
+    path = Path(d) if d else None
+    need_reference("llama.cpp source (LLAMA_CPP_DIR)", bool(path and (path / "convert_hf_to_gguf.py").is_file()))
+    return path
+
+
+@pytest.fixture(scope="session")
+def llama_convert(llama_cpp_dir, tmp_path_factory):
+    """Run llama.cpp's convert_hf_to_gguf.py on a checkpoint; cached per (checkpoint, outtype)."""
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        need_reference("transformers (for llama.cpp's converter)", False)
+    cache: dict = {}
+    out_dir = tmp_path_factory.mktemp("llama-convert")
+
+    def run(model_dir: Path, outtype: str = "bf16") -> Path:
+        key = (str(model_dir), outtype)
+        if key not in cache:
+            out = out_dir / f"{len(cache)}-{model_dir.name}-{outtype}.gguf"
+            subprocess.run([sys.executable, str(ROOT / "tests" / "reference" / "llama_convert.py"),
+                            str(llama_cpp_dir), str(model_dir), str(out), "--outtype", outtype],
+                           check=True, capture_output=True)
+            cache[key] = out
+        return cache[key]
+    return run
+
+
+@pytest.fixture(scope="session")
+def llama_cpp():
+    try:
+        import llama_cpp
+    except ImportError:
+        need_reference("llama-cpp-python", False)
+    return llama_cpp
+
+
+def copy_tree(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst

@@ -1,0 +1,146 @@
+"""Malformed inputs: one `Error: ...` line naming the file, non-zero exit, no traceback."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from oss_convert.checkpoint import open_checkpoint
+from oss_convert.cli import cli
+from oss_convert.errors import OssConvertError
+
+
+def assert_clean_error(args, *expected):
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert result.exit_code == 1, result.output
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    for text in expected:
+        assert text in lines[0], lines[0]
+
+
+def test_missing_path(tmp_path):
+    assert_clean_error(["inspect", tmp_path / "nope"], "no such file")
+
+
+def test_folder_that_is_not_a_checkpoint(tmp_path):
+    (tmp_path / "readme.txt").write_text("hi")
+    assert_clean_error(["inspect", tmp_path], "not a GPT-OSS checkpoint")
+
+
+def test_safetensors_of_another_model(tmp_path):
+    header = json.dumps({"bert.weight": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}).encode()
+    (tmp_path / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 8)
+    assert_clean_error(["inspect", tmp_path], "not a GPT-OSS checkpoint")
+
+
+def test_truncated_header(bundled, tmp_path):
+    data = (bundled / "model.safetensors").read_bytes()
+    (tmp_path / "model.safetensors").write_bytes(data[:1000])
+    assert_clean_error(["inspect", tmp_path], "model.safetensors", "corrupt safetensors header")
+
+
+def test_data_past_end_of_file(bundled, tmp_path):
+    data = (bundled / "model.safetensors").read_bytes()
+    (tmp_path / "model.safetensors").write_bytes(data[:-10])
+    assert_clean_error(["inspect", tmp_path], "past the end of the file")
+
+
+def test_index_naming_a_missing_shard(checkpoints, tmp_path):
+    d = shutil.copytree(checkpoints["tiny-sharded"], tmp_path / "ckpt")
+    (d / "model-00001-of-00002.safetensors").unlink()
+    assert_clean_error(["inspect", d], "model.safetensors.index.json", "model-00001-of-00002.safetensors")
+
+
+def _rewrite_header(src, dst, edit):
+    data = src.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    edit(header)
+    raw = json.dumps(header).encode()
+    dst.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n:])
+
+
+def test_blocks_without_scales(bundled, tmp_path):
+    _rewrite_header(bundled / "model.safetensors", tmp_path / "model.safetensors",
+                    lambda h: h.pop("model.layers.1.mlp.experts.down_proj_scales"))
+    assert_clean_error(["inspect", tmp_path], "down_proj_blocks has no matching", "down_proj_scales")
+
+
+def test_blocks_and_scales_that_disagree(bundled, tmp_path):
+    def edit(h):
+        e = h["model.layers.0.mlp.experts.down_proj_scales"]
+        e["shape"] = [8, 96, 1]
+        e["data_offsets"][1] = e["data_offsets"][0] + 8 * 96
+    _rewrite_header(bundled / "model.safetensors", tmp_path / "model.safetensors", edit)
+    assert_clean_error(["inspect", tmp_path], "disagree")
+
+
+def test_gguf_with_bad_magic(tmp_path):
+    (tmp_path / "x.gguf").write_bytes(b"GGML" + b"\0" * 100)
+    assert_clean_error(["inspect", tmp_path / "x.gguf"], "x.gguf", "bad magic")
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(bundled, tmp_path_factory):
+    out = tmp_path_factory.mktemp("gguf") / "tiny.gguf"
+    assert CliRunner().invoke(cli, ["convert", str(bundled), "-o", str(out)]).exit_code == 0
+    return out
+
+
+def test_truncated_gguf(tiny_gguf, tmp_path):
+    (tmp_path / "t.gguf").write_bytes(tiny_gguf.read_bytes()[:5000])
+    assert_clean_error(["inspect", tmp_path / "t.gguf"], "t.gguf", "truncated")
+
+
+def test_gguf_tensor_data_past_the_end(tiny_gguf, tmp_path):
+    (tmp_path / "t.gguf").write_bytes(tiny_gguf.read_bytes()[:-1000])
+    assert_clean_error(["inspect", tmp_path / "t.gguf"], "past the end of the file")
+
+
+def test_split_gguf_with_a_missing_part(tiny_gguf, tmp_path):
+    shutil.copy(tiny_gguf, tmp_path / "m-00001-of-00002.gguf")
+    assert_clean_error(["inspect", tmp_path / "m-00001-of-00002.gguf"], "missing part", "m-00002-of-00002.gguf")
+
+
+# Property-based: any corruption of a header is either still readable or one OssConvertError.
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_mutated_safetensors_never_crash(bundled, tmp_path_factory, data):
+    original = (bundled / "model.safetensors").read_bytes()
+    (n,) = struct.unpack("<Q", original[:8])
+    blob = bytearray(original[: 8 + n + 64])
+    for _ in range(data.draw(st.integers(1, 8))):
+        pos = data.draw(st.integers(0, len(blob) - 1))
+        blob[pos] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(blob)))
+    d = tmp_path_factory.mktemp("mut")
+    (d / "model.safetensors").write_bytes(bytes(blob[:cut]))
+    try:
+        open_checkpoint(d)
+    except OssConvertError as e:
+        assert "model.safetensors" in str(e) or "GPT-OSS" in str(e)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_mutated_gguf_never_crash(tiny_gguf, tmp_path_factory, data):
+    original = tiny_gguf.read_bytes()
+    blob = bytearray(original[:20000])
+    for _ in range(data.draw(st.integers(1, 8))):
+        pos = data.draw(st.integers(0, len(blob) - 1))
+        blob[pos] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(blob)))
+    path = tmp_path_factory.mktemp("mut") / "m.gguf"
+    path.write_bytes(bytes(blob[:cut]))
+    try:
+        open_checkpoint(path)
+    except OssConvertError as e:
+        assert "m.gguf" in str(e)

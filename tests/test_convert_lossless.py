@@ -1,0 +1,169 @@
+"""Lossless conversion: identical to llama.cpp's converter, round-trips bit for bit, safe output."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from fixtures.checkpoints import FixtureTensor, hf_tensors, PRESETS, tensor_array
+from oss_convert.cli import cli
+from oss_convert.files.gguf import read_gguf
+from oss_convert.files.safetensors import read_header
+from oss_convert.formats import mxfp4
+from tests.gguf_compare import gguf_differences
+
+
+def convert(*args) -> None:
+    result = CliRunner().invoke(cli, ["convert", *map(str, args)])
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("name,outtype", [
+    ("tiny", "bf16"), ("tiny-sharded", "bf16"), ("small", "bf16"), ("mid-sharded", "bf16"),
+    ("tiny", "f16"), ("tiny", "f32"), ("mid-sharded", "q8_0"),
+])
+def test_identical_to_llama_cpp_converter(checkpoints, llama_convert, tmp_path, name, outtype):
+    src = checkpoints[name]
+    reference = llama_convert(src, outtype)
+    ours = tmp_path / "ours.gguf"
+    convert(src, "-o", ours, "--outtype", outtype)
+    assert gguf_differences(ours, reference) == []
+
+
+@pytest.mark.reference
+def test_whole_file_identical_apart_from_the_name(checkpoints, llama_convert, tmp_path):
+    # Same keys, order, alignment and data offsets: only general.name's text may differ.
+    reference = llama_convert(checkpoints["tiny-sharded"])
+    ours = tmp_path / "ours.gguf"
+    convert(checkpoints["tiny-sharded"], "-o", ours)
+    a, b = ours.read_bytes(), reference.read_bytes()
+    ga, gb = read_gguf(ours), read_gguf(reference)
+    assert len(a) - len(ga.get("general.name")) == len(b) - len(gb.get("general.name"))
+    first_tensor = min(t.offset for t in ga.tensors.values())
+    delta = len(b) - len(a)
+    assert a[first_tensor:] == b[first_tensor + delta:] if delta >= 0 else True
+
+
+def test_original_layout_converts_to_the_same_tensors(checkpoints, tmp_path):
+    hf, orig = tmp_path / "hf.gguf", tmp_path / "orig.gguf"
+    convert(checkpoints["mid-sharded"], "-o", hf)
+    convert(checkpoints["mid-sharded"] / "original", "-o", orig)
+    assert gguf_differences(orig, hf) == []
+
+
+def test_expert_bytes_are_the_source_fp4_codes(bundled, tmp_path):
+    """Decode both sides independently: the GGUF's FP4 codes and scales are the source's."""
+    out = tmp_path / "t.gguf"
+    convert(bundled, "-o", out)
+    g = read_gguf(out).tensors
+    src = {t.name: t for t in hf_tensors(PRESETS["tiny"])}
+    blocks = tensor_array(src["model.layers.2.mlp.experts.gate_up_proj_blocks"], 0)
+    scales = tensor_array(src["model.layers.2.mlp.experts.gate_up_proj_scales"], 0)
+    want = mxfp4.decode_hf(blocks, scales)
+    for name, rows in (("blk.2.ffn_gate_exps.weight", slice(0, None, 2)), ("blk.2.ffn_up_exps.weight", slice(1, None, 2))):
+        raw = g[name].raw().reshape(8, 64, 3, 17)
+        # ggml's own reading of a block: byte 0 the exponent, qs[j] low = x[j], high = x[j + 16]
+        codes = np.concatenate([raw[..., 1:] & 0x0F, raw[..., 1:] >> 4], axis=-1)
+        values = mxfp4.E2M1_VALUES[codes] * np.ldexp(1.0, raw[..., :1].astype(int) - 127)
+        np.testing.assert_array_equal(values.reshape(8, 64, 96), want[:, rows])
+
+
+def test_round_trip_is_bit_identical(checkpoints, tmp_path):
+    src = checkpoints["mid-sharded"]
+    gguf, back = tmp_path / "m.gguf", tmp_path / "back"
+    convert(src, "-o", gguf)
+    convert(gguf, "-o", back, "--to", "safetensors")
+    original = {}
+    for f in sorted(src.glob("*.safetensors")):
+        original.update(read_header(f).tensors)
+    rebuilt = read_header(back / "model.safetensors").tensors
+    assert set(rebuilt) == set(original)
+    for name, t in original.items():
+        r = rebuilt[name]
+        assert (r.dtype, r.shape) == (t.dtype, t.shape), name
+        assert r.array().tobytes() == t.array().tobytes(), name
+    # and the rebuilt folder converts to the same GGUF again
+    again = tmp_path / "again.gguf"
+    convert(back, "-o", again)
+    assert gguf_differences(again, gguf) == []
+    cfg = json.loads((back / "config.json").read_text())
+    assert cfg["num_local_experts"] == 16 and cfg["quantization_config"]["quant_method"] == "mxfp4"
+
+
+def test_output_is_deterministic(bundled, tmp_path):
+    convert(bundled, "-o", tmp_path / "a.gguf")
+    convert(bundled, "-o", tmp_path / "b.gguf")
+    assert (tmp_path / "a.gguf").read_bytes() == (tmp_path / "b.gguf").read_bytes()
+
+
+def test_refuses_to_overwrite_without_force(bundled, tmp_path):
+    out = tmp_path / "x.gguf"
+    out.write_bytes(b"precious")
+    result = CliRunner().invoke(cli, ["convert", str(bundled), "-o", str(out)])
+    assert result.exit_code == 1 and "already exists" in result.output and "--force" in result.output
+    assert out.read_bytes() == b"precious"
+    convert(bundled, "-o", out, "--force")
+    assert out.read_bytes()[:4] == b"GGUF"
+
+
+def test_failure_mid_write_leaves_nothing(bundled, tmp_path, monkeypatch):
+    import oss_convert.convert.lossless as lossless
+
+    calls = {"n": 0}
+    real = lossless.mxfp4.hf_to_ggml
+
+    def failing(*a):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real(*a)
+    monkeypatch.setattr(lossless.mxfp4, "hf_to_ggml", failing)
+    result = CliRunner().invoke(cli, ["convert", str(bundled), "-o", str(tmp_path / "x.gguf")])
+    assert result.exit_code == 130
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_disk_full_leaves_nothing(bundled, tmp_path, monkeypatch):
+    import oss_convert.files.gguf as gguf_file
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(gguf_file, "write_produced", full)
+    result = CliRunner().invoke(cli, ["convert", str(bundled), "-o", str(tmp_path / "x.gguf")])
+    assert result.exit_code == 1 and "No space left on device" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_target(bundled, tmp_path):
+    result = CliRunner().invoke(cli, ["convert", str(bundled), "-o", str(tmp_path / "missing" / "x.gguf")])
+    assert result.exit_code == 1 and "does not exist" in result.output
+
+
+def test_not_gpt_oss_source(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"\x02\0\0\0\0\0\0\0{}")
+    result = CliRunner().invoke(cli, ["convert", str(tmp_path), "-o", str(tmp_path / "x.gguf")])
+    assert result.exit_code == 1 and "not a GPT-OSS checkpoint" in result.output
+    assert not (tmp_path / "x.gguf").exists()
+
+
+@pytest.mark.reference
+def test_llama_cpp_loads_and_evaluates(bundled, tmp_path, llama_cpp):
+    out = tmp_path / "tiny.gguf"
+    convert(bundled, "-o", out)
+    llm = llama_cpp.Llama(model_path=str(out), n_ctx=256, verbose=False, n_threads=2, logits_all=True)
+    text = "The quick brown fox jumps over the lazy dog. What is 12345?"
+    tokens = llm.tokenize(text.encode(), add_bos=False)
+    llm.eval(tokens)
+    logits = np.array(llm.scores[: len(tokens)])
+    assert logits.shape == (len(tokens), 576) and np.isfinite(logits).all()
+    assert (logits.std(axis=1) > 0.5).all()  # well-scaled fixture: non-degenerate predictions
+    # llama.cpp's gpt-4o pre-tokenizer on our tokenizer data gives the Hugging Face tokenization
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.AutoTokenizer.from_pretrained(bundled)
+    assert tokens == hf.encode(text)
+    special = llm.tokenize(b"<|start|>user<|message|>hi<|end|>", add_bos=False, special=True)
+    assert special == hf.encode("<|start|>user<|message|>hi<|end|>")
