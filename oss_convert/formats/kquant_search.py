@@ -1,0 +1,142 @@
+"""The scale searches of ggml's reference K-quantizers, vectorized over groups.
+
+`make_qkx2_quants` (Q4_K, Q5_K: scale and min per group of 32, weighted least squares
+over a small grid of candidate scales) and `make_qx_quants` (Q6_K: symmetric scale per
+group of 16, rmse_type 1). Each runs on every group at once; the order of float32
+operations inside a group is the reference's (sums left to right, no fused multiply-add),
+which is what makes the results bit-identical.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .rounding import first_absmax_index, nearest_int
+
+F32 = np.float32
+
+
+def seq_sum(terms: np.ndarray) -> np.ndarray:
+    """Sum along the last axis strictly left to right in float32 (as a C loop does)."""
+    acc = terms[..., 0].copy()
+    for i in range(1, terms.shape[-1]):
+        acc += terms[..., i]
+    return acc
+
+
+def make_qkx2_quants(x: np.ndarray, weights: np.ndarray, nmax: int, rmin: float, rdelta: float,
+                     nstep: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x, weights: float32 [G, n]. Returns (scale [G], the_min [G] = -min, L uint8 [G, n])."""
+    x = x.astype(F32, copy=False)
+    w = weights.astype(F32, copy=False)
+    mn = np.minimum(x.min(axis=1), F32(0))
+    mx = x.max(axis=1)
+    sum_w = seq_sum(w)
+    sum_x = seq_sum(w * x)
+    flat = mx == mn
+    span = np.where(flat, F32(1), mx - mn).astype(F32)
+
+    iscale = (F32(nmax) / span).astype(F32)
+    scale = (F32(1) / iscale).astype(F32)
+    L = np.clip(nearest_int(iscale[:, None] * (x - mn[:, None])), 0, nmax)
+    diff = scale[:, None] * L.astype(F32) + mn[:, None] - x
+    best_error = seq_sum(w * (diff * diff))
+    best_min = mn.copy()
+    for step in range(nstep + 1):
+        # The reference updates `min` in place when a candidate wins, and later candidates
+        # measure from it: both the span and the offset use the current best min.
+        span = np.where(flat, F32(1), mx - best_min).astype(F32)
+        iscale = ((F32(rmin) + F32(rdelta) * F32(step) + F32(nmax)) / span).astype(F32)
+        laux = np.clip(nearest_int(iscale[:, None] * (x - best_min[:, None])), 0, nmax)
+        lf = laux.astype(F32)
+        wl = w * lf
+        sum_l, sum_l2, sum_xl = seq_sum(wl), seq_sum(wl * lf), seq_sum(wl * x)
+        D = sum_w * sum_l2 - sum_l * sum_l
+        ok = D > 0
+        Dsafe = np.where(ok, D, F32(1))
+        this_scale = (sum_w * sum_xl - sum_x * sum_l) / Dsafe
+        this_min = (sum_l2 * sum_x - sum_l * sum_xl) / Dsafe
+        positive = this_min > 0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            this_scale = np.where(positive, sum_xl / sum_l2, this_scale).astype(F32)
+        this_min = np.where(positive, F32(0), this_min).astype(F32)
+        diff = this_scale[:, None] * lf + this_min[:, None] - x
+        cur_error = seq_sum(w * (diff * diff))
+        better = ok & (cur_error < best_error)
+        L = np.where(better[:, None], laux, L)
+        best_error = np.where(better, cur_error, best_error)
+        scale = np.where(better, this_scale, scale)
+        best_min = np.where(better, this_min, best_min)
+    scale = np.where(flat, F32(0), scale).astype(F32)
+    L = np.where(flat[:, None], 0, L)
+    the_min = np.where(flat, -mn, -best_min).astype(F32)
+    return scale, the_min, L.astype(np.uint8)
+
+
+def make_qx_quants_rmse1(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
+    """make_qx_quants with rmse_type 1 and no importance weights. x: float32 [G, n].
+
+    Returns (scale [G], L uint8 [G, n] in 0..2*nmax-1)."""
+    x = x.astype(F32, copy=False)
+    G = x.shape[0]
+    mx = x[np.arange(G), first_absmax_index(x)]
+    zero = np.abs(mx) < F32(1e-15)
+    mx_safe = np.where(zero, F32(1), mx).astype(F32)
+    w = x * x
+
+    def trial(iscale):
+        l = np.clip(nearest_int(iscale[:, None] * x), -nmax, nmax - 1)
+        lf = l.astype(F32)
+        return l, seq_sum((w * x) * lf), seq_sum((w * lf) * lf)
+
+    iscale = (F32(-nmax) / mx_safe).astype(F32)
+    l, sumlx, suml2 = trial(iscale)
+    L = l + nmax
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = np.where(suml2 != 0, sumlx / suml2, F32(0)).astype(F32)
+    best = (scale * sumlx).astype(F32)
+    for step in range(-9, 10):
+        if step == 0:
+            continue
+        iscale = (-(F32(nmax) + F32(0.1) * F32(step)) / mx_safe).astype(F32)
+        l, sumlx, suml2 = trial(iscale)
+        better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
+        L = np.where(better[:, None], l + nmax, L)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            new_scale = (sumlx / suml2).astype(F32)
+        scale = np.where(better, new_scale, scale)
+        best = np.where(better, (new_scale * sumlx).astype(F32), best)
+    scale = np.where(zero, F32(0), scale).astype(F32)
+    L = np.where(zero[:, None], 0, L)
+    return scale, L.astype(np.uint8)
+
+
+def pack_scales_mins_k4(ls: np.ndarray, lm: np.ndarray) -> np.ndarray:
+    """8 six-bit scales and 8 six-bit mins [B, 8] -> the 12-byte K-quant layout [B, 12]."""
+    out = np.zeros((ls.shape[0], 12), np.uint8)
+    out[:, 0:4] = ls[:, 0:4]
+    out[:, 4:8] = lm[:, 0:4]
+    out[:, 8:12] = (ls[:, 4:8] & 0xF) | ((lm[:, 4:8] & 0xF) << 4)
+    out[:, 0:4] |= (ls[:, 4:8] >> 4) << 6
+    out[:, 4:8] |= (lm[:, 4:8] >> 4) << 6
+    return out
+
+
+def unpack_scales_mins_k4(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    q = packed.astype(np.uint8)
+    sc = np.empty((q.shape[0], 8), np.uint8)
+    m = np.empty((q.shape[0], 8), np.uint8)
+    sc[:, 0:4] = q[:, 0:4] & 63
+    m[:, 0:4] = q[:, 4:8] & 63
+    sc[:, 4:8] = (q[:, 8:12] & 0xF) | ((q[:, 0:4] >> 6) << 4)
+    m[:, 4:8] = (q[:, 8:12] >> 4) | ((q[:, 4:8] >> 6) << 4)
+    return sc, m
+
+
+def fp16_bits(x: np.ndarray) -> np.ndarray:
+    """float32 -> fp16 (round to nearest even) as uint16 words."""
+    return np.asarray(x, F32).astype(np.float16).view(np.uint16)
+
+
+def fp16_value(bits: np.ndarray) -> np.ndarray:
+    return np.asarray(bits, np.uint16).view(np.float16).astype(F32)

@@ -1,0 +1,71 @@
+"""Q4_K (ggml type 12): super-blocks of 256 = 8 groups of 32, 4-bit codes, 144 bytes.
+
+Layout: fp16 d, fp16 dmin, 12 bytes of packed 6-bit group scales and mins, 128 bytes of
+codes (byte l of each 32-byte run holds group 2k in the low nibble, 2k+1 in the high).
+Quantizer: ggml's `quantize_row_q4_K_ref` (no importance matrix).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .kquant_search import (F32, fp16_bits, fp16_value, make_qkx2_quants, pack_scales_mins_k4, seq_sum,
+                            unpack_scales_mins_k4)
+from .rounding import max_ignoring_nan, nearest_int
+
+BLOCK = 256
+BLOCK_BYTES = 144
+NMAX, RMIN, RDELTA, NSTEP = 15, -1.0, 0.1, 20
+
+
+def kquant_groups(x: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int):
+    """Shared by Q4_K and Q5_K: per super-block d, dmin, packed scales, and codes L [B, 256]."""
+    blocks = np.asarray(x, F32).reshape(-1, 8, 32)
+    B = blocks.shape[0]
+    groups = blocks.reshape(-1, 32)
+    av_x = np.sqrt(seq_sum(groups * groups) / F32(32)).astype(F32)
+    weights = av_x[:, None] + np.abs(groups)
+    scales, mins, L = make_qkx2_quants(groups, weights, nmax, rmin, rdelta, nstep)
+    scales, mins, L = scales.reshape(B, 8), mins.reshape(B, 8), L.reshape(B, 8, 32)
+    max_scale = max_ignoring_nan(scales, axis=1)
+    max_min = max_ignoring_nan(mins, axis=1)
+    with np.errstate(divide="ignore"):
+        inv_scale = np.where(max_scale > 0, F32(63) / max_scale, F32(0)).astype(F32)
+        inv_min = np.where(max_min > 0, F32(63) / max_min, F32(0)).astype(F32)
+    ls = np.minimum(nearest_int(inv_scale[:, None] * scales) & 0xFF, 63).astype(np.uint8)
+    lm = np.minimum(nearest_int(inv_min[:, None] * mins) & 0xFF, 63).astype(np.uint8)
+    d_bits = fp16_bits(max_scale / F32(63))
+    dmin_bits = fp16_bits(max_min / F32(63))
+    d = fp16_value(d_bits)[:, None] * ls.astype(F32)
+    dm = fp16_value(dmin_bits)[:, None] * lm.astype(F32)
+    nonzero = d != 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        requant = np.clip(nearest_int((blocks + dm[..., None]) / np.where(nonzero, d, F32(1))[..., None]), 0, nmax)
+    L = np.where(nonzero[..., None], requant, L).astype(np.uint8)
+    return d_bits, dmin_bits, pack_scales_mins_k4(ls, lm), L.reshape(B, 256)
+
+
+def quantize(values: np.ndarray) -> np.ndarray:
+    """float32 [..., n] (n a multiple of 256) -> Q4_K bytes [..., n // 256 * 144]."""
+    x = np.asarray(values, F32)
+    d, dmin, scales, L = kquant_groups(x, NMAX, RMIN, RDELTA, NSTEP)
+    B = L.shape[0]
+    out = np.empty((B, BLOCK_BYTES), np.uint8)
+    out[:, 0:2] = d.reshape(B, 1).view(np.uint8)
+    out[:, 2:4] = dmin.reshape(B, 1).view(np.uint8)
+    out[:, 4:16] = scales
+    runs = L.reshape(B, 4, 2, 32)  # 4 runs of 64 values: low nibbles first 32, high next 32
+    out[:, 16:] = (runs[:, :, 0] | (runs[:, :, 1] << 4)).reshape(B, 128)
+    return out.reshape(x.shape[:-1] + (-1,))
+
+
+def dequantize(data: np.ndarray) -> np.ndarray:
+    blocks = np.asarray(data, np.uint8).reshape(-1, BLOCK_BYTES)
+    B = blocks.shape[0]
+    d = fp16_value(blocks[:, 0:2].copy().view(np.uint16)).reshape(B, 1)
+    dmin = fp16_value(blocks[:, 2:4].copy().view(np.uint16)).reshape(B, 1)
+    sc, m = unpack_scales_mins_k4(blocks[:, 4:16])
+    qs = blocks[:, 16:].reshape(B, 4, 32)
+    L = np.stack([qs & 0xF, qs >> 4], axis=2).reshape(B, 8, 32).astype(F32)
+    out = (d * sc)[..., None] * L - (dmin * m)[..., None]
+    return out.reshape(data.shape[:-1] + (-1,))

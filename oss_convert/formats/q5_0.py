@@ -1,0 +1,49 @@
+"""Q5_0 (ggml type 6): blocks of 32, fp16 d, qh (32 fifth bits, bit j for x[j]), qs[16].
+
+Quantizer: ggml's `quantize_row_q5_0_ref`: d = max / -16, q = min(31, trunc(x / d + 16.5)).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .kquant_search import F32, fp16_bits, fp16_value
+from .q4_0 import inverse, signed_absmax, truncate_u8
+
+BLOCK = 32
+BLOCK_BYTES = 22
+
+
+def pack_5bit(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Codes [N, 32] in 0..31 -> (qh as 4 little-endian bytes [N, 4], qs [N, 16])."""
+    bits = ((q >> 4) & 1).astype(np.uint32)
+    qh = (bits << np.arange(32, dtype=np.uint32)).sum(axis=1, dtype=np.uint32)
+    qs = (q[:, :16] & 0xF) | ((q[:, 16:] & 0xF) << 4)
+    return qh.astype("<u4").view(np.uint8).reshape(-1, 4), qs.astype(np.uint8)
+
+
+def unpack_5bit(qh: np.ndarray, qs: np.ndarray) -> np.ndarray:
+    h = qh.copy().view("<u4").reshape(-1, 1)
+    high = ((h >> np.arange(32, dtype=np.uint32)) & 1).astype(np.uint8)
+    low = np.concatenate([qs & 0xF, qs >> 4], axis=1)
+    return low | (high << 4)
+
+
+def quantize(values: np.ndarray) -> np.ndarray:
+    x = np.asarray(values, F32)
+    blocks = x.reshape(-1, BLOCK)
+    d = (signed_absmax(blocks) / F32(-16)).astype(F32)
+    q = np.minimum(31, truncate_u8(blocks * inverse(d)[:, None] + F32(16.5))).astype(np.uint8)
+    qh, qs = pack_5bit(q)
+    out = np.empty((blocks.shape[0], BLOCK_BYTES), np.uint8)
+    out[:, 0:2] = fp16_bits(d).reshape(-1, 1).view(np.uint8)
+    out[:, 2:6] = qh
+    out[:, 6:] = qs
+    return out.reshape(x.shape[:-1] + (-1,))
+
+
+def dequantize(data: np.ndarray) -> np.ndarray:
+    blocks = np.asarray(data, np.uint8).reshape(-1, BLOCK_BYTES)
+    d = fp16_value(blocks[:, 0:2].copy().view(np.uint16)).reshape(-1, 1)
+    q = unpack_5bit(blocks[:, 2:6], blocks[:, 6:]).astype(F32) - 16
+    return (d * q).reshape(data.shape[:-1] + (-1,))

@@ -1,0 +1,36 @@
+"""ggml's own quantizers, called through ctypes in the libggml-base that llama-cpp-python ships."""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+
+def load():
+    import llama_cpp  # noqa: F401  (the shared libraries live in its package)
+    lib_dir = Path(llama_cpp.__file__).parent / "lib"
+    lib = ctypes.CDLL(str(lib_dir / "libggml-base.so"))
+    lib.ggml_quantize_chunk.restype = ctypes.c_size_t
+    lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                                        ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+    lib.ggml_quantize_init.argtypes = [ctypes.c_int]
+    return lib
+
+
+class GGMLQuantizer:
+    def __init__(self):
+        self.lib = load()
+
+    def quantize(self, qtype: GGMLQuantizationType, values: np.ndarray) -> np.ndarray:
+        """float32 [rows, n_per_row] -> the bytes ggml writes (no importance matrix)."""
+        x = np.ascontiguousarray(values, dtype=np.float32)
+        rows, n = x.shape
+        block, size = GGML_QUANT_SIZES[qtype]
+        out = np.zeros((rows, n // block * size), np.uint8)
+        self.lib.ggml_quantize_init(int(qtype))
+        written = self.lib.ggml_quantize_chunk(int(qtype), x.ctypes.data, out.ctypes.data, 0, rows, n, None)
+        assert written == out.nbytes
+        return out

@@ -1,0 +1,98 @@
+"""Every codec against ggml's own quantizer (libggml-base through ctypes), byte for byte,
+and our dequantizers against gguf-py's (a second, independent reference)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as T
+from gguf import quants as gguf_quants
+from hypothesis import given, settings, strategies as st
+
+from oss_convert.formats import mxfp4
+from oss_convert.formats.registry import QUANTIZERS
+from tests.conftest import need_reference
+
+TYPES = list(QUANTIZERS)
+
+
+@pytest.fixture(scope="module")
+def ggml():
+    try:
+        from tests.reference.libggml import GGMLQuantizer
+        return GGMLQuantizer()
+    except (ImportError, OSError):
+        need_reference("libggml-base (llama-cpp-python)", False)
+
+
+def _cases(rng) -> dict[str, np.ndarray]:
+    n = 512
+    normal = rng.standard_normal((32, n))
+    return {
+        "normal": normal,
+        "heavy tails (cauchy)": rng.standard_cauchy((32, n)),
+        "all zero": np.zeros((4, n)),
+        "constant": np.full((4, n), -2.75),
+        "one spike": np.where(np.arange(n) == 37, 50.0, 0.001 * normal[:1]).repeat(4, 0),
+        "tiny (1e-30)": normal * 1e-30,
+        "denormals": normal * 1e-41,
+        "huge (1e30)": normal * 1e30,
+        "positive only": rng.random((8, n)),
+        "negative only": -rng.random((8, n)),
+        "expert-like (decoded MXFP4)": mxfp4.decode_hf(rng.integers(0, 256, (8, n // 32, 16), dtype=np.uint8),
+                                                       rng.integers(118, 124, (8, n // 32), dtype=np.uint8)),
+    }
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+def test_identical_to_ggml_on_varied_data(ggml, qtype):
+    rng = np.random.default_rng(1234)
+    for name, x in _cases(rng).items():
+        x = x.astype(np.float32)
+        ours, ref = QUANTIZERS[qtype].quantize(x), ggml.quantize(qtype, x)
+        assert ours.shape == ref.shape
+        bad = np.flatnonzero((ours != ref).any(axis=1))
+        assert bad.size == 0, f"{qtype.name} on {name}: rows {bad[:5]} differ"
+
+
+@pytest.mark.reference
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), rows=st.integers(1, 6), blocks=st.integers(1, 3),
+       log_scale=st.floats(-38, 30), qtype=st.sampled_from(TYPES))
+def test_identical_to_ggml_random_shapes(ggml, seed, rows, blocks, log_scale, qtype):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((rows, 256 * blocks)) * 10.0 ** log_scale).astype(np.float32)
+    assert (QUANTIZERS[qtype].quantize(x) == ggml.quantize(qtype, x)).all()
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+def test_dequantizers_agree_with_gguf_py(qtype):
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((8, 512)).astype(np.float32)
+    data = QUANTIZERS[qtype].quantize(x)
+    ours = QUANTIZERS[qtype].dequantize(data)
+    theirs = gguf_quants.dequantize(data, qtype)
+    np.testing.assert_array_equal(ours, theirs.reshape(ours.shape))
+    # and the round trip is close: every format keeps the values to its precision
+    assert np.abs(ours - x).max() < 0.35
+
+
+def test_mxfp4_layouts_are_inverse():
+    rng = np.random.default_rng(3)
+    blocks = rng.integers(0, 256, (3, 5, 4, 16), dtype=np.uint8)
+    scales = rng.integers(0, 255, (3, 5, 4), dtype=np.uint8)
+    ggml = mxfp4.hf_to_ggml(blocks, scales)
+    assert ggml.shape == (3, 5, 4 * 17)
+    b, s = mxfp4.ggml_to_hf(ggml)
+    assert (b == blocks).all() and (s == scales).all()
+    b, s = mxfp4.ollama_to_hf(mxfp4.hf_to_ollama(blocks, scales))
+    assert (b == blocks).all() and (s == scales).all()
+
+
+def test_mxfp4_ggml_bytes_decode_as_gguf_py_does():
+    rng = np.random.default_rng(4)
+    blocks = rng.integers(0, 256, (6, 4, 16), dtype=np.uint8)
+    scales = rng.integers(100, 140, (6, 4), dtype=np.uint8)
+    theirs = gguf_quants.dequantize(mxfp4.hf_to_ggml(blocks, scales), T.MXFP4)
+    np.testing.assert_array_equal(theirs.reshape(6, 128), mxfp4.decode_hf(blocks, scales))
