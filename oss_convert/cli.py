@@ -68,30 +68,67 @@ def inspect_cmd(path: Path, as_json: bool, show_tensors: bool):
         click.echo(render_report(doc, show_tensors))
 
 
+CONVERT_TYPES = ["mxfp4", "q4_k_m", "q4_k_s", "q4_k", "q5_k_m", "q5_k_s", "q6_k", "q8_0", "q4_0", "q5_0", "q5_1",
+                 "mxfp4_moe"]
+
+
 @cli.command("convert")
 @click.argument("src", type=click.Path(path_type=Path))
-@click.option("-o", "--output", "out", type=click.Path(path_type=Path), required=True,
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path),
               help="The .gguf file to write (a folder with --to safetensors).")
 @click.option("--to", "target", type=click.Choice(["gguf", "safetensors"]), default="gguf", show_default=True)
-@click.option("--type", "qtype", type=click.Choice(["mxfp4"]), default="mxfp4", show_default=True,
-              help="Expert weights: mxfp4 copies the FP4 bits unchanged.")
+@click.option("--type", "qtype", type=click.Choice(CONVERT_TYPES), default="mxfp4", show_default=True,
+              help="mxfp4: lossless, the FP4 bits copied. Others: llama-quantize's mixture of that name "
+                   "(q4_k: every weight Q4_K, as llama-quantize --pure).")
 @click.option("--outtype", type=click.Choice(["bf16", "f16", "f32", "q8_0"]), default="bf16", show_default=True,
-              help="Type of the non-expert 2-D weights (norms, biases, router stay F32).")
+              help="Lossless only: type of the non-expert 2-D weights (norms, biases, router stay F32).")
+@click.option("--keep-mxfp4-experts", is_flag=True,
+              help="Requantizing: keep the expert tensors lossless MXFP4, apply the mixture to the rest.")
+@click.option("--dry-run", is_flag=True, help="Show the plan (type per tensor group and why) and stop.")
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable plan and result on stdout.")
 @user_errors
-def convert_cmd(src: Path, out: Path, target: str, qtype: str, outtype: str, force: bool, as_json: bool):
-    """Convert a GPT-OSS safetensors checkpoint to GGUF (or a GGUF back to safetensors)."""
+def convert_cmd(src: Path, out: Path | None, target: str, qtype: str, outtype: str, keep_mxfp4_experts: bool,
+                dry_run: bool, force: bool, as_json: bool):
+    """Convert a GPT-OSS safetensors checkpoint to GGUF (or a GGUF back to safetensors).
+
+    Lossless by default: the MXFP4 experts are copied bit for bit, the file is the one
+    llama.cpp's convert_hf_to_gguf.py writes. With --type q4_k_m (etc.) the result is
+    the file llama-quantize makes from it, and a report of what each tensor lost.
+    """
+    from .convert.plan_report import plan_document, render_cost, render_plan
+
+    if out is None and not dry_run:
+        raise click.UsageError("missing -o/--output")
     if target == "safetensors":
         from .convert.to_safetensors import convert_to_safetensors
         result = convert_to_safetensors(src, out, force=force)
+        return emit_json(result) if as_json else click.echo(f"wrote {out} ({result['tensors']} tensors)", err=True)
+
+    from .convert import to_gguf
+    if qtype == "mxfp4":
+        ckpt = to_gguf.open_source(src)
+        tensors = to_gguf.plan_lossless(ckpt, outtype)
+        doc = plan_document(f"lossless MXFP4 ({outtype} elsewhere)", tensors)
+        run = lambda: to_gguf.convert_plan_lossless(ckpt, tensors, out, outtype=outtype, force=force)  # noqa: E731
     else:
-        from .convert.to_gguf import convert_lossless
-        result = convert_lossless(src, out, outtype=outtype, force=force)
+        ckpt, plan = to_gguf.prepare_requantized(src, qtype, keep_mxfp4_experts)
+        title = plan.mixture_key.upper() + (" with MXFP4 experts kept" if keep_mxfp4_experts else "")
+        doc = plan_document(title, plan.tensors)
+        run = lambda: to_gguf.convert_requantized(ckpt, plan, out, force=force)  # noqa: E731
+    if dry_run:
+        return emit_json({"plan": doc}) if as_json else click.echo(render_plan(doc))
+    if out is not None and out.exists() and not force:
+        raise OssConvertError(f"{out}: already exists (use --force to overwrite)")
+    if not as_json:
+        click.echo(render_plan(doc), err=True)
+    result = run()
     if as_json:
-        emit_json(result)
-    else:
-        click.echo(f"wrote {result['output']} ({result['bytes']:,} bytes, {result['tensors']} tensors)", err=True)
+        emit_json({"plan": doc, "result": result})
+        return
+    if "cost" in result:
+        click.echo(render_cost(result["cost"]), err=True)
+    click.echo(f"wrote {result['output']} ({result['bytes']:,} bytes, {result['tensors']} tensors)", err=True)
 
 
 def main():

@@ -29,6 +29,7 @@ class PlannedTensor:
     source: str  # HF name
     reason: str
     produce: Callable[[], Produced]
+    target: Target | None = None  # the source slice it is made from
 
 
 def _float_type(t: Target, outtype: T) -> tuple[T, str]:
@@ -50,11 +51,11 @@ def plan_lossless(ckpt: SafetensorsCheckpoint, outtype: str = "bf16") -> list[Pl
     for t in targets(ckpt):
         if t.source.format == "MXFP4":
             plan.append(PlannedTensor(t.name, T.MXFP4, t.ggml_shape, t.source.name,
-                                      "MXFP4 copied bit for bit", lambda t=t: _mxfp4_chunks(t)))
+                                      "MXFP4 copied bit for bit", lambda t=t: _mxfp4_chunks(t), t))
             continue
         qtype, reason = _float_type(t, out_t)
         plan.append(PlannedTensor(t.name, qtype, t.ggml_shape, t.source.name, reason,
-                                  lambda t=t, q=qtype: _float_chunks(t, q)))
+                                  lambda t=t, q=qtype: _float_chunks(t, q), t))
     return plan
 
 

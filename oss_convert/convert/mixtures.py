@@ -2,8 +2,8 @@
 
 Follows `tensor_allows_quantization`, `llama_tensor_get_type_impl` and
 `tensor_type_fallback` in llama.cpp's src/llama-quant.cpp, restricted to the branches
-that the supported mixtures reach on a MoE model with other than 8 experts, and records
-why each tensor got its type.
+that the supported mixtures reach on the gpt-oss architecture (real: 32 or 128 experts;
+the 8-expert special cases apply to small fixtures), and records why each tensor got its type.
 """
 
 from __future__ import annotations
@@ -123,11 +123,17 @@ class MixturePlanner:
         if cat in ("attn_v", "attn_qkv"):
             i = self.i_attn_v
             self.i_attn_v += 1
+            if self.n_experts == 8:
+                return T.Q8_0, "8-expert models keep attn_v at Q8_0"
             if m.name in ("Q4_K_M", "Q5_K_M") and _use_more_bits(i, self.n_attn_v):
                 return T.Q6_K, f"{m.name}: attn_v of layer {i} gets more bits (Q6_K)"
             if m.name == "Q4_K_S" and i < 4:
                 return T.Q5_K, f"{m.name}: attn_v of the first 4 layers gets Q5_K"
             return new, reason
+        if cat == "attn_k" and self.n_experts == 8:
+            return T.Q8_0, "8-expert models keep attn_k at Q8_0"
+        if cat == "attn_output" and self.n_experts == 8 and m.name in ("Q4_K_M", "Q4_K_S"):
+            return T.Q5_K, f"{m.name} on an 8-expert model: attn_output gets Q5_K"
         if cat == "ffn_down":
             layer = int(re.match(r"blk\.(\d+)\.", name)[1])
             if m.name in ("Q4_K_M", "Q5_K_M") and _use_more_bits(layer, self.n_layers):

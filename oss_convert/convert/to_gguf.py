@@ -12,8 +12,10 @@ from ..checkpoint import SafetensorsCheckpoint, open_checkpoint
 from ..errors import OssConvertError
 from ..files.atomic import atomic_path
 from ..files.gguf import TensorToWrite, Value, write_gguf
+from ..files.gguf import ValueType
 from .lossless import PlannedTensor, plan_lossless
 from .metadata import FILE_TYPES, model_metadata
+from .requantize import RequantPlan, cost_report, plan_requantized
 from .vocab import find_tokenizer_dir, read_vocab
 
 
@@ -64,8 +66,37 @@ def write_plan(out: Path, metadata: dict[str, Value], plan: list[PlannedTensor],
 def convert_lossless(src, out: Path, *, outtype: str = "bf16", force: bool = False,
                      show_progress: bool | None = None) -> dict:
     ckpt = open_source(src)
-    plan = plan_lossless(ckpt, outtype)
+    return convert_plan_lossless(ckpt, plan_lossless(ckpt, outtype), out, outtype=outtype, force=force,
+                                 show_progress=show_progress)
+
+
+def convert_plan_lossless(ckpt: SafetensorsCheckpoint, plan: list[PlannedTensor], out: Path, *, outtype: str,
+                          force: bool = False, show_progress: bool | None = None) -> dict:
     metadata = gguf_metadata(ckpt, plan, lossless_file_type(outtype))
     size = write_plan(out, metadata, plan, force=force, show_progress=show_progress)
     return {"output": str(out), "bytes": size, "tensors": len(plan),
             "mxfp4_tensors": sum(p.type.name == "MXFP4" for p in plan)}
+
+
+def requantized_metadata(ckpt: SafetensorsCheckpoint, plan: RequantPlan) -> dict[str, Value]:
+    """The converter's metadata as llama-quantize rewrites it: every key copied, then
+    general.quantization_version and general.file_type removed and appended anew."""
+    meta = gguf_metadata(ckpt, plan_lossless(ckpt), lossless_file_type("bf16"))
+    version = meta.pop("general.quantization_version")
+    meta.pop("general.file_type")
+    meta["general.quantization_version"] = version
+    meta["general.file_type"] = Value(ValueType.UINT32, plan.file_type)
+    return meta
+
+
+def prepare_requantized(src, mixture: str, keep_mxfp4_experts: bool = False):
+    ckpt = open_source(src)
+    plan = plan_requantized(ckpt, mixture, keep_mxfp4_experts)
+    return ckpt, plan
+
+
+def convert_requantized(ckpt: SafetensorsCheckpoint, plan: RequantPlan, out: Path, *, force: bool = False,
+                        show_progress: bool | None = None) -> dict:
+    size = write_plan(out, requantized_metadata(ckpt, plan), plan.tensors, force=force,
+                      show_progress=show_progress)
+    return {"output": str(out), "bytes": size, "tensors": len(plan.tensors), "cost": cost_report(plan)}

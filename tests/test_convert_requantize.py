@@ -1,0 +1,98 @@
+"""Requantized conversion: the same file as llama.cpp's converter followed by llama-quantize."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from oss_convert.cli import cli
+from oss_convert.convert.mixtures import MIXTURES
+from oss_convert.files.gguf import read_gguf
+from tests.gguf_compare import gguf_differences
+from tests.reference.llama_quantize import llama_quantize
+
+
+def convert(*args):
+    result = CliRunner().invoke(cli, ["convert", *map(str, args)])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def quantized_reference(tmp_path_factory):
+    """llama-quantize applied to llama.cpp's converter output; cached per (checkpoint, mixture)."""
+    cache, base = {}, tmp_path_factory.mktemp("llama-quantize")
+
+    def run(converted, mixture: str):
+        key = (str(converted), mixture)
+        if key not in cache:
+            out = base / f"{len(cache)}-{mixture}.gguf"
+            m = MIXTURES[mixture]
+            llama_quantize(converted, out, m.file_type, pure=m.pure)
+            cache[key] = out
+        return cache[key]
+    return run
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("name", ["tiny", "small", "mid-sharded"])
+@pytest.mark.parametrize("mixture", ["q4_k_m", "q4_k_s", "q4_k"])
+def test_identical_to_llama_quantize(checkpoints, llama_convert, llama_cpp, quantized_reference, tmp_path,
+                                     name, mixture):
+    reference = quantized_reference(llama_convert(checkpoints[name]), mixture)
+    ours = tmp_path / "ours.gguf"
+    convert(checkpoints[name], "-o", ours, "--type", mixture)
+    assert gguf_differences(ours, reference) == []
+
+
+@pytest.mark.reference
+def test_keep_mxfp4_experts(checkpoints, llama_convert, llama_cpp, quantized_reference, tmp_path):
+    """Experts stay the lossless MXFP4 bytes; every other tensor is what Q4_K_M makes of it."""
+    src = checkpoints["mid-sharded"]
+    lossless = llama_convert(src)
+    reference = read_gguf(quantized_reference(lossless, "q4_k_m")).tensors
+    ours_path = tmp_path / "ours.gguf"
+    convert(src, "-o", ours_path, "--type", "q4_k_m", "--keep-mxfp4-experts")
+    ours, original = read_gguf(ours_path).tensors, read_gguf(lossless).tensors
+    assert list(ours) == list(reference)
+    for name, t in ours.items():
+        expected = original[name] if name.endswith("_exps.weight") else reference[name]
+        assert (t.type, t.shape) == (expected.type, expected.shape), name
+        assert t.raw().tobytes() == expected.raw().tobytes(), name
+    assert read_gguf(ours_path).get("general.file_type") == 15
+
+
+def test_dry_run_explains_the_fallbacks(tmp_path):
+    from fixtures.checkpoints import write_checkpoint
+    write_checkpoint(tmp_path, "20b", shards=3, sparse=True)
+    result = CliRunner().invoke(cli, ["convert", str(tmp_path), "--type", "q4_k_m", "--dry-run", "--json"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)["plan"]
+    assert plan["types"] == {"F32": 289, "Q5_0": 121, "Q8_0": 25, "Q4_K": 24}
+    gate = next(g for g in plan["groups"] if g["tensor"] == "blk.N.ffn_gate_exps.weight")
+    assert gate["type"] == "Q5_0" and gate["count"] == 24
+    assert "ne0 = 2880 is not a multiple of 256: Q4_K falls back to Q5_0" in gate["reason"]
+    down = {g["type"]: g for g in plan["groups"] if g["tensor"] == "blk.N.ffn_down_exps.weight"}
+    assert down["Q8_0"]["layers"] == [0, 1, 2, 5, 8, 11, 14, 17, 20, 21, 22, 23]
+    assert "Q6_K falls back to Q8_0" in down["Q8_0"]["reason"]
+    assert not list(tmp_path.glob("*.gguf"))
+    human = CliRunner().invoke(cli, ["convert", str(tmp_path), "--type", "q4_k_m", "--dry-run"])
+    assert "Q4_K falls back to Q5_0" in human.output and "expected tensor data" in human.output
+
+
+def test_cost_report(bundled, tmp_path):
+    result = CliRunner().invoke(cli, ["convert", str(bundled), "-o", str(tmp_path / "q.gguf"), "--type", "q4_k_m",
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    cost = doc["result"]["cost"]
+    by_name = {t["name"]: t for t in cost["tensors"]}
+    gate = by_name["blk.0.ffn_gate_exps.weight"]
+    assert gate["from"] == "MXFP4" and gate["to"] == "Q5_0"
+    assert 20 < gate["snr_db"] < 40 and 0 < gate["relative_error"] < 0.1 and gate["max_abs_error"] > 0
+    q8 = by_name["blk.3.ffn_down_exps.weight"]
+    assert q8["to"] == "Q8_0" and q8["snr_db"] > gate["snr_db"] + 10  # 8 bits beat 5 bits
+    assert 4 < cost["bits_per_weight"] < 9
+    assert "blk.0.attn_norm.weight" not in by_name  # unchanged tensors cost nothing
