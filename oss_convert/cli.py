@@ -131,6 +131,40 @@ def convert_cmd(src: Path, out: Path | None, target: str, qtype: str, outtype: s
     click.echo(f"wrote {result['output']} ({result['bytes']:,} bytes, {result['tensors']} tensors)", err=True)
 
 
+class InputError(click.ClickException):
+    """An unreadable input where the command reserves exit status 1 for a finding."""
+
+    exit_code = 2
+
+
+@cli.command("verify")
+@click.argument("src", type=click.Path(path_type=Path))
+@click.argument("port", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@click.option("--require-fp4", is_flag=True, help="Also fail unless every MXFP4 tensor is bit-identical MXFP4.")
+def verify_cmd(src: Path, port: Path, as_json: bool, require_fp4: bool):
+    """Prove whether PORT (any GPT-OSS GGUF) preserves the FP4 bits of SRC, tensor by tensor.
+
+    Exit status: 0 when every tensor is bit-identical or a reference requantization and the
+    metadata agrees; 1 when something is lossy, missing or wrong (with --require-fp4, also
+    when the experts are not bit-identical MXFP4); 2 for unreadable inputs.
+    """
+    from .verify import exit_status, render, verify
+
+    try:
+        doc = verify(src, port)
+    except OssConvertError as e:
+        raise InputError(str(e)) from None
+    except KeyboardInterrupt:
+        click.echo("Error: interrupted", err=True)
+        sys.exit(130)
+    if as_json:
+        emit_json(doc)
+    else:
+        click.echo(render(doc))
+    sys.exit(exit_status(doc, require_fp4))
+
+
 def main():
     cli(prog_name="oss-convert")
 

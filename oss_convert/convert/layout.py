@@ -19,13 +19,13 @@ from ..errors import OssConvertError
 class Target:
     name: str  # GGUF name
     source: HFTensor
-    part: str  # "all", "gate" (even rows of gate_up), "up" (odd rows)
+    part: str  # "all", "gate" (even rows of gate_up), "up" (odd rows), "fused" (Ollama: all of gate_up)
 
     @property
     def shape(self) -> tuple[int, ...]:
         """Row-major logical shape of this tensor (ggml order is the reverse)."""
         shape = self.source.shape
-        if self.part == "all":
+        if self.part in ("all", "fused"):
             return shape
         # gate/up take every other row of the 2I axis: axis 1 of [E, 2I, H] and of bias [E, 2I]
         return (shape[0], shape[1] // 2) + shape[2:]
@@ -52,7 +52,7 @@ def targets(ckpt: SafetensorsCheckpoint) -> list[Target]:
 
 def rows_of(target: Target, data):
     """The target's share of a chunk of its source (experts or rows along axis 0)."""
-    if target.part == "all":
+    if target.part in ("all", "fused"):
         return data
     sl = slice(0, None, 2) if target.part == "gate" else slice(1, None, 2)
     if isinstance(data, tuple):  # MXFP4 (blocks [E, 2I, G, 16], scales [E, 2I, G])
@@ -60,11 +60,17 @@ def rows_of(target: Target, data):
     return data[..., sl]  # bias [E, 2I]
 
 
-def iter_chunks(target: Target, max_bytes: int) -> Iterator:
-    """The target's source in slices of whole experts (or rows) of at most ~max_bytes."""
+def chunk_ranges(target: Target, max_bytes: int) -> Iterator[tuple[int, int]]:
+    """[start, stop) ranges of whole experts (or rows) of the source, ~max_bytes each."""
     src = target.source
     total = src.shape[0]
     per_slice = sum(p.nbytes // max(1, p.shape[0]) for p in src.parts.values())
     step = max(1, max_bytes // max(1, per_slice))
     for start in range(0, total, step):
-        yield rows_of(target, src.read(start, min(total, start + step)))
+        yield start, min(total, start + step)
+
+
+def iter_chunks(target: Target, max_bytes: int) -> Iterator:
+    """The target's share of its source, in slices of whole experts (or rows)."""
+    for start, stop in chunk_ranges(target, max_bytes):
+        yield rows_of(target, target.source.read(start, stop))

@@ -65,16 +65,30 @@ class Value:
     item_type: ValueType | None = None
 
 
+# Type codes that ggml has retired but files in the wild still use: Ollama's older gpt-oss
+# GGUFs store MXFP4 as type 4 (17-byte blocks of 32, scale byte first, HF nibble order).
+LEGACY_TYPES = {4: ("MXFP4_OLLAMA", 32, 17)}
+
+
 def ggml_type_name(type_code: int) -> str:
+    if type_code in LEGACY_TYPES:
+        return LEGACY_TYPES[type_code][0]
     try:
         return GGMLQuantizationType(type_code).name
     except ValueError:
         return f"TYPE_{type_code}"
 
 
+def block_geometry(type_code: int) -> tuple[int, int]:
+    """(values per block, bytes per block) of a ggml type code."""
+    if type_code in LEGACY_TYPES:
+        return LEGACY_TYPES[type_code][1:]
+    return GGML_QUANT_SIZES[GGMLQuantizationType(type_code)]
+
+
 def tensor_nbytes(type_code: int, shape: tuple[int, ...]) -> int:
     """Bytes of a tensor of ggml type `type_code` and ggml shape (ne0 first)."""
-    block, size = GGML_QUANT_SIZES[GGMLQuantizationType(type_code)]
+    block, size = block_geometry(type_code)
     if shape and shape[0] % block:
         raise ValueError(f"row length {shape[0]} is not a multiple of the {ggml_type_name(type_code)} block ({block})")
     return math.prod(shape) // block * size
@@ -225,7 +239,7 @@ def _parse(path: Path, data: bytes, size: int) -> tuple[int, dict[str, Value], l
     data_start = cur.pos + (-cur.pos % alignment)
     tensors = []
     for name, shape, type_code, offset in infos:
-        if type_code not in GGMLQuantizationType._value2member_map_:
+        if type_code not in GGMLQuantizationType._value2member_map_ and type_code not in LEGACY_TYPES:
             raise OssConvertError(f"{path}: tensor {name!r} has unknown ggml type {type_code}")
         try:
             nbytes = tensor_nbytes(type_code, shape)
