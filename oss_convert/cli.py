@@ -131,6 +131,30 @@ def convert_cmd(src: Path, out: Path | None, target: str, qtype: str, outtype: s
     click.echo(f"wrote {result['output']} ({result['bytes']:,} bytes, {result['tensors']} tensors)", err=True)
 
 
+@cli.command("compare")
+@click.argument("a", type=click.Path(path_type=Path))
+@click.argument("b", type=click.Path(path_type=Path))
+@click.option("--layers", default="all", show_default=True, help="'all' or a list like 0,3,5.")
+@click.option("--tokens", default=64, show_default=True, type=click.IntRange(1, 1 << 20))
+@click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@user_errors
+def compare_cmd(a: Path, b: Path, layers: str, tokens: int, device: str, seed: int, as_json: bool):
+    """Run the MoE block of chosen layers from A and from B on the same hidden states and compare.
+
+    A and B are any GPT-OSS checkpoint or GGUF (MXFP4, Q4_K_M, ...). Identical weights give
+    identical outputs; requantized experts show their cost on activations.
+    """
+    from .runtime.compare import compare_moe, render_comparison
+
+    doc = compare_moe(a, b, layers=layers, tokens=tokens, device=device, seed=seed)
+    if as_json:
+        emit_json(doc)
+    else:
+        click.echo(render_comparison(doc))
+
+
 class InputError(click.ClickException):
     """An unreadable input where the command reserves exit status 1 for a finding."""
 

@@ -22,7 +22,8 @@ from ..errors import OssConvertError
 from ..files.atomic import atomic_path
 from ..files.gguf import GGUFTensor
 from ..files.safetensors import TensorToWrite, write_file
-from ..formats import floats, mxfp4, q8_0
+from ..formats import floats, mxfp4
+from ..formats.registry import decode
 from .vocab import CONTROL, NORMAL, UNUSED, USER_DEFINED
 
 O200K_PATTERN = (
@@ -46,18 +47,10 @@ def hf_names(cfg: GptOssConfig) -> list[str]:
 
 def _values(t: GGUFTensor) -> np.ndarray:
     """A float GGUF tensor's values as float32, row-major (ggml shape reversed)."""
-    raw = t.raw()
-    shape = tuple(reversed(t.shape))
-    if t.type == T.F32:
-        return raw.view(np.float32).reshape(shape)
-    if t.type == T.BF16:
-        return floats.bf16_to_float32(raw.view(np.uint16)).reshape(shape)
-    if t.type == T.F16:
-        return raw.view(np.float16).astype(np.float32).reshape(shape)
-    if t.type == T.Q8_0:
-        return q8_0.dequantize(raw).reshape(shape)
-    raise OssConvertError(f"{t.path}: {t.name} is {t.type_name}; --to safetensors takes lossless GGUFs "
-                          "(MXFP4 experts, F32/BF16/F16/Q8_0 elsewhere)")
+    if t.type not in (T.F32, T.BF16, T.F16, T.Q8_0):
+        raise OssConvertError(f"{t.path}: {t.name} is {t.type_name}; --to safetensors takes lossless GGUFs "
+                              "(MXFP4 experts, F32/BF16/F16/Q8_0 elsewhere)")
+    return decode(t.raw(), t.type).reshape(tuple(reversed(t.shape)))
 
 
 def _bf16(t: GGUFTensor) -> np.ndarray:

@@ -21,7 +21,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from ..errors import OssConvertError
-from .stream import Produced, pread_array, write_produced
+from .stream import BackgroundWriter, Produced, pread_array, write_produced
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
@@ -330,6 +330,10 @@ def write_gguf(out: BinaryIO, metadata: dict[str, Value], tensors: Iterable[Tens
         offset += t.nbytes + (-t.nbytes % alignment)
     raw = b"".join(header)
     out.write(raw + b"\0" * (-len(raw) % alignment))
-    for t in tensors:
-        write_produced(out, t.name, t.produce(), t.nbytes, on_bytes)
-        out.write(b"\0" * (-t.nbytes % alignment))
+    writer = BackgroundWriter(out)
+    try:
+        for t in tensors:
+            write_produced(writer, t.name, t.produce(), t.nbytes, on_bytes)
+            writer.write(b"\0" * (-t.nbytes % alignment))
+    finally:
+        writer.close()

@@ -22,7 +22,7 @@ def write_produced(out: BinaryIO, name: str, produced: Produced, expected: int,
     written = 0
     for chunk in chunks:
         chunk = np.ascontiguousarray(chunk)
-        out.write(memoryview(chunk).cast("B"))
+        out.write(memoryview(chunk).cast("B"))  # the chunk object stays alive in the view
         written += chunk.nbytes
         if on_bytes:
             on_bytes(chunk.nbytes)
@@ -41,3 +41,35 @@ def pread_array(path, offset: int, nbytes: int, dtype) -> np.ndarray:
                 raise EOFError(f"{path}: ended at byte {offset + pos}, expected {offset + nbytes}")
             pos += n
     return np.frombuffer(buf, dtype=dtype)
+
+
+class BackgroundWriter:
+    """Writes chunks on a second thread, so that producing the next chunk (numpy, which
+    releases the GIL) overlaps with writing this one. At most `depth` chunks wait."""
+
+    def __init__(self, out: BinaryIO, depth: int = 2):
+        import queue
+        import threading
+        self.out, self.error = out, None
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (chunk := self.queue.get()) is not None:
+            if self.error is None:
+                try:
+                    self.out.write(chunk)
+                except BaseException as e:  # reported to the producer on its next call
+                    self.error = e
+
+    def write(self, data) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put(data)
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error

@@ -31,16 +31,26 @@ def hf_blocks_from_codes(codes: np.ndarray) -> np.ndarray:
     return (codes[..., 0::2] | (codes[..., 1::2] << 4)).astype(np.uint8)
 
 
+_LOW = np.uint64(0x0F0F0F0F0F0F0F0F)
+_HIGH = np.uint64(0xF0F0F0F0F0F0F0F0)
+_FOUR = np.uint64(4)
+
+
 def hf_to_ggml(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    """HF blocks [..., G, 16] and scales [..., G] -> GGML bytes [..., G * 17]."""
-    lo_half = blocks[..., 0:8]   # elements 0..15, in adjacent pairs
-    hi_half = blocks[..., 8:16]  # elements 16..31
-    out = np.empty(blocks.shape[:-1] + (GGML_BLOCK_BYTES,), np.uint8)
-    out[..., 0] = scales
-    qs = out[..., 1:]
-    # qs[j] = element j (low) | element j+16 (high), for j = 2k and 2k+1.
-    qs[..., 0::2] = (lo_half & 0x0F) | ((hi_half & 0x0F) << 4)
-    qs[..., 1::2] = (lo_half >> 4) | (hi_half & 0xF0)
+    """HF blocks [..., G, 16] and scales [..., G] -> GGML bytes [..., G * 17].
+
+    Byte k < 8 of an HF block holds elements 2k, 2k+1; byte 8+k holds 16+2k, 17+2k. GGML
+    wants qs[2k] = (2k | 16+2k << 4) and qs[2k+1] = (2k+1 | 17+2k << 4): the low nibbles of
+    bytes k and 8+k, then their high nibbles. Done eight bytes at a time on uint64 words.
+    """
+    words = np.ascontiguousarray(blocks).view(np.uint64).reshape(-1, 2)
+    first, second = words[:, 0], words[:, 1]  # bytes 0..7 and 8..15 of each block
+    even = (first & _LOW) | ((second & _LOW) << _FOUR)
+    odd = ((first >> _FOUR) & _LOW) | (second & _HIGH)
+    out = np.empty((words.shape[0], GGML_BLOCK_BYTES), np.uint8)
+    out[:, 0] = scales.reshape(-1)
+    out[:, 1::2] = even.view(np.uint8).reshape(-1, 8)
+    out[:, 2::2] = odd.view(np.uint8).reshape(-1, 8)
     return out.reshape(blocks.shape[:-2] + (-1,))
 
 

@@ -19,11 +19,9 @@ from ..convert.layout import Target, chunk_ranges, rows_of
 from ..files.gguf import GGUFTensor
 from ..files.stream import CHUNK_BYTES
 from ..formats import floats, mxfp4
-from ..formats.registry import QUANTIZERS
+from ..formats.registry import OLLAMA_MXFP4, QUANTIZERS, decode
 from ..metrics import ErrorStats
 
-OLLAMA_MXFP4 = 4
-FLOAT_TYPES = {T.F32: np.float32, T.F16: np.float16}
 
 
 def port_format(t: GGUFTensor) -> str:
@@ -95,16 +93,7 @@ class _Comparison:
         self.stats.add(values, restored)
 
     def _port_values(self, raw: np.ndarray) -> np.ndarray:
-        t = self.port.type
-        if t in FLOAT_TYPES:
-            return raw.view(FLOAT_TYPES[t]).astype(np.float32)
-        if t == T.BF16:
-            return floats.bf16_to_float32(raw.view(np.uint16))
-        if t in QUANTIZERS:
-            return QUANTIZERS[t].dequantize(raw)
-        if t in (T.MXFP4, OLLAMA_MXFP4):
-            return mxfp4.decode_hf(*self._port_fp4(raw))
-        raise ValueError(f"cannot read ggml type {self.port.type_name}")
+        return decode(raw, self.port.type)
 
     def _port_fp4(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return mxfp4.ggml_to_hf(raw) if self.port.type == T.MXFP4 else mxfp4.ollama_to_hf(raw)

@@ -1,0 +1,40 @@
+"""Helpers for benchmarks: run a command in a child process and read its wall time and peak RSS."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, int]:
+    """(wall seconds including a final sync, peak RSS in bytes) of `cmd`, which must succeed."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    stderr = proc.stderr.read().decode(errors="replace")
+    proc.stderr.close()
+    os.sync()
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"failed: {' '.join(cmd)}\n{stderr[-3000:]}")
+    return wall, usage.ru_maxrss * 1024
+
+
+def fmt_row(cells, widths) -> str:
+    return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))
+
+
+def ensure_fixture(path: Path, preset: str, sparse: bool = False) -> Path:
+    if not (path / "config.json").is_file():
+        print(f"generating {preset} fixture in {path} ...", flush=True)
+        sys.path.insert(0, str(ROOT))
+        from fixtures.checkpoints import write_checkpoint
+        shards = {"20b": 3, "120b": 15}.get(preset, 1)
+        write_checkpoint(path, preset, shards=shards, sparse=sparse)
+    return path

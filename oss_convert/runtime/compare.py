@@ -1,0 +1,91 @@
+"""Feed the same hidden states through one MoE layer of two artifacts and compare the outputs."""
+
+from __future__ import annotations
+
+import torch
+
+from ..checkpoint import open_checkpoint
+from ..errors import OssConvertError
+from .moe import choose_backend, moe_forward, rms_norm
+from .moe_reference import route
+from .weights import load_layer
+
+
+def parse_layers(spec: str, n_layers: int) -> list[int]:
+    if spec == "all":
+        return list(range(n_layers))
+    try:
+        layers = [int(p) for p in spec.split(",") if p.strip()]
+    except ValueError:
+        raise OssConvertError(f"--layers {spec!r}: expected 'all' or numbers like 0,3,5") from None
+    bad = [n for n in layers if not 0 <= n < n_layers]
+    if bad or not layers:
+        raise OssConvertError(f"--layers {spec!r}: the model has layers 0..{n_layers - 1}")
+    return layers
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise OssConvertError("--device cuda: no CUDA device is available")
+    return torch.device(name)
+
+
+def hidden_states(layer_norm: torch.Tensor, tokens: int, seed: int, layer: int, device) -> torch.Tensor:
+    """Residual-stream-like inputs (unit variance), normalized by the layer's own post-attention norm."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + layer)
+    x = torch.randn(tokens, layer_norm.shape[0], generator=gen)
+    return rms_norm(x, layer_norm.cpu()).to(device)
+
+
+def layer_metrics(a: torch.Tensor, b: torch.Tensor) -> dict:
+    diff = (a - b).double()
+    a64, b64 = a.double().flatten(), b.double().flatten()
+    denom = a64.norm() * b64.norm()
+    return {"max_abs_diff": float(diff.abs().max()),
+            "rel_error": float(diff.norm() / a64.norm()) if a64.norm() > 0 else 0.0,
+            "cosine": float(a64 @ b64 / denom) if denom > 0 else 1.0}
+
+
+def compare_moe(a_path, b_path, layers: str = "all", tokens: int = 64, device: str = "auto", seed: int = 0) -> dict:
+    a, b = open_checkpoint(a_path), open_checkpoint(b_path)
+    for name, ck in ((a_path, a), (b_path, b)):
+        if ck.config is None:
+            raise OssConvertError(f"{name}: not a GPT-OSS checkpoint or GGUF")
+    ca, cb = a.config, b.config
+    if (ca.num_layers, ca.hidden_size, ca.num_experts) != (cb.num_layers, cb.hidden_size, cb.num_experts):
+        raise OssConvertError(f"{a_path} and {b_path} are different models (layers, hidden size or experts differ)")
+    dev = pick_device(device)
+    results = []
+    for n in parse_layers(layers, ca.num_layers):
+        la, lb = load_layer(a, n).to(dev), load_layer(b, n).to(dev)
+        x = hidden_states(la.norm_w, tokens, seed, n, dev)
+        with torch.no_grad():
+            ya, yb = moe_forward(la, x), moe_forward(lb, x)
+            ea, _ = route(x, la.router_w, la.router_b, la.top_k)
+            eb, _ = route(x, lb.router_w, lb.router_b, lb.top_k)
+        same = (ea.sort(dim=-1).values == eb.sort(dim=-1).values).all(dim=-1).float().mean().item()
+        results.append({"layer": n, **layer_metrics(ya.cpu(), yb.cpu()), "same_experts": same == 1.0,
+                        "same_experts_fraction": same,
+                        "backend_a": choose_backend(la, dev), "backend_b": choose_backend(lb, dev),
+                        "format_a": la.gate_up.format, "format_b": lb.gate_up.format})
+    identical = all(r["max_abs_diff"] == 0 for r in results)
+    worst = max(results, key=lambda r: r["rel_error"])
+    verdict = (f"identical MoE outputs in all {len(results)} layer(s)" if identical else
+               f"MoE outputs differ: worst layer {worst['layer']}, relative error {worst['rel_error']:.3g}, "
+               f"cosine {worst['cosine']:.6f}; router picks the same experts in "
+               f"{sum(r['same_experts'] for r in results)}/{len(results)} layers")
+    return {"a": str(a_path), "b": str(b_path), "device": str(dev), "tokens": tokens, "seed": seed,
+            "layers": results, "summary": {"verdict": verdict, "identical": identical}}
+
+
+def render_comparison(doc: dict) -> str:
+    from ..inspect.render import _table
+    rows = [[str(r["layer"]), f"{r['format_a']}/{r['format_b']}", f"{r['max_abs_diff']:.3g}",
+             f"{r['rel_error']:.3g}", f"{r['cosine']:.6f}", f"{100 * r['same_experts_fraction']:.1f}%"]
+            for r in doc["layers"]]
+    head = [doc["summary"]["verdict"], f"A {doc['a']}, B {doc['b']}; {doc['tokens']} tokens on {doc['device']}, "
+            f"seed {doc['seed']}", ""]
+    return "\n".join(head + _table(rows, ["layer", "experts A/B", "max abs diff", "rel error", "cosine",
+                                          "same experts"]))

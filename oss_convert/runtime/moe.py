@@ -1,0 +1,40 @@
+"""Running a MoE layer: the Triton kernels on CUDA for MXFP4 experts, torch everywhere else."""
+
+from __future__ import annotations
+
+import torch
+
+from .moe_reference import moe_reference, route
+from .weights import MoELayer
+
+
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def choose_backend(layer: MoELayer, device: torch.device, backend: str = "auto") -> str:
+    if backend != "auto":
+        return backend
+    mxfp4 = layer.gate_up.format == layer.down.format == "MXFP4"
+    return "triton" if device.type == "cuda" and mxfp4 and triton_available() else "torch"
+
+
+def moe_forward(layer: MoELayer, x: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+    """The MoE block on already-normalized hidden states x [T, H]; returns [T, H] float32."""
+    backend = choose_backend(layer, x.device, backend)
+    if backend == "torch":
+        # the reference math, with each used expert expanded from its packed form on demand
+        return moe_reference(x, layer.router_w, layer.router_b, layer.gate_up, layer.b1, layer.down, layer.b2,
+                             layer.top_k)
+    from .triton_moe import moe_mxfp4_triton
+    experts, weights = route(x, layer.router_w, layer.router_b, layer.top_k)
+    return moe_mxfp4_triton(x, experts, weights, layer.gate_up, layer.b1, layer.down, layer.b2)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    x = x.float()
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight.float()

@@ -1,0 +1,167 @@
+"""Grouped MoE GEMMs over MXFP4 experts in Triton.
+
+Assignments (token, slot) are sorted by expert and each expert's run padded to BLOCK_M,
+so every tile of BLOCK_M rows belongs to one expert. Two kernels:
+
+1. gate_up: act = SwiGLU(x W1[e]^T + b1[e]), with W1 decoded from MXFP4 in registers
+   (codes and scale bytes -> float32 bits -> bf16), fp32 accumulation, the bias and the
+   clamped SwiGLU fused into the epilogue (gate and up are adjacent output columns).
+2. down: y = weight * (act W2[e]^T + b2[e]), the routing weight fused into the epilogue,
+   each assignment writing its own row, summed over the k slots afterwards (deterministic,
+   no atomics).
+
+Packed codes hold element 2j in the low nibble and 2j+1 in the high one (the HF layout), so
+a K-tile is computed as x[:, even] . low^T + x[:, odd] . high^T without interleaving.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from .moe_reference import SWIGLU_ALPHA, SWIGLU_LIMIT
+
+# Triton's CPU interpreter (TRITON_INTERPRET=1, how CI runs these kernels) computes bf16
+# tl.dot wrongly; there the tiles are multiplied in float32, on a GPU in bf16.
+DOT_BF16 = os.environ.get("TRITON_INTERPRET") != "1"
+
+
+@triton.jit
+def _fp4_values(code, scale):
+    """E2M1 code (int32, 0..15) times 2^(scale - 127) as float32, built from its bits.
+
+    Valid for scale bytes 2..254 (the product is then a normal float)."""
+    sign = (code & 8) << 28
+    e = (code >> 1) & 3
+    m = code & 1
+    exponent = tl.where(e == 0, scale - 1, e + scale - 1)
+    mantissa = tl.where(e == 0, 0, m << 22)
+    bits = tl.where((e == 0) & (m == 0), 0, (exponent << 23) | mantissa) | sign
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _mxfp4_matmul_tile(a_ptr, a_rows, a_mask, stride_a, K,
+                       w_ptr, s_ptr, e, offs_n, n_mask, stride_we, stride_wn, stride_se, stride_sn,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                       DOT_BF16: tl.constexpr):
+    """acc[BLOCK_M, BLOCK_N] = A[a_rows, :] . W[e, offs_n, :]^T with W in packed MXFP4."""
+    DOT_TYPE: tl.constexpr = tl.bfloat16 if DOT_BF16 else tl.float32
+    HALF: tl.constexpr = BLOCK_K // 2
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    offs_j = tl.arange(0, HALF)
+    for k0 in range(0, K, BLOCK_K):
+        kj = k0 // 2 + offs_j  # packed byte index
+        k_mask = kj < K // 2
+        a_base = a_ptr + a_rows[:, None] * stride_a + 2 * kj[None, :]
+        am = a_mask[:, None] & k_mask[None, :]
+        a_even = tl.load(a_base, mask=am, other=0.0).to(tl.bfloat16).to(DOT_TYPE)
+        a_odd = tl.load(a_base + 1, mask=am, other=0.0).to(tl.bfloat16).to(DOT_TYPE)
+        wm = n_mask[:, None] & k_mask[None, :]
+        packed = tl.load(w_ptr + e * stride_we + offs_n[:, None] * stride_wn + kj[None, :], mask=wm, other=0)
+        scale = tl.load(s_ptr + e * stride_se + offs_n[:, None] * stride_sn + (kj // 16)[None, :],
+                        mask=wm, other=127).to(tl.int32)
+        packed = packed.to(tl.int32)
+        low = _fp4_values(packed & 15, scale).to(DOT_TYPE)  # exact: E2M1 x 2^k fits bf16
+        high = _fp4_values(packed >> 4, scale).to(DOT_TYPE)
+        acc = tl.dot(a_even, tl.trans(low), acc)
+        acc = tl.dot(a_odd, tl.trans(high), acc)
+    return acc
+
+
+@triton.jit
+def _gate_up_kernel(x_ptr, w_ptr, s_ptr, b_ptr, act_ptr, tile_expert_ptr, sorted_ptr,
+                    K, N, top_k, stride_x, stride_we, stride_wn, stride_se, stride_sn, stride_be, stride_act,
+                    limit, alpha,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_BF16: tl.constexpr):
+    pid_m, pid_n = tl.program_id(0), tl.program_id(1)
+    e = tl.load(tile_expert_ptr + pid_m)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # positions in the padded, sorted order
+    assignment = tl.load(sorted_ptr + rows)
+    valid = assignment >= 0
+    tokens = tl.where(valid, assignment // top_k, 0)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < N
+    acc = _mxfp4_matmul_tile(x_ptr, tokens, valid, stride_x, K, w_ptr, s_ptr, e, offs_n, n_mask,
+                             stride_we, stride_wn, stride_se, stride_sn, BLOCK_M, BLOCK_N, BLOCK_K, DOT_BF16)
+    acc += tl.load(b_ptr + e * stride_be + offs_n, mask=n_mask, other=0.0)[None, :]
+    gate, up = tl.split(tl.reshape(acc, (BLOCK_M, BLOCK_N // 2, 2)))
+    gate = tl.minimum(gate, limit)
+    up = tl.minimum(tl.maximum(up, -limit), limit)
+    act = gate * tl.sigmoid(alpha * gate) * (up + 1.0)
+    offs_i = pid_n * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
+    tl.store(act_ptr + rows[:, None] * stride_act + offs_i[None, :], act.to(tl.bfloat16),
+             mask=valid[:, None] & (offs_i < N // 2)[None, :])
+
+
+@triton.jit
+def _down_kernel(act_ptr, w_ptr, s_ptr, b_ptr, route_w_ptr, y_ptr, tile_expert_ptr, sorted_ptr,
+                 K, N, stride_act, stride_we, stride_wn, stride_se, stride_sn, stride_be, stride_y,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_BF16: tl.constexpr):
+    pid_m, pid_n = tl.program_id(0), tl.program_id(1)
+    e = tl.load(tile_expert_ptr + pid_m)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    assignment = tl.load(sorted_ptr + rows)
+    valid = assignment >= 0
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < N
+    acc = _mxfp4_matmul_tile(act_ptr, rows, valid, stride_act, K, w_ptr, s_ptr, e, offs_n, n_mask,
+                             stride_we, stride_wn, stride_se, stride_sn, BLOCK_M, BLOCK_N, BLOCK_K, DOT_BF16)
+    acc += tl.load(b_ptr + e * stride_be + offs_n, mask=n_mask, other=0.0)[None, :]
+    weight = tl.load(route_w_ptr + tl.where(valid, assignment, 0), mask=valid, other=0.0)
+    acc = acc * weight[:, None]
+    safe = tl.where(valid, assignment, 0)
+    tl.store(y_ptr + safe[:, None] * stride_y + offs_n[None, :], acc, mask=valid[:, None] & n_mask[None, :])
+
+
+def align_by_expert(experts: torch.Tensor, n_experts: int, block_m: int):
+    """Sorted, padded assignment order: (sorted assignment ids with -1 padding, expert per tile)."""
+    flat = experts.reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    counts = torch.bincount(flat, minlength=n_experts)
+    padded = (counts + block_m - 1) // block_m * block_m
+    starts = torch.cumsum(padded, 0) - padded
+    first = torch.cumsum(counts, 0) - counts
+    sorted_experts = flat[order]
+    positions = starts[sorted_experts] + torch.arange(flat.numel(), device=flat.device) - first[sorted_experts]
+    total = int(padded.sum())
+    sorted_ids = torch.full((total,), -1, dtype=torch.int32, device=flat.device)
+    sorted_ids[positions] = order.to(torch.int32)
+    tile_expert = torch.repeat_interleave(torch.arange(n_experts, device=flat.device, dtype=torch.int32),
+                                          padded // block_m)
+    return sorted_ids, tile_expert
+
+
+def _block_m(assignments: int, n_experts: int) -> int:
+    """Rows per tile: small for decode (few tokens per expert), larger for prefill."""
+    return 16 if assignments <= 32 * n_experts else 64
+
+
+def moe_mxfp4_triton(x: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor, gate_up, b1: torch.Tensor,
+                     down, b2: torch.Tensor, block_n: int = 64, block_k: int = 128) -> torch.Tensor:
+    """x [T, H]; experts/weights [T, k] from the router; MXFP4 PackedExperts. Returns [T, H] float32."""
+    T_, H = x.shape
+    top_k = experts.shape[1]
+    E, N1, K1 = gate_up.shape
+    _, N2, K2 = down.shape
+    block_m = _block_m(T_ * top_k, E)
+    sorted_ids, tile_expert = align_by_expert(experts, E, block_m)
+    tiles = tile_expert.numel()
+    x = x.contiguous()
+    act = torch.empty((sorted_ids.numel(), N1 // 2), dtype=torch.bfloat16, device=x.device)
+    _gate_up_kernel[(tiles, triton.cdiv(N1, block_n))](
+        x, gate_up.data, gate_up.scales, b1, act, tile_expert, sorted_ids,
+        K1, N1, top_k, x.stride(0), gate_up.data.stride(0), gate_up.data.stride(1),
+        gate_up.scales.stride(0), gate_up.scales.stride(1), b1.stride(0), act.stride(0),
+        SWIGLU_LIMIT, SWIGLU_ALPHA, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, DOT_BF16=DOT_BF16)
+    y = torch.zeros((T_ * top_k, N2), dtype=torch.float32, device=x.device)
+    route_w = weights.reshape(-1).float().contiguous()
+    _down_kernel[(tiles, triton.cdiv(N2, block_n))](
+        act, down.data, down.scales, b2, route_w, y, tile_expert, sorted_ids,
+        K2, N2, act.stride(0), down.data.stride(0), down.data.stride(1),
+        down.scales.stride(0), down.scales.stride(1), b2.stride(0), y.stride(0),
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, DOT_BF16=DOT_BF16)
+    return y.view(T_, top_k, N2).sum(dim=1)

@@ -1,0 +1,164 @@
+"""Loading one MoE layer from either artifact into one in-memory form.
+
+Expert matrices stay packed as stored (MXFP4 as HF blocks + scales, ggml block formats as
+their rows of blocks) and are expanded one expert at a time when used; only the router,
+biases and norm weight are widened to float32. GGUF's split gate/up tensors are
+re-interleaved row by row (ggml quantizes each row on its own, so rows move intact),
+giving the HF [E, 2I, H] order for every source.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from gguf import GGMLQuantizationType as T
+
+from ..checkpoint import GGUFCheckpoint, SafetensorsCheckpoint
+from ..checkpoint.names import gguf_names
+from ..errors import OssConvertError
+from ..files.gguf import GGUFTensor, ggml_type_name
+from ..formats import floats, mxfp4
+from ..formats.registry import OLLAMA_MXFP4, decode
+
+
+@dataclass
+class PackedExperts:
+    """An expert matrix stack [E, N, K] in its stored format."""
+
+    format: str  # "MXFP4", a ggml block type name ("Q5_0", ...), or "F32"
+    shape: tuple[int, int, int]
+    data: torch.Tensor  # MXFP4: packed codes [E, N, K/2]; ggml: rows of blocks [E, N, bytes]; F32: values
+    scales: torch.Tensor | None = None  # MXFP4: E8M0 bytes [E, N, K/32]
+
+    def to(self, device) -> "PackedExperts":
+        return PackedExperts(self.format, self.shape, self.data.to(device),
+                             None if self.scales is None else self.scales.to(device))
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.numel() * self.data.element_size() + (0 if self.scales is None else self.scales.numel())
+
+    def __getitem__(self, e: int) -> torch.Tensor:
+        """Expert e as float32 [N, K], on the tensors' device: expanded only when used."""
+        from .dequant import dequantize_expert
+        return dequantize_expert(self, e)
+
+
+@dataclass
+class MoELayer:
+    layer: int
+    top_k: int
+    norm_w: torch.Tensor  # post-attention RMSNorm weight [H], the MoE block's input norm
+    router_w: torch.Tensor  # [E, H] float32
+    router_b: torch.Tensor  # [E]
+    gate_up: PackedExperts  # [E, 2I, H], gate and up rows interleaved
+    b1: torch.Tensor  # [E, 2I]
+    down: PackedExperts  # [E, H, I]
+    b2: torch.Tensor  # [E, H]
+
+    def to(self, device) -> "MoELayer":
+        move = lambda t: t.to(device)  # noqa: E731
+        return MoELayer(self.layer, self.top_k, move(self.norm_w), move(self.router_w), move(self.router_b),
+                        self.gate_up.to(device), move(self.b1), self.down.to(device), move(self.b2))
+
+
+def _f32(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+
+
+# --------------------------------------------------------------------------- safetensors
+
+def _hf_float(t) -> torch.Tensor:
+    return _f32(floats.to_float32(t.read(), t.format))
+
+
+def _hf_experts(t) -> PackedExperts:
+    if t.format == "MXFP4":
+        blocks, scales = t.read()
+        E, N, G, _ = blocks.shape
+        return PackedExperts("MXFP4", (E, N, G * 32), torch.from_numpy(blocks.reshape(E, N, G * 16)),
+                             torch.from_numpy(np.ascontiguousarray(scales)))
+    values = floats.to_float32(t.read(), t.format)
+    return PackedExperts("F32", values.shape, _f32(values))
+
+
+def load_safetensors_layer(ckpt: SafetensorsCheckpoint, layer: int) -> MoELayer:
+    p = f"model.layers.{layer}."
+    want = {p + n for n in ("post_attention_layernorm.weight", "mlp.router.weight", "mlp.router.bias",
+                            "mlp.experts.gate_up_proj", "mlp.experts.gate_up_proj_bias",
+                            "mlp.experts.down_proj", "mlp.experts.down_proj_bias")}
+    found = {t.name: t for t in ckpt.hf_tensors() if t.name in want}
+    if len(found) != len(want):
+        raise OssConvertError(f"{ckpt.root}: layer {layer} lacks {sorted(want - set(found))}")
+    g = lambda n: found[p + n]  # noqa: E731
+    return MoELayer(layer, ckpt.config.experts_per_token, _hf_float(g("post_attention_layernorm.weight")),
+                    _hf_float(g("mlp.router.weight")), _hf_float(g("mlp.router.bias")),
+                    _hf_experts(g("mlp.experts.gate_up_proj")), _hf_float(g("mlp.experts.gate_up_proj_bias")),
+                    _hf_experts(g("mlp.experts.down_proj")), _hf_float(g("mlp.experts.down_proj_bias")))
+
+
+# --------------------------------------------------------------------------- GGUF
+
+def _interleave_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    out = np.empty((a.shape[0], a.shape[1] * 2) + a.shape[2:], a.dtype)
+    out[:, 0::2], out[:, 1::2] = a, b
+    return out
+
+
+def _gguf_float(t: GGUFTensor) -> np.ndarray:
+    return decode(np.array(t.raw()), t.type).reshape(tuple(reversed(t.shape)))
+
+
+def _gguf_experts(parts: list[GGUFTensor]) -> PackedExperts:
+    """One or two (gate, up) GGUF expert tensors -> packed [E, N, K], rows interleaved."""
+    types = {t.type for t in parts}
+    if len(types) != 1:
+        raise OssConvertError(f"{parts[0].path}: gate and up have different types "
+                              f"({', '.join(ggml_type_name(t) for t in types)})")
+    qtype = types.pop()
+    K, N, E = parts[0].shape
+    N *= len(parts)
+    if qtype in (T.MXFP4, OLLAMA_MXFP4):
+        unpack = mxfp4.ggml_to_hf if qtype == T.MXFP4 else mxfp4.ollama_to_hf
+        halves = [unpack(np.array(t.raw())) for t in parts]
+        blocks = halves[0][0] if len(parts) == 1 else _interleave_rows(halves[0][0], halves[1][0])
+        scales = halves[0][1] if len(parts) == 1 else _interleave_rows(halves[0][1], halves[1][1])
+        return PackedExperts("MXFP4", (E, N, K), torch.from_numpy(np.ascontiguousarray(blocks.reshape(E, N, K // 2))),
+                             torch.from_numpy(np.ascontiguousarray(scales)))
+    if qtype in (T.F32, T.F16, T.BF16):
+        values = [_gguf_float(t) for t in parts]
+        values = values[0] if len(parts) == 1 else _interleave_rows(*values)
+        return PackedExperts("F32", (E, N, K), _f32(values))
+    rows = [np.array(t.raw()) for t in parts]
+    data = rows[0] if len(parts) == 1 else _interleave_rows(*rows)
+    return PackedExperts(ggml_type_name(qtype), (E, N, K), torch.from_numpy(np.ascontiguousarray(data)))
+
+
+def load_gguf_layer(ckpt: GGUFCheckpoint, layer: int) -> MoELayer:
+    tensors = ckpt.gguf.tensors
+
+    def get(hf_name: str) -> list[GGUFTensor]:
+        names = gguf_names(f"model.layers.{layer}.{hf_name}", ckpt.layout)
+        missing = [n.gguf for n in names if n.gguf not in tensors]
+        if not names or missing:
+            raise OssConvertError(f"{ckpt.files[0]}: layer {layer} lacks {missing or hf_name}")
+        return [tensors[n.gguf] for n in names]
+
+    def floats_of(hf_name: str) -> torch.Tensor:
+        parts = [_gguf_float(t) for t in get(hf_name)]
+        return _f32(parts[0] if len(parts) == 1 else _interleave_rows(*parts))
+
+    return MoELayer(layer, ckpt.config.experts_per_token, floats_of("post_attention_layernorm.weight"),
+                    floats_of("mlp.router.weight"), floats_of("mlp.router.bias"),
+                    _gguf_experts(get("mlp.experts.gate_up_proj")), floats_of("mlp.experts.gate_up_proj_bias"),
+                    _gguf_experts(get("mlp.experts.down_proj")), floats_of("mlp.experts.down_proj_bias"))
+
+
+def load_layer(ckpt, layer: int) -> MoELayer:
+    if isinstance(ckpt, GGUFCheckpoint):
+        if ckpt.layout == "other":
+            raise OssConvertError(f"{ckpt.files[0]}: not a GPT-OSS GGUF (architecture {ckpt.architecture!r})")
+        return load_gguf_layer(ckpt, layer)
+    return load_safetensors_layer(ckpt, layer)
