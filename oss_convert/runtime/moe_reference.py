@@ -30,11 +30,19 @@ def swiglu(h: torch.Tensor, limit: float = SWIGLU_LIMIT, alpha: float = SWIGLU_A
 
 
 def moe_reference(x: torch.Tensor, router_w: torch.Tensor, router_b: torch.Tensor,
-                  w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
-                  top_k: int) -> torch.Tensor:
-    """x [T, H]; w1 [E, 2I, H], b1 [E, 2I], w2 [E, H, I], b2 [E, H] as floats. Returns [T, H] float32."""
-    x = x.float()
+                  w1, b1: torch.Tensor, w2, b2: torch.Tensor, top_k: int) -> torch.Tensor:
+    """x [T, H]; w1 [E, 2I, H], b1 [E, 2I], w2 [E, H, I], b2 [E, H]. Returns [T, H] float32.
+
+    w1 and w2 may be anything whose [e] gives that expert's float matrix (a tensor, or
+    packed experts that expand on demand)."""
     experts, weights = route(x, router_w, router_b, top_k)
+    return mix_experts(x, experts, weights, w1, b1, w2, b2)
+
+
+def mix_experts(x: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor,
+                w1, b1: torch.Tensor, w2, b2: torch.Tensor) -> torch.Tensor:
+    """Sum over each token's chosen experts (ids and weights [T, k]) of weight * expert(x)."""
+    x = x.float()
     out = torch.zeros_like(x)
     for e in experts.unique().tolist():
         tokens, slots = torch.nonzero(experts == e, as_tuple=True)

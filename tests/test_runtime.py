@@ -1,0 +1,140 @@
+"""The MoE runtime: Triton kernels (under TRITON_INTERPRET on a CPU) against the torch
+reference, loaders of every format against the numpy dequantizers, and compare."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from gguf import GGMLQuantizationType as T
+
+from oss_convert.checkpoint import open_checkpoint
+from oss_convert.cli import cli
+from oss_convert.files.gguf import read_gguf
+from oss_convert.formats import mxfp4
+from oss_convert.formats.registry import decode, encode
+from oss_convert.runtime.moe_reference import mix_experts
+from oss_convert.runtime.weights import PackedExperts, load_layer
+from tests import gguf_edit
+
+triton = pytest.importorskip("triton") if os.environ.get("TRITON_INTERPRET") == "1" else None
+
+
+def random_mxfp4(E: int, N: int, K: int, gen: torch.Generator) -> PackedExperts:
+    codes = torch.randint(0, 256, (E, N, K // 2), dtype=torch.uint8, generator=gen)
+    scales = torch.randint(120, 126, (E, N, K // 32), dtype=torch.uint8, generator=gen)
+    return PackedExperts("MXFP4", (E, N, K), codes, scales)
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="needs TRITON_INTERPRET=1 (set by .ci/run)")
+@pytest.mark.parametrize("tokens,hidden,inter", [(1, 64, 32), (23, 96, 64), (70, 64, 96)])
+def test_triton_kernels_match_the_reference_on_ragged_routing(tokens, hidden, inter):
+    from oss_convert.runtime.triton_moe import moe_mxfp4_triton
+    gen = torch.Generator().manual_seed(tokens)
+    E, k = 6, 2
+    w1, w2 = random_mxfp4(E, 2 * inter, hidden, gen), random_mxfp4(E, hidden, inter, gen)
+    b1, b2 = torch.randn(E, 2 * inter, generator=gen) * 0.1, torch.randn(E, hidden, generator=gen) * 0.1
+    x = torch.randn(tokens, hidden, generator=gen)
+    # ragged on purpose: expert 5 gets nobody, expert 4 one token, expert 0 everybody
+    experts = torch.zeros(tokens, k, dtype=torch.long)
+    experts[:, 1] = torch.randint(1, 4, (tokens,), generator=gen)
+    experts[0, 1] = 4
+    weights = torch.softmax(torch.randn(tokens, k, generator=gen), dim=-1)
+    got = moe_mxfp4_triton(x, experts, weights, w1, b1, w2, b2)
+    # the kernels round activations to bf16 (the inputs of the MMA); so does this reference
+    want = mix_experts(x.bfloat16().float(), experts, weights, w1, b1, w2, b2)
+    rel = ((got - want).norm() / want.norm()).item()
+    assert rel < 1e-2, rel
+    cos = torch.nn.functional.cosine_similarity(got.flatten(), want.flatten(), dim=0).item()
+    assert cos > 0.9999
+
+
+def test_packed_mxfp4_expands_exactly():
+    gen = torch.Generator().manual_seed(0)
+    p = random_mxfp4(3, 8, 64, gen)
+    blocks = p.data.numpy().reshape(3, 8, 2, 16)
+    np.testing.assert_array_equal(p[1].numpy(), mxfp4.decode_hf(blocks, p.scales.numpy())[1])
+
+
+GGUF_TYPES = [T.Q4_0, T.Q5_0, T.Q5_1, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K, T.F16, T.BF16, T.F32]
+
+
+@pytest.fixture(scope="module")
+def small_lossless(checkpoints, tmp_path_factory):
+    out = tmp_path_factory.mktemp("rt") / "small.gguf"
+    CliRunner().invoke(cli, ["convert", str(checkpoints["small"]), "-o", str(out)])
+    return out
+
+
+@pytest.mark.parametrize("qtype", GGUF_TYPES, ids=lambda t: t.name)
+def test_gguf_expert_loaders_agree_with_the_dequantizers(small_lossless, tmp_path, qtype):
+    g = read_gguf(small_lossless).tensors
+    names = ["blk.0.ffn_gate_exps.weight", "blk.0.ffn_up_exps.weight", "blk.0.ffn_down_exps.weight"]
+
+    def requant(raw):
+        values = decode(raw, T.MXFP4)
+        return np.ascontiguousarray(encode(values, qtype)).view(np.uint8).reshape(raw.shape[0], raw.shape[1], -1)
+    edits = {n: requant for n in names}
+    port = tmp_path / f"{qtype.name}.gguf"
+    from oss_convert.files.gguf import TensorToWrite, write_gguf
+    src = read_gguf(small_lossless)
+    with open(port, "wb") as f:
+        write_gguf(f, src.metadata, [TensorToWrite(n, int(qtype) if n in edits else t.type, t.shape,
+                                                   (lambda t=t, fn=edits.get(n): fn(np.array(t.raw())) if fn else t.raw()))
+                                     for n, t in src.tensors.items()])
+    layer = load_layer(open_checkpoint(port), 0)
+    stored = read_gguf(port).tensors
+    gate, up, down = (decode(np.array(stored[n].raw()), qtype).reshape(tuple(reversed(stored[n].shape)))
+                      for n in names)
+    for e in range(layer.gate_up.shape[0]):
+        np.testing.assert_array_equal(layer.gate_up[e].numpy()[0::2], gate[e])
+        np.testing.assert_array_equal(layer.gate_up[e].numpy()[1::2], up[e])
+        np.testing.assert_array_equal(layer.down[e].numpy(), down[e])
+    # and the values are the source's, to the format's precision
+    original = load_layer(open_checkpoint(small_lossless), 0)
+    err = (layer.gate_up[0] - original.gate_up[0]).abs().max().item()
+    assert err < 0.05
+
+
+def test_ollama_layout_loads_the_same_layer(checkpoints, small_lossless, tmp_path):
+    port = gguf_edit.ollama_layout(checkpoints["small"], small_lossless, tmp_path / "o.gguf")
+    a, b = load_layer(open_checkpoint(checkpoints["small"]), 1), load_layer(open_checkpoint(port), 1)
+    assert torch.equal(a.gate_up.data, b.gate_up.data) and torch.equal(a.gate_up.scales, b.gate_up.scales)
+    assert torch.equal(a.b1, b.b1) and torch.equal(a.router_w, b.router_w)
+
+
+def compare_json(*args) -> dict:
+    result = CliRunner().invoke(cli, ["compare", *map(str, args), "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_safetensors_and_lossless_gguf_give_identical_outputs(bundled, tmp_path):
+    gguf = tmp_path / "t.gguf"
+    CliRunner().invoke(cli, ["convert", str(bundled), "-o", str(gguf)])
+    doc = compare_json(bundled, gguf, "--tokens", "40", "--device", "cpu")
+    assert doc["summary"]["identical"]
+    assert [r["layer"] for r in doc["layers"]] == [0, 1, 2, 3]
+    for r in doc["layers"]:
+        assert r["max_abs_diff"] == 0 and r["cosine"] == pytest.approx(1.0) and r["same_experts"]
+    doc = compare_json(bundled / "original", gguf, "--layers", "1,3")
+    assert doc["summary"]["identical"] and [r["layer"] for r in doc["layers"]] == [1, 3]
+
+
+def test_requantized_port_shows_a_nonzero_difference(bundled, tmp_path):
+    q = tmp_path / "q.gguf"
+    CliRunner().invoke(cli, ["convert", str(bundled), "-o", str(q), "--type", "q4_k_m"])
+    doc = compare_json(bundled, q, "--tokens", "32")
+    assert not doc["summary"]["identical"]
+    for r in doc["layers"]:
+        assert 0 < r["rel_error"] < 0.2 and 0.98 < r["cosine"] < 1.0
+        assert r["format_a"] == "MXFP4" and r["format_b"] == "Q5_0"
+
+
+def test_compare_rejects_bad_layers(bundled):
+    result = CliRunner().invoke(cli, ["compare", str(bundled), str(bundled), "--layers", "7"])
+    assert result.exit_code == 1 and "layers 0..3" in result.output
