@@ -141,13 +141,15 @@ def _block_m(assignments: int, n_experts: int) -> int:
 
 
 def moe_mxfp4_triton(x: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor, gate_up, b1: torch.Tensor,
-                     down, b2: torch.Tensor, block_n: int = 64, block_k: int = 128) -> torch.Tensor:
+                     down, b2: torch.Tensor, block_n: int = 64, block_k: int = 128, num_warps: int = 4,
+                     num_stages: int = 3, block_m: int | None = None) -> torch.Tensor:
     """x [T, H]; experts/weights [T, k] from the router; MXFP4 PackedExperts. Returns [T, H] float32."""
     T_, H = x.shape
     top_k = experts.shape[1]
     E, N1, K1 = gate_up.shape
     _, N2, K2 = down.shape
-    block_m = _block_m(T_ * top_k, E)
+    block_m = block_m or _block_m(T_ * top_k, E)
+    launch = {} if not DOT_BF16 else {"num_warps": num_warps, "num_stages": num_stages}
     sorted_ids, tile_expert = align_by_expert(experts, E, block_m)
     tiles = tile_expert.numel()
     x = x.contiguous()
@@ -156,12 +158,12 @@ def moe_mxfp4_triton(x: torch.Tensor, experts: torch.Tensor, weights: torch.Tens
         x, gate_up.data, gate_up.scales, b1, act, tile_expert, sorted_ids,
         K1, N1, top_k, x.stride(0), gate_up.data.stride(0), gate_up.data.stride(1),
         gate_up.scales.stride(0), gate_up.scales.stride(1), b1.stride(0), act.stride(0),
-        SWIGLU_LIMIT, SWIGLU_ALPHA, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, DOT_BF16=DOT_BF16)
+        SWIGLU_LIMIT, SWIGLU_ALPHA, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, DOT_BF16=DOT_BF16, **launch)
     y = torch.zeros((T_ * top_k, N2), dtype=torch.float32, device=x.device)
     route_w = weights.reshape(-1).float().contiguous()
     _down_kernel[(tiles, triton.cdiv(N2, block_n))](
         act, down.data, down.scales, b2, route_w, y, tile_expert, sorted_ids,
         K2, N2, act.stride(0), down.data.stride(0), down.data.stride(1),
         down.scales.stride(0), down.scales.stride(1), b2.stride(0), y.stride(0),
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, DOT_BF16=DOT_BF16)
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, DOT_BF16=DOT_BF16, **launch)
     return y.view(T_, top_k, N2).sum(dim=1)
