@@ -53,6 +53,7 @@ def _mxfp4_matmul_tile(a_ptr, a_rows, a_mask, stride_a, K,
     HALF: tl.constexpr = BLOCK_K // 2
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     offs_j = tl.arange(0, HALF)
+    offs_g = tl.arange(0, BLOCK_K // 32)
     for k0 in range(0, K, BLOCK_K):
         kj = k0 // 2 + offs_j  # packed byte index
         k_mask = kj < K // 2
@@ -62,8 +63,10 @@ def _mxfp4_matmul_tile(a_ptr, a_rows, a_mask, stride_a, K,
         a_odd = tl.load(a_base + 1, mask=am, other=0.0).to(tl.bfloat16).to(DOT_TYPE)
         wm = n_mask[:, None] & k_mask[None, :]
         packed = tl.load(w_ptr + e * stride_we + offs_n[:, None] * stride_wn + kj[None, :], mask=wm, other=0)
-        scale = tl.load(s_ptr + e * stride_se + offs_n[:, None] * stride_sn + (kj // 16)[None, :],
-                        mask=wm, other=127).to(tl.int32)
+        kg = k0 // 32 + offs_g  # one scale byte per 16 packed bytes, broadcast along them
+        group = tl.load(s_ptr + e * stride_se + offs_n[:, None] * stride_sn + kg[None, :],
+                        mask=n_mask[:, None] & (kg < K // 32)[None, :], other=127).to(tl.int32)
+        scale = tl.reshape(tl.broadcast_to(group[:, :, None], (BLOCK_N, BLOCK_K // 32, 16)), (BLOCK_N, HALF))
         packed = packed.to(tl.int32)
         low = _fp4_values(packed & 15, scale).to(DOT_TYPE)  # exact: E2M1 x 2^k fits bf16
         high = _fp4_values(packed >> 4, scale).to(DOT_TYPE)
@@ -79,6 +82,8 @@ def _gate_up_kernel(x_ptr, w_ptr, s_ptr, b_ptr, act_ptr, tile_expert_ptr, sorted
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_BF16: tl.constexpr):
     pid_m, pid_n = tl.program_id(0), tl.program_id(1)
     e = tl.load(tile_expert_ptr + pid_m)
+    if e < 0:  # a spare tile of the fixed-size grid
+        return
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # positions in the padded, sorted order
     assignment = tl.load(sorted_ptr + rows)
     valid = assignment >= 0
@@ -103,6 +108,8 @@ def _down_kernel(act_ptr, w_ptr, s_ptr, b_ptr, route_w_ptr, y_ptr, tile_expert_p
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_BF16: tl.constexpr):
     pid_m, pid_n = tl.program_id(0), tl.program_id(1)
     e = tl.load(tile_expert_ptr + pid_m)
+    if e < 0:
+        return
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     assignment = tl.load(sorted_ptr + rows)
     valid = assignment >= 0
@@ -118,20 +125,28 @@ def _down_kernel(act_ptr, w_ptr, s_ptr, b_ptr, route_w_ptr, y_ptr, tile_expert_p
 
 
 def align_by_expert(experts: torch.Tensor, n_experts: int, block_m: int):
-    """Sorted, padded assignment order: (sorted assignment ids with -1 padding, expert per tile)."""
+    """Sorted, padded assignment order, computed on the device without a host sync.
+
+    Returns (assignment id per padded position, -1 for padding; expert per tile of block_m
+    positions, -1 for spare tiles). The grid is sized from an upper bound, so the whole
+    layer can be captured in a CUDA graph."""
     flat = experts.reshape(-1)
-    order = torch.argsort(flat, stable=True)
-    counts = torch.bincount(flat, minlength=n_experts)
+    n = flat.numel()
+    device = flat.device
+    counts = torch.zeros(n_experts, dtype=torch.int64, device=device).scatter_add_(0, flat, torch.ones_like(flat))
     padded = (counts + block_m - 1) // block_m * block_m
-    starts = torch.cumsum(padded, 0) - padded
+    ends = torch.cumsum(padded, 0)
     first = torch.cumsum(counts, 0) - counts
+    order = torch.argsort(flat, stable=True)
     sorted_experts = flat[order]
-    positions = starts[sorted_experts] + torch.arange(flat.numel(), device=flat.device) - first[sorted_experts]
-    total = int(padded.sum())
-    sorted_ids = torch.full((total,), -1, dtype=torch.int32, device=flat.device)
+    positions = (ends - padded)[sorted_experts] + torch.arange(n, device=device) - first[sorted_experts]
+    capacity = min(n * block_m, n + n_experts * (block_m - 1))
+    capacity = (capacity + block_m - 1) // block_m * block_m
+    sorted_ids = torch.full((capacity,), -1, dtype=torch.int32, device=device)
     sorted_ids[positions] = order.to(torch.int32)
-    tile_expert = torch.repeat_interleave(torch.arange(n_experts, device=flat.device, dtype=torch.int32),
-                                          padded // block_m)
+    tile_start = torch.arange(0, capacity, block_m, device=device)
+    tile_expert = torch.searchsorted(ends, tile_start, right=True).to(torch.int32)
+    tile_expert = torch.where(tile_expert < n_experts, tile_expert, -1).to(torch.int32)
     return sorted_ids, tile_expert
 
 
