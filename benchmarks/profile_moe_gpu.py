@@ -23,7 +23,7 @@ def main() -> None:
     torch.manual_seed(0)
     w1, w2 = random_experts(E, 2 * I, H), random_experts(E, H, I)
     b1, b2 = torch.zeros(E, 2 * I, device="cuda"), torch.zeros(E, H, device="cuda")
-    for tokens in (1, 8):
+    for tokens in (1, 8, 64):
         x = torch.randn(tokens, H, device="cuda").bfloat16()
         experts = torch.stack([torch.randperm(E, device="cuda")[:k] for _ in range(tokens)])
         weights = torch.softmax(torch.randn(tokens, k, device="cuda"), dim=-1)
@@ -33,19 +33,19 @@ def main() -> None:
         y = torch.zeros((tokens * k, H), dtype=torch.float32, device="cuda")
         rw = weights.reshape(-1).float().contiguous()
         touched = experts.unique().numel()
-        for bn, bk, nw, ns in ((32, 256, 4, 4), (64, 128, 4, 3), (16, 256, 4, 4), (32, 512, 4, 3), (64, 256, 8, 3)):
+        for bn, bk, nw, ns in ((32, 256, 4, 4), (64, 128, 4, 3), (64, 256, 4, 3), (128, 128, 4, 3), (128, 256, 8, 3), (32, 512, 4, 3)):
             def gate_up():
                 tm._gate_up_kernel[(tile_expert.numel(), triton.cdiv(2 * I, bn))](
                     x, w1.data, w1.scales, b1, act, tile_expert, sorted_ids, H, 2 * I, k, x.stride(0),
                     w1.data.stride(0), w1.data.stride(1), w1.scales.stride(0), w1.scales.stride(1), b1.stride(0),
-                    act.stride(0), 7.0, 1.702, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, DOT_BF16=True,
+                    act.stride(0), 7.0, 1.702, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
                     num_warps=nw, num_stages=ns)
 
             def down():
                 tm._down_kernel[(tile_expert.numel(), triton.cdiv(H, bn))](
                     act, w2.data, w2.scales, b2, rw, y, tile_expert, sorted_ids, I, H, act.stride(0),
                     w2.data.stride(0), w2.data.stride(1), w2.scales.stride(0), w2.scales.stride(1), b2.stride(0),
-                    y.stride(0), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, DOT_BF16=True, num_warps=nw, num_stages=ns)
+                    y.stride(0), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=nw, num_stages=ns)
             t1, t2 = graph_time(gate_up), graph_time(down)
             gb1 = touched * w1.nbytes / E / t1 / 1e9
             gb2 = touched * w2.nbytes / E / t2 / 1e9

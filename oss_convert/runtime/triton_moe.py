@@ -10,13 +10,12 @@ so every tile of BLOCK_M rows belongs to one expert. Two kernels:
    each assignment writing its own row, summed over the k slots afterwards (deterministic,
    no atomics).
 
-Packed codes hold element 2j in the low nibble and 2j+1 in the high one (the HF layout), so
-a K-tile is computed as x[:, even] . low^T + x[:, odd] . high^T without interleaving.
+Packed codes hold element 2j in the low nibble and 2j+1 in the high one (the HF layout, and
+the one tl.dot_scaled reads). For decode (few assignments) a GEMV variant gives each
+(token, slot) its own program row and decodes the codes arithmetically.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 import triton
@@ -24,9 +23,6 @@ import triton.language as tl
 
 from .moe_reference import SWIGLU_ALPHA, SWIGLU_LIMIT
 
-# Triton's CPU interpreter (TRITON_INTERPRET=1, how CI runs these kernels) computes bf16
-# tl.dot wrongly; there the tiles are multiplied in float32, on a GPU in bf16.
-DOT_BF16 = os.environ.get("TRITON_INTERPRET") != "1"
 
 
 @triton.jit
@@ -46,32 +42,28 @@ def _fp4_values(code, scale):
 @triton.jit
 def _mxfp4_matmul_tile(a_ptr, a_rows, a_mask, stride_a, K,
                        w_ptr, s_ptr, e, offs_n, n_mask, stride_we, stride_wn, stride_se, stride_sn,
-                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                       DOT_BF16: tl.constexpr):
-    """acc[BLOCK_M, BLOCK_N] = A[a_rows, :] . W[e, offs_n, :]^T with W in packed MXFP4."""
-    DOT_TYPE: tl.constexpr = tl.bfloat16 if DOT_BF16 else tl.float32
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """acc[BLOCK_M, BLOCK_N] = A[a_rows, :] . W[e, offs_n, :]^T with W in packed MXFP4.
+
+    tl.dot_scaled takes the packed E2M1 codes (K-major, two per byte, low nibble first: the
+    HF layout) and the E8M0 scales as they are; on Hopper Triton upcasts them to bf16 in
+    registers, on Blackwell it can use FP4 tensor cores."""
     HALF: tl.constexpr = BLOCK_K // 2
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    offs_k = tl.arange(0, BLOCK_K)
     offs_j = tl.arange(0, HALF)
     offs_g = tl.arange(0, BLOCK_K // 32)
     for k0 in range(0, K, BLOCK_K):
-        kj = k0 // 2 + offs_j  # packed byte index
-        k_mask = kj < K // 2
-        a_base = a_ptr + a_rows[:, None] * stride_a + 2 * kj[None, :]
-        am = a_mask[:, None] & k_mask[None, :]
-        a_even = tl.load(a_base, mask=am, other=0.0).to(tl.bfloat16).to(DOT_TYPE)
-        a_odd = tl.load(a_base + 1, mask=am, other=0.0).to(tl.bfloat16).to(DOT_TYPE)
-        wm = n_mask[:, None] & k_mask[None, :]
-        packed = tl.load(w_ptr + e * stride_we + offs_n[:, None] * stride_wn + kj[None, :], mask=wm, other=0)
-        kg = k0 // 32 + offs_g  # one scale byte per 16 packed bytes, broadcast along them
-        group = tl.load(s_ptr + e * stride_se + offs_n[:, None] * stride_sn + kg[None, :],
-                        mask=n_mask[:, None] & (kg < K // 32)[None, :], other=127).to(tl.int32)
-        scale = tl.reshape(tl.broadcast_to(group[:, :, None], (BLOCK_N, BLOCK_K // 32, 16)), (BLOCK_N, HALF))
-        packed = packed.to(tl.int32)
-        low = _fp4_values(packed & 15, scale).to(DOT_TYPE)  # exact: E2M1 x 2^k fits bf16
-        high = _fp4_values(packed >> 4, scale).to(DOT_TYPE)
-        acc = tl.dot(a_even, tl.trans(low), acc)
-        acc = tl.dot(a_odd, tl.trans(high), acc)
+        kk = k0 + offs_k
+        a = tl.load(a_ptr + a_rows[:, None] * stride_a + kk[None, :], mask=a_mask[:, None] & (kk < K)[None, :],
+                    other=0.0).to(tl.bfloat16)
+        kj = k0 // 2 + offs_j
+        packed = tl.load(w_ptr + e * stride_we + offs_n[None, :] * stride_wn + kj[:, None],
+                         mask=n_mask[None, :] & (kj < K // 2)[:, None], other=0)  # [HALF, BLOCK_N]
+        kg = k0 // 32 + offs_g
+        scale = tl.load(s_ptr + e * stride_se + offs_n[:, None] * stride_sn + kg[None, :],
+                        mask=n_mask[:, None] & (kg < K // 32)[None, :], other=127)  # [BLOCK_N, BLOCK_K // 32]
+        acc = tl.dot_scaled(a, None, "bf16", packed, scale, "e2m1", acc)
     return acc
 
 
@@ -79,7 +71,7 @@ def _mxfp4_matmul_tile(a_ptr, a_rows, a_mask, stride_a, K,
 def _gate_up_kernel(x_ptr, w_ptr, s_ptr, b_ptr, act_ptr, tile_expert_ptr, sorted_ptr,
                     K, N, top_k, stride_x, stride_we, stride_wn, stride_se, stride_sn, stride_be, stride_act,
                     limit, alpha,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_BF16: tl.constexpr):
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid_m, pid_n = tl.program_id(0), tl.program_id(1)
     e = tl.load(tile_expert_ptr + pid_m)
     if e < 0:  # a spare tile of the fixed-size grid
@@ -91,7 +83,7 @@ def _gate_up_kernel(x_ptr, w_ptr, s_ptr, b_ptr, act_ptr, tile_expert_ptr, sorted
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
     acc = _mxfp4_matmul_tile(x_ptr, tokens, valid, stride_x, K, w_ptr, s_ptr, e, offs_n, n_mask,
-                             stride_we, stride_wn, stride_se, stride_sn, BLOCK_M, BLOCK_N, BLOCK_K, DOT_BF16)
+                             stride_we, stride_wn, stride_se, stride_sn, BLOCK_M, BLOCK_N, BLOCK_K)
     acc += tl.load(b_ptr + e * stride_be + offs_n, mask=n_mask, other=0.0)[None, :]
     gate, up = tl.split(tl.reshape(acc, (BLOCK_M, BLOCK_N // 2, 2)))
     gate = tl.minimum(gate, limit)
@@ -105,7 +97,7 @@ def _gate_up_kernel(x_ptr, w_ptr, s_ptr, b_ptr, act_ptr, tile_expert_ptr, sorted
 @triton.jit
 def _down_kernel(act_ptr, w_ptr, s_ptr, b_ptr, route_w_ptr, y_ptr, tile_expert_ptr, sorted_ptr,
                  K, N, stride_act, stride_we, stride_wn, stride_se, stride_sn, stride_be, stride_y,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_BF16: tl.constexpr):
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid_m, pid_n = tl.program_id(0), tl.program_id(1)
     e = tl.load(tile_expert_ptr + pid_m)
     if e < 0:
@@ -116,7 +108,7 @@ def _down_kernel(act_ptr, w_ptr, s_ptr, b_ptr, route_w_ptr, y_ptr, tile_expert_p
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
     acc = _mxfp4_matmul_tile(act_ptr, rows, valid, stride_act, K, w_ptr, s_ptr, e, offs_n, n_mask,
-                             stride_we, stride_wn, stride_se, stride_sn, BLOCK_M, BLOCK_N, BLOCK_K, DOT_BF16)
+                             stride_we, stride_wn, stride_se, stride_sn, BLOCK_M, BLOCK_N, BLOCK_K)
     acc += tl.load(b_ptr + e * stride_be + offs_n, mask=n_mask, other=0.0)[None, :]
     weight = tl.load(route_w_ptr + tl.where(valid, assignment, 0), mask=valid, other=0.0)
     acc = acc * weight[:, None]
@@ -164,7 +156,6 @@ def moe_mxfp4_triton(x: torch.Tensor, experts: torch.Tensor, weights: torch.Tens
     E, N1, K1 = gate_up.shape
     _, N2, K2 = down.shape
     block_m = block_m or _block_m(T_ * top_k, E)
-    launch = {} if not DOT_BF16 else {"num_warps": num_warps, "num_stages": num_stages}
     sorted_ids, tile_expert = align_by_expert(experts, E, block_m)
     tiles = tile_expert.numel()
     x = x.contiguous()
@@ -173,14 +164,14 @@ def moe_mxfp4_triton(x: torch.Tensor, experts: torch.Tensor, weights: torch.Tens
         x, gate_up.data, gate_up.scales, b1, act, tile_expert, sorted_ids,
         K1, N1, top_k, x.stride(0), gate_up.data.stride(0), gate_up.data.stride(1),
         gate_up.scales.stride(0), gate_up.scales.stride(1), b1.stride(0), act.stride(0),
-        SWIGLU_LIMIT, SWIGLU_ALPHA, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, DOT_BF16=DOT_BF16, **launch)
+        SWIGLU_LIMIT, SWIGLU_ALPHA, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps, num_stages=num_stages)
     y = torch.zeros((T_ * top_k, N2), dtype=torch.float32, device=x.device)
     route_w = weights.reshape(-1).float().contiguous()
     _down_kernel[(tiles, triton.cdiv(N2, block_n))](
         act, down.data, down.scales, b2, route_w, y, tile_expert, sorted_ids,
         K2, N2, act.stride(0), down.data.stride(0), down.data.stride(1),
         down.scales.stride(0), down.scales.stride(1), b2.stride(0), y.stride(0),
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, DOT_BF16=DOT_BF16, **launch)
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps, num_stages=num_stages)
     return y.view(T_, top_k, N2).sum(dim=1)
 
 
@@ -250,17 +241,18 @@ def moe_mxfp4_gemv(x: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor
     top_k = experts.shape[1]
     E, N1, K1 = gate_up.shape
     _, N2, K2 = down.shape
-    launch = {} if not DOT_BF16 else {"num_warps": num_warps, "num_stages": num_stages}
     flat = experts.reshape(-1).to(torch.int32).contiguous()
     x = x.contiguous()
     act = torch.empty((flat.numel(), N1 // 2), dtype=torch.bfloat16, device=x.device)
     _gate_up_gemv_kernel[(flat.numel(), triton.cdiv(N1, block_n))](
         x, gate_up.data, gate_up.scales, b1, act, flat, K1, N1, top_k, x.stride(0),
         gate_up.data.stride(0), gate_up.data.stride(1), gate_up.scales.stride(0), gate_up.scales.stride(1),
-        b1.stride(0), act.stride(0), SWIGLU_LIMIT, SWIGLU_ALPHA, BLOCK_N=block_n, BLOCK_K=block_k, **launch)
+        b1.stride(0), act.stride(0), SWIGLU_LIMIT, SWIGLU_ALPHA, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps,
+        num_stages=num_stages)
     y = torch.empty((flat.numel(), N2), dtype=torch.float32, device=x.device)
     _down_gemv_kernel[(flat.numel(), triton.cdiv(N2, block_n))](
         act, down.data, down.scales, b2, weights.reshape(-1).float().contiguous(), y, flat, K2, N2, act.stride(0),
         down.data.stride(0), down.data.stride(1), down.scales.stride(0), down.scales.stride(1), b2.stride(0),
-        y.stride(0), BLOCK_N=block_n, BLOCK_K=block_k, **launch)
+        y.stride(0), BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps,
+        num_stages=num_stages)
     return y.view(T_, top_k, N2).sum(dim=1)
