@@ -99,7 +99,7 @@ def main() -> None:
             configs = [dict()]
             if args.sweep:
                 configs += [dict(block_n=bn, block_k=bk, num_warps=nw, num_stages=ns)
-                            for bn, bk, nw, ns in itertools.product((16, 32, 64, 128), (128, 256), (4, 8), (3, 4))]
+                            for bn, bk, nw, ns in itertools.product((32, 64, 128), (64, 128), (4,), (3, 4))]
             best = None
             for cfg in configs:
                 try:

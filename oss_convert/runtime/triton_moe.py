@@ -142,9 +142,21 @@ def align_by_expert(experts: torch.Tensor, n_experts: int, block_m: int):
     return sorted_ids, tile_expert
 
 
+def one_assignment_per_tile(experts: torch.Tensor, block_m: int):
+    """Decode's layout: tile t holds assignment t alone (no sort). Each assignment reads its
+    expert's weights once; with few tokens the chosen experts rarely repeat."""
+    flat = experts.reshape(-1)
+    sorted_ids = torch.full((flat.numel() * block_m,), -1, dtype=torch.int32, device=flat.device)
+    sorted_ids[::block_m] = torch.arange(flat.numel(), dtype=torch.int32, device=flat.device)
+    return sorted_ids, flat.to(torch.int32)
+
+
 def _block_m(assignments: int, n_experts: int) -> int:
     """Rows per tile: small for decode (few tokens per expert), larger for prefill."""
     return 16 if assignments <= 32 * n_experts else 64
+
+
+DECODE_ASSIGNMENTS = 16  # up to this many (token, slot) pairs, skip the sort by expert
 
 
 def moe_mxfp4_triton(x: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor, gate_up, b1: torch.Tensor,
@@ -156,7 +168,10 @@ def moe_mxfp4_triton(x: torch.Tensor, experts: torch.Tensor, weights: torch.Tens
     E, N1, K1 = gate_up.shape
     _, N2, K2 = down.shape
     block_m = block_m or _block_m(T_ * top_k, E)
-    sorted_ids, tile_expert = align_by_expert(experts, E, block_m)
+    if experts.numel() <= DECODE_ASSIGNMENTS:
+        sorted_ids, tile_expert = one_assignment_per_tile(experts, block_m)
+    else:
+        sorted_ids, tile_expert = align_by_expert(experts, E, block_m)
     tiles = tile_expert.numel()
     x = x.contiguous()
     act = torch.empty((sorted_ids.numel(), N1 // 2), dtype=torch.bfloat16, device=x.device)
