@@ -85,11 +85,13 @@ CONVERT_TYPES = ["mxfp4", "q4_k_m", "q4_k_s", "q4_k", "q5_k_m", "q5_k_s", "q6_k"
 @click.option("--keep-mxfp4-experts", is_flag=True,
               help="Requantizing: keep the expert tensors lossless MXFP4, apply the mixture to the rest.")
 @click.option("--dry-run", is_flag=True, help="Show the plan (type per tensor group and why) and stop.")
+@click.option("--threads", type=click.IntRange(1, 1024), default=None,
+              help="Requantizing: worker threads (default: all cores).")
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable plan and result on stdout.")
 @user_errors
 def convert_cmd(src: Path, out: Path | None, target: str, qtype: str, outtype: str, keep_mxfp4_experts: bool,
-                dry_run: bool, force: bool, as_json: bool):
+                dry_run: bool, threads: int | None, force: bool, as_json: bool):
     """Convert a GPT-OSS safetensors checkpoint to GGUF (or a GGUF back to safetensors).
 
     Lossless by default: the MXFP4 experts are copied bit for bit, the file is the one
@@ -112,7 +114,7 @@ def convert_cmd(src: Path, out: Path | None, target: str, qtype: str, outtype: s
         doc = plan_document(f"lossless MXFP4 ({outtype} elsewhere)", tensors)
         run = lambda: to_gguf.convert_plan_lossless(ckpt, tensors, out, outtype=outtype, force=force)  # noqa: E731
     else:
-        ckpt, plan = to_gguf.prepare_requantized(src, qtype, keep_mxfp4_experts)
+        ckpt, plan = to_gguf.prepare_requantized(src, qtype, keep_mxfp4_experts, threads)
         title = plan.mixture_key.upper() + (" with MXFP4 experts kept" if keep_mxfp4_experts else "")
         doc = plan_document(title, plan.tensors)
         run = lambda: to_gguf.convert_requantized(ckpt, plan, out, force=force)  # noqa: E731

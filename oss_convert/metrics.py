@@ -10,7 +10,7 @@ import numpy as np
 
 @dataclass
 class ErrorStats:
-    """Running error of a requantized tensor against its source values (float64 sums)."""
+    """Running error of a lossy tensor against its source values."""
 
     n: int = 0
     sum_sq_x: float = 0.0
@@ -18,13 +18,20 @@ class ErrorStats:
     max_abs_err: float = 0.0
 
     def add(self, source: np.ndarray, restored: np.ndarray) -> None:
-        x = source.astype(np.float64).ravel()
-        err = restored.astype(np.float64).ravel() - x
+        x = np.ascontiguousarray(source, np.float32).ravel()
+        err = np.ascontiguousarray(restored, np.float32).ravel() - x
         self.n += x.size
-        self.sum_sq_x += float(x @ x)
-        self.sum_sq_err += float(err @ err)
+        # float32 dot products (BLAS) per piece, summed in float64 across pieces
+        self.sum_sq_x += float(np.dot(x, x))
+        self.sum_sq_err += float(np.dot(err, err))
         if err.size:
             self.max_abs_err = max(self.max_abs_err, float(np.abs(err).max()))
+
+    def merge(self, other: "ErrorStats") -> None:
+        self.n += other.n
+        self.sum_sq_x += other.sum_sq_x
+        self.sum_sq_err += other.sum_sq_err
+        self.max_abs_err = max(self.max_abs_err, other.max_abs_err)
 
     def report(self) -> dict:
         rmse = math.sqrt(self.sum_sq_err / self.n) if self.n else 0.0

@@ -10,7 +10,10 @@ writes, the plan measures what each requantized tensor lost against the source v
 from __future__ import annotations
 
 import math
+import os
 import re
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -42,7 +45,9 @@ class RequantPlan:
         return MIXTURES[self.mixture_key].file_type
 
 
-def plan_requantized(ckpt: SafetensorsCheckpoint, mixture_key: str, keep_mxfp4_experts: bool = False) -> RequantPlan:
+def plan_requantized(ckpt: SafetensorsCheckpoint, mixture_key: str, keep_mxfp4_experts: bool = False,
+                     threads: int | None = None) -> RequantPlan:
+    threads = threads or os.cpu_count() or 1
     mixture = MIXTURES[mixture_key]
     base = {p.name: p for p in plan_lossless(ckpt)}
     overrides = [(EXPERT_WEIGHTS, T.MXFP4)] if keep_mxfp4_experts else []
@@ -60,26 +65,63 @@ def plan_requantized(ckpt: SafetensorsCheckpoint, mixture_key: str, keep_mxfp4_e
         stats = plan.stats.setdefault(name, ErrorStats())
         plan.tensors.append(PlannedTensor(
             name, choice.type, src.shape, src.source, f"{src.type.name} -> {choice.type.name}: {choice.reason}",
-            lambda t=src.target, q=choice.type, s=stats: _requantized_chunks(t, q, s), src.target))
+            lambda t=src.target, q=choice.type, s=stats: _requantized_chunks(t, q, s, threads), src.target))
     return plan
 
 
-def source_values(target: Target) -> Iterator[np.ndarray]:
-    """The target's values as float32, decoded exactly from MXFP4 or BF16, in chunks."""
+PIECE_VALUES = 1 << 18  # work in cache-sized pieces: large temporaries cost more than the math
+
+
+def source_pieces(target: Target) -> Iterator:
+    """The target's source rows in pieces of ~PIECE_VALUES values, in file order."""
     for chunk in iter_chunks(target, CHUNK_BYTES // 4):
         if target.source.format == "MXFP4":
-            yield mxfp4.decode_hf(*chunk)
+            blocks, scales = chunk
+            blocks, scales = blocks.reshape((-1,) + blocks.shape[-2:]), scales.reshape(-1, scales.shape[-1])
+            step = max(1, PIECE_VALUES // (blocks.shape[1] * 32))
+            for r in range(0, blocks.shape[0], step):
+                yield blocks[r:r + step], scales[r:r + step]
         else:
-            yield floats.to_float32(chunk, target.source.format)
+            rows = chunk.reshape(-1, chunk.shape[-1])
+            step = max(1, PIECE_VALUES // rows.shape[1])
+            for r in range(0, rows.shape[0], step):
+                yield rows[r:r + step]
 
 
-def _requantized_chunks(target: Target, qtype: T, stats: ErrorStats) -> Iterator[np.ndarray]:
+def decode_piece(target: Target, piece) -> np.ndarray:
+    """float32 values of a source piece, decoded exactly from MXFP4 or BF16."""
+    if target.source.format == "MXFP4":
+        return mxfp4.decode_hf(*piece)
+    return floats.to_float32(piece, target.source.format)
+
+
+def _requantize_piece(target: Target, qtype: T, piece) -> tuple[np.ndarray, ErrorStats]:
+    values = decode_piece(target, piece)
+    data = encode(values, qtype)
     codec = QUANTIZERS.get(qtype)
-    for values in source_values(target):
-        data = encode(values, qtype)
-        restored = codec.dequantize(data) if codec else data.astype(np.float32)
-        stats.add(values, restored.reshape(values.shape))
-        yield data
+    restored = codec.dequantize(data) if codec else data.astype(np.float32)
+    stats = ErrorStats()
+    stats.add(values, restored.reshape(values.shape))
+    return data, stats
+
+
+def _requantized_chunks(target: Target, qtype: T, stats: ErrorStats, threads: int) -> Iterator[np.ndarray]:
+    """Encoded bytes in file order; pieces are encoded on `threads` threads (numpy releases
+    the GIL), at most 2 * threads pieces ahead of the writer."""
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        pending: deque = deque()
+        for piece in source_pieces(target):
+            pending.append(pool.submit(_requantize_piece, target, qtype, piece))
+            if len(pending) >= 2 * threads:
+                yield _merge(pending.popleft().result(), stats)
+        while pending:
+            yield _merge(pending.popleft().result(), stats)
+
+
+def _merge(result: tuple[np.ndarray, ErrorStats], stats: ErrorStats) -> np.ndarray:
+    data, piece_stats = result
+    stats.merge(piece_stats)
+    return data
 
 
 def cost_report(plan: RequantPlan) -> dict:

@@ -89,9 +89,9 @@ def requantized_metadata(ckpt: SafetensorsCheckpoint, plan: RequantPlan) -> dict
     return meta
 
 
-def prepare_requantized(src, mixture: str, keep_mxfp4_experts: bool = False):
+def prepare_requantized(src, mixture: str, keep_mxfp4_experts: bool = False, threads: int | None = None):
     ckpt = open_source(src)
-    plan = plan_requantized(ckpt, mixture, keep_mxfp4_experts)
+    plan = plan_requantized(ckpt, mixture, keep_mxfp4_experts, threads)
     return ckpt, plan
 
 

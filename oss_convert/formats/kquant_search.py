@@ -24,6 +24,7 @@ def seq_sum(terms: np.ndarray) -> np.ndarray:
     return acc
 
 
+@np.errstate(all="ignore")  # inf/NaN from extreme inputs follow the C reference's IEEE semantics
 def make_qkx2_quants(x: np.ndarray, weights: np.ndarray, nmax: int, rmin: float, rdelta: float,
                      nstep: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """x, weights: float32 [G, n]. Returns (scale [G], the_min [G] = -min, L uint8 [G, n])."""
@@ -73,6 +74,7 @@ def make_qkx2_quants(x: np.ndarray, weights: np.ndarray, nmax: int, rmin: float,
     return scale, the_min, L.astype(np.uint8)
 
 
+@np.errstate(all="ignore")
 def make_qx_quants_rmse1(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
     """make_qx_quants with rmse_type 1 and no importance weights. x: float32 [G, n].
 
@@ -134,8 +136,9 @@ def unpack_scales_mins_k4(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def fp16_bits(x: np.ndarray) -> np.ndarray:
-    """float32 -> fp16 (round to nearest even) as uint16 words."""
-    return np.asarray(x, F32).astype(np.float16).view(np.uint16)
+    """float32 -> fp16 (round to nearest even, overflow to inf) as uint16 words."""
+    with np.errstate(over="ignore"):
+        return np.asarray(x, F32).astype(np.float16).view(np.uint16)
 
 
 def fp16_value(bits: np.ndarray) -> np.ndarray:

@@ -77,11 +77,22 @@ def hf_to_ollama(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
     return out.reshape(blocks.shape[:-2] + (-1,))
 
 
+def _pair_table() -> np.ndarray:
+    """byte -> its two E2M1 values (low nibble first) as one 8-byte word: one gather per byte."""
+    pairs = np.empty((256, 2), np.float32)
+    pairs[:, 0] = E2M1_VALUES[np.arange(256) & 0x0F]
+    pairs[:, 1] = E2M1_VALUES[np.arange(256) >> 4]
+    return pairs.view(np.uint64).reshape(256)
+
+
+_PAIRS = _pair_table()
+
+
 def decode_hf(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
     """HF blocks/scales -> float32 values [..., G * 32]."""
-    values = E2M1_VALUES[hf_codes(blocks)]
+    values = _PAIRS[blocks].view(np.float32).reshape(blocks.shape[:-1] + (32,))
     # 2^(s-127) for s in 0..254 (255 is NaN in E8M0); ldexp is exact for all of them.
     factor = np.ldexp(np.float32(1), scales.astype(np.int32) - 127).astype(np.float32)
     factor[scales == 255] = np.nan
-    out = values * factor[..., None]
-    return out.reshape(blocks.shape[:-2] + (-1,))
+    values *= factor[..., None]
+    return values.reshape(blocks.shape[:-2] + (-1,))

@@ -9,15 +9,10 @@ from __future__ import annotations
 import numpy as np
 
 from .kquant_search import F32, fp16_bits, fp16_value
-from .rounding import first_absmax_index
+from .rounding import signed_absmax
 
 BLOCK = 32
 BLOCK_BYTES = 18
-
-
-def signed_absmax(blocks: np.ndarray) -> np.ndarray:
-    """The value of largest magnitude per row, the first one on ties (as the C loop keeps)."""
-    return blocks[np.arange(blocks.shape[0]), first_absmax_index(blocks)]
 
 
 def inverse(d: np.ndarray) -> np.ndarray:

@@ -18,6 +18,7 @@ BLOCK_BYTES = 144
 NMAX, RMIN, RDELTA, NSTEP = 15, -1.0, 0.1, 20
 
 
+@np.errstate(all="ignore")
 def kquant_groups(x: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int):
     """Shared by Q4_K and Q5_K: per super-block d, dmin, packed scales, and codes L [B, 256]."""
     blocks = np.asarray(x, F32).reshape(-1, 8, 32)
@@ -45,6 +46,7 @@ def kquant_groups(x: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: i
     return d_bits, dmin_bits, pack_scales_mins_k4(ls, lm), L.reshape(B, 256)
 
 
+@np.errstate(all="ignore")
 def quantize(values: np.ndarray) -> np.ndarray:
     """float32 [..., n] (n a multiple of 256) -> Q4_K bytes [..., n // 256 * 144]."""
     x = np.asarray(values, F32)

@@ -8,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 
 from .kquant_search import F32, fp16_bits, fp16_value
-from .q4_0 import inverse, signed_absmax, truncate_u8
+from .q4_0 import inverse, truncate_u8
+from .rounding import signed_absmax
 
 BLOCK = 32
 BLOCK_BYTES = 22
@@ -16,10 +17,9 @@ BLOCK_BYTES = 22
 
 def pack_5bit(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Codes [N, 32] in 0..31 -> (qh as 4 little-endian bytes [N, 4], qs [N, 16])."""
-    bits = ((q >> 4) & 1).astype(np.uint32)
-    qh = (bits << np.arange(32, dtype=np.uint32)).sum(axis=1, dtype=np.uint32)
+    qh = np.packbits((q >> 4) & 1, axis=1, bitorder="little")  # bit j of the u32 = element j
     qs = (q[:, :16] & 0xF) | ((q[:, 16:] & 0xF) << 4)
-    return qh.astype("<u4").view(np.uint8).reshape(-1, 4), qs.astype(np.uint8)
+    return qh, qs.astype(np.uint8)
 
 
 def unpack_5bit(qh: np.ndarray, qs: np.ndarray) -> np.ndarray:

@@ -17,6 +17,7 @@ BLOCK = 256
 BLOCK_BYTES = 210
 
 
+@np.errstate(all="ignore")
 def quantize(values: np.ndarray) -> np.ndarray:
     x = np.asarray(values, F32)
     groups = x.reshape(-1, 16, 16)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .rounding import roundf
+from .rounding import block_reduce, roundf
 
 BLOCK = 32
 BLOCK_BYTES = 34
@@ -18,12 +18,13 @@ def quantize(values: np.ndarray) -> np.ndarray:
     """float32 [..., n] (n a multiple of 32) -> Q8_0 bytes [..., n // 32 * 34]."""
     x = np.asarray(values, dtype=np.float32)
     blocks = x.reshape(-1, BLOCK)
-    d = np.abs(blocks).max(axis=1, keepdims=True) / np.float32(127)
+    d = (block_reduce(np.maximum, np.abs(blocks)) / np.float32(127))[:, None]
     with np.errstate(divide="ignore"):
         inv = np.where(d == 0, np.float32(0), np.float32(1) / d).astype(np.float32)
     q = roundf(blocks * inv).astype(np.int8)
     out = np.empty((blocks.shape[0], BLOCK_BYTES), np.uint8)
-    out[:, :2] = d.astype(np.float16).view(np.uint8)
+    with np.errstate(over="ignore"):
+        out[:, :2] = d.astype(np.float16).view(np.uint8)
     out[:, 2:] = q.view(np.uint8)
     return out.reshape(x.shape[:-1] + (-1,))
 

@@ -8,10 +8,19 @@ _MAGIC = np.float32(12582912.0)  # 1.5 * 2**23
 
 
 def roundf(x: np.ndarray) -> np.ndarray:
-    """C's roundf: nearest integer, ties away from zero."""
-    a = np.abs(x)
-    floored = np.floor(a)
-    return np.copysign(floored + (a - floored >= np.float32(0.5)), x).astype(np.float32)
+    """C's roundf: nearest integer, ties away from zero, exactly.
+
+    trunc(x + copysign(0.5, x)) is exact except where the float32 addition itself rounds
+    across an integer: only for |x| < 0.5 (the answer is 0) and for |x| >= 2^23 (x is
+    already an integer)."""
+    x = np.asarray(x, np.float32)
+    with np.errstate(invalid="ignore"):
+        r = np.trunc(x + np.copysign(np.float32(0.5), x))
+        a = np.abs(x)
+        r[a < np.float32(0.5)] = 0
+        big = a >= np.float32(2**23)
+        r[big] = x[big]
+        return r
 
 
 def nearest_int(x: np.ndarray) -> np.ndarray:
@@ -27,6 +36,31 @@ def nearest_int(x: np.ndarray) -> np.ndarray:
 def max_ignoring_nan(values: np.ndarray, axis: int = -1) -> np.ndarray:
     """max(0, values...) as a C loop `if (v > m) m = v` from 0 computes it: NaN never wins."""
     return np.fmax(np.fmax.reduce(values, axis=axis), np.float32(0))
+
+
+def block_reduce(op, blocks: np.ndarray) -> np.ndarray:
+    """op.reduce over rows of a power-of-two width by halving: numpy reduces short rows slowly.
+
+    Only for order-independent ops (max, min): the result equals op.reduce(blocks, axis=1)."""
+    while blocks.shape[1] > 1:
+        half = blocks.shape[1] // 2
+        blocks = op(blocks[:, :half], blocks[:, half:])
+    return blocks[:, 0]
+
+
+def signed_absmax(blocks: np.ndarray) -> np.ndarray:
+    """Per row, the first value of largest magnitude (C: `if (amax < fabsf(v))`, NaN never wins).
+
+    From the row max and min: the larger magnitude wins; only rows where both have the same
+    magnitude (or that hold a NaN) need the position of the first one."""
+    mx, mn = block_reduce(np.maximum, blocks), block_reduce(np.minimum, blocks)
+    out = np.where(-mn > mx, mn, mx)
+    with np.errstate(invalid="ignore"):
+        unsure = (-mn == mx) & (mn != mx) | np.isnan(mx)
+    if unsure.any():
+        rows = np.flatnonzero(unsure)
+        out[rows] = blocks[rows, first_absmax_index(blocks[rows])]
+    return out
 
 
 def first_absmax_index(values: np.ndarray) -> np.ndarray:
