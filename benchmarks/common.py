@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -13,13 +14,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, int]:
     """(wall seconds including a final sync, peak RSS in bytes) of `cmd`, which must succeed."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    stderr = proc.stderr.read().decode(errors="replace")
-    proc.stderr.close()
-    os.sync()
+    with tempfile.TemporaryFile() as log:  # a file, not a pipe: a chatty child must never block
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=log)
+        _, status, usage = os.wait4(proc.pid, 0)
+        os.sync()
+        log.seek(0)
+        stderr = log.read().decode(errors="replace")
     wall = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"failed: {' '.join(cmd)}\n{stderr[-3000:]}")

@@ -136,18 +136,34 @@ def convert_cmd(src: Path, out: Path | None, target: str, qtype: str, outtype: s
 @cli.command("compare")
 @click.argument("a", type=click.Path(path_type=Path))
 @click.argument("b", type=click.Path(path_type=Path))
-@click.option("--layers", default="all", show_default=True, help="'all' or a list like 0,3,5.")
-@click.option("--tokens", default=64, show_default=True, type=click.IntRange(1, 1 << 20))
+@click.option("--full", is_flag=True, help="Run the whole model on a text and compare logits (else: MoE layers).")
+@click.option("--layers", default="all", show_default=True, help="MoE mode: 'all' or a list like 0,3,5.")
+@click.option("--tokens", default=64, show_default=True, type=click.IntRange(1, 1 << 20),
+              help="MoE mode: hidden states per layer.")
+@click.option("--prompt", help="--full: the text to evaluate (tokenized with A's tokenizer).")
+@click.option("--tokens-file", type=click.Path(path_type=Path), help="--full: whitespace-separated token ids.")
+@click.option("--ctx", default=512, show_default=True, type=click.IntRange(1, 1 << 20),
+              help="--full: evaluate in windows of this many tokens.")
+@click.option("--save-logits", type=click.Path(path_type=Path), help="--full: write both artifacts' logits here.")
 @click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 @user_errors
-def compare_cmd(a: Path, b: Path, layers: str, tokens: int, device: str, seed: int, as_json: bool):
-    """Run the MoE block of chosen layers from A and from B on the same hidden states and compare.
+def compare_cmd(a: Path, b: Path, full: bool, layers: str, tokens: int, prompt: str | None, tokens_file: Path | None,
+                ctx: int, save_logits: Path | None, device: str, seed: int, as_json: bool):
+    """Compare two artifacts (any GPT-OSS checkpoint or GGUF) by running them.
 
-    A and B are any GPT-OSS checkpoint or GGUF (MXFP4, Q4_K_M, ...). Identical weights give
-    identical outputs; requantized experts show their cost on activations.
+    Default: the MoE block of chosen layers on the same hidden states (identical weights
+    give identical outputs). --full: the whole model on a text: KL divergence, top-1
+    agreement, logit differences and each one's perplexity.
     """
+    if full:
+        from .runtime.full_compare import compare_full, read_tokens_file, render_full
+        if (prompt is None) == (tokens_file is None):
+            raise click.UsageError("--full takes one of --prompt or --tokens-file")
+        ids = read_tokens_file(tokens_file) if tokens_file else None
+        doc = compare_full(a, b, tokens=ids, prompt=prompt, ctx=ctx, device=device, save_logits=save_logits)
+        return emit_json(doc) if as_json else click.echo(render_full(doc))
     from .runtime.compare import compare_moe, render_comparison
 
     doc = compare_moe(a, b, layers=layers, tokens=tokens, device=device, seed=seed)
@@ -155,6 +171,24 @@ def compare_cmd(a: Path, b: Path, layers: str, tokens: int, device: str, seed: i
         emit_json(doc)
     else:
         click.echo(render_comparison(doc))
+
+
+@cli.command("generate")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--prompt", required=True, help="The user message; the model's chat template frames it.")
+@click.option("--max-tokens", default=64, show_default=True, type=click.IntRange(1, 1 << 16))
+@click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@user_errors
+def generate_cmd(model: Path, prompt: str, max_tokens: int, device: str, as_json: bool):
+    """Greedy generation through the chat template, from a checkpoint or a GGUF."""
+    from .runtime.full_compare import generate
+
+    doc = generate(model, prompt, max_tokens=max_tokens, device=device)
+    if as_json:
+        emit_json(doc)
+    else:
+        click.echo(doc["text"])
 
 
 class InputError(click.ClickException):

@@ -1,0 +1,140 @@
+"""Whole-model comparison (logits, KL divergence, top-1 agreement, perplexity) and generation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..checkpoint import GGUFCheckpoint, open_checkpoint
+from ..errors import OssConvertError
+from .compare import pick_device
+from .model import forward, load_model, new_cache
+
+STOP_TOKENS = ("<|return|>", "<|end|>", "<|call|>", "<|endoftext|>")
+
+
+def load_tokenizer(ckpt):
+    """A `tokenizers.Tokenizer` from the checkpoint's tokenizer.json or the GGUF's vocabulary."""
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        raise OssConvertError("tokenizing text needs the 'tokenizers' package (pip install tokenizers); "
+                              "or pass token ids with --tokens-file") from None
+    if isinstance(ckpt, GGUFCheckpoint):
+        from ..convert.to_safetensors import tokenizer_files
+        return Tokenizer.from_str(tokenizer_files(ckpt.metadata)["tokenizer.json"])
+    from ..convert.vocab import find_tokenizer_dir
+    return Tokenizer.from_file(str(find_tokenizer_dir(ckpt.root) / "tokenizer.json"))
+
+
+def chat_template(ckpt) -> str:
+    if isinstance(ckpt, GGUFCheckpoint):
+        template = ckpt.metadata.get("tokenizer.chat_template")
+    else:
+        from ..convert.vocab import find_tokenizer_dir, read_vocab
+        template = read_vocab(find_tokenizer_dir(ckpt.root), ckpt.config.vocab_size).chat_template
+    if not template:
+        raise OssConvertError(f"{ckpt.files[0]}: has no chat template")
+    return template
+
+
+def read_tokens_file(path: Path) -> list[int]:
+    try:
+        return [int(t) for t in Path(path).read_text().split()]
+    except (OSError, ValueError) as e:
+        raise OssConvertError(f"{path}: expected whitespace-separated token ids ({e})") from None
+
+
+@torch.no_grad()
+def model_logits(path, tokens: list[int], ctx: int, device) -> np.ndarray:
+    """Logits [len(tokens), V] float32, the text evaluated in windows of `ctx` tokens."""
+    ckpt = open_checkpoint(path)
+    if ckpt.config is None:
+        raise OssConvertError(f"{path}: not a GPT-OSS checkpoint or GGUF")
+    if max(tokens) >= ckpt.config.vocab_size:
+        raise OssConvertError(f"token id {max(tokens)} is outside the vocabulary of {path} ({ckpt.config.vocab_size})")
+    model = load_model(ckpt, device)
+    out = []
+    for start in range(0, len(tokens), ctx):
+        window = torch.tensor(tokens[start:start + ctx], device=device)
+        out.append(forward(model, window).cpu().numpy())
+    return np.concatenate(out)
+
+
+def logit_metrics(a: np.ndarray, b: np.ndarray, tokens: list[int]) -> dict:
+    la, lb = torch.from_numpy(a).double(), torch.from_numpy(b).double()
+    pa, pb = torch.log_softmax(la, -1), torch.log_softmax(lb, -1)
+    kl = (pa.exp() * (pa - pb)).sum(-1).clamp(min=0)
+    top1 = (la.argmax(-1) == lb.argmax(-1)).double()
+    nxt = torch.tensor(tokens[1:])
+    nll_a, nll_b = -pa[:-1].gather(1, nxt[:, None]).squeeze(1), -pb[:-1].gather(1, nxt[:, None]).squeeze(1)
+    return {
+        "positions": len(tokens),
+        "kl_mean": float(kl.mean()), "kl_p99": float(torch.quantile(kl, 0.99)), "kl_max": float(kl.max()),
+        "top1_agreement": float(top1.mean()),
+        "max_logit_diff": float((la - lb).abs().max()),
+        "perplexity_a": float(nll_a.mean().exp()) if len(nxt) else None,
+        "perplexity_b": float(nll_b.mean().exp()) if len(nxt) else None,
+        "per_position": [{"position": i, "token": tokens[i], "kl": float(kl[i]), "top1_same": bool(top1[i]),
+                          "max_logit_diff": float((la[i] - lb[i]).abs().max())} for i in range(len(tokens))],
+    }
+
+
+def compare_full(a_path, b_path, *, tokens: list[int] | None = None, prompt: str | None = None, ctx: int = 512,
+                 device: str = "auto", save_logits: Path | None = None) -> dict:
+    dev = pick_device(device)
+    if tokens is None:
+        tokens = load_tokenizer(open_checkpoint(a_path)).encode(prompt or "").ids
+    if len(tokens) < 1:
+        raise OssConvertError("nothing to evaluate: the prompt gives no tokens")
+    logits_a = model_logits(a_path, tokens, ctx, dev)
+    logits_b = model_logits(b_path, tokens, ctx, dev)
+    metrics = logit_metrics(logits_a, logits_b, tokens)
+    if save_logits:
+        save_logits.mkdir(parents=True, exist_ok=True)
+        np.save(save_logits / "logits_a.npy", logits_a)
+        np.save(save_logits / "logits_b.npy", logits_b)
+        (save_logits / "tokens.txt").write_text(" ".join(map(str, tokens)) + "\n")
+    same = metrics["max_logit_diff"] == 0
+    verdict = ("identical logits at every position" if same else
+               f"KL mean {metrics['kl_mean']:.3g} (p99 {metrics['kl_p99']:.3g}), top-1 agreement "
+               f"{100 * metrics['top1_agreement']:.1f}%, max logit difference {metrics['max_logit_diff']:.3g}")
+    return {"a": str(a_path), "b": str(b_path), "device": str(dev), "ctx": ctx, "tokens": tokens,
+            "summary": {"verdict": verdict, **{k: v for k, v in metrics.items() if k != "per_position"}},
+            "per_position": metrics["per_position"]}
+
+
+def render_full(doc: dict) -> str:
+    s = doc["summary"]
+    lines = [s["verdict"], f"A {doc['a']}, B {doc['b']}; {s['positions']} positions on {doc['device']}"]
+    if s["perplexity_a"] is not None:
+        lines.append(f"perplexity on the text: A {s['perplexity_a']:.4g}, B {s['perplexity_b']:.4g}")
+    lines.append(f"KL(A||B): mean {s['kl_mean']:.4g}, p99 {s['kl_p99']:.4g}, max {s['kl_max']:.4g}; "
+                 f"top-1 agreement {100 * s['top1_agreement']:.2f}%; max |logit diff| {s['max_logit_diff']:.4g}")
+    return "\n".join(lines)
+
+
+@torch.no_grad()
+def generate(path, prompt: str, max_tokens: int = 64, device: str = "auto") -> dict:
+    import jinja2
+    ckpt = open_checkpoint(path)
+    tokenizer = load_tokenizer(ckpt)
+    text = jinja2.Environment().from_string(chat_template(ckpt)).render(
+        messages=[{"role": "user", "content": prompt}], add_generation_prompt=True)
+    ids = tokenizer.encode(text, add_special_tokens=False).ids
+    dev = pick_device(device)
+    model = load_model(ckpt, dev)
+    stops = {tokenizer.token_to_id(t) for t in STOP_TOKENS} - {None}
+    cache = new_cache()
+    logits = forward(model, torch.tensor(ids, device=dev), cache)
+    out = []
+    for _ in range(max_tokens):
+        nxt = int(logits[-1].argmax())
+        if nxt in stops:
+            break
+        out.append(nxt)
+        logits = forward(model, torch.tensor([nxt], device=dev), cache)
+    return {"prompt": text, "prompt_tokens": ids, "tokens": out, "text": tokenizer.decode(out)}
+

@@ -1,0 +1,189 @@
+"""The whole GPT-OSS forward pass, from either artifact, with a KV cache.
+
+    x = embed[tokens]
+    for each block:  x += Attn(RMSNorm(x));  x += MoE(RMSNorm(x))
+    logits = lm_head(RMSNorm(x))
+
+Attention: 64 query heads over 8 KV heads (GQA), head_dim 64, biases on q/k/v/o, scale
+1/8, one learned sink logit per head in the softmax denominator, NeoX RoPE with YaRN
+scaling; even layers see only the last `sliding_window` positions.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from ..checkpoint import GGUFCheckpoint
+from ..checkpoint.config import GptOssConfig
+from ..checkpoint.names import gguf_names
+from ..errors import OssConvertError
+from ..formats import floats
+from .moe import moe_forward, rms_norm
+from .weights import MoELayer, _f32, _gguf_float, load_layer
+
+
+# ------------------------------------------------------------------------------ RoPE
+
+def yarn_frequencies(cfg: GptOssConfig) -> tuple[torch.Tensor, float]:
+    """(inverse frequencies [head_dim/2], attention factor) of YaRN without truncation."""
+    dim, base, factor = cfg.head_dim, cfg.rope_theta, cfg.rope_scaling_factor
+    pos_freqs = base ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+    extrapolation, interpolation = 1.0 / pos_freqs, 1.0 / (factor * pos_freqs)
+    if factor <= 1.0:
+        return extrapolation.float(), 1.0
+
+    def correction_dim(rotations: float) -> float:
+        return dim * math.log(cfg.rope_original_context / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+    low, high = correction_dim(cfg.rope_beta_fast or 32.0), correction_dim(cfg.rope_beta_slow or 1.0)
+    low, high = max(low, 0.0), min(high, dim - 1.0)
+    if low == high:
+        high += 0.001
+    ramp = ((torch.arange(dim // 2, dtype=torch.float64) - low) / (high - low)).clamp(0, 1)
+    keep = 1 - ramp  # share of the original (extrapolated) frequency
+    inv_freq = interpolation * (1 - keep) + extrapolation * keep
+    return inv_freq.float(), 0.1 * math.log(factor) + 1.0
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """NeoX rotation of x [T, heads, dim] by cos/sin [T, dim/2]: pairs (i, i + dim/2)."""
+    first, second = x.chunk(2, dim=-1)
+    cos, sin = cos[:, None, :], sin[:, None, :]
+    return torch.cat([first * cos - second * sin, second * cos + first * sin], dim=-1)
+
+
+# ------------------------------------------------------------------------------ weights
+
+@dataclass
+class AttentionWeights:
+    norm: torch.Tensor
+    q_w: torch.Tensor
+    q_b: torch.Tensor
+    k_w: torch.Tensor
+    k_b: torch.Tensor
+    v_w: torch.Tensor
+    v_b: torch.Tensor
+    o_w: torch.Tensor
+    o_b: torch.Tensor
+    sinks: torch.Tensor
+
+
+@dataclass
+class Model:
+    config: GptOssConfig
+    embed: torch.Tensor
+    attention: list[AttentionWeights]
+    moe: list[MoELayer]
+    final_norm: torch.Tensor
+    lm_head: torch.Tensor
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+
+_ATTN = {"norm": "input_layernorm.weight", "q_w": "self_attn.q_proj.weight", "q_b": "self_attn.q_proj.bias",
+         "k_w": "self_attn.k_proj.weight", "k_b": "self_attn.k_proj.bias", "v_w": "self_attn.v_proj.weight",
+         "v_b": "self_attn.v_proj.bias", "o_w": "self_attn.o_proj.weight", "o_b": "self_attn.o_proj.bias",
+         "sinks": "self_attn.sinks"}
+_GLOBAL = {"embed": "model.embed_tokens.weight", "final_norm": "model.norm.weight", "lm_head": "lm_head.weight"}
+
+
+def _dense_reader(ckpt):
+    """name (HF) -> float32 tensor, for the non-expert weights of either artifact."""
+    if isinstance(ckpt, GGUFCheckpoint):
+        tensors = ckpt.gguf.tensors
+
+        def read(hf_name: str) -> torch.Tensor:
+            names = gguf_names(hf_name, ckpt.layout)
+            if len(names) != 1 or names[0].gguf not in tensors:
+                raise OssConvertError(f"{ckpt.files[0]}: no tensor for {hf_name}")
+            return _f32(_gguf_float(tensors[names[0].gguf]))
+        return read
+    by_name = {t.name: t for t in ckpt.hf_tensors() if t.format != "MXFP4"}
+
+    def read(hf_name: str) -> torch.Tensor:
+        if hf_name not in by_name:
+            raise OssConvertError(f"{ckpt.root}: no tensor {hf_name}")
+        t = by_name[hf_name]
+        return _f32(floats.to_float32(t.read(), t.format))
+    return read
+
+
+def load_model(ckpt, device: torch.device) -> Model:
+    if ckpt.config is None:
+        raise OssConvertError(f"{ckpt.files[0]}: not a GPT-OSS model")
+    read = _dense_reader(ckpt)
+    attention, moe = [], []
+    for n in range(ckpt.config.num_layers):
+        attention.append(AttentionWeights(**{k: read(f"model.layers.{n}.{v}").to(device) for k, v in _ATTN.items()}))
+        moe.append(load_layer(ckpt, n).to(device))
+    g = {k: read(v).to(device) for k, v in _GLOBAL.items()}
+    return Model(ckpt.config, g["embed"], attention, moe, g["final_norm"], g["lm_head"], device)
+
+
+# ------------------------------------------------------------------------------ forward
+
+@dataclass
+class KVCache:
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+
+    @property
+    def length(self) -> int:
+        return self.keys[0].shape[0] if self.keys else 0
+
+
+def attention(w: AttentionWeights, x: torch.Tensor, cfg: GptOssConfig, layer: int, positions: torch.Tensor,
+              rope: tuple[torch.Tensor, torch.Tensor, float], cache: KVCache | None) -> torch.Tensor:
+    T = x.shape[0]
+    hd, nh, nkv = cfg.head_dim, cfg.num_heads, cfg.num_kv_heads
+    h = rms_norm(x, w.norm, cfg.rms_norm_eps)
+    q = (h @ w.q_w.T + w.q_b).view(T, nh, hd)
+    k = (h @ w.k_w.T + w.k_b).view(T, nkv, hd)
+    v = (h @ w.v_w.T + w.v_b).view(T, nkv, hd)
+    inv_freq, _, mscale = rope
+    angles = positions.float()[:, None] * inv_freq[None, :]
+    cos, sin = angles.cos() * mscale, angles.sin() * mscale
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    if cache is not None:
+        if len(cache.keys) > layer:
+            k = torch.cat([cache.keys[layer], k])
+            v = torch.cat([cache.values[layer], v])
+            cache.keys[layer], cache.values[layer] = k, v
+        else:
+            cache.keys.append(k)
+            cache.values.append(v)
+    S = k.shape[0]
+    key_pos = torch.arange(S, device=x.device)
+    visible = key_pos[None, :] <= positions[:, None]
+    if layer % 2 == 0:  # sliding-window layers
+        visible &= positions[:, None] - key_pos[None, :] < cfg.sliding_window
+    group = nh // nkv
+    k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # [S, nh, hd]
+    scores = torch.einsum("qhd,khd->hqk", q, k) / math.sqrt(hd)
+    scores = scores.masked_fill(~visible[None], float("-inf"))
+    sinks = w.sinks.float()[:, None, None].expand(nh, T, 1)
+    logits = torch.cat([scores, sinks], dim=-1)
+    probs = torch.softmax(logits - logits.amax(dim=-1, keepdim=True), dim=-1)[..., :-1]
+    out = torch.einsum("hqk,khd->qhd", probs, v).reshape(T, nh * hd)
+    return out @ w.o_w.T + w.o_b
+
+
+def forward(model: Model, tokens: torch.Tensor, cache: KVCache | None = None, backend: str = "auto") -> torch.Tensor:
+    """Logits [T, V] (float32) for `tokens` following whatever the cache already holds."""
+    cfg = model.config
+    start = cache.length if cache is not None else 0
+    positions = torch.arange(start, start + tokens.shape[0], device=model.device)
+    inv_freq, mscale = yarn_frequencies(cfg)
+    rope = (inv_freq.to(model.device), None, mscale)
+    x = model.embed[tokens.to(model.device)].float()
+    for n in range(cfg.num_layers):
+        x = x + attention(model.attention[n], x, cfg, n, positions, rope, cache)
+        layer = model.moe[n]
+        x = x + moe_forward(layer, rms_norm(x, layer.norm_w, cfg.rms_norm_eps), backend)
+    return rms_norm(x, model.final_norm, cfg.rms_norm_eps) @ model.lm_head.T
+
+
+def new_cache() -> KVCache:
+    return KVCache([], [])

@@ -1,0 +1,109 @@
+"""The whole-model runtime against transformers' GptOssForCausalLM and llama.cpp, and
+`compare --full` / `generate` through the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from oss_convert.checkpoint import open_checkpoint
+from oss_convert.cli import cli
+from oss_convert.runtime.model import forward, load_model, new_cache
+
+# longer than the 128-token sliding window, so even layers really slide
+TOKENS = [(i * 37 + 11) % 350 for i in range(200)]
+
+
+def ours(path, tokens=TOKENS) -> np.ndarray:
+    model = load_model(open_checkpoint(path), torch.device("cpu"))
+    with torch.no_grad():
+        return forward(model, torch.tensor(tokens)).numpy()
+
+
+def hf_logits(path, tokens=TOKENS) -> np.ndarray:
+    transformers = pytest.importorskip("transformers")
+    model = transformers.GptOssForCausalLM.from_pretrained(
+        path, quantization_config=transformers.Mxfp4Config(dequantize=True), dtype=torch.float32).eval()
+    with torch.no_grad():
+        return model(torch.tensor([tokens])).logits[0].numpy()
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("name", ["tiny", "mid-sharded"])
+def test_logits_match_transformers(checkpoints, name):
+    """Same math in float32: agreement to float rounding (stated tolerance: 1e-4 relative)."""
+    a, b = ours(checkpoints[name]), hf_logits(checkpoints[name])
+    assert np.linalg.norm(a - b) / np.linalg.norm(b) < 1e-4
+    assert (a.argmax(-1) == b.argmax(-1)).all()
+
+
+@pytest.mark.reference
+def test_logits_match_llama_cpp(bundled, tmp_path, llama_cpp):
+    """llama.cpp's CPU backend rounds activations (bf16/q8_0 dot products), so parity is
+    statistical: within 5% relative, 95% top-1, and as close to it as transformers is."""
+    gguf = tmp_path / "t.gguf"
+    CliRunner().invoke(cli, ["convert", str(bundled), "-o", str(gguf)])
+    llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=512, n_batch=512, verbose=False, logits_all=True, n_threads=2)
+    llm.eval(TOKENS)
+    ref = np.array(llm.scores[: len(TOKENS)])
+    mine = ours(gguf)
+    rel = np.linalg.norm(mine - ref) / np.linalg.norm(ref)
+    assert rel < 0.05 and (mine.argmax(-1) == ref.argmax(-1)).mean() > 0.95
+    hf = hf_logits(bundled)
+    assert rel < 1.1 * np.linalg.norm(hf - ref) / np.linalg.norm(ref)
+
+
+def test_kv_cache_gives_the_same_logits(bundled):
+    model = load_model(open_checkpoint(bundled), torch.device("cpu"))
+    with torch.no_grad():
+        full = forward(model, torch.tensor(TOKENS[:150]))
+        cache = new_cache()
+        parts = [forward(model, torch.tensor(TOKENS[:100]), cache)]
+        parts += [forward(model, torch.tensor([t]), cache) for t in TOKENS[100:150]]
+    torch.testing.assert_close(torch.cat(parts), full, rtol=1e-4, atol=1e-4)
+
+
+def compare_full(*args) -> dict:
+    result = CliRunner().invoke(cli, ["compare", *map(str, args), "--full", "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_compare_full_original_vs_lossless_and_q4_k_m(bundled, tmp_path):
+    lossless, q = tmp_path / "l.gguf", tmp_path / "q.gguf"
+    CliRunner().invoke(cli, ["convert", str(bundled), "-o", str(lossless)])
+    CliRunner().invoke(cli, ["convert", str(bundled), "-o", str(q), "--type", "q4_k_m"])
+    ids = tmp_path / "ids.txt"
+    ids.write_text(" ".join(map(str, TOKENS)))
+    doc = compare_full(bundled, lossless, "--tokens-file", ids, "--save-logits", tmp_path / "logits")
+    s = doc["summary"]
+    assert s["kl_mean"] == 0 and s["kl_max"] == 0 and s["top1_agreement"] == 1.0 and s["max_logit_diff"] == 0
+    assert s["perplexity_a"] == s["perplexity_b"] > 1
+    saved = np.load(tmp_path / "logits" / "logits_a.npy")
+    assert saved.shape == (200, 576) and saved.dtype == np.float32
+    assert (tmp_path / "logits" / "tokens.txt").read_text().split() == [str(t) for t in TOKENS]
+    doc = compare_full(bundled, q, "--tokens-file", ids, "--ctx", "128")
+    s = doc["summary"]
+    assert 0 < s["kl_mean"] < 0.5 and s["kl_max"] >= s["kl_p99"] >= 0 and 0.5 < s["top1_agreement"] < 1.0
+    assert len(doc["per_position"]) == 200
+
+
+def test_compare_full_with_a_prompt_and_generate(bundled, tmp_path):
+    pytest.importorskip("tokenizers")
+    lossless = tmp_path / "l.gguf"
+    CliRunner().invoke(cli, ["convert", str(bundled), "-o", str(lossless)])
+    doc = compare_full(bundled, lossless, "--prompt", "The quick brown fox jumps over the lazy dog.")
+    assert doc["summary"]["max_logit_diff"] == 0 and len(doc["tokens"]) > 5
+    # the same greedy continuation from the checkpoint and from its GGUF, through the chat template
+    outs = []
+    for model in (bundled, lossless):
+        result = CliRunner().invoke(cli, ["generate", str(model), "--prompt", "Hello, world!", "--max-tokens", "12",
+                                          "--json"])
+        assert result.exit_code == 0, result.output
+        outs.append(json.loads(result.stdout))
+    assert outs[0]["tokens"] == outs[1]["tokens"] and outs[0]["prompt"].startswith("<|start|>user<|message|>")
+    assert 0 < len(outs[0]["tokens"]) <= 12
