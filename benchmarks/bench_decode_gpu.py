@@ -1,0 +1,65 @@
+"""Decode speed of the whole model on a CUDA GPU (batch 1), against the memory-bandwidth
+ceiling (weight bytes read per token / HBM bandwidth).
+
+usage: python benchmarks/bench_decode_gpu.py [--preset 20b] [--tokens 64]
+
+The checkpoint is written sparse (headers real, data zero): the work per token does not
+depend on the values, and nothing needs to be generated or carried to the GPU machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench_moe_gpu import peak_bandwidth  # noqa: E402
+from fixtures.checkpoints import write_checkpoint  # noqa: E402
+from oss_convert.checkpoint import open_checkpoint  # noqa: E402
+from oss_convert.runtime.model import forward, load_model, new_cache  # noqa: E402
+
+
+def tensor_bytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--preset", default="20b")
+    p.add_argument("--tokens", type=int, default=64)
+    args = p.parse_args()
+    name, peak = peak_bandwidth()
+    with tempfile.TemporaryDirectory() as d:
+        write_checkpoint(d, args.preset, shards=3, sparse=True)
+        t0 = time.perf_counter()
+        model = load_model(open_checkpoint(d), torch.device("cuda"))
+        load_s = time.perf_counter() - t0
+    cfg = model.config
+    per_expert = (model.moe[0].gate_up.nbytes + model.moe[0].down.nbytes) / cfg.num_experts
+    dense = sum(tensor_bytes(v) for a in model.attention for v in vars(a).values())
+    dense += sum(tensor_bytes(t) for m in model.moe for t in (m.router_w, m.router_b, m.b1, m.b2, m.norm_w))
+    per_token = dense + tensor_bytes(model.lm_head) + cfg.num_layers * cfg.experts_per_token * per_expert
+    with torch.no_grad():
+        cache = new_cache()
+        logits = forward(model, torch.arange(16, device="cuda"), cache)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(args.tokens):
+            logits = forward(model, logits[-1:].argmax(-1), cache)
+        torch.cuda.synchronize()
+        dt = (time.perf_counter() - t0) / args.tokens
+    print(f"device {name}; {args.preset} shape; model loaded in {load_s:.1f} s")
+    print(f"weights read per token: {per_token / 1e9:.2f} GB (experts {cfg.num_layers * cfg.experts_per_token * per_expert / 1e9:.2f} GB "
+          f"MXFP4, dense {dense / 1e9:.2f} GB + lm_head {tensor_bytes(model.lm_head) / 1e9:.2f} GB as float32)")
+    print(f"decode: {1 / dt:.1f} tokens/s ({dt * 1e3:.2f} ms/token); bandwidth ceiling "
+          f"{peak / per_token:.0f} tokens/s; {100 * per_token / dt / peak:.1f}% of HBM bandwidth")
+
+
+if __name__ == "__main__":
+    main()
