@@ -89,9 +89,11 @@ CONVERT_TYPES = ["mxfp4", "q4_k_m", "q4_k_s", "q4_k", "q5_k_m", "q5_k_s", "q6_k"
               help="Requantizing: worker threads (default: all cores).")
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable plan and result on stdout.")
+@click.option("--local-dir", type=click.Path(path_type=Path), help="Where to put files downloaded from the Hub "
+              "(default: the Hugging Face cache).")
 @user_errors
 def convert_cmd(src: Path, out: Path | None, target: str, qtype: str, outtype: str, keep_mxfp4_experts: bool,
-                dry_run: bool, threads: int | None, force: bool, as_json: bool):
+                dry_run: bool, threads: int | None, force: bool, as_json: bool, local_dir: Path | None):
     """Convert a GPT-OSS safetensors checkpoint to GGUF (or a GGUF back to safetensors).
 
     Lossless by default: the MXFP4 experts are copied bit for bit, the file is the one
@@ -99,9 +101,13 @@ def convert_cmd(src: Path, out: Path | None, target: str, qtype: str, outtype: s
     the file llama-quantize makes from it, and a report of what each tensor lost.
     """
     from .convert.plan_report import plan_document, render_cost, render_plan
+    from .hub import download
 
     if out is None and not dry_run:
         raise click.UsageError("missing -o/--output")
+    if out is not None and out.exists() and not force and not dry_run:  # before any download
+        raise OssConvertError(f"{out}: already exists (use --force to overwrite)")
+    src = download(src, local_dir)
     if target == "safetensors":
         from .convert.to_safetensors import convert_to_safetensors
         result = convert_to_safetensors(src, out, force=force)
@@ -120,8 +126,6 @@ def convert_cmd(src: Path, out: Path | None, target: str, qtype: str, outtype: s
         run = lambda: to_gguf.convert_requantized(ckpt, plan, out, force=force)  # noqa: E731
     if dry_run:
         return emit_json({"plan": doc}) if as_json else click.echo(render_plan(doc))
-    if out is not None and out.exists() and not force:
-        raise OssConvertError(f"{out}: already exists (use --force to overwrite)")
     if not as_json:
         click.echo(render_plan(doc), err=True)
     result = run()
@@ -148,15 +152,19 @@ def convert_cmd(src: Path, out: Path | None, target: str, qtype: str, outtype: s
 @click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@click.option("--local-dir", type=click.Path(path_type=Path), help="Where to put files downloaded from the Hub "
+              "(default: the Hugging Face cache).")
 @user_errors
 def compare_cmd(a: Path, b: Path, full: bool, layers: str, tokens: int, prompt: str | None, tokens_file: Path | None,
-                ctx: int, save_logits: Path | None, device: str, seed: int, as_json: bool):
+                ctx: int, save_logits: Path | None, device: str, seed: int, as_json: bool, local_dir: Path | None):
     """Compare two artifacts (any GPT-OSS checkpoint or GGUF) by running them.
 
     Default: the MoE block of chosen layers on the same hidden states (identical weights
     give identical outputs). --full: the whole model on a text: KL divergence, top-1
     agreement, logit differences and each one's perplexity.
     """
+    from .hub import download
+    a, b = download(a, local_dir), download(b, local_dir)
     if full:
         from .runtime.full_compare import compare_full, read_tokens_file, render_full
         if (prompt is None) == (tokens_file is None):
@@ -179,11 +187,15 @@ def compare_cmd(a: Path, b: Path, full: bool, layers: str, tokens: int, prompt: 
 @click.option("--max-tokens", default=64, show_default=True, type=click.IntRange(1, 1 << 16))
 @click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--local-dir", type=click.Path(path_type=Path), help="Where to put files downloaded from the Hub "
+              "(default: the Hugging Face cache).")
 @user_errors
-def generate_cmd(model: Path, prompt: str, max_tokens: int, device: str, as_json: bool):
+def generate_cmd(model: Path, prompt: str, max_tokens: int, device: str, as_json: bool, local_dir: Path | None):
     """Greedy generation through the chat template, from a checkpoint or a GGUF."""
+    from .hub import download
     from .runtime.full_compare import generate
 
+    model = download(model, local_dir)
     doc = generate(model, prompt, max_tokens=max_tokens, device=device)
     if as_json:
         emit_json(doc)
@@ -202,17 +214,20 @@ class InputError(click.ClickException):
 @click.argument("port", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 @click.option("--require-fp4", is_flag=True, help="Also fail unless every MXFP4 tensor is bit-identical MXFP4.")
-def verify_cmd(src: Path, port: Path, as_json: bool, require_fp4: bool):
+@click.option("--local-dir", type=click.Path(path_type=Path), help="Where to put files downloaded from the Hub "
+              "(default: the Hugging Face cache).")
+def verify_cmd(src: Path, port: Path, as_json: bool, require_fp4: bool, local_dir: Path | None):
     """Prove whether PORT (any GPT-OSS GGUF) preserves the FP4 bits of SRC, tensor by tensor.
 
     Exit status: 0 when every tensor is bit-identical or a reference requantization and the
     metadata agrees; 1 when something is lossy, missing or wrong (with --require-fp4, also
     when the experts are not bit-identical MXFP4); 2 for unreadable inputs.
     """
+    from .hub import download
     from .verify import exit_status, render, verify
 
     try:
-        doc = verify(src, port)
+        doc = verify(download(src, local_dir), download(port, local_dir))
     except OssConvertError as e:
         raise InputError(str(e)) from None
     except KeyboardInterrupt:

@@ -13,7 +13,11 @@ Checkpoint = SafetensorsCheckpoint | GGUFCheckpoint
 
 
 def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Open a checkpoint folder, a .safetensors file or a (split) .gguf, reading headers only."""
+    """Open a checkpoint folder, a .safetensors file, a (split) .gguf or a Hub repo id
+    (owner/name[@revision][:path]), reading headers only."""
+    from ..hub import open_remote, parse
+    if parse(path) is not None:
+        return open_remote(path)
     path = Path(path)
     if path.suffix == ".gguf":
         return open_gguf(path)

@@ -103,38 +103,45 @@ def _shard_files(path: Path) -> tuple[Path, list[Path], dict[str, str] | None]:
     return path, files, None
 
 
-def _read_config(root: Path, layout: str) -> tuple[GptOssConfig | None, Path | None]:
-    path = root / "config.json"
-    if not path.is_file():
-        return None, None
+def _read_config(path: Path | None, layout: str) -> GptOssConfig | None:
+    if path is None or not path.is_file():
+        return None
     try:
         raw = json.loads(path.read_text())
         if layout == "original" or ("num_experts" in raw and "num_local_experts" not in raw):
-            return GptOssConfig.from_original(raw), path
-        return GptOssConfig.from_hf(raw), path
+            return GptOssConfig.from_original(raw)
+        return GptOssConfig.from_hf(raw)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise OssConvertError(f"{path}: not a usable GPT-OSS config ({type(e).__name__}: {e})") from None
 
 
 def open_safetensors(path: Path) -> SafetensorsCheckpoint:
     root, files, weight_map = _shard_files(path)
+    return open_safetensors_files(root, files, root / "config.json", weight_map)
+
+
+def open_safetensors_files(root, files: list, config_path: Path | None,
+                           weight_map: dict[str, str] | None = None) -> SafetensorsCheckpoint:
+    """A checkpoint from its shard files (local paths or byte sources), index and config.json."""
     stored: dict[str, StoredTensor] = {}
+    names = []
     for f in files:
-        for name, t in read_header(f).tensors.items():
+        header = read_header(f)
+        names.append(header.path)
+        for name, t in header.tensors.items():
             if name in stored:
-                raise OssConvertError(f"{f}: tensor {name!r} also appears in {stored[name].path.name}")
+                raise OssConvertError(f"{header.path}: tensor {name!r} also appears in {stored[name].path}")
             stored[name] = t
     if weight_map is not None:
         absent = sorted(set(weight_map) - set(stored))
         if absent:
             raise OssConvertError(f"{root / INDEX_NAME}: lists {len(absent)} tensor(s) that no shard holds, "
                                   f"first {absent[0]!r}")
-    layout = _detect_layout(path, stored)
+    layout = _detect_layout(root, stored)
     tensors = _logical_tensors(stored, layout)
-    config, config_path = _read_config(root, layout)
-    if config is None:
-        config = infer_config(tensors, layout)
-    return SafetensorsCheckpoint(root, files, layout, tensors, config, config_path)
+    config = _read_config(config_path, layout) or infer_config(tensors, layout)
+    return SafetensorsCheckpoint(root, names, layout, tensors, config,
+                                 config_path if config_path is not None and config_path.is_file() else None)
 
 
 def _detect_layout(path: Path, stored: dict[str, StoredTensor]) -> str:

@@ -21,6 +21,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from ..errors import OssConvertError
+from .source import LocalFile
 from .stream import BackgroundWriter, Produced, pread_array, write_produced
 
 GGUF_MAGIC = b"GGUF"
@@ -189,27 +190,20 @@ class _Cursor:
         return Value(vtype, arr.tolist(), item)
 
 
-def _read_one(path: Path) -> tuple[int, dict[str, Value], list[GGUFTensor]]:
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(24)
-            if head[:4] != GGUF_MAGIC:
-                raise OssConvertError(f"{path}: not a GGUF file (bad magic {head[:4]!r})")
-            # Headers are small next to the data; read enough to hold them, growing if needed.
-            want = min(size, 64 * 1024 * 1024)
-            f.seek(0)
-            data = f.read(want)
-    except OSError as e:
-        raise OssConvertError(f"{path}: cannot read ({e.strerror or e})") from None
+def _read_one(source) -> tuple[int, dict[str, Value], list[GGUFTensor]]:
+    path, size = (source.path if isinstance(source, LocalFile) else source.name), source.size
+    head = source.read(0, 24)
+    if head[:4] != GGUF_MAGIC:
+        raise OssConvertError(f"{path}: not a GGUF file (bad magic {head[:4]!r})")
+    # The header is small next to the data: read a first guess, then more until it parses.
+    data = source.read(0, min(size, source.first_read))
     while True:
         try:
             return _parse(path, data, size)
         except OssConvertError:
             if len(data) >= size:
                 raise
-            with open(path, "rb") as f:
-                data = f.read(min(size, len(data) * 4))
+            data = source.read(0, min(size, len(data) * 4))
 
 
 def _parse(path: Path, data: bytes, size: int) -> tuple[int, dict[str, Value], list[GGUFTensor]]:
@@ -253,27 +247,37 @@ def _parse(path: Path, data: bytes, size: int) -> tuple[int, dict[str, Value], l
     return version, metadata, tensors
 
 
-def split_parts(path: Path) -> list[Path]:
-    """All parts of a split GGUF given any one of them, or [path] for a single file."""
-    m = SPLIT_NAME.match(path.name)
+def split_names(name: str) -> list[str]:
+    """All part names of a split GGUF given any one of them, or [name] for a single file."""
+    m = SPLIT_NAME.match(name)
     if not m:
-        return [path]
+        return [name]
     count = int(m["count"])
-    parts = [path.with_name(f"{m['stem']}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
+    return [f"{m['stem']}-{i:05d}-of-{count:05d}.gguf" for i in range(1, count + 1)]
+
+
+def split_parts(path: Path) -> list[Path]:
+    """All parts of a local split GGUF given any one of them, checking that they exist."""
+    parts = [path.with_name(n) for n in split_names(path.name)]
     missing = [p.name for p in parts if not p.is_file()]
     if missing:
         raise OssConvertError(f"{path}: split GGUF is missing part(s) {', '.join(missing)}")
     return parts
 
 
-def read_gguf(path: str | os.PathLike) -> GGUFFile:
-    path = Path(path)
-    if not path.is_file():
-        raise OssConvertError(f"{path}: no such file")
-    parts = split_parts(path)
+def read_gguf(path, open_part=LocalFile) -> GGUFFile:
+    """Parse a GGUF header (all parts of a split file). `open_part` turns each part's path
+    into a byte source: local files by default, HTTP range requests for a Hub repo."""
+    if open_part is LocalFile:
+        path = Path(path)
+        if not path.is_file():
+            raise OssConvertError(f"{path}: no such file")
+        parts = split_parts(path)
+    else:
+        parts = [Path(p) for p in split_names(str(path))]
     version, metadata, tensors = None, {}, {}
     for part in parts:
-        v, meta, part_tensors = _read_one(part)
+        v, meta, part_tensors = _read_one(open_part(part))
         if version is None:
             version, metadata = v, meta
         for t in part_tensors:

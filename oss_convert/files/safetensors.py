@@ -20,6 +20,7 @@ from typing import BinaryIO, Callable, Iterable
 import numpy as np
 
 from ..errors import OssConvertError
+from .source import LocalFile
 from .stream import Produced, pread_array, write_produced
 
 # Bytes per element for each safetensors dtype we may meet in a GPT-OSS checkpoint.
@@ -78,22 +79,19 @@ class SafetensorsHeader:
     header_bytes: int
 
 
-def read_header(path: str | os.PathLike) -> SafetensorsHeader:
-    """Parse and validate a safetensors header; reads nothing past it."""
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise OssConvertError(f"{path}: not a safetensors file (shorter than 8 bytes)")
-            (length,) = struct.unpack("<Q", head)
-            if length > MAX_HEADER_BYTES or 8 + length > size:
-                raise OssConvertError(
-                    f"{path}: corrupt safetensors header (declares {length} header bytes, file has {size})")
-            raw = f.read(length)
-    except OSError as e:
-        raise OssConvertError(f"{path}: cannot read ({e.strerror or e})") from None
+def read_header(path) -> SafetensorsHeader:
+    """Parse and validate a safetensors header; reads nothing past it.
+
+    `path` is a local path or a byte source with `name`, `size` and `read(offset, n)`."""
+    source = path if hasattr(path, "read") else LocalFile(path)
+    path, size = (source.path if isinstance(source, LocalFile) else source.name), source.size
+    head = source.read(0, 8)
+    if len(head) < 8:
+        raise OssConvertError(f"{path}: not a safetensors file (shorter than 8 bytes)")
+    (length,) = struct.unpack("<Q", head)
+    if length > MAX_HEADER_BYTES or 8 + length > size:
+        raise OssConvertError(f"{path}: corrupt safetensors header (declares {length} header bytes, file has {size})")
+    raw = source.read(8, length)
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:

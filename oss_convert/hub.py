@@ -1,0 +1,182 @@
+"""Hugging Face Hub repo ids wherever a path is taken: `owner/name[@revision][:path]`.
+
+`inspect` reads headers only, by HTTP range requests (kilobytes for a safetensors repo, the
+header's few MB for a GGUF). The other commands download what they need into the standard
+Hugging Face cache (or --local-dir), through huggingface_hub: resumable, with progress,
+HF_TOKEN and HF_HUB_OFFLINE honoured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import re
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from .errors import OssConvertError
+
+SPEC = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[^:@]+))?(?::(?P<path>.+))?$")
+# What a HF-layout conversion needs; never original/ or metal/ unless asked for.
+HF_PATTERNS = ["*.safetensors", "model.safetensors.index.json", "config.json", "generation_config.json",
+               "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+               "chat_template.json"]
+SKIPPED = ["original/*", "metal/*"]
+TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "chat_template.json",
+                   "generation_config.json", "special_tokens_map.json"]
+
+
+@dataclass(frozen=True)
+class HubRef:
+    repo_id: str
+    revision: str | None
+    path: str | None  # a file (a .gguf) or a folder (original) inside the repo
+
+    def __str__(self) -> str:
+        return self.repo_id + (f"@{self.revision}" if self.revision else "") + (f":{self.path}" if self.path else "")
+
+
+def parse(spec) -> HubRef | None:
+    """A Hub reference, or None where `spec` is (or names) a local path."""
+    text = str(spec)
+    if Path(text).exists() or text.startswith((".", "/", "~")):
+        return None
+    m = SPEC.match(text)
+    return HubRef(m["repo"], m["rev"], m["path"].strip("/") if m["path"] else None) if m else None
+
+
+@contextlib.contextmanager
+def hub_errors(ref: HubRef):
+    """The Hub's failures as one clear line each."""
+    from huggingface_hub import errors
+    try:
+        yield
+    except errors.GatedRepoError:
+        raise OssConvertError(f"{ref.repo_id}: gated or private repo; accept its terms on the Hub and set HF_TOKEN") \
+            from None
+    except errors.RepositoryNotFoundError:
+        raise OssConvertError(f"{ref.repo_id}: no such local path, and no such repo on the Hub (or it is private: "
+                              "set HF_TOKEN)") from None
+    except errors.RevisionNotFoundError:
+        raise OssConvertError(f"{ref.repo_id}: no revision {ref.revision!r}") from None
+    except errors.EntryNotFoundError:
+        raise OssConvertError(f"{ref}: no such file in the repo") from None
+    except (errors.OfflineModeIsEnabled, errors.LocalEntryNotFoundError):
+        raise OssConvertError(f"{ref}: not in the local cache and the Hub cannot be reached (HF_HUB_OFFLINE is "
+                              "set, or there is no network)") from None
+    except errors.HfHubHTTPError as e:
+        raise OssConvertError(f"{ref}: the Hub answered {str(e).splitlines()[0]}") from None
+    except OSError as e:  # connection errors
+        raise OssConvertError(f"{ref}: cannot reach the Hub ({e})") from None
+    except Exception as e:  # httpx transport errors do not derive from OSError
+        if type(e).__module__.startswith(("httpx", "httpcore")):
+            raise OssConvertError(f"{ref}: cannot reach the Hub ({type(e).__name__}: {e})") from None
+        raise
+
+
+def _api():
+    from huggingface_hub import HfApi
+    return HfApi()
+
+
+def repo_files(ref: HubRef) -> list[str]:
+    with hub_errors(ref):
+        return _api().list_repo_files(ref.repo_id, revision=ref.revision)
+
+
+def _ggufs(files: list[str], ref: HubRef) -> list[str]:
+    ggufs = [f for f in files if f.endswith(".gguf")]
+    if ref.path and ref.path.endswith(".gguf"):
+        if ref.path not in ggufs:
+            raise OssConvertError(f"{ref}: no such file in the repo")
+        return [ref.path]
+    return ggufs
+
+
+# ------------------------------------------------------------------------------ downloads
+
+def download(spec, local_dir: Path | None = None) -> Path:
+    """A local path for `spec`: itself if local, else the repo's needed files downloaded."""
+    ref = parse(spec)
+    if ref is None:
+        return Path(spec)
+    from huggingface_hub import constants, hf_hub_download, snapshot_download
+    kw = {"revision": ref.revision, "local_dir": local_dir}
+    if constants.HF_HUB_OFFLINE:  # no listing: take what the cache holds
+        with hub_errors(ref):
+            if ref.path and ref.path.endswith(".gguf"):
+                return Path(hf_hub_download(ref.repo_id, ref.path, **kw))
+            if ref.path:
+                root = Path(snapshot_download(ref.repo_id, allow_patterns=[f"{ref.path}/*"] + TOKENIZER_FILES, **kw))
+                return root / ref.path
+            return Path(snapshot_download(ref.repo_id, allow_patterns=HF_PATTERNS, ignore_patterns=SKIPPED, **kw))
+    files = repo_files(ref)
+    with hub_errors(ref):
+        ggufs = _ggufs(files, ref)
+        if ref.path and ref.path.endswith(".gguf") or (not ref.path and ggufs and not any(
+                f.endswith(".safetensors") for f in files)):
+            if len(ggufs) != 1 and not (ref.path and ref.path.endswith(".gguf")):
+                raise OssConvertError(f"{ref}: the repo has {len(ggufs)} GGUF files; name one as "
+                                      f"{ref.repo_id}:FILE.gguf ({', '.join(ggufs[:4])}...)")
+            from .files.gguf import split_names
+            paths = [hf_hub_download(ref.repo_id, name, **kw) for name in split_names(ggufs[0])]
+            return Path(paths[0])
+        if ref.path:  # a folder such as original/, plus the tokenizer at the root
+            patterns = [f"{ref.path}/*"] + TOKENIZER_FILES
+            root = Path(snapshot_download(ref.repo_id, allow_patterns=patterns, **kw))
+            return root / ref.path
+        if not any(fnmatch.fnmatch(f, "*.safetensors") and "/" not in f for f in files):
+            raise OssConvertError(f"{ref}: not a GPT-OSS checkpoint (no safetensors or GGUF files at its root)")
+        return Path(snapshot_download(ref.repo_id, allow_patterns=HF_PATTERNS, ignore_patterns=SKIPPED, **kw))
+
+
+# ------------------------------------------------------------------------------ headers only
+
+class RemoteFile:
+    """Byte ranges of a file in a Hub repo, fetched with HTTP range requests."""
+
+    first_read = 1 << 20
+
+    def __init__(self, ref: HubRef, path: str):
+        from huggingface_hub import get_hf_file_metadata, hf_hub_url
+        self.ref, self.path_in_repo = ref, path
+        self.name = f"{ref.repo_id}/{path}"
+        self.url = hf_hub_url(ref.repo_id, path, revision=ref.revision)
+        with hub_errors(HubRef(ref.repo_id, ref.revision, path)):
+            self.size = get_hf_file_metadata(self.url).size
+
+    def read(self, offset: int, n: int) -> bytes:
+        from huggingface_hub.utils import build_hf_headers, get_session
+        if n <= 0:
+            return b""
+        headers = {**build_hf_headers(), "Range": f"bytes={offset}-{offset + n - 1}"}
+        with hub_errors(self.ref):
+            response = get_session().get(self.url, headers=headers, follow_redirects=True)
+            response.raise_for_status()
+        return response.content[:n]
+
+
+def open_remote(spec):
+    """A header-only checkpoint for a Hub repo: nothing of the weights is downloaded."""
+    ref = parse(spec)
+    files = repo_files(ref)
+    ggufs = _ggufs(files, ref)
+    if ggufs and (ref.path or not any(f.endswith(".safetensors") for f in files)):
+        if len(ggufs) != 1:
+            raise OssConvertError(f"{ref}: the repo has {len(ggufs)} GGUF files; name one as {ref.repo_id}:FILE.gguf")
+        from .checkpoint.gguf_source import GGUFCheckpoint
+        from .files.gguf import read_gguf
+        return GGUFCheckpoint(read_gguf(ggufs[0], open_part=lambda p: RemoteFile(ref, str(p))))
+    from .checkpoint.safetensors_source import open_safetensors_files
+    folder = ref.path or ""
+    prefix = f"{folder}/" if folder else ""
+    shards = sorted(f for f in files if f.startswith(prefix) and f.endswith(".safetensors")
+                    and "/" not in f[len(prefix):])
+    if not shards:
+        raise OssConvertError(f"{ref}: not a GPT-OSS checkpoint (no safetensors files)")
+    config = None
+    if prefix + "config.json" in files:
+        from huggingface_hub import hf_hub_download
+        with hub_errors(ref):
+            config = Path(hf_hub_download(ref.repo_id, prefix + "config.json", revision=ref.revision))
+    return open_safetensors_files(PurePosixPath(str(ref)), [RemoteFile(ref, s) for s in shards], config)

@@ -1,0 +1,178 @@
+"""A small Hugging Face Hub-compatible HTTP server on 127.0.0.1, for driving the real
+huggingface_hub client in tests.
+
+It serves folders as model repos: repo info (/api/models/...), file trees, and files through
+/{repo}/resolve/{revision}/{path} with HEAD, ETag, X-Repo-Commit, Content-Length and byte
+ranges; the Hub's error codes for a missing repo, revision or file and for a gated repo.
+It counts the bytes of file content it sends, per file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+from collections import defaultdict
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+
+class HubState:
+    def __init__(self):
+        self.repos: dict[str, dict[str, Path]] = {}  # repo id -> revision -> folder
+        self.gated: dict[str, str] = {}  # repo id -> the token that opens it
+        self.bytes_sent: dict[str, int] = defaultdict(int)  # "repo/path" -> content bytes served
+        self.lock = threading.Lock()
+
+    def add(self, repo_id: str, folder: Path, revision: str = "main", gated_token: str | None = None) -> None:
+        self.repos.setdefault(repo_id, {})[revision] = Path(folder)
+        if gated_token:
+            self.gated[repo_id] = gated_token
+
+    def commit(self, repo_id: str, revision: str) -> str:
+        return hashlib.sha1(f"{repo_id}@{revision}".encode()).hexdigest()
+
+    def content_bytes(self, repo_id: str) -> int:
+        return sum(n for key, n in self.bytes_sent.items() if key.startswith(repo_id + "/"))
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+class _Handler(BaseHTTPRequestHandler):
+    state: HubState
+
+    def log_message(self, *args):  # keep test output clean
+        pass
+
+    def _error(self, status: int, code: str, message: str) -> None:
+        body = json.dumps({"error": message}).encode()
+        self.send_response(status)
+        self.send_header("X-Error-Code", code)
+        self.send_header("X-Error-Message", message)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, payload) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _repo(self, repo_id: str, revision: str):
+        """(folder, commit) or None after sending the Hub's error."""
+        s = self.state
+        if repo_id not in s.repos:
+            self._error(401, "RepoNotFound", f"Repository Not Found for url: {self.path}.")
+            return None
+        token = s.gated.get(repo_id)
+        if token and self.headers.get("Authorization") != f"Bearer {token}":
+            self._error(401, "GatedRepo", f"Access to model {repo_id} is restricted. You must have access to it "
+                                          "and be authenticated to access it.")
+            return None
+        revs = s.repos[repo_id]
+        folder = revs.get(revision) or next((f for r, f in revs.items() if s.commit(repo_id, r) == revision), None)
+        if folder is None:
+            self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+            return None
+        rev = revision if revision in revs else next(r for r in revs if s.commit(repo_id, r) == revision)
+        return folder, s.commit(repo_id, rev)
+
+    def do_HEAD(self):
+        self._serve()
+
+    def do_GET(self):
+        self._serve()
+
+    def _serve(self):
+        path = unquote(urlparse(self.path).path)
+        m = re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/([^/]+))?", path)
+        if m:
+            found = self._repo(m[1], m[2] or "main")
+            if found:
+                folder, commit = found
+                self._json({"id": m[1], "modelId": m[1], "sha": commit, "private": False,
+                            "gated": bool(self.state.gated.get(m[1])), "disabled": False, "tags": [],
+                            "siblings": [{"rfilename": f} for f in _files(folder)]})
+            return
+        m = re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)(?:/(.*))?", path)
+        if m:
+            found = self._repo(m[1], m[2])
+            if found:
+                folder, _ = found
+                prefix = (m[3] or "").strip("/")
+                entries = [{"type": "file", "path": f, "size": (folder / f).stat().st_size,
+                            "oid": hashlib.sha1(f.encode()).hexdigest()}
+                           for f in _files(folder) if not prefix or f.startswith(prefix + "/")]
+                self._json(entries)
+            return
+        m = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
+        if not m:
+            self._error(404, "EntryNotFound", f"no route for {path}")
+            return
+        found = self._repo(m[1], m[2])
+        if not found:
+            return
+        folder, commit = found
+        file = folder / m[3]
+        if not file.is_file():
+            self._error(404, "EntryNotFound", f"{m[3]} does not exist on {m[2]}")
+            return
+        size = file.stat().st_size
+        start, end = 0, size - 1
+        status = 200
+        rng = self.headers.get("Range")
+        if rng:
+            rm = re.fullmatch(r"bytes=(\d*)-(\d*)", rng.strip())
+            if rm:
+                if rm[1]:
+                    start = int(rm[1])
+                    end = min(int(rm[2]), size - 1) if rm[2] else size - 1
+                else:  # suffix range
+                    start, end = max(0, size - int(rm[2])), size - 1
+                status = 206
+        length = max(0, end - start + 1)
+        self.send_response(status)
+        etag = hashlib.sha256(f"{file}:{size}".encode()).hexdigest()
+        self.send_header("ETag", f'"{etag}"')
+        self.send_header("X-Repo-Commit", commit)
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(length))
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        self.end_headers()
+        if self.command == "GET" and length:
+            with open(file, "rb") as f:
+                f.seek(start)
+                data = f.read(length)
+            self.wfile.write(data)
+            with self.state.lock:
+                self.state.bytes_sent[f"{m[1]}/{m[3]}"] += len(data)
+
+
+class HubServer:
+    """Run with `with HubServer() as hub: hub.state.add(...); os.environ['HF_ENDPOINT'] = hub.url`."""
+
+    def __init__(self):
+        self.state = HubState()
+        handler = type("Handler", (_Handler,), {"state": self.state})
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> "HubServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

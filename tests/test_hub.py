@@ -1,0 +1,121 @@
+"""Hub repo ids as sources, against a local Hub-compatible server driven by the real
+huggingface_hub client (HF_ENDPOINT points at it; nothing is mocked)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from fixtures.checkpoints import write_checkpoint
+from oss_convert.cli import cli
+from tests.hub_server import HubServer
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path, checkpoints, bundled):
+    with HubServer() as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+        monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        import huggingface_hub.constants as c
+        monkeypatch.setattr(c, "ENDPOINT", server.url)
+        monkeypatch.setattr(c, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "cache"))
+        monkeypatch.setattr(c, "HF_HUB_OFFLINE", False)
+        server.state.add("openai/gpt-oss-tiny", bundled)
+        server.state.add("openai/gpt-oss-mid", checkpoints["mid-sharded"])
+        yield server
+
+
+def run(*args, code=0):
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert result.exit_code == code, result.output
+    return result
+
+
+def test_inspect_reads_only_headers(hub, tmp_path):
+    big = write_checkpoint(tmp_path / "big", "20b", shards=3, sparse=True)  # 13.8 GB of layout
+    hub.state.add("openai/gpt-oss-20b", big)
+    doc = json.loads(run("inspect", "openai/gpt-oss-20b", "--json").stdout)
+    assert doc["summary"]["tensors"] == 411 and doc["summary"]["formats"]["MXFP4"]["tensors"] == 48
+    weights = sum(n for key, n in hub.state.bytes_sent.items() if key.endswith(".safetensors"))
+    assert 0 < weights < 3 * 200_000, weights  # three headers' worth of bytes, not 13.8 GB
+
+
+def test_inspect_a_revision_and_the_original_folder(hub):
+    doc = json.loads(run("inspect", "openai/gpt-oss-tiny@main:original", "--json").stdout)
+    assert doc["source"]["layout"] == "OpenAI original/"
+    assert hub.state.content_bytes("openai/gpt-oss-tiny") < 200_000
+
+
+def test_convert_downloads_what_it_needs_and_matches_the_local_result(hub, tmp_path, bundled):
+    remote, local = tmp_path / "r.gguf", tmp_path / "l.gguf"
+    run("convert", "openai/gpt-oss-mid", "-o", remote)
+    run("convert", hub.state.repos["openai/gpt-oss-mid"]["main"], "-o", local)
+    from tests.gguf_compare import gguf_differences
+    assert gguf_differences(remote, local) == []
+    sent = {k for k in hub.state.bytes_sent if k.startswith("openai/gpt-oss-mid/")}
+    assert not any("/original/" in k for k in sent)  # never the original/ weights unless asked for
+    # into a chosen folder, and from a revision named by its commit
+    commit = hub.state.commit("openai/gpt-oss-tiny", "main")
+    run("convert", f"openai/gpt-oss-tiny@{commit}", "-o", tmp_path / "t.gguf", "--local-dir", tmp_path / "dl")
+    assert (tmp_path / "dl" / "model.safetensors").is_file()
+
+
+def test_verify_and_compare_take_repo_ids(hub, tmp_path, bundled):
+    gguf_dir = tmp_path / "gguf-repo"
+    gguf_dir.mkdir()
+    run("convert", bundled, "-o", gguf_dir / "gpt-oss-tiny-MXFP4.gguf")
+    hub.state.add("someone/gpt-oss-tiny-GGUF", gguf_dir)
+    result = run("verify", "openai/gpt-oss-tiny", "someone/gpt-oss-tiny-GGUF:gpt-oss-tiny-MXFP4.gguf", "--json")
+    assert json.loads(result.stdout)["summary"]["fp4_preserved"]
+    doc = json.loads(run("compare", "openai/gpt-oss-tiny", "someone/gpt-oss-tiny-GGUF", "--tokens", "8",
+                         "--json").stdout)
+    assert doc["summary"]["identical"]
+    doc = json.loads(run("inspect", "someone/gpt-oss-tiny-GGUF", "--json").stdout)
+    assert doc["summary"]["gguf"]["expert_tensors_mxfp4"] == 12
+
+
+def test_errors(hub, monkeypatch, tmp_path):
+    out = run("inspect", "openai/nope", code=1).output
+    assert out.startswith("Error: openai/nope: no such local path, and no such repo") and len(out.splitlines()) == 1
+    out = run("inspect", "openai/gpt-oss-tiny@v9", code=1).output
+    assert "no revision 'v9'" in out
+    hub.state.add("openai/gated", hub.state.repos["openai/gpt-oss-tiny"]["main"], gated_token="hf_secret")
+    assert "gated or private" in run("inspect", "openai/gated", code=1).output
+    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    assert json.loads(run("inspect", "openai/gated", "--json").stdout)["summary"]["tensors"] == 71
+    monkeypatch.delenv("HF_TOKEN")
+    bad = tmp_path / "notgptoss"
+    bad.mkdir()
+    (bad / "README.md").write_text("hi")
+    hub.state.add("someone/not-gpt-oss", bad)
+    assert "not a GPT-OSS checkpoint" in run("inspect", "someone/not-gpt-oss", code=1).output
+    assert "not a GPT-OSS checkpoint" in run("convert", "someone/not-gpt-oss", "-o", tmp_path / "x.gguf",
+                                             code=1).output
+
+
+def test_offline_mode_uses_the_cache(hub, monkeypatch, tmp_path):
+    run("convert", "openai/gpt-oss-tiny", "-o", tmp_path / "a.gguf")
+    import huggingface_hub.constants as c
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    served = dict(hub.state.bytes_sent)
+    run("convert", "openai/gpt-oss-tiny", "-o", tmp_path / "b.gguf")  # from the cache
+    assert (tmp_path / "a.gguf").read_bytes() == (tmp_path / "b.gguf").read_bytes()
+    assert dict(hub.state.bytes_sent) == served
+    out = run("convert", "openai/gpt-oss-mid", "-o", tmp_path / "c.gguf", code=1).output
+    assert out.startswith("Error: ") and len(out.splitlines()) == 1
+
+
+def test_no_network(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
+    import huggingface_hub.constants as c
+    monkeypatch.setattr(c, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    out = run("inspect", "openai/gpt-oss-20b", code=1).output
+    assert out.startswith("Error: ") and "Hub" in out and len(out.splitlines()) == 1
