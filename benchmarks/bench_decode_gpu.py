@@ -20,6 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_moe_gpu import peak_bandwidth  # noqa: E402
+
 from fixtures.checkpoints import write_checkpoint  # noqa: E402
 from oss_convert.checkpoint import open_checkpoint  # noqa: E402
 from oss_convert.runtime.model import forward, load_model, new_cache  # noqa: E402

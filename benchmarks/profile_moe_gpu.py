@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_moe_gpu import H, I, graph_time, random_experts  # noqa: E402
+
 from oss_convert.runtime import triton_moe as tm  # noqa: E402
 
 

@@ -11,7 +11,13 @@ from oss_convert.checkpoint import open_checkpoint
 from oss_convert.checkpoint.names import gguf_names
 from oss_convert.convert.layout import Target, iter_chunks
 from oss_convert.convert.lossless import _float_type
-from oss_convert.files.gguf import TensorToWrite, Value, ValueType, read_gguf, write_gguf
+from oss_convert.files.gguf import (
+    TensorToWrite,
+    Value,
+    ValueType,
+    read_gguf,
+    write_gguf,
+)
 from oss_convert.formats import floats, mxfp4
 
 

@@ -8,7 +8,8 @@ import struct
 
 import pytest
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from oss_convert.checkpoint import open_checkpoint
 from oss_convert.cli import cli

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from fixtures.checkpoints import FixtureTensor, hf_tensors, PRESETS, tensor_array
+from fixtures.checkpoints import PRESETS, hf_tensors, tensor_array
 from oss_convert.cli import cli
 from oss_convert.files.gguf import read_gguf
 from oss_convert.files.safetensors import read_header

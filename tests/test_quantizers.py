@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as T
 from gguf import quants as gguf_quants
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from oss_convert.formats import mxfp4
 from oss_convert.formats.registry import QUANTIZERS

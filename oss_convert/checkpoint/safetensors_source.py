@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
+
 from ..errors import OssConvertError
 from ..files.safetensors import StoredTensor, read_header
 from .config import GptOssConfig

@@ -15,7 +15,8 @@ from gguf import GGMLQuantizationType as T
 
 from ..checkpoint.safetensors_source import SafetensorsCheckpoint
 from ..files.stream import CHUNK_BYTES, Produced
-from ..formats import floats, mxfp4, q8_0
+from ..formats import floats, mxfp4
+from ..formats.registry import encode
 from .layout import Target, iter_chunks, targets
 
 OUTTYPES = {"bf16": T.BF16, "f16": T.F16, "f32": T.F32, "q8_0": T.Q8_0}
@@ -68,16 +69,6 @@ def _float_chunks(t: Target, qtype: T) -> Iterator[np.ndarray]:
     dtype = t.source.format
     for chunk in iter_chunks(t, CHUNK_BYTES):
         if qtype == T.BF16 and dtype == "BF16":
-            yield chunk
-            continue
-        values = floats.to_float32(chunk, dtype)
-        if qtype == T.F32:
-            yield values
-        elif qtype == T.F16:
-            yield values.astype(np.float16)
-        elif qtype == T.BF16:
-            yield floats.float32_to_bf16(values)
-        elif qtype == T.Q8_0:
-            yield q8_0.quantize(values)
+            yield chunk  # kept as stored
         else:
-            raise ValueError(f"no float path to {qtype.name}")
+            yield encode(floats.to_float32(chunk, dtype), qtype)

@@ -11,8 +11,7 @@ from tqdm import tqdm
 from ..checkpoint import SafetensorsCheckpoint, open_checkpoint
 from ..errors import OssConvertError
 from ..files.atomic import atomic_path
-from ..files.gguf import TensorToWrite, Value, write_gguf
-from ..files.gguf import ValueType
+from ..files.gguf import TensorToWrite, Value, ValueType, write_gguf
 from .lossless import PlannedTensor, plan_lossless
 from .metadata import FILE_TYPES, model_metadata
 from .requantize import RequantPlan, cost_report, plan_requantized

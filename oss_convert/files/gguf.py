@@ -9,7 +9,6 @@ Type codes and block sizes come from the `gguf` package, the reference for them.
 from __future__ import annotations
 
 import math
-import os
 import re
 import struct
 from dataclasses import dataclass, field

@@ -143,3 +143,12 @@ def fp16_bits(x: np.ndarray) -> np.ndarray:
 
 def fp16_value(bits: np.ndarray) -> np.ndarray:
     return np.asarray(bits, np.uint16).view(np.float16).astype(F32)
+
+
+def super_block_header(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Q4_K/Q5_K blocks [B, bytes] -> (d [B,1], dmin [B,1], group scales [B,8], group mins [B,8])."""
+    B = blocks.shape[0]
+    d = fp16_value(blocks[:, 0:2].copy().view(np.uint16)).reshape(B, 1)
+    dmin = fp16_value(blocks[:, 2:4].copy().view(np.uint16)).reshape(B, 1)
+    sc, m = unpack_scales_mins_k4(blocks[:, 4:16])
+    return d, dmin, sc, m

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .kquant_search import (F32, fp16_bits, fp16_value, make_qkx2_quants, pack_scales_mins_k4, seq_sum,
-                            unpack_scales_mins_k4)
+from .kquant_search import F32, fp16_bits, fp16_value, make_qkx2_quants, pack_scales_mins_k4, seq_sum, super_block_header
 from .rounding import max_ignoring_nan, nearest_int
 
 BLOCK = 256
@@ -64,9 +63,7 @@ def quantize(values: np.ndarray) -> np.ndarray:
 def dequantize(data: np.ndarray) -> np.ndarray:
     blocks = np.asarray(data, np.uint8).reshape(-1, BLOCK_BYTES)
     B = blocks.shape[0]
-    d = fp16_value(blocks[:, 0:2].copy().view(np.uint16)).reshape(B, 1)
-    dmin = fp16_value(blocks[:, 2:4].copy().view(np.uint16)).reshape(B, 1)
-    sc, m = unpack_scales_mins_k4(blocks[:, 4:16])
+    d, dmin, sc, m = super_block_header(blocks)
     qs = blocks[:, 16:].reshape(B, 4, 32)
     L = np.stack([qs & 0xF, qs >> 4], axis=2).reshape(B, 8, 32).astype(F32)
     out = (d * sc)[..., None] * L - (dmin * m)[..., None]

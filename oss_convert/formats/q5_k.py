@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .kquant_search import F32, fp16_value, unpack_scales_mins_k4
+from .kquant_search import F32, super_block_header
 from .q4_k import kquant_groups
 
 BLOCK = 256
@@ -39,9 +39,7 @@ def quantize(values: np.ndarray) -> np.ndarray:
 def dequantize(data: np.ndarray) -> np.ndarray:
     blocks = np.asarray(data, np.uint8).reshape(-1, BLOCK_BYTES)
     B = blocks.shape[0]
-    d = fp16_value(blocks[:, 0:2].copy().view(np.uint16)).reshape(B, 1)
-    dmin = fp16_value(blocks[:, 2:4].copy().view(np.uint16)).reshape(B, 1)
-    sc, m = unpack_scales_mins_k4(blocks[:, 4:16])
+    d, dmin, sc, m = super_block_header(blocks)
     qh = blocks[:, 16:48]
     qs = blocks[:, 48:].reshape(B, 4, 32)
     low = np.stack([qs & 0xF, qs >> 4], axis=2).reshape(B, 8, 32)

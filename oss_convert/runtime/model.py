@@ -24,7 +24,6 @@ from ..formats import floats
 from .moe import moe_forward, rms_norm
 from .weights import MoELayer, _f32, _gguf_float, load_layer
 
-
 # ------------------------------------------------------------------------------ RoPE
 
 def yarn_frequencies(cfg: GptOssConfig) -> tuple[torch.Tensor, float]:

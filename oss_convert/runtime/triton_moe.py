@@ -24,7 +24,6 @@ import triton.language as tl
 from .moe_reference import SWIGLU_ALPHA, SWIGLU_LIMIT
 
 
-
 @triton.jit
 def _fp4_values(code, scale):
     """E2M1 code (int32, 0..15) times 2^(scale - 127) as float32, built from its bits.

@@ -22,7 +22,6 @@ from ..formats.registry import OLLAMA_MXFP4, QUANTIZERS, decode
 from ..metrics import ErrorStats
 
 
-
 def port_format(t: GGUFTensor) -> str:
     return "MXFP4" if t.type in (T.MXFP4, OLLAMA_MXFP4) else t.type_name
 
