@@ -97,3 +97,19 @@ def test_mxfp4_ggml_bytes_decode_as_gguf_py_does():
     scales = rng.integers(100, 140, (6, 4), dtype=np.uint8)
     theirs = gguf_quants.dequantize(mxfp4.hf_to_ggml(blocks, scales), T.MXFP4)
     np.testing.assert_array_equal(theirs.reshape(6, 128), mxfp4.decode_hf(blocks, scales))
+
+
+def test_roundf_is_c_roundf_on_hard_cases():
+    import math
+
+    from oss_convert.formats.rounding import roundf
+    halves = np.arange(-300, 300, 0.5, dtype=np.float32)
+    rng = np.random.default_rng(5)
+    x = np.concatenate([halves, np.nextafter(halves, np.float32(0)), np.nextafter(halves, np.float32(1e9)),
+                        np.float32([0.49999997, -0.49999997, 2**22 + 0.5, 2**23 + 1, 1e30, -1e-30]),
+                        (rng.standard_normal(200_000) * 50).astype(np.float32)])
+
+    def c_roundf(v: float) -> float:
+        a = abs(v)
+        return math.copysign(math.floor(a) + (1.0 if a - math.floor(a) >= 0.5 else 0.0), v)
+    np.testing.assert_array_equal(roundf(x), np.float32([c_roundf(float(v)) for v in x]))

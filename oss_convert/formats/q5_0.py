@@ -23,8 +23,7 @@ def pack_5bit(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def unpack_5bit(qh: np.ndarray, qs: np.ndarray) -> np.ndarray:
-    h = qh.copy().view("<u4").reshape(-1, 1)
-    high = ((h >> np.arange(32, dtype=np.uint32)) & 1).astype(np.uint8)
+    high = np.unpackbits(np.ascontiguousarray(qh), axis=1, bitorder="little")  # bit j -> element j
     low = np.concatenate([qs & 0xF, qs >> 4], axis=1)
     return low | (high << 4)
 
