@@ -18,9 +18,17 @@ F32 = np.float32
 
 def seq_sum(terms: np.ndarray) -> np.ndarray:
     """Sum along the last axis strictly left to right in float32 (as a C loop does)."""
-    acc = terms[..., 0].copy()
-    for i in range(1, terms.shape[-1]):
-        acc += terms[..., i]
+    return seq_sum_rows(np.ascontiguousarray(np.moveaxis(terms, -1, 0)))
+
+
+def seq_sum_rows(terms: np.ndarray) -> np.ndarray:
+    """Sum along the first axis, row after row in float32: terms [n, G] -> [G].
+
+    The searches keep their per-group values as [n, G], so each of these adds runs over
+    contiguous memory; the order of the adds is the C loop's."""
+    acc = terms[0].copy()
+    for i in range(1, terms.shape[0]):
+        acc += terms[i]
     return acc
 
 
@@ -28,50 +36,49 @@ def seq_sum(terms: np.ndarray) -> np.ndarray:
 def make_qkx2_quants(x: np.ndarray, weights: np.ndarray, nmax: int, rmin: float, rdelta: float,
                      nstep: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """x, weights: float32 [G, n]. Returns (scale [G], the_min [G] = -min, L uint8 [G, n])."""
-    x = x.astype(F32, copy=False)
-    w = weights.astype(F32, copy=False)
-    mn = np.minimum(x.min(axis=1), F32(0))
-    mx = x.max(axis=1)
-    sum_w = seq_sum(w)
-    sum_x = seq_sum(w * x)
+    x = np.ascontiguousarray(x.T, dtype=F32)  # [n, G]: a group per column
+    w = np.ascontiguousarray(weights.T, dtype=F32)
+    mn = np.minimum(x.min(axis=0), F32(0))
+    mx = x.max(axis=0)
+    sum_w = seq_sum_rows(w)
+    sum_x = seq_sum_rows(w * x)
     flat = mx == mn
     span = np.where(flat, F32(1), mx - mn).astype(F32)
 
     iscale = (F32(nmax) / span).astype(F32)
     scale = (F32(1) / iscale).astype(F32)
-    L = np.clip(nearest_int(iscale[:, None] * (x - mn[:, None])), 0, nmax)
-    diff = scale[:, None] * L.astype(F32) + mn[:, None] - x
-    best_error = seq_sum(w * (diff * diff))
+    L = np.clip(nearest_int(iscale * (x - mn)), 0, nmax)
+    diff = scale * L.astype(F32) + mn - x
+    best_error = seq_sum_rows(w * (diff * diff))
     best_min = mn.copy()
     for step in range(nstep + 1):
         # The reference updates `min` in place when a candidate wins, and later candidates
         # measure from it: both the span and the offset use the current best min.
         span = np.where(flat, F32(1), mx - best_min).astype(F32)
         iscale = ((F32(rmin) + F32(rdelta) * F32(step) + F32(nmax)) / span).astype(F32)
-        laux = np.clip(nearest_int(iscale[:, None] * (x - best_min[:, None])), 0, nmax)
+        laux = np.clip(nearest_int(iscale * (x - best_min)), 0, nmax)
         lf = laux.astype(F32)
         wl = w * lf
-        sum_l, sum_l2, sum_xl = seq_sum(wl), seq_sum(wl * lf), seq_sum(wl * x)
+        sum_l, sum_l2, sum_xl = seq_sum_rows(wl), seq_sum_rows(wl * lf), seq_sum_rows(wl * x)
         D = sum_w * sum_l2 - sum_l * sum_l
         ok = D > 0
         Dsafe = np.where(ok, D, F32(1))
         this_scale = (sum_w * sum_xl - sum_x * sum_l) / Dsafe
         this_min = (sum_l2 * sum_x - sum_l * sum_xl) / Dsafe
         positive = this_min > 0
-        with np.errstate(divide="ignore", invalid="ignore"):
-            this_scale = np.where(positive, sum_xl / sum_l2, this_scale).astype(F32)
+        this_scale = np.where(positive, sum_xl / sum_l2, this_scale).astype(F32)
         this_min = np.where(positive, F32(0), this_min).astype(F32)
-        diff = this_scale[:, None] * lf + this_min[:, None] - x
-        cur_error = seq_sum(w * (diff * diff))
+        diff = this_scale * lf + this_min - x
+        cur_error = seq_sum_rows(w * (diff * diff))
         better = ok & (cur_error < best_error)
-        L = np.where(better[:, None], laux, L)
+        L = np.where(better, laux, L)
         best_error = np.where(better, cur_error, best_error)
         scale = np.where(better, this_scale, scale)
         best_min = np.where(better, this_min, best_min)
     scale = np.where(flat, F32(0), scale).astype(F32)
-    L = np.where(flat[:, None], 0, L)
+    L = np.where(flat, 0, L)
     the_min = np.where(flat, -mn, -best_min).astype(F32)
-    return scale, the_min, L.astype(np.uint8)
+    return scale, the_min, np.ascontiguousarray(L.T).astype(np.uint8)
 
 
 @np.errstate(all="ignore")
