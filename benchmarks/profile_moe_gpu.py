@@ -1,4 +1,5 @@
-"""Where one MoE layer's time goes on a GPU (20b shape): alignment, gate_up kernel, down kernel.
+"""Where one MoE layer's time goes on a GPU (20b shape): expert alignment, gate_up and down kernels,
+for a few launch configurations.
 
 usage: python benchmarks/profile_moe_gpu.py
 """
@@ -52,33 +53,6 @@ def main() -> None:
             gb2 = touched * w2.nbytes / E / t2 / 1e9
             print(f"T={tokens} bn={bn} bk={bk} warps={nw} stages={ns}: gate_up {t1 * 1e6:.1f} us ({gb1:.0f} GB/s), "
                   f"down {t2 * 1e6:.1f} us ({gb2:.0f} GB/s)", flush=True)
-        flat = experts.reshape(-1).to(torch.int32).contiguous()
-        act2 = torch.empty((flat.numel(), I), dtype=torch.bfloat16, device="cuda")
-        for bn, bk, nw, ns in ((16, 256, 4, 3), (32, 256, 4, 3), (32, 512, 4, 3), (64, 256, 4, 4), (64, 512, 8, 3),
-                               (128, 256, 8, 3), (32, 1024, 8, 2)):
-            def gate_up_gemv():
-                tm._gate_up_gemv_kernel[(flat.numel(), triton.cdiv(2 * I, bn))](
-                    x, w1.data, w1.scales, b1, act2, flat, H, 2 * I, k, x.stride(0), w1.data.stride(0),
-                    w1.data.stride(1), w1.scales.stride(0), w1.scales.stride(1), b1.stride(0), act2.stride(0),
-                    7.0, 1.702, BLOCK_N=bn, BLOCK_K=bk, num_warps=nw, num_stages=ns)
-
-            def down_gemv():
-                tm._down_gemv_kernel[(flat.numel(), triton.cdiv(H, bn))](
-                    act2, w2.data, w2.scales, b2, rw, y, flat, I, H, act2.stride(0), w2.data.stride(0),
-                    w2.data.stride(1), w2.scales.stride(0), w2.scales.stride(1), b2.stride(0), y.stride(0),
-                    BLOCK_N=bn, BLOCK_K=bk, num_warps=nw, num_stages=ns)
-            try:
-                t1, t2 = graph_time(gate_up_gemv), graph_time(down_gemv)
-            except Exception as err:
-                print(f"gemv bn={bn} bk={bk}: {type(err).__name__}")
-                continue
-            gb1 = touched * w1.nbytes / E / t1 / 1e9
-            gb2 = touched * w2.nbytes / E / t2 / 1e9
-            print(f"T={tokens} GEMV bn={bn} bk={bk} warps={nw} stages={ns}: gate_up {t1 * 1e6:.1f} us ({gb1:.0f} GB/s),"
-                  f" down {t2 * 1e6:.1f} us ({gb2:.0f} GB/s)", flush=True)
-        t_whole = graph_time(lambda: tm.moe_mxfp4_gemv(x, experts, weights, w1, b1, w2, b2))
-        print(f"T={tokens} whole layer, GEMV path, default config: {t_whole * 1e6:.1f} us "
-              f"({touched * (w1.nbytes + w2.nbytes) / E / t_whole / 1e9:.0f} GB/s)", flush=True)
         t_align = graph_time(lambda: tm.align_by_expert(experts, E, bm))
         print(f"T={tokens} align_by_expert {t_align * 1e6:.1f} us", flush=True)
 

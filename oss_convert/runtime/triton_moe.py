@@ -3,16 +3,16 @@
 Assignments (token, slot) are sorted by expert and each expert's run padded to BLOCK_M,
 so every tile of BLOCK_M rows belongs to one expert. Two kernels:
 
-1. gate_up: act = SwiGLU(x W1[e]^T + b1[e]), with W1 decoded from MXFP4 in registers
-   (codes and scale bytes -> float32 bits -> bf16), fp32 accumulation, the bias and the
-   clamped SwiGLU fused into the epilogue (gate and up are adjacent output columns).
+1. gate_up: act = SwiGLU(x W1[e]^T + b1[e]), W1's MXFP4 codes and scales fed to
+   tl.dot_scaled (upcast to bf16 in registers on Hopper), fp32 accumulation, the bias and
+   the clamped SwiGLU fused into the epilogue (gate and up are adjacent output columns).
 2. down: y = weight * (act W2[e]^T + b2[e]), the routing weight fused into the epilogue,
    each assignment writing its own row, summed over the k slots afterwards (deterministic,
    no atomics).
 
-Packed codes hold element 2j in the low nibble and 2j+1 in the high one (the HF layout, and
-the one tl.dot_scaled reads). For decode (few assignments) a GEMV variant gives each
-(token, slot) its own program row and decodes the codes arithmetically.
+Packed codes hold element 2j in the low nibble and 2j+1 in the high one: the HF layout, and
+the one tl.dot_scaled reads. For decode (few assignments) each assignment gets a tile of its
+own instead of a sort by expert.
 """
 
 from __future__ import annotations
@@ -22,20 +22,6 @@ import triton
 import triton.language as tl
 
 from .moe_reference import SWIGLU_ALPHA, SWIGLU_LIMIT
-
-
-@triton.jit
-def _fp4_values(code, scale):
-    """E2M1 code (int32, 0..15) times 2^(scale - 127) as float32, built from its bits.
-
-    Valid for scale bytes 2..254 (the product is then a normal float)."""
-    sign = (code & 8) << 28
-    e = (code >> 1) & 3
-    m = code & 1
-    exponent = tl.where(e == 0, scale - 1, e + scale - 1)
-    mantissa = tl.where(e == 0, 0, m << 22)
-    bits = tl.where((e == 0) & (m == 0), 0, (exponent << 23) | mantissa) | sign
-    return bits.to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -160,7 +146,7 @@ DECODE_ASSIGNMENTS = 16  # up to this many (token, slot) pairs, skip the sort by
 
 def moe_mxfp4_triton(x: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor, gate_up, b1: torch.Tensor,
                      down, b2: torch.Tensor, block_n: int = 64, block_k: int = 128, num_warps: int = 4,
-                     num_stages: int = 3, block_m: int | None = None) -> torch.Tensor:
+                     num_stages: int = 4, block_m: int | None = None) -> torch.Tensor:
     """x [T, H]; experts/weights [T, k] from the router; MXFP4 PackedExperts. Returns [T, H] float32."""
     T_, H = x.shape
     top_k = experts.shape[1]
@@ -188,85 +174,3 @@ def moe_mxfp4_triton(x: torch.Tensor, experts: torch.Tensor, weights: torch.Tens
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps, num_stages=num_stages)
     return y.view(T_, top_k, N2).sum(dim=1)
 
-
-@triton.jit
-def _mxfp4_gemv_row(v_ptr, K, w_ptr, s_ptr, e, offs_n, n_mask, stride_we, stride_wn, stride_se, stride_sn,
-                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """acc[BLOCK_N] = W[e, offs_n, :] . v for one activation row v (decode: no MMA, no padding)."""
-    HALF: tl.constexpr = BLOCK_K // 2
-    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    offs_j = tl.arange(0, HALF)
-    offs_g = tl.arange(0, BLOCK_K // 32)
-    for k0 in range(0, K, BLOCK_K):
-        kj = k0 // 2 + offs_j
-        k_mask = kj < K // 2
-        v_even = tl.load(v_ptr + 2 * kj, mask=k_mask, other=0.0).to(tl.bfloat16).to(tl.float32)
-        v_odd = tl.load(v_ptr + 2 * kj + 1, mask=k_mask, other=0.0).to(tl.bfloat16).to(tl.float32)
-        packed = tl.load(w_ptr + e * stride_we + offs_n[:, None] * stride_wn + kj[None, :],
-                         mask=n_mask[:, None] & k_mask[None, :], other=0).to(tl.int32)
-        kg = k0 // 32 + offs_g
-        group = tl.load(s_ptr + e * stride_se + offs_n[:, None] * stride_sn + kg[None, :],
-                        mask=n_mask[:, None] & (kg < K // 32)[None, :], other=127).to(tl.int32)
-        scale = tl.reshape(tl.broadcast_to(group[:, :, None], (BLOCK_N, BLOCK_K // 32, 16)), (BLOCK_N, HALF))
-        low = _fp4_values(packed & 15, scale)
-        high = _fp4_values(packed >> 4, scale)
-        acc += tl.sum(low * v_even[None, :] + high * v_odd[None, :], axis=1)
-    return acc
-
-
-@triton.jit
-def _gate_up_gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, act_ptr, experts_ptr,
-                         K, N, top_k, stride_x, stride_we, stride_wn, stride_se, stride_sn, stride_be, stride_act,
-                         limit, alpha, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    a, pid_n = tl.program_id(0), tl.program_id(1)  # one (token, slot) assignment per program row
-    e = tl.load(experts_ptr + a)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_mask = offs_n < N
-    acc = _mxfp4_gemv_row(x_ptr + (a // top_k) * stride_x, K, w_ptr, s_ptr, e, offs_n, n_mask,
-                          stride_we, stride_wn, stride_se, stride_sn, BLOCK_N, BLOCK_K)
-    acc += tl.load(b_ptr + e * stride_be + offs_n, mask=n_mask, other=0.0)
-    gate, up = tl.split(tl.reshape(acc, (BLOCK_N // 2, 2)))
-    gate = tl.minimum(gate, limit)
-    up = tl.minimum(tl.maximum(up, -limit), limit)
-    act = gate * tl.sigmoid(alpha * gate) * (up + 1.0)
-    offs_i = pid_n * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
-    tl.store(act_ptr + a * stride_act + offs_i, act.to(tl.bfloat16), mask=offs_i < N // 2)
-
-
-@triton.jit
-def _down_gemv_kernel(act_ptr, w_ptr, s_ptr, b_ptr, route_w_ptr, y_ptr, experts_ptr,
-                      K, N, stride_act, stride_we, stride_wn, stride_se, stride_sn, stride_be, stride_y,
-                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    a, pid_n = tl.program_id(0), tl.program_id(1)
-    e = tl.load(experts_ptr + a)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_mask = offs_n < N
-    acc = _mxfp4_gemv_row(act_ptr + a * stride_act, K, w_ptr, s_ptr, e, offs_n, n_mask,
-                          stride_we, stride_wn, stride_se, stride_sn, BLOCK_N, BLOCK_K)
-    acc += tl.load(b_ptr + e * stride_be + offs_n, mask=n_mask, other=0.0)
-    tl.store(y_ptr + a * stride_y + offs_n, acc * tl.load(route_w_ptr + a), mask=n_mask)
-
-
-def moe_mxfp4_gemv(x: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor, gate_up, b1: torch.Tensor,
-                   down, b2: torch.Tensor, block_n: int = 32, block_k: int = 256, num_warps: int = 4,
-                   num_stages: int = 3) -> torch.Tensor:
-    """The decode path: one program row per (token, slot); each reads its expert's rows once."""
-    T_, H = x.shape
-    top_k = experts.shape[1]
-    E, N1, K1 = gate_up.shape
-    _, N2, K2 = down.shape
-    flat = experts.reshape(-1).to(torch.int32).contiguous()
-    x = x.contiguous()
-    act = torch.empty((flat.numel(), N1 // 2), dtype=torch.bfloat16, device=x.device)
-    _gate_up_gemv_kernel[(flat.numel(), triton.cdiv(N1, block_n))](
-        x, gate_up.data, gate_up.scales, b1, act, flat, K1, N1, top_k, x.stride(0),
-        gate_up.data.stride(0), gate_up.data.stride(1), gate_up.scales.stride(0), gate_up.scales.stride(1),
-        b1.stride(0), act.stride(0), SWIGLU_LIMIT, SWIGLU_ALPHA, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps,
-        num_stages=num_stages)
-    y = torch.empty((flat.numel(), N2), dtype=torch.float32, device=x.device)
-    _down_gemv_kernel[(flat.numel(), triton.cdiv(N2, block_n))](
-        act, down.data, down.scales, b2, weights.reshape(-1).float().contiguous(), y, flat, K2, N2, act.stride(0),
-        down.data.stride(0), down.data.stride(1), down.scales.stride(0), down.scales.stride(1), b2.stride(0),
-        y.stride(0), BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps,
-        num_stages=num_stages)
-    return y.view(T_, top_k, N2).sum(dim=1)
