@@ -7,7 +7,7 @@ from pathlib import Path
 from ..files.gguf import GGUFFile, read_gguf
 from .config import GptOssConfig
 from .names import classify_gguf
-from .tensors import LogicalTensor, Role
+from .tensors import LogicalTensor
 
 # Ollama's older gpt-oss GGUFs store MXFP4 as ggml type 4 (a code since retired from ggml)
 # with the scale byte first and the HF nibble order.
@@ -46,9 +46,3 @@ class GGUFCheckpoint:
 def open_gguf(path: Path) -> GGUFCheckpoint:
     return GGUFCheckpoint(read_gguf(path))
 
-
-def is_gguf_path(path: Path) -> bool:
-    return path.suffix == ".gguf"
-
-
-__all__ = ["GGUFCheckpoint", "open_gguf", "is_gguf_path", "Role"]

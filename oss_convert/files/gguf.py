@@ -118,15 +118,15 @@ class GGUFTensor:
         return flat.reshape(tuple(reversed(self.shape[1:])) + (self.nbytes // max(rows, 1),))
 
     def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Slices [start, stop) of the outermost ggml dimension, as bytes read into memory."""
-        outer = self.shape[-1] if len(self.shape) > 1 else 1
+        """Slices [start, stop) of the outermost ggml dimension, read into memory as bytes
+        shaped [n, ..., row bytes]; a 1-D tensor is read whole, as one row."""
+        if len(self.shape) < 2:
+            return pread_array(self.path, self.offset, self.nbytes, np.uint8)
+        outer = self.shape[-1]
         stop = outer if stop is None else stop
         per = self.nbytes // outer
         data = pread_array(self.path, self.offset + start * per, (stop - start) * per, np.uint8)
-        rows = math.prod(self.shape[1:-1]) if len(self.shape) > 1 else 1
-        inner = tuple(reversed(self.shape[1:-1]))
-        return data.reshape((stop - start,) + inner + (per // rows,)) if len(self.shape) > 1 \
-            else data.reshape(-1)
+        return data.reshape((stop - start,) + tuple(reversed(self.shape[1:-1])) + (-1,))
 
 
 @dataclass

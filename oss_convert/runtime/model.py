@@ -22,7 +22,7 @@ from ..checkpoint.names import gguf_names
 from ..errors import OssConvertError
 from ..formats import floats
 from .moe import moe_forward, rms_norm
-from .weights import MoELayer, _f32, _gguf_float, load_layer
+from .weights import MoELayer, as_float32, gguf_values, load_layer
 
 # ------------------------------------------------------------------------------ RoPE
 
@@ -97,7 +97,7 @@ def _dense_reader(ckpt):
             names = gguf_names(hf_name, ckpt.layout)
             if len(names) != 1 or names[0].gguf not in tensors:
                 raise OssConvertError(f"{ckpt.files[0]}: no tensor for {hf_name}")
-            return _f32(_gguf_float(tensors[names[0].gguf]))
+            return as_float32(gguf_values(tensors[names[0].gguf]))
         return read
     by_name = {t.name: t for t in ckpt.hf_tensors() if t.format != "MXFP4"}
 
@@ -105,7 +105,7 @@ def _dense_reader(ckpt):
         if hf_name not in by_name:
             raise OssConvertError(f"{ckpt.root}: no tensor {hf_name}")
         t = by_name[hf_name]
-        return _f32(floats.to_float32(t.read(), t.format))
+        return as_float32(floats.to_float32(t.read(), t.format))
     return read
 
 

@@ -64,14 +64,14 @@ class MoELayer:
                         self.gate_up.to(device), move(self.b1), self.down.to(device), move(self.b2))
 
 
-def _f32(a: np.ndarray) -> torch.Tensor:
+def as_float32(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
 
 
 # --------------------------------------------------------------------------- safetensors
 
 def _hf_float(t) -> torch.Tensor:
-    return _f32(floats.to_float32(t.read(), t.format))
+    return as_float32(floats.to_float32(t.read(), t.format))
 
 
 def _hf_experts(t) -> PackedExperts:
@@ -81,7 +81,7 @@ def _hf_experts(t) -> PackedExperts:
         return PackedExperts("MXFP4", (E, N, G * 32), torch.from_numpy(blocks.reshape(E, N, G * 16)),
                              torch.from_numpy(np.ascontiguousarray(scales)))
     values = floats.to_float32(t.read(), t.format)
-    return PackedExperts("F32", values.shape, _f32(values))
+    return PackedExperts("F32", values.shape, as_float32(values))
 
 
 def load_safetensors_layer(ckpt: SafetensorsCheckpoint, layer: int) -> MoELayer:
@@ -107,7 +107,7 @@ def _interleave_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
-def _gguf_float(t: GGUFTensor) -> np.ndarray:
+def gguf_values(t: GGUFTensor) -> np.ndarray:
     return decode(np.array(t.raw()), t.type).reshape(tuple(reversed(t.shape)))
 
 
@@ -128,9 +128,9 @@ def _gguf_experts(parts: list[GGUFTensor]) -> PackedExperts:
         return PackedExperts("MXFP4", (E, N, K), torch.from_numpy(np.ascontiguousarray(blocks.reshape(E, N, K // 2))),
                              torch.from_numpy(np.ascontiguousarray(scales)))
     if qtype in (T.F32, T.F16, T.BF16):
-        values = [_gguf_float(t) for t in parts]
+        values = [gguf_values(t) for t in parts]
         values = values[0] if len(parts) == 1 else _interleave_rows(*values)
-        return PackedExperts("F32", (E, N, K), _f32(values))
+        return PackedExperts("F32", (E, N, K), as_float32(values))
     rows = [np.array(t.raw()) for t in parts]
     data = rows[0] if len(parts) == 1 else _interleave_rows(*rows)
     return PackedExperts(ggml_type_name(qtype), (E, N, K), torch.from_numpy(np.ascontiguousarray(data)))
@@ -147,8 +147,8 @@ def load_gguf_layer(ckpt: GGUFCheckpoint, layer: int) -> MoELayer:
         return [tensors[n.gguf] for n in names]
 
     def floats_of(hf_name: str) -> torch.Tensor:
-        parts = [_gguf_float(t) for t in get(hf_name)]
-        return _f32(parts[0] if len(parts) == 1 else _interleave_rows(*parts))
+        parts = [gguf_values(t) for t in get(hf_name)]
+        return as_float32(parts[0] if len(parts) == 1 else _interleave_rows(*parts))
 
     return MoELayer(layer, ckpt.config.experts_per_token, floats_of("post_attention_layernorm.weight"),
                     floats_of("mlp.router.weight"), floats_of("mlp.router.bias"),
