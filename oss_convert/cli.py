@@ -126,8 +126,9 @@ def convert_cmd(src: Path, out: Path | None, target: str, qtype: str, outtype: s
         run = lambda: to_gguf.convert_requantized(ckpt, plan, out, force=force)  # noqa: E731
     if dry_run:
         return emit_json({"plan": doc}) if as_json else click.echo(render_plan(doc))
-    if not as_json:
-        click.echo(render_plan(doc), err=True)
+    if not as_json:  # the whole plan where types are being chosen, its headline otherwise
+        plan_text = render_plan(doc)
+        click.echo(plan_text if qtype != "mxfp4" else plan_text.splitlines()[0], err=True)
     result = run()
     if as_json:
         emit_json({"plan": doc, "result": result})

@@ -37,12 +37,27 @@ class HubRef:
 
 
 def parse(spec) -> HubRef | None:
-    """A Hub reference, or None where `spec` is (or names) a local path."""
+    """A Hub reference, or None where `spec` is (or names) a local path.
+
+    A local path wins, and so does anything whose folder exists here (`models/typo` is a
+    mistyped path, not a repo of a user called `models`)."""
     text = str(spec)
-    if Path(text).exists() or text.startswith((".", "/", "~")):
+    if text.startswith((".", "/", "~")) or Path(text).exists():
+        return None
+    owner_folder = Path(text.split(":")[0].split("@")[0]).parent
+    if owner_folder != Path(".") and owner_folder.is_dir():
         return None
     m = SPEC.match(text)
-    return HubRef(m["repo"], m["rev"], m["path"].strip("/") if m["path"] else None) if m else None
+    if not m:
+        return None
+    _quiet_hub_logs()
+    return HubRef(m["repo"], m["rev"], m["path"].strip("/") if m["path"] else None)
+
+
+def _quiet_hub_logs() -> None:
+    """huggingface_hub logs each retry as a warning; our errors say what went wrong in one line."""
+    from huggingface_hub.utils import logging
+    logging.set_verbosity_error()
 
 
 @contextlib.contextmanager
