@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator
 
+import numpy as np
+
 from ..checkpoint.names import gguf_names
 from ..checkpoint.safetensors_source import HFTensor, SafetensorsCheckpoint
 from ..errors import OssConvertError
@@ -48,6 +50,13 @@ def targets(ckpt: SafetensorsCheckpoint) -> list[Target]:
         bucket = experts if src.format == "MXFP4" else rest
         bucket.extend(Target(n.gguf, src, n.part) for n in names)
     return experts + rest
+
+
+def interleave_rows(gate, up):
+    """The inverse of the split: gate rows at even, up rows at odd positions of axis 1."""
+    out = np.empty((gate.shape[0], gate.shape[1] * 2) + gate.shape[2:], gate.dtype)
+    out[:, 0::2], out[:, 1::2] = gate, up
+    return out
 
 
 def rows_of(target: Target, data):

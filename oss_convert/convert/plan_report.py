@@ -52,19 +52,19 @@ def plan_document(title: str, tensors: list[PlannedTensor]) -> dict:
 
 
 def render_plan(doc: dict) -> str:
-    from ..inspect.render import _table, human_bytes
+    from ..inspect.render import human_bytes, table
     rows = [[g["tensor"], g["type"], str(g["count"]), _ranges(g["layers"]), g["reason"]] for g in doc["groups"]]
     types = ", ".join(f"{n} {t}" for t, n in sorted(doc["types"].items(), key=lambda kv: -kv[1]))
     head = (f"Plan: {doc['title']}: {doc['tensors']} tensors ({types}), "
             f"expected tensor data {human_bytes(doc['expected_tensor_bytes'])}")
-    return "\n".join([head] + ["  " + r for r in _table(rows, ["tensor", "type", "count", "layers", "why"])])
+    return "\n".join([head] + ["  " + r for r in table(rows, ["tensor", "type", "count", "layers", "why"])])
 
 
 def render_cost(cost: dict) -> str:
-    from ..inspect.render import _table
+    from ..inspect.render import table
     rows = [[t["name"], f"{t['from']}->{t['to']}", f"{t['rmse']:.3g}", f"{t['max_abs_error']:.3g}",
              f"{t['relative_error']:.3g}", f"{t['snr_db']:.1f}"] for t in cost["tensors"]]
     lines = ["What it cost (against the source values):"]
-    lines += ["  " + r for r in _table(rows, ["tensor", "type", "rmse", "max abs err", "rel err", "SNR dB"])]
+    lines += ["  " + r for r in table(rows, ["tensor", "type", "rmse", "max abs err", "rel err", "SNR dB"])]
     lines.append(f"  {cost['bits_per_weight']:.3f} bits per weight over {cost['params']:,} weights")
     return "\n".join(lines)

@@ -24,12 +24,14 @@ from ..files.gguf import GGUFTensor
 from ..files.safetensors import TensorToWrite, write_file
 from ..formats import floats, mxfp4
 from ..formats.registry import decode
-from .vocab import CONTROL, NORMAL, UNUSED, USER_DEFINED
-
-O200K_PATTERN = (
-    "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
-    "|[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
-    "|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
+from .layout import interleave_rows
+from .vocab import (
+    CONTROL,
+    NORMAL,
+    UNUSED,
+    USER_DEFINED,
+    added_tokens_decoder,
+    tokenizer_json,
 )
 
 
@@ -57,12 +59,6 @@ def _bf16(t: GGUFTensor) -> np.ndarray:
     if t.type == T.BF16:
         return t.raw().view(np.uint16).reshape(tuple(reversed(t.shape)))
     return floats.float32_to_bf16(_values(t))
-
-
-def _interleave(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
-    out = np.empty((gate.shape[0], gate.shape[1] * 2) + gate.shape[2:], gate.dtype)
-    out[:, 0::2], out[:, 1::2] = gate, up
-    return out
 
 
 def _mxfp4_parts(t: GGUFTensor, expert: int) -> tuple[np.ndarray, np.ndarray]:
@@ -93,12 +89,12 @@ def _stored_tensors(ckpt: GGUFCheckpoint) -> list[TensorToWrite]:
             def blocks(srcs=srcs):
                 for e in range(E):
                     parts = [_mxfp4_parts(s, e) for s in srcs]
-                    yield parts[0][0] if len(parts) == 1 else _interleave(parts[0][0], parts[1][0])
+                    yield parts[0][0] if len(parts) == 1 else interleave_rows(parts[0][0], parts[1][0])
 
             def scales(srcs=srcs):
                 for e in range(E):
                     parts = [_mxfp4_parts(s, e) for s in srcs]
-                    yield parts[0][1] if len(parts) == 1 else _interleave(parts[0][1], parts[1][1])
+                    yield parts[0][1] if len(parts) == 1 else interleave_rows(parts[0][1], parts[1][1])
 
             out.append(TensorToWrite(hf + "_blocks", "U8", (E, rows, groups, 16), blocks))
             out.append(TensorToWrite(hf + "_scales", "U8", (E, rows, groups), scales))
@@ -106,7 +102,7 @@ def _stored_tensors(ckpt: GGUFCheckpoint) -> list[TensorToWrite]:
         shape = tuple(reversed(srcs[0].shape))
         if len(srcs) == 2:  # gate/up biases
             shape = shape[:-1] + (shape[-1] * 2,)
-            produce = (lambda srcs=srcs: _interleave(_bf16(srcs[0]), _bf16(srcs[1])))
+            produce = (lambda srcs=srcs: interleave_rows(_bf16(srcs[0]), _bf16(srcs[1])))
         else:
             produce = (lambda s=srcs[0]: _bf16(s))
         out.append(TensorToWrite(hf, "BF16", shape, produce))
@@ -171,24 +167,13 @@ def tokenizer_files(meta: dict) -> dict[str, str]:
         elif typ == NORMAL:
             vocab[tok] = i
     merges = [m.split(" ") for m in meta.get("tokenizer.ggml.merges", [])]
-    tokenizer = {
-        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
-        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": O200K_PATTERN}, "behavior": "Isolated", "invert": False},
-            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]},
-        "post_processor": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True},
-        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
-        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
-                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": True,
-                  "vocab": vocab, "merges": merges},
-    }
+    tokenizer = tokenizer_json(vocab, merges, added)
 
     def content(key):
         tid = meta.get(f"tokenizer.ggml.{key}_token_id")
         return tokens[tid] if tid is not None and tid < len(tokens) else None
 
-    tok_config = {"added_tokens_decoder": {str(a["id"]): {k: a[k] for k in (
-        "content", "lstrip", "normalized", "rstrip", "single_word", "special")} for a in added},
+    tok_config = {"added_tokens_decoder": added_tokens_decoder(added),
         "bos_token": content("bos"), "clean_up_tokenization_spaces": False, "eos_token": content("eos"),
         "model_input_names": ["input_ids", "attention_mask"], "pad_token": content("padding"),
         "tokenizer_class": "PreTrainedTokenizerFast"}

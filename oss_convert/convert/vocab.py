@@ -18,6 +18,13 @@ from ..errors import OssConvertError
 NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
 SPECIAL_TYPES = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")
 GPT_OSS_PRE_TOKENIZER = "gpt-4o"
+# The pre-tokenizer regex of GPT-OSS's o200k_harmony tokenizer (llama.cpp's "gpt-4o").
+O200K_PATTERN = (
+    "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    "|[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    "|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
+)
+ADDED_TOKEN_FIELDS = ("content", "lstrip", "normalized", "rstrip", "single_word", "special")
 
 
 @dataclass
@@ -138,3 +145,23 @@ def _special_tokens(vocab: Vocab, tok: dict, folder: Path, added: list, config: 
         tid = config.get(f"{typ}_token_id")
         if isinstance(tid, int):
             vocab.special_ids.setdefault(typ, tid)
+
+
+def tokenizer_json(vocab: dict[str, int], merges: list[list[str]], added: list[dict]) -> dict:
+    """A Hugging Face tokenizer.json for a GPT-OSS-style byte-level BPE."""
+    return {
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": O200K_PATTERN}, "behavior": "Isolated", "invert": False},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]},
+        "post_processor": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True},
+        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": True,
+                  "vocab": vocab, "merges": merges},
+    }
+
+
+def added_tokens_decoder(added: list[dict]) -> dict:
+    """tokenizer_config.json's view of the added tokens."""
+    return {str(t["id"]): {k: t[k] for k in ADDED_TOKEN_FIELDS} for t in added}

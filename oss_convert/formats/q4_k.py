@@ -9,7 +9,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from .kquant_search import F32, fp16_bits, fp16_value, make_qkx2_quants, pack_scales_mins_k4, seq_sum, super_block_header
+from .kquant_search import (
+    F32,
+    fp16_bits,
+    fp16_value,
+    make_qkx2_quants,
+    pack_scales_mins_k4,
+    seq_sum,
+    super_block_header,
+)
 from .rounding import max_ignoring_nan, nearest_int
 
 BLOCK = 256

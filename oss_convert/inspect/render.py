@@ -24,7 +24,7 @@ def _shape(shape) -> str:
     return "[" + ", ".join(str(n) for n in shape) + "]"
 
 
-def _table(rows: list[list[str]], header: list[str]) -> list[str]:
+def table(rows: list[list[str]], header: list[str]) -> list[str]:
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
     fmt = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
     return [fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
@@ -37,14 +37,14 @@ def render_report(doc: dict, show_tensors: bool = False) -> str:
     tensors = doc["tensors"]
     if show_tensors:
         rows = [[t["name"], t["role"], t["format"], _shape(t["shape"]), human_bytes(t["nbytes"])] for t in tensors]
-        lines += _table(rows, ["tensor", "role", "format", "shape", "bytes"])
+        lines += table(rows, ["tensor", "role", "format", "shape", "bytes"])
     else:
         lines += _per_layer(tensors)
     lines += ["", "Formats"]
     total_params = s["total_params"] or 1
     rows = [[fmt, str(v["tensors"]), human_bytes(v["bytes"]), human_count(v["params"]),
              f"{100 * v['params'] / total_params:.1f}%"] for fmt, v in s["formats"].items()]
-    lines += ["  " + r for r in _table(rows, ["format", "tensors", "bytes", "params", "of params"])]
+    lines += ["  " + r for r in table(rows, ["format", "tensors", "bytes", "params", "of params"])]
     lines += ["", f"Parameters: {human_count(s['total_params'])} total, "
                   f"{human_count(s['active_params']) if s['active_params'] else '?'} active per token "
                   f"({100 * s['mxfp4_param_share']:.1f}% stored as MXFP4)"]
@@ -79,7 +79,7 @@ def render_report(doc: dict, show_tensors: bool = False) -> str:
 def _per_layer(tensors: list[dict]) -> list[str]:
     globals_ = [t for t in tensors if t["layer"] is None]
     rows = [[t["name"], t["role"], t["format"], _shape(t["shape"]), human_bytes(t["nbytes"])] for t in globals_]
-    out = _table(rows, ["tensor", "role", "format", "shape", "bytes"]) if rows else []
+    out = table(rows, ["tensor", "role", "format", "shape", "bytes"]) if rows else []
     layers = defaultdict(list)
     for t in tensors:
         if t["layer"] is not None:
@@ -95,7 +95,7 @@ def _per_layer(tensors: list[dict]) -> list[str]:
                     + [human_bytes(sum(t["nbytes"] for t in ts))])
     if rows:
         out += ["", "Per layer (tensors by format; --tensors lists each one)"]
-        out += _table(rows, ["layer", "tensors"] + formats + ["bytes"])
+        out += table(rows, ["layer", "tensors"] + formats + ["bytes"])
         experts = [t for t in layers[min(layers)] if t["role"].startswith("expert_") and t["role"] != "expert_bias"]
         if experts:
             out.append("Expert weights per layer: " + ", ".join(

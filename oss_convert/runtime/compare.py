@@ -81,11 +81,11 @@ def compare_moe(a_path, b_path, layers: str = "all", tokens: int = 64, device: s
 
 
 def render_comparison(doc: dict) -> str:
-    from ..inspect.render import _table
+    from ..inspect.render import table
     rows = [[str(r["layer"]), f"{r['format_a']}/{r['format_b']}", f"{r['max_abs_diff']:.3g}",
              f"{r['rel_error']:.3g}", f"{r['cosine']:.6f}", f"{100 * r['same_experts_fraction']:.1f}%"]
             for r in doc["layers"]]
     head = [doc["summary"]["verdict"], f"A {doc['a']}, B {doc['b']}; {doc['tokens']} tokens on {doc['device']}, "
             f"seed {doc['seed']}", ""]
-    return "\n".join(head + _table(rows, ["layer", "experts A/B", "max abs diff", "rel error", "cosine",
+    return "\n".join(head + table(rows, ["layer", "experts A/B", "max abs diff", "rel error", "cosine",
                                           "same experts"]))

@@ -10,9 +10,10 @@ import numpy as np
 import torch
 from gguf import GGMLQuantizationType as T
 
+from ..formats.mxfp4 import E2M1_VALUES
 from ..formats.registry import decode
 
-E2M1 = torch.tensor([0, .5, 1, 1.5, 2, 3, 4, 6, -0., -.5, -1, -1.5, -2, -3, -4, -6], dtype=torch.float32)
+E2M1 = torch.from_numpy(E2M1_VALUES)
 
 
 def mxfp4_to_float(codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:

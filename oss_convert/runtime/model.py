@@ -78,6 +78,8 @@ class Model:
     moe: list[MoELayer]
     final_norm: torch.Tensor
     lm_head: torch.Tensor
+    inv_freq: torch.Tensor  # RoPE inverse frequencies, YaRN-blended
+    rope_scale: float  # YaRN's attention factor on cos and sin
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
 
@@ -118,7 +120,9 @@ def load_model(ckpt, device: torch.device) -> Model:
         attention.append(AttentionWeights(**{k: read(f"model.layers.{n}.{v}").to(device) for k, v in _ATTN.items()}))
         moe.append(load_layer(ckpt, n).to(device))
     g = {k: read(v).to(device) for k, v in _GLOBAL.items()}
-    return Model(ckpt.config, g["embed"], attention, moe, g["final_norm"], g["lm_head"], device)
+    inv_freq, rope_scale = yarn_frequencies(ckpt.config)
+    return Model(ckpt.config, g["embed"], attention, moe, g["final_norm"], g["lm_head"], inv_freq.to(device),
+                 rope_scale, device)
 
 
 # ------------------------------------------------------------------------------ forward
@@ -134,16 +138,15 @@ class KVCache:
 
 
 def attention(w: AttentionWeights, x: torch.Tensor, cfg: GptOssConfig, layer: int, positions: torch.Tensor,
-              rope: tuple[torch.Tensor, torch.Tensor, float], cache: KVCache | None) -> torch.Tensor:
+              inv_freq: torch.Tensor, rope_scale: float, cache: KVCache | None) -> torch.Tensor:
     T = x.shape[0]
     hd, nh, nkv = cfg.head_dim, cfg.num_heads, cfg.num_kv_heads
     h = rms_norm(x, w.norm, cfg.rms_norm_eps)
     q = (h @ w.q_w.T + w.q_b).view(T, nh, hd)
     k = (h @ w.k_w.T + w.k_b).view(T, nkv, hd)
     v = (h @ w.v_w.T + w.v_b).view(T, nkv, hd)
-    inv_freq, _, mscale = rope
     angles = positions.float()[:, None] * inv_freq[None, :]
-    cos, sin = angles.cos() * mscale, angles.sin() * mscale
+    cos, sin = angles.cos() * rope_scale, angles.sin() * rope_scale
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     if cache is not None:
         if len(cache.keys) > layer:
@@ -174,11 +177,9 @@ def forward(model: Model, tokens: torch.Tensor, cache: KVCache | None = None, ba
     cfg = model.config
     start = cache.length if cache is not None else 0
     positions = torch.arange(start, start + tokens.shape[0], device=model.device)
-    inv_freq, mscale = yarn_frequencies(cfg)
-    rope = (inv_freq.to(model.device), None, mscale)
     x = model.embed[tokens.to(model.device)].float()
     for n in range(cfg.num_layers):
-        x = x + attention(model.attention[n], x, cfg, n, positions, rope, cache)
+        x = x + attention(model.attention[n], x, cfg, n, positions, model.inv_freq, model.rope_scale, cache)
         layer = model.moe[n]
         x = x + moe_forward(layer, rms_norm(x, layer.norm_w, cfg.rms_norm_eps), backend)
     return rms_norm(x, model.final_norm, cfg.rms_norm_eps) @ model.lm_head.T

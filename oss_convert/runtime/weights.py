@@ -17,6 +17,7 @@ from gguf import GGMLQuantizationType as T
 
 from ..checkpoint import GGUFCheckpoint, SafetensorsCheckpoint
 from ..checkpoint.names import gguf_names
+from ..convert.layout import interleave_rows
 from ..errors import OssConvertError
 from ..files.gguf import GGUFTensor, ggml_type_name
 from ..formats import floats, mxfp4
@@ -101,12 +102,6 @@ def load_safetensors_layer(ckpt: SafetensorsCheckpoint, layer: int) -> MoELayer:
 
 # --------------------------------------------------------------------------- GGUF
 
-def _interleave_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    out = np.empty((a.shape[0], a.shape[1] * 2) + a.shape[2:], a.dtype)
-    out[:, 0::2], out[:, 1::2] = a, b
-    return out
-
-
 def gguf_values(t: GGUFTensor) -> np.ndarray:
     return decode(np.array(t.raw()), t.type).reshape(tuple(reversed(t.shape)))
 
@@ -123,16 +118,16 @@ def _gguf_experts(parts: list[GGUFTensor]) -> PackedExperts:
     if qtype in (T.MXFP4, OLLAMA_MXFP4):
         unpack = mxfp4.ggml_to_hf if qtype == T.MXFP4 else mxfp4.ollama_to_hf
         halves = [unpack(np.array(t.raw())) for t in parts]
-        blocks = halves[0][0] if len(parts) == 1 else _interleave_rows(halves[0][0], halves[1][0])
-        scales = halves[0][1] if len(parts) == 1 else _interleave_rows(halves[0][1], halves[1][1])
+        blocks = halves[0][0] if len(parts) == 1 else interleave_rows(halves[0][0], halves[1][0])
+        scales = halves[0][1] if len(parts) == 1 else interleave_rows(halves[0][1], halves[1][1])
         return PackedExperts("MXFP4", (E, N, K), torch.from_numpy(np.ascontiguousarray(blocks.reshape(E, N, K // 2))),
                              torch.from_numpy(np.ascontiguousarray(scales)))
     if qtype in (T.F32, T.F16, T.BF16):
         values = [gguf_values(t) for t in parts]
-        values = values[0] if len(parts) == 1 else _interleave_rows(*values)
+        values = values[0] if len(parts) == 1 else interleave_rows(*values)
         return PackedExperts("F32", (E, N, K), as_float32(values))
     rows = [np.array(t.raw()) for t in parts]
-    data = rows[0] if len(parts) == 1 else _interleave_rows(*rows)
+    data = rows[0] if len(parts) == 1 else interleave_rows(*rows)
     return PackedExperts(ggml_type_name(qtype), (E, N, K), torch.from_numpy(np.ascontiguousarray(data)))
 
 
@@ -148,7 +143,7 @@ def load_gguf_layer(ckpt: GGUFCheckpoint, layer: int) -> MoELayer:
 
     def floats_of(hf_name: str) -> torch.Tensor:
         parts = [gguf_values(t) for t in get(hf_name)]
-        return as_float32(parts[0] if len(parts) == 1 else _interleave_rows(*parts))
+        return as_float32(parts[0] if len(parts) == 1 else interleave_rows(*parts))
 
     return MoELayer(layer, ckpt.config.experts_per_token, floats_of("post_attention_layernorm.weight"),
                     floats_of("mlp.router.weight"), floats_of("mlp.router.bias"),

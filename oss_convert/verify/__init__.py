@@ -72,7 +72,7 @@ def exit_status(doc: dict, require_fp4: bool) -> int:
 
 
 def render(doc: dict) -> str:
-    from ..inspect.render import _table
+    from ..inspect.render import table
     s = doc["summary"]
     lines = [s["verdict"], f"source {doc['source']}, port {doc['port']} ({doc['layout']} layout)", ""]
     counts = ", ".join(f"{n} {k}" for k, n in s["counts"].items() if n)
@@ -92,7 +92,7 @@ def render(doc: dict) -> str:
                 detail = f"expected {t['expected_shape']}, found {t['found_shape']}"
             rows.append([t["source"] or "-", t["port"] or "-", f"{t['source_format'] or '-'}->{t['port_format'] or '-'}",
                          t["status"], detail])
-        lines += ["  " + r for r in _table(rows, ["source", "port", "format", "status", "details"])]
+        lines += ["  " + r for r in table(rows, ["source", "port", "format", "status", "details"])]
     bad_meta = [m for m in doc["metadata"] if not m["ok"]]
     lines.append(f"Metadata: {len(doc['metadata']) - len(bad_meta)}/{len(doc['metadata'])} checks agree")
     for m in bad_meta:
