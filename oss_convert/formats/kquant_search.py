@@ -159,3 +159,13 @@ def super_block_header(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
     dmin = fp16_value(blocks[:, 2:4].copy().view(np.uint16)).reshape(B, 1)
     sc, m = unpack_scales_mins_k4(blocks[:, 4:16])
     return d, dmin, sc, m
+
+
+def new_super_blocks(d: np.ndarray, dmin: np.ndarray, scales: np.ndarray, block_bytes: int) -> np.ndarray:
+    """Q4_K/Q5_K output blocks [B, block_bytes] with the 16-byte header (d, dmin, scales) filled."""
+    B = scales.shape[0]
+    out = np.empty((B, block_bytes), np.uint8)
+    out[:, 0:2] = d.reshape(B, 1).view(np.uint8)
+    out[:, 2:4] = dmin.reshape(B, 1).view(np.uint8)
+    out[:, 4:16] = scales
+    return out

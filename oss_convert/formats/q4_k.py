@@ -14,6 +14,7 @@ from .kquant_search import (
     fp16_bits,
     fp16_value,
     make_qkx2_quants,
+    new_super_blocks,
     pack_scales_mins_k4,
     seq_sum,
     super_block_header,
@@ -59,10 +60,7 @@ def quantize(values: np.ndarray) -> np.ndarray:
     x = np.asarray(values, F32)
     d, dmin, scales, L = kquant_groups(x, NMAX, RMIN, RDELTA, NSTEP)
     B = L.shape[0]
-    out = np.empty((B, BLOCK_BYTES), np.uint8)
-    out[:, 0:2] = d.reshape(B, 1).view(np.uint8)
-    out[:, 2:4] = dmin.reshape(B, 1).view(np.uint8)
-    out[:, 4:16] = scales
+    out = new_super_blocks(d, dmin, scales, BLOCK_BYTES)
     runs = L.reshape(B, 4, 2, 32)  # 4 runs of 64 values: low nibbles first 32, high next 32
     out[:, 16:] = (runs[:, :, 0] | (runs[:, :, 1] << 4)).reshape(B, 128)
     return out.reshape(x.shape[:-1] + (-1,))

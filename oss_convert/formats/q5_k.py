@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .kquant_search import F32, super_block_header
+from .kquant_search import F32, new_super_blocks, super_block_header
 from .q4_k import kquant_groups
 
 BLOCK = 256
@@ -22,10 +22,7 @@ def quantize(values: np.ndarray) -> np.ndarray:
     d, dmin, scales, L = kquant_groups(x, NMAX, RMIN, RDELTA, NSTEP)
     B = L.shape[0]
     groups = L.reshape(B, 8, 32)
-    out = np.empty((B, BLOCK_BYTES), np.uint8)
-    out[:, 0:2] = d.reshape(B, 1).view(np.uint8)
-    out[:, 2:4] = dmin.reshape(B, 1).view(np.uint8)
-    out[:, 4:16] = scales
+    out = new_super_blocks(d, dmin, scales, BLOCK_BYTES)
     high = (groups >> 4).astype(np.uint8)  # [B, 8, 32]: fifth bit of each code
     qh = np.zeros((B, 32), np.uint8)
     for g in range(8):
