@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .rounding import first_absmax_index, nearest_int
+from .rounding import MAGIC, first_absmax_index, nearest_int
 
 F32 = np.float32
 
@@ -24,12 +24,38 @@ def seq_sum(terms: np.ndarray) -> np.ndarray:
 def seq_sum_rows(terms: np.ndarray) -> np.ndarray:
     """Sum along the first axis, row after row in float32: terms [n, G] -> [G].
 
-    The searches keep their per-group values as [n, G], so each of these adds runs over
-    contiguous memory; the order of the adds is the C loop's."""
+    The searches keep their per-group values as [n, G], so the sum runs over contiguous
+    rows. numpy reduces a C-ordered [n, G] array (G > 1) along axis 0 by adding each row
+    into the accumulator in turn, which is the C loop's order; pairwise summation, which
+    would not be, only applies along the contiguous axis. A single column takes the loop."""
+    if terms.ndim == 2 and terms.shape[1] > 1 and terms.flags.c_contiguous:
+        return np.add.reduce(terms, axis=0)
     acc = terms[0].copy()
     for i in range(1, terms.shape[0]):
         acc += terms[i]
     return acc
+
+
+class _Levels:
+    """clip(nearest_int(iscale * (x - offset)), 0, nmax) as float32 codes, into reused buffers.
+
+    The search evaluates it 22 times per group on the same [n, G] shape: working in place
+    saves the allocations and the int64 temporaries that dominate otherwise."""
+
+    def __init__(self, shape: tuple[int, int]):
+        self.work = np.empty(shape, F32)
+        self.codes = np.empty(shape, F32)
+
+    def __call__(self, x: np.ndarray, offset: np.ndarray, iscale: np.ndarray, nmax: int) -> np.ndarray:
+        v = np.subtract(x, offset, out=self.work)
+        v *= iscale
+        v += MAGIC  # nearest_int's trick: the integer lands in the low mantissa bits
+        bits = v.view(np.int32)
+        bits &= 0x007FFFFF
+        bits -= 0x00400000
+        np.clip(bits, 0, nmax, out=bits)
+        self.codes[...] = bits
+        return self.codes
 
 
 @np.errstate(all="ignore")  # inf/NaN from extreme inputs follow the C reference's IEEE semantics
@@ -38,6 +64,17 @@ def make_qkx2_quants(x: np.ndarray, weights: np.ndarray, nmax: int, rmin: float,
     """x, weights: float32 [G, n]. Returns (scale [G], the_min [G] = -min, L uint8 [G, n])."""
     x = np.ascontiguousarray(x.T, dtype=F32)  # [n, G]: a group per column
     w = np.ascontiguousarray(weights.T, dtype=F32)
+    levels = _Levels(x.shape)
+    scratch = np.empty(x.shape, F32)
+
+    def weighted_sq_error(lf, scale, offset):
+        diff = np.multiply(lf, scale, out=scratch)  # scale * L + min - x, then w * diff^2
+        diff += offset
+        diff -= x
+        diff *= diff
+        diff *= w
+        return seq_sum_rows(diff)
+
     mn = np.minimum(x.min(axis=0), F32(0))
     mx = x.max(axis=0)
     sum_w = seq_sum_rows(w)
@@ -47,19 +84,21 @@ def make_qkx2_quants(x: np.ndarray, weights: np.ndarray, nmax: int, rmin: float,
 
     iscale = (F32(nmax) / span).astype(F32)
     scale = (F32(1) / iscale).astype(F32)
-    L = np.clip(nearest_int(iscale * (x - mn)), 0, nmax)
-    diff = scale * L.astype(F32) + mn - x
-    best_error = seq_sum_rows(w * (diff * diff))
+    best_error = weighted_sq_error(levels(x, mn, iscale, nmax), scale, mn)
     best_min = mn.copy()
+    # The winning codes are recomputed at the end from the (iscale, offset) that made them.
+    chosen_iscale, chosen_offset = iscale, mn
+    wl = np.empty(x.shape, F32)
     for step in range(nstep + 1):
         # The reference updates `min` in place when a candidate wins, and later candidates
         # measure from it: both the span and the offset use the current best min.
         span = np.where(flat, F32(1), mx - best_min).astype(F32)
         iscale = ((F32(rmin) + F32(rdelta) * F32(step) + F32(nmax)) / span).astype(F32)
-        laux = np.clip(nearest_int(iscale * (x - best_min)), 0, nmax)
-        lf = laux.astype(F32)
-        wl = w * lf
-        sum_l, sum_l2, sum_xl = seq_sum_rows(wl), seq_sum_rows(wl * lf), seq_sum_rows(wl * x)
+        lf = levels(x, best_min, iscale, nmax)
+        np.multiply(w, lf, out=wl)
+        sum_l = seq_sum_rows(wl)
+        sum_l2 = seq_sum_rows(np.multiply(wl, lf, out=scratch))
+        sum_xl = seq_sum_rows(np.multiply(wl, x, out=scratch))
         D = sum_w * sum_l2 - sum_l * sum_l
         ok = D > 0
         Dsafe = np.where(ok, D, F32(1))
@@ -68,17 +107,18 @@ def make_qkx2_quants(x: np.ndarray, weights: np.ndarray, nmax: int, rmin: float,
         positive = this_min > 0
         this_scale = np.where(positive, sum_xl / sum_l2, this_scale).astype(F32)
         this_min = np.where(positive, F32(0), this_min).astype(F32)
-        diff = this_scale * lf + this_min - x
-        cur_error = seq_sum_rows(w * (diff * diff))
+        cur_error = weighted_sq_error(lf, this_scale, this_min)
         better = ok & (cur_error < best_error)
-        L = np.where(better, laux, L)
+        chosen_iscale = np.where(better, iscale, chosen_iscale)
+        chosen_offset = np.where(better, best_min, chosen_offset)
         best_error = np.where(better, cur_error, best_error)
         scale = np.where(better, this_scale, scale)
         best_min = np.where(better, this_min, best_min)
+    L = levels(x, chosen_offset.astype(F32), chosen_iscale.astype(F32), nmax).astype(np.uint8)
     scale = np.where(flat, F32(0), scale).astype(F32)
-    L = np.where(flat, 0, L)
+    L[:, flat] = 0
     the_min = np.where(flat, -mn, -best_min).astype(F32)
-    return scale, the_min, np.ascontiguousarray(L.T).astype(np.uint8)
+    return scale, the_min, np.ascontiguousarray(L.T)
 
 
 @np.errstate(all="ignore")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-_MAGIC = np.float32(12582912.0)  # 1.5 * 2**23
+MAGIC = np.float32(12582912.0)  # 1.5 * 2**23
 
 
 _BELOW_HALF = np.nextafter(np.float32(0.5), np.float32(0))  # 0.49999997
@@ -26,7 +26,7 @@ def nearest_int(x: np.ndarray) -> np.ndarray:
     Rounds half to even for |x| < 2^22; for NaN, infinities and huge values it returns
     what the C trick returns (e.g. 0 for NaN), which the reference then uses."""
     with np.errstate(invalid="ignore", over="ignore"):
-        bits = (np.asarray(x, np.float32) + _MAGIC).view(np.int32)
+        bits = (np.asarray(x, np.float32) + MAGIC).view(np.int32)
     return (bits & 0x007FFFFF) - 0x00400000
 
 
