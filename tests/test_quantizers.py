@@ -26,6 +26,16 @@ def ggml():
         need_reference("libggml-base (llama-cpp-python)", False)
 
 
+def _signed_zeros(rng, n: int) -> np.ndarray:
+    """Blocks of +0 and -0 in varied orders, and blocks whose min or max is a zero: the
+    sign ggml keeps is the first zero's, which a plain min/max does not give."""
+    rows = np.where(rng.random((8, n)) < 0.5, -0.0, 0.0)
+    rows[4:6] = np.abs(rng.standard_normal((2, n))) * np.where(rng.random((2, n)) < 0.3, 0.0, 1.0)
+    rows[4:6] *= np.where(rng.random((2, n)) < 0.5, -1.0, 1.0) * (rows[4:6] == 0) + (rows[4:6] != 0)
+    rows[6:8] = -rows[4:6]
+    return rows
+
+
 def _cases(rng) -> dict[str, np.ndarray]:
     n = 512
     normal = rng.standard_normal((32, n))
@@ -40,6 +50,7 @@ def _cases(rng) -> dict[str, np.ndarray]:
         "huge (1e30)": normal * 1e30,
         "positive only": rng.random((8, n)),
         "negative only": -rng.random((8, n)),
+        "signed zeros": _signed_zeros(rng, n),
         "expert-like (decoded MXFP4)": mxfp4.decode_hf(rng.integers(0, 256, (8, n // 32, 16), dtype=np.uint8),
                                                        rng.integers(118, 124, (8, n // 32), dtype=np.uint8)),
     }

@@ -28,17 +28,25 @@ def unpack_5bit(qh: np.ndarray, qs: np.ndarray) -> np.ndarray:
     return low | (high << 4)
 
 
-def quantize(values: np.ndarray) -> np.ndarray:
-    x = np.asarray(values, F32)
-    blocks = x.reshape(-1, BLOCK)
+def scales_and_codes(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """float32 blocks [N, 32] -> (d float32 [N], codes uint8 [N, 32] in 0..31)."""
     d = (signed_absmax(blocks) / F32(-16)).astype(F32)
     q = np.minimum(31, truncate_u8(blocks * inverse(d)[:, None] + F32(16.5))).astype(np.uint8)
+    return d, q
+
+
+def pack(d: np.ndarray, q: np.ndarray) -> np.ndarray:
     qh, qs = pack_5bit(q)
-    out = np.empty((blocks.shape[0], BLOCK_BYTES), np.uint8)
+    out = np.empty((q.shape[0], BLOCK_BYTES), np.uint8)
     out[:, 0:2] = fp16_bits(d).reshape(-1, 1).view(np.uint8)
     out[:, 2:6] = qh
     out[:, 6:] = qs
-    return out.reshape(x.shape[:-1] + (-1,))
+    return out
+
+
+def quantize(values: np.ndarray) -> np.ndarray:
+    x = np.asarray(values, F32)
+    return pack(*scales_and_codes(x.reshape(-1, BLOCK))).reshape(x.shape[:-1] + (-1,))
 
 
 def dequantize(data: np.ndarray) -> np.ndarray:

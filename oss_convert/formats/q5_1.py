@@ -10,6 +10,7 @@ import numpy as np
 from .kquant_search import F32, fp16_bits, fp16_value
 from .q4_0 import inverse, truncate_u8
 from .q5_0 import pack_5bit, unpack_5bit
+from .rounding import first_min_max
 
 BLOCK = 32
 BLOCK_BYTES = 24
@@ -18,7 +19,7 @@ BLOCK_BYTES = 24
 def quantize(values: np.ndarray) -> np.ndarray:
     x = np.asarray(values, F32)
     blocks = x.reshape(-1, BLOCK)
-    mn, mx = blocks.min(axis=1), blocks.max(axis=1)
+    mn, mx = first_min_max(blocks)
     d = ((mx - mn) / F32(31)).astype(F32)
     q = (truncate_u8((blocks - mn[:, None]) * inverse(d)[:, None] + F32(0.5)) & 0xFF).astype(np.uint8)
     qh, qs = pack_5bit(q)

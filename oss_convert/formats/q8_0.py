@@ -14,19 +14,27 @@ BLOCK = 32
 BLOCK_BYTES = 34
 
 
+def scales_and_codes(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """float32 blocks [N, 32] -> (d float32 [N], codes [N, 32]: the int8 values' bytes)."""
+    d = block_reduce(np.maximum, np.abs(blocks)) / np.float32(127)
+    with np.errstate(divide="ignore"):
+        inv = np.where(d == 0, np.float32(0), np.float32(1) / d).astype(np.float32)
+    q = roundf(blocks * inv[:, None]).astype(np.int8)
+    return d.astype(np.float32), q.view(np.uint8)
+
+
+def pack(d: np.ndarray, q: np.ndarray) -> np.ndarray:
+    out = np.empty((q.shape[0], BLOCK_BYTES), np.uint8)
+    with np.errstate(over="ignore"):
+        out[:, :2] = d.astype(np.float16).reshape(-1, 1).view(np.uint8)
+    out[:, 2:] = q
+    return out
+
+
 def quantize(values: np.ndarray) -> np.ndarray:
     """float32 [..., n] (n a multiple of 32) -> Q8_0 bytes [..., n // 32 * 34]."""
     x = np.asarray(values, dtype=np.float32)
-    blocks = x.reshape(-1, BLOCK)
-    d = (block_reduce(np.maximum, np.abs(blocks)) / np.float32(127))[:, None]
-    with np.errstate(divide="ignore"):
-        inv = np.where(d == 0, np.float32(0), np.float32(1) / d).astype(np.float32)
-    q = roundf(blocks * inv).astype(np.int8)
-    out = np.empty((blocks.shape[0], BLOCK_BYTES), np.uint8)
-    with np.errstate(over="ignore"):
-        out[:, :2] = d.astype(np.float16).view(np.uint8)
-    out[:, 2:] = q.view(np.uint8)
-    return out.reshape(x.shape[:-1] + (-1,))
+    return pack(*scales_and_codes(x.reshape(-1, BLOCK))).reshape(x.shape[:-1] + (-1,))
 
 
 def dequantize(data: np.ndarray) -> np.ndarray:

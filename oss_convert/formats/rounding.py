@@ -49,14 +49,34 @@ def signed_absmax(blocks: np.ndarray) -> np.ndarray:
     """Per row, the first value of largest magnitude (C: `if (amax < fabsf(v))`, NaN never wins).
 
     The row's largest |v| by halving, then the first position holding it; rows with a NaN
-    take the slower path that skips NaNs."""
+    take the slower path that skips NaNs. A row of zeros gives +0, the loop's initial value,
+    even when it holds -0."""
     a = np.abs(blocks)
     amax = block_reduce(np.maximum, a)
     index = (a == amax[:, None]).argmax(axis=1)
     nan_rows = np.isnan(amax)
     if nan_rows.any():
         index[nan_rows] = first_absmax_index(blocks[nan_rows])
-    return blocks[np.arange(blocks.shape[0]), index]
+    found = blocks[np.arange(blocks.shape[0]), index]
+    found[found == 0] = 0
+    return found
+
+
+def first_min_max(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, (min, max) as C's `if (v < min) min = v; if (v > max) max = v;` from
+    (FLT_MAX, -FLT_MAX) finds them: NaN never wins, and an extreme of zero keeps the sign
+    of the row's first zero, since a later zero of the other sign compares equal."""
+    big = np.finfo(np.float32).max
+    with np.errstate(invalid="ignore"):
+        mn = np.fmin.reduce(blocks, axis=1)
+        mx = np.fmax.reduce(blocks, axis=1)
+    mn[np.isnan(mn)], mx[np.isnan(mx)] = big, -big
+    zero_rows = (mn == 0) | (mx == 0)
+    if zero_rows.any():
+        first_zero = blocks[np.arange(blocks.shape[0]), (blocks == 0).argmax(axis=1)]
+        mn = np.where(mn == 0, first_zero, mn)
+        mx = np.where(mx == 0, first_zero, mx)
+    return mn, mx
 
 
 def first_absmax_index(values: np.ndarray) -> np.ndarray:
