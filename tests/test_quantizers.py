@@ -124,3 +124,51 @@ def test_roundf_is_c_roundf_on_hard_cases():
         a = abs(v)
         return math.copysign(math.floor(a) + (1.0 if a - math.floor(a) >= 0.5 else 0.0), v)
     np.testing.assert_array_equal(roundf(x), np.float32([c_roundf(float(v)) for v in x]))
+
+
+def _mxfp4_blocks(rng, n_blocks: int) -> tuple[np.ndarray, np.ndarray]:
+    """HF MXFP4 blocks with every scale byte, all-zero blocks of either zero sign, ties
+    between +max and -max, and blocks of one magnitude."""
+    blocks = rng.integers(0, 256, (n_blocks, 16), dtype=np.uint8)
+    blocks[0:64] = rng.choice(np.uint8([0x00, 0x08, 0x80, 0x88]), (64, 16))  # +0 / -0 only
+    blocks[64:128] = rng.choice(np.uint8([0x77, 0xF7, 0x7F, 0xFF, 0x11]), (64, 16))  # +-6 ties
+    blocks[128:192] = rng.choice(np.uint8([0x00, 0x01, 0x10, 0x11, 0x09, 0x90]), (64, 16))  # +-0.5 and zeros
+    scales = np.resize(np.arange(256, dtype=np.uint8), n_blocks)
+    rng.shuffle(scales)
+    return blocks, scales
+
+
+MXFP4_TABLE_TYPES = [T.Q4_0, T.Q5_0, T.Q8_0]
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("qtype", MXFP4_TABLE_TYPES, ids=lambda t: t.name)
+def test_mxfp4_by_table_is_ggml_on_the_decoded_values(ggml, qtype):
+    """The table path (no float math) gives the bytes ggml's quantizer gives the decoded
+    MXFP4 values, for every scale byte, NaN (255) and the fp16-subnormal d's included."""
+    from oss_convert.formats import mxfp4_requant
+    rng = np.random.default_rng(11)
+    blocks, scales = _mxfp4_blocks(rng, 256 * 24)
+    ours, _ = mxfp4_requant.requantize(blocks, scales, QUANTIZERS[qtype])
+    with np.errstate(all="ignore"):
+        ref = ggml.quantize(qtype, mxfp4.decode_hf(blocks, scales).reshape(-1, 256))
+    bad = np.flatnonzero((ours.reshape(ref.shape[0], -1) != ref).any(axis=1))
+    assert bad.size == 0, f"rows {bad[:5]} differ"
+
+
+@pytest.mark.parametrize("qtype", MXFP4_TABLE_TYPES, ids=lambda t: t.name)
+def test_mxfp4_by_table_measures_the_error_of_its_bytes(qtype):
+    from oss_convert.formats import mxfp4_requant
+    from oss_convert.metrics import ErrorStats
+    rng = np.random.default_rng(12)
+    blocks, _ = _mxfp4_blocks(rng, 4096)
+    scales = rng.integers(100, 130, 4096).astype(np.uint8)
+    scales[:8] = [1, 2, 5, 250, 253, 90, 96, 103]  # a few blocks measured the slow way
+    codec = QUANTIZERS[qtype]
+    data, stats = mxfp4_requant.requantize(blocks, scales, codec)
+    values = mxfp4.decode_hf(blocks, scales).reshape(-1, 32)
+    direct = ErrorStats()
+    direct.add(values, codec.dequantize(data))
+    assert stats.n == direct.n
+    for key, value in direct.report().items():
+        assert stats.report()[key] == pytest.approx(value, rel=1e-5), key

@@ -23,10 +23,10 @@ from gguf import GGMLQuantizationType as T
 from ..checkpoint.safetensors_source import SafetensorsCheckpoint
 from ..files.gguf import tensor_nbytes
 from ..files.stream import CHUNK_BYTES
-from ..formats import floats, mxfp4
+from ..formats import floats, mxfp4, mxfp4_requant
 from ..formats.registry import QUANTIZERS, encode
 from ..metrics import ErrorStats
-from .layout import Target, iter_chunks
+from .layout import Target, chunk_ranges, rows_of
 from .lossless import PlannedTensor, plan_lossless
 from .mixtures import MIXTURES, MixturePlanner, quantize_order
 
@@ -72,20 +72,19 @@ def plan_requantized(ckpt: SafetensorsCheckpoint, mixture_key: str, keep_mxfp4_e
 PIECE_VALUES = 1 << 18  # work in cache-sized pieces: large temporaries cost more than the math
 
 
-def source_pieces(target: Target) -> Iterator:
-    """The target's source rows in pieces of ~PIECE_VALUES values, in file order."""
-    for chunk in iter_chunks(target, CHUNK_BYTES // 4):
-        if target.source.format == "MXFP4":
-            blocks, scales = chunk
-            blocks, scales = blocks.reshape((-1,) + blocks.shape[-2:]), scales.reshape(-1, scales.shape[-1])
-            step = max(1, PIECE_VALUES // (blocks.shape[1] * 32))
-            for r in range(0, blocks.shape[0], step):
-                yield blocks[r:r + step], scales[r:r + step]
-        else:
-            rows = chunk.reshape(-1, chunk.shape[-1])
-            step = max(1, PIECE_VALUES // rows.shape[1])
-            for r in range(0, rows.shape[0], step):
-                yield rows[r:r + step]
+def pieces(target: Target, chunk) -> Iterator:
+    """A chunk of the target's source rows in pieces of ~PIECE_VALUES values, in file order."""
+    if target.source.format == "MXFP4":
+        blocks, scales = chunk
+        blocks, scales = blocks.reshape((-1,) + blocks.shape[-2:]), scales.reshape(-1, scales.shape[-1])
+        step = max(1, PIECE_VALUES // (blocks.shape[1] * 32))
+        for r in range(0, blocks.shape[0], step):
+            yield blocks[r:r + step], scales[r:r + step]
+    else:
+        rows = chunk.reshape(-1, chunk.shape[-1])
+        step = max(1, PIECE_VALUES // rows.shape[1])
+        for r in range(0, rows.shape[0], step):
+            yield rows[r:r + step]
 
 
 def decode_piece(target: Target, piece) -> np.ndarray:
@@ -96,22 +95,37 @@ def decode_piece(target: Target, piece) -> np.ndarray:
 
 
 def _requantize_piece(target: Target, qtype: T, piece) -> tuple[np.ndarray, ErrorStats]:
+    codec = QUANTIZERS.get(qtype)
+    if target.source.format == "MXFP4" and mxfp4_requant.supports(codec):
+        blocks, scales = piece
+        data, stats = mxfp4_requant.requantize(blocks, scales, codec)
+        return data.reshape(blocks.shape[0], -1), stats
     values = decode_piece(target, piece)
     data = encode(values, qtype)
-    codec = QUANTIZERS.get(qtype)
     restored = codec.dequantize(data) if codec else data.astype(np.float32)
     stats = ErrorStats()
     stats.add(values, restored.reshape(values.shape))
     return data, stats
 
 
+def _requantize_range(target: Target, qtype: T, start: int, stop: int) -> tuple[np.ndarray, ErrorStats]:
+    """Read source rows [start, stop) and encode them: one task, so that reading overlaps
+    too, and one output array, so that the writer gets few large writes."""
+    stats, out = ErrorStats(), []
+    for piece in pieces(target, rows_of(target, target.source.read(start, stop))):
+        data, piece_stats = _requantize_piece(target, qtype, piece)
+        out.append(data.reshape(-1))
+        stats.merge(piece_stats)
+    return np.concatenate(out), stats
+
+
 def _requantized_chunks(target: Target, qtype: T, stats: ErrorStats, threads: int) -> Iterator[np.ndarray]:
-    """Encoded bytes in file order; pieces are encoded on `threads` threads (numpy releases
-    the GIL), at most 2 * threads pieces ahead of the writer."""
+    """Encoded bytes in file order; slices of the source are read and encoded on `threads`
+    threads (pread and numpy release the GIL), at most 2 * threads slices ahead of the writer."""
     with ThreadPoolExecutor(max_workers=threads) as pool:
         pending: deque = deque()
-        for piece in source_pieces(target):
-            pending.append(pool.submit(_requantize_piece, target, qtype, piece))
+        for start, stop in chunk_ranges(target, CHUNK_BYTES // 4):
+            pending.append(pool.submit(_requantize_range, target, qtype, start, stop))
             if len(pending) >= 2 * threads:
                 yield _merge(pending.popleft().result(), stats)
         while pending:

@@ -37,7 +37,16 @@ _FOUR = np.uint64(4)
 
 
 def hf_to_ggml(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    """HF blocks [..., G, 16] and scales [..., G] -> GGML bytes [..., G * 17].
+    """HF blocks [..., G, 16] and scales [..., G] -> GGML bytes [..., G * 17]."""
+    qs = hf_to_ggml_qs(blocks)
+    out = np.empty((qs.shape[0], GGML_BLOCK_BYTES), np.uint8)
+    out[:, 0] = scales.reshape(-1)
+    out[:, 1:] = qs
+    return out.reshape(blocks.shape[:-2] + (-1,))
+
+
+def hf_to_ggml_qs(blocks: np.ndarray) -> np.ndarray:
+    """HF blocks [..., 16] -> GGML's 16 code bytes per block, [N, 16].
 
     Byte k < 8 of an HF block holds elements 2k, 2k+1; byte 8+k holds 16+2k, 17+2k. GGML
     wants qs[2k] = (2k | 16+2k << 4) and qs[2k+1] = (2k+1 | 17+2k << 4): the low nibbles of
@@ -47,11 +56,10 @@ def hf_to_ggml(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
     first, second = words[:, 0], words[:, 1]  # bytes 0..7 and 8..15 of each block
     even = (first & _LOW) | ((second & _LOW) << _FOUR)
     odd = ((first >> _FOUR) & _LOW) | (second & _HIGH)
-    out = np.empty((words.shape[0], GGML_BLOCK_BYTES), np.uint8)
-    out[:, 0] = scales.reshape(-1)
-    out[:, 1::2] = even.view(np.uint8).reshape(-1, 8)
-    out[:, 2::2] = odd.view(np.uint8).reshape(-1, 8)
-    return out.reshape(blocks.shape[:-2] + (-1,))
+    qs = np.empty((words.shape[0], 16), np.uint8)
+    qs[:, 0::2] = even.view(np.uint8).reshape(-1, 8)
+    qs[:, 1::2] = odd.view(np.uint8).reshape(-1, 8)
+    return qs
 
 
 def ggml_to_hf(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

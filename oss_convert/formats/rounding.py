@@ -49,8 +49,8 @@ def signed_absmax(blocks: np.ndarray) -> np.ndarray:
     """Per row, the first value of largest magnitude (C: `if (amax < fabsf(v))`, NaN never wins).
 
     The row's largest |v| by halving, then the first position holding it; rows with a NaN
-    take the slower path that skips NaNs. A row of zeros gives +0, the loop's initial value,
-    even when it holds -0."""
+    take the slower path that skips NaNs. A row of zeros (or NaNs) gives +0, the loop's
+    initial value, even when it holds -0."""
     a = np.abs(blocks)
     amax = block_reduce(np.maximum, a)
     index = (a == amax[:, None]).argmax(axis=1)
@@ -58,7 +58,7 @@ def signed_absmax(blocks: np.ndarray) -> np.ndarray:
     if nan_rows.any():
         index[nan_rows] = first_absmax_index(blocks[nan_rows])
     found = blocks[np.arange(blocks.shape[0]), index]
-    found[found == 0] = 0
+    found[(found == 0) | np.isnan(found)] = 0
     return found
 
 

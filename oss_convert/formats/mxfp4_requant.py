@@ -1,0 +1,187 @@
+"""MXFP4 blocks straight into ggml's 32-value block types (Q4_0, Q5_0, Q8_0), by table.
+
+An MXFP4 block holds 32 E2M1 values c_j and one power of two s; a Q4_0, Q5_0 or Q8_0 block
+covers the same 32 values. ggml's reference quantizers find, in float32, the block's first
+value of largest magnitude m, then d = m / k, 1/d and each code from x_j * (1/d).
+Multiplying every input by a power of two scales each of those float32 results exactly,
+as long as they stay normal numbers. So each code is a function of (code of m, c_j) alone,
+and d is s times the d of the same block at unit scale.
+
+Tables made once per type, by running our ggml-exact quantizer on a unit-scale block for
+every (m, c) pair, give the output for each (m, byte of two codes): one lookup per input
+byte. Blocks whose scale is too extreme for the argument (or NaN) are decoded and
+quantized the ordinary way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from types import ModuleType
+
+import numpy as np
+
+from ..metrics import ErrorStats
+from . import mxfp4, q4_0, q5_0, q8_0
+from .kquant_search import fp16_bits, fp16_value
+
+# Scale bytes for which every float32 step above stays normal and finite: x = s * c with
+# |c| >= 0.5, d >= s * 0.5 / 127 and 1/d need about 2^-117 <= s <= 2^123; kept with margin.
+SAFE_SCALES = (16, 240)
+
+@dataclass(frozen=True)
+class Layout:
+    """How a type stores a block's codes: which two codes share an input byte (HF bytes
+    hold elements 2j, 2j+1; GGML bytes hold j, j+16) and what the table keeps per byte."""
+
+    ggml_pairs: bool
+    word: object  # (code of the low nibble, code of the high nibble) -> table entry
+    dtype: type
+    assemble: object  # (fp16 d [N], table entries [16, N]) -> block bytes [N, BLOCK_BYTES]
+
+
+def _assemble_q8_0(d16: np.ndarray, words: np.ndarray) -> np.ndarray:
+    out = np.empty((d16.shape[0], q8_0.BLOCK_BYTES // 2), np.uint16)
+    out[:, 0] = d16
+    out[:, 1:] = words.T  # each word: the int8 codes of elements 2j and 2j+1
+    return out.view(np.uint8)
+
+
+def _assemble_q4_0(d16: np.ndarray, words: np.ndarray) -> np.ndarray:
+    out = np.empty((d16.shape[0], q4_0.BLOCK_BYTES), np.uint8)
+    out[:, 0:2] = d16.reshape(-1, 1).view(np.uint8)
+    out[:, 2:] = words.T
+    return out
+
+
+_BIT_OF_BYTE = 2.0 ** np.arange(16)
+
+
+def _assemble_q5_0(d16: np.ndarray, words: np.ndarray) -> np.ndarray:
+    out = np.empty((d16.shape[0], q5_0.BLOCK_BYTES), np.uint8)
+    out[:, 0:2] = d16.reshape(-1, 1).view(np.uint8)
+    # word >> 8 holds the fifth bit of element j at bit 0 and that of element j + 16 at
+    # bit 16; qh is the sum over j of (word >> 8) << j, a dot product exact in float64.
+    qh = (_BIT_OF_BYTE @ (words >> 8).astype(np.float64)).astype(np.uint32)
+    out[:, 2:6] = qh.view(np.uint8).reshape(-1, 4)
+    out[:, 6:] = words.astype(np.uint8).T  # the low nibbles of elements j and j + 16
+    return out
+
+
+LAYOUTS = {
+    q8_0: Layout(False, lambda lo, hi: lo | (hi << 8), np.uint16, _assemble_q8_0),
+    q4_0: Layout(True, lambda lo, hi: lo | (hi << 4), np.uint8, _assemble_q4_0),
+    q5_0: Layout(True, lambda lo, hi: (lo & 15) | ((hi & 15) << 4) | ((lo >> 4) << 8) | ((hi >> 4) << 24),
+                 np.uint32, _assemble_q5_0),
+}
+
+
+@dataclass(frozen=True)
+class Tables:
+    """Indexed by m << 8 | byte: the type's entry, and the error figures of the two codes."""
+
+    words: np.ndarray
+    sums: np.ndarray  # float32 pairs packed in uint64: (sum of squared errors, sum of c^2), unit scale
+    max_sq_err: np.ndarray  # float32: the larger squared error of the two
+    d_unit: np.ndarray  # float32 [16]: m -> d of a unit-scale block
+    d16_unit: np.ndarray  # float32 [16]: that d after fp16 storage
+
+
+@lru_cache(maxsize=None)
+def tables(codec: ModuleType) -> Tables:
+    layout = LAYOUTS[codec]
+    m, c = np.divmod(np.arange(256), 16)
+    reachable = (c & 7) <= (m & 7)  # c can share a block with m only if |c| <= |m|
+    unit = np.repeat(mxfp4.E2M1_VALUES[np.where(reachable, c, m)][:, None], 32, axis=1)
+    unit[:, 0] = mxfp4.E2M1_VALUES[m]  # m first, so it is the block's first largest value
+    d, q = codec.scales_and_codes(unit)
+    restored = codec.dequantize(codec.pack(d, q))
+    code = np.where(reachable, q[:, 1], 0).astype(np.int64).reshape(16, 16)
+    sq_err = np.where(reachable, (restored[:, 1] - unit[:, 1]) ** 2, 0).astype(np.float32).reshape(16, 16)
+
+    lead, byte = np.divmod(np.arange(16 * 256), 256)
+    lo, hi = byte & 15, byte >> 4
+    sums = np.stack([sq_err[lead, lo] + sq_err[lead, hi],
+                     mxfp4.E2M1_VALUES[lo] ** 2 + mxfp4.E2M1_VALUES[hi] ** 2], axis=1).astype(np.float32)
+    d_unit = d.reshape(16, 16)[:, 0].astype(np.float32)
+    return Tables(words=layout.word(code[lead, lo], code[lead, hi]).astype(layout.dtype),
+                  sums=sums.view(np.uint64).ravel(), max_sq_err=np.maximum(sq_err[lead, lo], sq_err[lead, hi]),
+                  d_unit=d_unit, d16_unit=fp16_value(fp16_bits(d_unit)))
+
+
+def _byte_keys() -> np.ndarray:
+    """HF byte (element 2j low, 2j+1 high) -> (larger magnitude << 6 | low one wins << 1 |
+    the winner's sign bit); the low nibble wins ties, as it comes first."""
+    byte = np.arange(256)
+    lo, hi = byte & 7, (byte >> 4) & 7
+    lo_wins = lo >= hi
+    sign = np.where(lo_wins, (byte >> 3) & 1, byte >> 7)
+    return ((np.maximum(lo, hi) << 6) | (lo_wins << 1) | sign).astype(np.uint16)
+
+
+_BYTE_KEYS = _byte_keys()
+_BYTE_ORDER = ((30 - 2 * np.arange(16)) << 1).astype(np.uint16)[:, None]  # earlier bytes rank higher
+
+
+def leading_codes(columns: np.ndarray) -> np.ndarray:
+    """HF bytes [16, N] (byte j of every block) -> per block, the code of its first value of
+    largest magnitude (0 when all are zero: ggml's max stays +0 whatever the zeros' signs).
+
+    E2M1 magnitudes order as the codes' low three bits, so the key (magnitude << 6 |
+    (31 - element) << 1 | sign) is largest at the block's first largest value, and carries
+    that value's sign along."""
+    keys = _BYTE_KEYS.take(columns)
+    keys |= _BYTE_ORDER
+    top = np.maximum.reduce(keys, axis=0)
+    lead = ((top >> 6) | ((top & 1) << 3)).astype(np.uint8)
+    lead[top < 64] = 0
+    return lead
+
+
+def ggml_pairs(columns: np.ndarray) -> np.ndarray:
+    """HF bytes [16, N] (elements 2j, 2j+1) -> GGML bytes [16, N] (elements j, j+16)."""
+    out = np.empty_like(columns)
+    out[0::2] = (columns[:8] & 0x0F) | (columns[8:] << 4)
+    out[1::2] = (columns[:8] >> 4) | (columns[8:] & 0xF0)
+    return out
+
+
+def supports(codec: ModuleType) -> bool:
+    return codec in LAYOUTS
+
+
+def requantize(blocks: np.ndarray, scales: np.ndarray, codec: ModuleType) -> tuple[np.ndarray, ErrorStats]:
+    """HF MXFP4 blocks [N, 16] and scales [N] -> (the codec's bytes [N, BLOCK_BYTES], the
+    error of those bytes against the MXFP4 values).
+
+    The blocks are worked on column-wise ([16, N]: byte j of every block), where numpy's
+    element-wise ops and per-block reductions run over contiguous rows."""
+    layout, t = LAYOUTS[codec], tables(codec)
+    blocks, scales = blocks.reshape(-1, 16), scales.reshape(-1)
+    columns = np.ascontiguousarray(blocks.T)
+    lead = leading_codes(columns)
+    index = (ggml_pairs(columns) if layout.ggml_pairs else columns).astype(np.intp)
+    index |= lead.astype(np.intp) << 8
+    with np.errstate(over="ignore", invalid="ignore"):
+        s = np.ldexp(np.float32(1), scales.astype(np.int32) - 127).astype(np.float32)
+        d16 = fp16_bits(t.d_unit[lead] * s)
+        out = layout.assemble(d16, t.words.take(index, mode="wrap"))
+        # Where the stored fp16 d is the unit d times s (not in fp16's subnormal or overflow
+        # range), the error scales by s too; other blocks are measured, and made, directly.
+        regular = (scales >= SAFE_SCALES[0]) & (scales <= SAFE_SCALES[1])
+        regular &= fp16_value(d16) == t.d16_unit[lead] * s
+        s2 = np.where(regular, s.astype(np.float64) ** 2, 0.0)
+    sums = np.add.reduce(t.sums.take(index, mode="wrap").view(np.float32).reshape(16, -1), axis=0).reshape(-1, 2)
+    worst_sq = np.maximum.reduce(t.max_sq_err.take(index, mode="wrap"), axis=0) * s2
+    stats = ErrorStats(n=32 * blocks.shape[0], sum_sq_x=float(sums[:, 1] @ s2), sum_sq_err=float(sums[:, 0] @ s2),
+                       max_abs_err=float(np.sqrt(worst_sq.max(initial=0.0))))
+    irregular = np.flatnonzero(~regular)
+    if irregular.size:
+        values = mxfp4.decode_hf(blocks[irregular], scales[irregular]).reshape(-1, 32)
+        out[irregular] = codec.pack(*codec.scales_and_codes(values))
+        measured = ErrorStats()
+        measured.add(values, codec.dequantize(out[irregular]))
+        stats.sum_sq_x += measured.sum_sq_x
+        stats.sum_sq_err += measured.sum_sq_err
+        stats.max_abs_err = max(stats.max_abs_err, measured.max_abs_err)
+    return out, stats
