@@ -22,7 +22,6 @@ from gguf import GGMLQuantizationType as T
 
 from ..checkpoint.safetensors_source import SafetensorsCheckpoint
 from ..files.gguf import tensor_nbytes
-from ..files.stream import CHUNK_BYTES
 from ..formats import floats, mxfp4, mxfp4_requant
 from ..formats.registry import QUANTIZERS, encode
 from ..metrics import ErrorStats
@@ -70,6 +69,9 @@ def plan_requantized(ckpt: SafetensorsCheckpoint, mixture_key: str, keep_mxfp4_e
 
 
 PIECE_VALUES = 1 << 18  # work in cache-sized pieces: large temporaries cost more than the math
+# Source bytes per task: small enough that even a 2880 x 4096 tensor gives every thread
+# several tasks (whole experts are the floor), large enough to keep the writer's calls few.
+TASK_BYTES = 4 << 20
 
 
 def pieces(target: Target, chunk) -> Iterator:
@@ -124,7 +126,7 @@ def _requantized_chunks(target: Target, qtype: T, stats: ErrorStats, threads: in
     threads (pread and numpy release the GIL), at most 2 * threads slices ahead of the writer."""
     with ThreadPoolExecutor(max_workers=threads) as pool:
         pending: deque = deque()
-        for start, stop in chunk_ranges(target, CHUNK_BYTES // 4):
+        for start, stop in chunk_ranges(target, TASK_BYTES):
             pending.append(pool.submit(_requantize_range, target, qtype, start, stop))
             if len(pending) >= 2 * threads:
                 yield _merge(pending.popleft().result(), stats)

@@ -54,16 +54,17 @@ def _assemble_q4_0(d16: np.ndarray, words: np.ndarray) -> np.ndarray:
     return out
 
 
-_BIT_OF_BYTE = 2.0 ** np.arange(16)
+_ROW_SHIFT = np.arange(16, dtype=np.uint32)[:, None]
 
 
 def _assemble_q5_0(d16: np.ndarray, words: np.ndarray) -> np.ndarray:
     out = np.empty((d16.shape[0], q5_0.BLOCK_BYTES), np.uint8)
     out[:, 0:2] = d16.reshape(-1, 1).view(np.uint8)
     # word >> 8 holds the fifth bit of element j at bit 0 and that of element j + 16 at
-    # bit 16; qh is the sum over j of (word >> 8) << j, a dot product exact in float64.
-    qh = (_BIT_OF_BYTE @ (words >> 8).astype(np.float64)).astype(np.uint32)
-    out[:, 2:6] = qh.view(np.uint8).reshape(-1, 4)
+    # bit 16: shifted left by j and OR-ed over the 16 rows, they make the block's qh.
+    high = words >> 8
+    high <<= _ROW_SHIFT
+    out[:, 2:6] = np.bitwise_or.reduce(high, axis=0).view(np.uint8).reshape(-1, 4)
     out[:, 6:] = words.astype(np.uint8).T  # the low nibbles of elements j and j + 16
     return out
 
@@ -124,13 +125,13 @@ _BYTE_ORDER = ((30 - 2 * np.arange(16)) << 1).astype(np.uint16)[:, None]  # earl
 
 
 def leading_codes(columns: np.ndarray) -> np.ndarray:
-    """HF bytes [16, N] (byte j of every block) -> per block, the code of its first value of
+    """HF bytes [16, N] (byte j of every block, as intp) -> per block, the code of its first value of
     largest magnitude (0 when all are zero: ggml's max stays +0 whatever the zeros' signs).
 
     E2M1 magnitudes order as the codes' low three bits, so the key (magnitude << 6 |
     (31 - element) << 1 | sign) is largest at the block's first largest value, and carries
     that value's sign along."""
-    keys = _BYTE_KEYS.take(columns)
+    keys = _BYTE_KEYS.take(columns, mode="wrap")
     keys |= _BYTE_ORDER
     top = np.maximum.reduce(keys, axis=0)
     lead = ((top >> 6) | ((top & 1) << 3)).astype(np.uint8)
@@ -159,8 +160,9 @@ def requantize(blocks: np.ndarray, scales: np.ndarray, codec: ModuleType) -> tup
     layout, t = LAYOUTS[codec], tables(codec)
     blocks, scales = blocks.reshape(-1, 16), scales.reshape(-1)
     columns = np.ascontiguousarray(blocks.T)
-    lead = leading_codes(columns)
-    index = (ggml_pairs(columns) if layout.ggml_pairs else columns).astype(np.intp)
+    hf_index = columns.astype(np.intp)  # take() wants intp; any other index is converted per call
+    lead = leading_codes(hf_index)
+    index = ggml_pairs(columns).astype(np.intp) if layout.ggml_pairs else hf_index
     index |= lead.astype(np.intp) << 8
     with np.errstate(over="ignore", invalid="ignore"):
         s = np.ldexp(np.float32(1), scales.astype(np.int32) - 127).astype(np.float32)
