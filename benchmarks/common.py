@@ -27,6 +27,24 @@ def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, int]:
     return wall, usage.ru_maxrss * 1024
 
 
+def fair_start(inputs: list[Path]) -> str:
+    """Give the next measured run the same start as any other: dirty pages written out, the
+    page cache emptied where we may (root on Linux), then the run's inputs read once, so
+    that it finds them cached and nothing else. Returns how the cache was left."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        state = "page cache dropped, inputs pre-read"
+    except OSError:
+        state = "inputs pre-read (page cache not dropped: no permission)"
+    for path in inputs:
+        for f in sorted(path.glob("*")) if path.is_dir() else [path]:
+            with open(f, "rb", buffering=0) as fh:
+                while fh.read(64 << 20):
+                    pass
+    return state
+
+
 def fmt_row(cells, widths) -> str:
     return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))
 

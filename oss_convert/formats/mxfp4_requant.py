@@ -29,6 +29,7 @@ from .kquant_search import fp16_bits, fp16_value
 # |c| >= 0.5, d >= s * 0.5 / 127 and 1/d need about 2^-117 <= s <= 2^123; kept with margin.
 SAFE_SCALES = (16, 240)
 
+
 @dataclass(frozen=True)
 class Layout:
     """How a type stores a block's codes: which two codes share an input byte (HF bytes
@@ -125,8 +126,9 @@ _BYTE_ORDER = ((30 - 2 * np.arange(16)) << 1).astype(np.uint16)[:, None]  # earl
 
 
 def leading_codes(columns: np.ndarray) -> np.ndarray:
-    """HF bytes [16, N] (byte j of every block, as intp) -> per block, the code of its first value of
-    largest magnitude (0 when all are zero: ggml's max stays +0 whatever the zeros' signs).
+    """HF bytes [16, N] (byte j of every block, as intp) -> per block, the code of its first
+    value of largest magnitude (0 when all are zero: ggml's max stays +0 whatever the zeros'
+    signs).
 
     E2M1 magnitudes order as the codes' low three bits, so the key (magnitude << 6 |
     (31 - element) << 1 | sign) is largest at the block's first largest value, and carries
@@ -175,15 +177,13 @@ def requantize(blocks: np.ndarray, scales: np.ndarray, codec: ModuleType) -> tup
         s2 = np.where(regular, s.astype(np.float64) ** 2, 0.0)
     sums = np.add.reduce(t.sums.take(index, mode="wrap").view(np.float32).reshape(16, -1), axis=0).reshape(-1, 2)
     worst_sq = np.maximum.reduce(t.max_sq_err.take(index, mode="wrap"), axis=0) * s2
-    stats = ErrorStats(n=32 * blocks.shape[0], sum_sq_x=float(sums[:, 1] @ s2), sum_sq_err=float(sums[:, 0] @ s2),
-                       max_abs_err=float(np.sqrt(worst_sq.max(initial=0.0))))
+    stats = ErrorStats(n=32 * int(regular.sum()), sum_sq_x=float(sums[:, 1] @ s2),
+                       sum_sq_err=float(sums[:, 0] @ s2), max_abs_err=float(np.sqrt(worst_sq.max(initial=0.0))))
     irregular = np.flatnonzero(~regular)
     if irregular.size:
         values = mxfp4.decode_hf(blocks[irregular], scales[irregular]).reshape(-1, 32)
         out[irregular] = codec.pack(*codec.scales_and_codes(values))
         measured = ErrorStats()
         measured.add(values, codec.dequantize(out[irregular]))
-        stats.sum_sq_x += measured.sum_sq_x
-        stats.sum_sq_err += measured.sum_sq_err
-        stats.max_abs_err = max(stats.max_abs_err, measured.max_abs_err)
+        stats.merge(measured)
     return out, stats
