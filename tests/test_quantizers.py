@@ -172,3 +172,19 @@ def test_mxfp4_by_table_measures_the_error_of_its_bytes(qtype):
     assert stats.n == direct.n
     for key, value in direct.report().items():
         assert stats.report()[key] == pytest.approx(value, rel=1e-5), key
+
+
+def test_row_sums_add_rows_in_order():
+    """The K-quant searches rely on numpy reducing a C-ordered [n, G] array along axis 0 one
+    row after another (the C loop's float32 order), not pairwise; checked against a plain
+    loop on shapes and magnitudes where the two orders would round differently."""
+    from oss_convert.formats.kquant_search import seq_sum_rows
+    rng = np.random.default_rng(13)
+    for n, g in [(32, 1), (32, 2), (32, 3), (16, 8192), (256, 7), (8, 65536)]:
+        terms = (rng.standard_normal((n, g)) * 10.0 ** rng.integers(-3, 8, (n, 1))).astype(np.float32)
+        expected = terms[0].copy()
+        for row in terms[1:]:
+            expected = (expected + row).astype(np.float32)
+        np.testing.assert_array_equal(seq_sum_rows(terms), expected)
+        if g > 1000:  # the data tells the orders apart: numpy's pairwise sum along rows differs
+            assert not np.array_equal(np.ascontiguousarray(terms.T).sum(axis=1), expected)
