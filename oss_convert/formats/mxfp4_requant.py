@@ -111,30 +111,39 @@ def tables(codec: ModuleType) -> Tables:
                   d_unit=d_unit, d16_unit=fp16_value(fp16_bits(d_unit)))
 
 
-def _byte_keys() -> np.ndarray:
-    """HF byte (element 2j low, 2j+1 high) -> (larger magnitude << 6 | low one wins << 1 |
-    the winner's sign bit); the low nibble wins ties, as it comes first."""
+def _byte_keys(ggml_pairs: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per byte of two E2M1 codes, its bits of the leading-value key (magnitude << 6 |
+    position << 1 | sign), and per byte index j the position bits to OR in.
+
+    HF byte j holds elements 2j (low nibble) and 2j+1; GGML byte j holds elements j and j+16.
+    Either way the low nibble comes first and wins ties; the key's position is 31 - element,
+    so that the first of equal magnitudes ranks highest."""
     byte = np.arange(256)
     lo, hi = byte & 7, (byte >> 4) & 7
     lo_wins = lo >= hi
     sign = np.where(lo_wins, (byte >> 3) & 1, byte >> 7)
-    return ((np.maximum(lo, hi) << 6) | (lo_wins << 1) | sign).astype(np.uint16)
+    j = np.arange(16)
+    if ggml_pairs:  # positions 31 - j (low) and 15 - j (high): the low one adds 16
+        keys, order = (lo_wins << 5), (15 - j) << 1
+    else:  # positions 31 - 2j (low) and 30 - 2j (high): the low one adds 1
+        keys, order = (lo_wins << 1), (30 - 2 * j) << 1
+    keys = (np.maximum(lo, hi) << 6) | keys | sign
+    return keys.astype(np.uint16), order.astype(np.uint16)[:, None]
 
 
-_BYTE_KEYS = _byte_keys()
-_BYTE_ORDER = ((30 - 2 * np.arange(16)) << 1).astype(np.uint16)[:, None]  # earlier bytes rank higher
+_BYTE_KEYS = {layout: _byte_keys(layout) for layout in (False, True)}
 
 
-def leading_codes(columns: np.ndarray) -> np.ndarray:
-    """HF bytes [16, N] (byte j of every block, as intp) -> per block, the code of its first
-    value of largest magnitude (0 when all are zero: ggml's max stays +0 whatever the zeros'
-    signs).
+def leading_codes(pairs: np.ndarray, ggml_pairs: bool) -> np.ndarray:
+    """Bytes [16, N] (byte j of every block, as intp; HF or GGML pairing) -> per block, the
+    code of its first value of largest magnitude (0 when all are zero: ggml's max stays +0
+    whatever the zeros' signs).
 
-    E2M1 magnitudes order as the codes' low three bits, so the key (magnitude << 6 |
-    (31 - element) << 1 | sign) is largest at the block's first largest value, and carries
-    that value's sign along."""
-    keys = _BYTE_KEYS.take(columns, mode="wrap")
-    keys |= _BYTE_ORDER
+    E2M1 magnitudes order as the codes' low three bits, so the largest key is the block's
+    first largest value, and it carries that value's sign along."""
+    byte_keys, order = _BYTE_KEYS[ggml_pairs]
+    keys = byte_keys.take(pairs, mode="wrap")
+    keys |= order
     top = np.maximum.reduce(keys, axis=0)
     lead = ((top >> 6) | ((top & 1) << 3)).astype(np.uint8)
     lead[top < 64] = 0
@@ -162,9 +171,9 @@ def requantize(blocks: np.ndarray, scales: np.ndarray, codec: ModuleType) -> tup
     layout, t = LAYOUTS[codec], tables(codec)
     blocks, scales = blocks.reshape(-1, 16), scales.reshape(-1)
     columns = np.ascontiguousarray(blocks.T)
-    hf_index = columns.astype(np.intp)  # take() wants intp; any other index is converted per call
-    lead = leading_codes(hf_index)
-    index = ggml_pairs(columns).astype(np.intp) if layout.ggml_pairs else hf_index
+    pairs = ggml_pairs(columns) if layout.ggml_pairs else columns
+    index = pairs.astype(np.intp)  # take() wants intp; any other index is converted per call
+    lead = leading_codes(index, layout.ggml_pairs)
     index |= lead.astype(np.intp) << 8
     with np.errstate(over="ignore", invalid="ignore"):
         s = np.ldexp(np.float32(1), scales.astype(np.int32) - 127).astype(np.float32)
