@@ -131,7 +131,7 @@ def _byte_keys(ggml_pairs: bool) -> tuple[np.ndarray, np.ndarray]:
     return keys.astype(np.uint16), order.astype(np.uint16)[:, None]
 
 
-_BYTE_KEYS = {layout: _byte_keys(layout) for layout in (False, True)}
+_BYTE_KEYS = {paired: _byte_keys(paired) for paired in (False, True)}
 
 
 def leading_codes(pairs: np.ndarray, ggml_pairs: bool) -> np.ndarray:
@@ -150,7 +150,7 @@ def leading_codes(pairs: np.ndarray, ggml_pairs: bool) -> np.ndarray:
     return lead
 
 
-def ggml_pairs(columns: np.ndarray) -> np.ndarray:
+def ggml_pair_columns(columns: np.ndarray) -> np.ndarray:
     """HF bytes [16, N] (elements 2j, 2j+1) -> GGML bytes [16, N] (elements j, j+16)."""
     out = np.empty_like(columns)
     out[0::2] = (columns[:8] & 0x0F) | (columns[8:] << 4)
@@ -171,7 +171,7 @@ def requantize(blocks: np.ndarray, scales: np.ndarray, codec: ModuleType) -> tup
     layout, t = LAYOUTS[codec], tables(codec)
     blocks, scales = blocks.reshape(-1, 16), scales.reshape(-1)
     columns = np.ascontiguousarray(blocks.T)
-    pairs = ggml_pairs(columns) if layout.ggml_pairs else columns
+    pairs = ggml_pair_columns(columns) if layout.ggml_pairs else columns
     index = pairs.astype(np.intp)  # take() wants intp; any other index is converted per call
     lead = leading_codes(index, layout.ggml_pairs)
     index |= lead.astype(np.intp) << 8
