@@ -96,3 +96,40 @@ def test_cost_report(bundled, tmp_path):
     assert q8["to"] == "Q8_0" and q8["snr_db"] > gate["snr_db"] + 10  # 8 bits beat 5 bits
     assert 4 < cost["bits_per_weight"] < 9
     assert "blk.0.attn_norm.weight" not in by_name  # unchanged tensors cost nothing
+
+
+def _with_infinity(src, dst):
+    """A copy of a checkpoint whose layer-0 q_proj weight holds one +inf (BF16 0x7F80)."""
+    from oss_convert.files.safetensors import read_header
+    from tests.conftest import copy_tree
+    copy_tree(src, dst)
+    stored = read_header(dst / "model.safetensors").tensors["model.layers.0.self_attn.q_proj.weight"]
+    with open(stored.path, "r+b") as f:
+        f.seek(stored.offset + 2 * 37)
+        f.write(b"\x80\x7f")
+    return dst
+
+
+def test_a_source_with_an_infinity_is_refused_like_llama_quantize_does(bundled, tmp_path):
+    """ggml's row validation rejects the Q5_0 block whose scale became infinite; so do we,
+    with one line naming the tensor, and no file."""
+    src = _with_infinity(bundled, tmp_path / "inf")
+    out = tmp_path / "q.gguf"
+    result = CliRunner().invoke(cli, ["convert", str(src), "-o", str(out), "--type", "q4_k_m"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    lines = result.output.strip().splitlines()  # the plan, printed before the work, then one error
+    errors = [line for line in lines if line.startswith("Error")]
+    assert errors == lines[-1:] and "Traceback" not in result.output
+    assert errors[0].startswith(
+        "Error: blk.0.attn_q.weight: quantized data validation failed: 1 infinite or NaN Q5_0 block scales"), errors
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["inf"]  # no partial file left either
+    # the lossless conversion has nothing to quantize, and keeps the infinity as it is
+    assert CliRunner().invoke(cli, ["convert", str(src), "-o", str(out)]).exit_code == 0
+
+
+@pytest.mark.reference
+def test_llama_quantize_refuses_the_same_source(bundled, llama_convert, llama_cpp, tmp_path):
+    src = _with_infinity(bundled, tmp_path / "inf")
+    with pytest.raises(RuntimeError, match="llama_model_quantize failed"):
+        llama_quantize(llama_convert(src), tmp_path / "ref.gguf", MIXTURES["q4_k_m"].file_type)

@@ -188,3 +188,32 @@ def test_row_sums_add_rows_in_order():
         np.testing.assert_array_equal(seq_sum_rows(terms), expected)
         if g > 1000:  # the data tells the orders apart: numpy's pairwise sum along rows differs
             assert not np.array_equal(np.ascontiguousarray(terms.T).sum(axis=1), expected)
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("qtype", TYPES + [T.F16, T.BF16, T.F32], ids=lambda t: t.name)
+def test_validation_rejects_what_ggml_rejects(ggml, qtype):
+    """Block by block (value by value for float types), our check of written data says what
+    ggml_validate_row_data says: fp16 scales that are inf or NaN fail, subnormal ones pass."""
+    from oss_convert.formats.registry import encode
+    from oss_convert.formats.validate import FP16_SCALES, invalid_count
+    rng = np.random.default_rng(14)
+    data = np.ascontiguousarray(encode(rng.standard_normal((4, 256)).astype(np.float32), qtype)).view(np.uint8)
+    if qtype in FP16_SCALES:
+        units = data.reshape(-1, gguf_quants.GGML_QUANT_SIZES[qtype][1]).copy()
+        offsets = FP16_SCALES[qtype]
+    else:
+        units = data.reshape(-1, {T.F16: 2, T.BF16: 2, T.F32: 4}[qtype]).copy()
+        offsets = (0,)
+    # per unit: untouched, or one scale (value) set to +inf, -inf, NaN, a subnormal, zero
+    patterns = {T.F32: [None, 0x7F800000, 0xFF800000, 0x7FC00001, 0x00000001, 0],
+                T.BF16: [None, 0x7F80, 0xFF80, 0x7FC1, 0x0001, 0]}.get(qtype, [None, 0x7C00, 0xFC00, 0x7E01, 0x0001, 0])
+    width = 4 if qtype == T.F32 else 2
+    for i, unit in enumerate(units):
+        word = patterns[i % len(patterns)]
+        if word is not None:
+            at = offsets[(i // len(patterns)) % len(offsets)]
+            unit[at:at + width] = np.frombuffer(int(word).to_bytes(width, "little"), np.uint8)
+    for unit in units:
+        assert (invalid_count(unit, qtype) == 0) == ggml.validates(qtype, unit), unit[:4]
+    assert 0 < invalid_count(units, qtype) < len(units)

@@ -21,9 +21,11 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 
 from ..checkpoint.safetensors_source import SafetensorsCheckpoint
+from ..errors import OssConvertError
 from ..files.gguf import tensor_nbytes
 from ..formats import floats, mxfp4, mxfp4_requant
 from ..formats.registry import QUANTIZERS, encode
+from ..formats.validate import FP16_SCALES, invalid_count
 from ..metrics import ErrorStats
 from .layout import Target, chunk_ranges, rows_of
 from .lossless import PlannedTensor, plan_lossless
@@ -118,7 +120,13 @@ def _requantize_range(target: Target, qtype: T, start: int, stop: int) -> tuple[
         data, piece_stats = _requantize_piece(target, qtype, piece)
         out.append(data.reshape(-1))
         stats.merge(piece_stats)
-    return np.concatenate(out), stats
+    data = np.concatenate(out)
+    if bad := invalid_count(data, qtype):
+        what = "block scales" if qtype in FP16_SCALES else "values"
+        raise OssConvertError(f"{target.name}: quantized data validation failed: {bad} infinite or NaN {qtype.name} "
+                              f"{what} (the source holds infinities, NaNs or values beyond fp16's range); "
+                              "like llama-quantize, nothing was written")
+    return data, stats
 
 
 def _requantized_chunks(target: Target, qtype: T, stats: ErrorStats, threads: int) -> Iterator[np.ndarray]:

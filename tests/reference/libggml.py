@@ -17,6 +17,8 @@ def load():
     lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
                                         ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
     lib.ggml_quantize_init.argtypes = [ctypes.c_int]
+    lib.ggml_validate_row_data.restype = ctypes.c_bool
+    lib.ggml_validate_row_data.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
     return lib
 
 
@@ -34,3 +36,8 @@ class GGMLQuantizer:
         written = self.lib.ggml_quantize_chunk(int(qtype), x.ctypes.data, out.ctypes.data, 0, rows, n, None)
         assert written == out.nbytes
         return out
+
+    def validates(self, qtype: GGMLQuantizationType, data: np.ndarray) -> bool:
+        """ggml_validate_row_data: what llama-quantize checks in every row it writes."""
+        raw = np.ascontiguousarray(data).view(np.uint8)
+        return bool(self.lib.ggml_validate_row_data(int(qtype), raw.ctypes.data, raw.nbytes))
