@@ -25,11 +25,19 @@ def truncate_u8(v: np.ndarray) -> np.ndarray:
     return np.trunc(v).astype(np.int32)
 
 
-def scales_and_codes(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """float32 blocks [N, 32] -> (d float32 [N], codes uint8 [N, 32] in 0..15)."""
-    d = (signed_absmax(blocks) / F32(-8)).astype(F32)
-    q = np.minimum(15, truncate_u8(blocks * inverse(d)[:, None] + F32(8.5))).astype(np.uint8)
+def symmetric_scales_and_codes(blocks: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]:
+    """ggml's rule for Q4_0 (16 levels) and Q5_0 (32): d = max / -(levels / 2), with max
+    the first value of largest magnitude, and q = min(levels - 1, trunc(x / d + levels / 2 + 0.5)).
+
+    float32 blocks [N, 32] -> (d float32 [N], codes uint8 [N, 32] in 0..levels - 1)."""
+    half = levels // 2
+    d = (signed_absmax(blocks) / F32(-half)).astype(F32)
+    q = np.minimum(levels - 1, truncate_u8(blocks * inverse(d)[:, None] + F32(half + 0.5))).astype(np.uint8)
     return d, q
+
+
+def scales_and_codes(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return symmetric_scales_and_codes(blocks, 16)
 
 
 def pack(d: np.ndarray, q: np.ndarray) -> np.ndarray:

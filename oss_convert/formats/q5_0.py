@@ -8,8 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from .kquant_search import F32, fp16_bits, fp16_value
-from .q4_0 import inverse, truncate_u8
-from .rounding import signed_absmax
+from .q4_0 import symmetric_scales_and_codes
 
 BLOCK = 32
 BLOCK_BYTES = 22
@@ -29,10 +28,7 @@ def unpack_5bit(qh: np.ndarray, qs: np.ndarray) -> np.ndarray:
 
 
 def scales_and_codes(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """float32 blocks [N, 32] -> (d float32 [N], codes uint8 [N, 32] in 0..31)."""
-    d = (signed_absmax(blocks) / F32(-16)).astype(F32)
-    q = np.minimum(31, truncate_u8(blocks * inverse(d)[:, None] + F32(16.5))).astype(np.uint8)
-    return d, q
+    return symmetric_scales_and_codes(blocks, 32)
 
 
 def pack(d: np.ndarray, q: np.ndarray) -> np.ndarray:
