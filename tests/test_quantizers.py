@@ -100,6 +100,8 @@ def test_mxfp4_layouts_are_inverse():
     assert (b == blocks).all() and (s == scales).all()
     b, s = mxfp4.ollama_to_hf(mxfp4.hf_to_ollama(blocks, scales))
     assert (b == blocks).all() and (s == scales).all()
+    columns = np.ascontiguousarray(blocks.reshape(-1, 16).T)  # the column-wise form moves the same nibbles
+    assert (mxfp4.hf_to_ggml_columns(columns).T == ggml.reshape(-1, 17)[:, 1:]).all()
 
 
 def test_mxfp4_ggml_bytes_decode_as_gguf_py_does():

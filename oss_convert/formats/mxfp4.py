@@ -62,6 +62,15 @@ def hf_to_ggml_qs(blocks: np.ndarray) -> np.ndarray:
     return qs
 
 
+def hf_to_ggml_columns(columns: np.ndarray) -> np.ndarray:
+    """hf_to_ggml_qs for blocks stored column-wise: HF bytes [16, N] (byte j of every block)
+    -> GGML bytes [16, N]. Whole rows move, so it runs on contiguous memory."""
+    out = np.empty_like(columns)
+    out[0::2] = (columns[:8] & 0x0F) | (columns[8:] << 4)
+    out[1::2] = (columns[:8] >> 4) | (columns[8:] & 0xF0)
+    return out
+
+
 def ggml_to_hf(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """GGML bytes [..., G * 17] -> HF blocks [..., G, 16] and scales [..., G]."""
     blocks17 = data.reshape(data.shape[:-1] + (-1, GGML_BLOCK_BYTES))

@@ -150,14 +150,6 @@ def leading_codes(pairs: np.ndarray, ggml_pairs: bool) -> np.ndarray:
     return lead
 
 
-def ggml_pair_columns(columns: np.ndarray) -> np.ndarray:
-    """HF bytes [16, N] (elements 2j, 2j+1) -> GGML bytes [16, N] (elements j, j+16)."""
-    out = np.empty_like(columns)
-    out[0::2] = (columns[:8] & 0x0F) | (columns[8:] << 4)
-    out[1::2] = (columns[:8] >> 4) | (columns[8:] & 0xF0)
-    return out
-
-
 def supports(codec: ModuleType) -> bool:
     return codec in LAYOUTS
 
@@ -171,7 +163,7 @@ def requantize(blocks: np.ndarray, scales: np.ndarray, codec: ModuleType) -> tup
     layout, t = LAYOUTS[codec], tables(codec)
     blocks, scales = blocks.reshape(-1, 16), scales.reshape(-1)
     columns = np.ascontiguousarray(blocks.T)
-    pairs = ggml_pair_columns(columns) if layout.ggml_pairs else columns
+    pairs = mxfp4.hf_to_ggml_columns(columns) if layout.ggml_pairs else columns
     index = pairs.astype(np.intp)  # take() wants intp; any other index is converted per call
     lead = leading_codes(index, layout.ggml_pairs)
     index |= lead.astype(np.intp) << 8
