@@ -66,6 +66,16 @@ def test_packed_mxfp4_expands_exactly():
     np.testing.assert_array_equal(p[1].numpy(), mxfp4.decode_hf(blocks, p.scales.numpy())[1])
 
 
+def test_packed_mxfp4_expands_every_scale_byte_as_the_format_does():
+    """All 256 E8M0 bytes (0 gives 2^-127, a subnormal; 255 is NaN) against every code."""
+    codes = torch.arange(256, dtype=torch.uint8).repeat(256, 1).reshape(1, 256, 16, 16)
+    scales = torch.arange(256, dtype=torch.uint8).reshape(1, 256, 1).repeat(1, 1, 16)
+    p = PackedExperts("MXFP4", (1, 256, 16 * 32), codes.reshape(1, 256, -1), scales)
+    with np.errstate(over="ignore"):  # 6 * 2^127 is inf in float32 for both
+        want = mxfp4.decode_hf(codes.numpy(), scales.numpy())[0]
+    np.testing.assert_array_equal(p[0].numpy(), want)  # NaNs compare equal here
+
+
 GGUF_TYPES = [T.Q4_0, T.Q5_0, T.Q5_1, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K, T.F16, T.BF16, T.F32]
 
 

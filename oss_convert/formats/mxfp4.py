@@ -109,7 +109,7 @@ def decode_hf(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
     """HF blocks/scales -> float32 values [..., G * 32]."""
     values = _PAIRS[blocks].view(np.float32).reshape(blocks.shape[:-1] + (32,))
     # 2^(s-127) for s in 0..254 (255 is NaN in E8M0); ldexp is exact for all of them.
-    factor = np.ldexp(np.float32(1), scales.astype(np.int32) - 127).astype(np.float32)
+    factor = np.ldexp(np.float32(1), np.minimum(scales, 254).astype(np.int32) - 127).astype(np.float32)
     factor[scales == 255] = np.nan
     values *= factor[..., None]
     return values.reshape(blocks.shape[:-2] + (-1,))

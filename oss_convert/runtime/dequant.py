@@ -21,6 +21,7 @@ def mxfp4_to_float(codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     lut = E2M1.to(codes.device)
     values = torch.stack([lut[(codes & 0x0F).long()], lut[(codes >> 4).long()]], dim=-1).flatten(-2)
     factor = torch.exp2(scales.float() - 127)
+    factor = torch.where(scales == 255, torch.nan, factor)  # E8M0's one NaN, not 2^128
     return (values.unflatten(-1, (-1, 32)) * factor[..., None]).flatten(-2)
 
 
