@@ -35,7 +35,7 @@ def random_mxfp4(E: int, N: int, K: int, gen: torch.Generator) -> PackedExperts:
 
 
 @kernels_runnable
-@pytest.mark.parametrize("tokens,hidden,inter", [(1, 64, 32), (23, 96, 64), (70, 64, 96)])
+@pytest.mark.parametrize("tokens,hidden,inter", [(1, 64, 32), (8, 64, 64), (23, 96, 64), (70, 64, 96)])
 def test_triton_kernels_match_the_reference_on_ragged_routing(tokens, hidden, inter):
     from oss_convert.runtime.triton_moe import moe_mxfp4_triton
     gen = torch.Generator().manual_seed(tokens)
@@ -153,3 +153,4 @@ def test_requantized_port_shows_a_nonzero_difference(bundled, tmp_path):
 def test_compare_rejects_bad_layers(bundled):
     result = CliRunner().invoke(cli, ["compare", str(bundled), str(bundled), "--layers", "7"])
     assert result.exit_code == 1 and "layers 0..3" in result.output
+

@@ -12,7 +12,8 @@ so every tile of BLOCK_M rows belongs to one expert. Two kernels:
 
 Packed codes hold element 2j in the low nibble and 2j+1 in the high one: the HF layout, and
 the one tl.dot_scaled reads. For decode (few assignments) each assignment gets a tile of its
-own instead of a sort by expert.
+own instead of a sort by expert, found from the router's expert ids inside the kernels, so
+a decode step launches the two kernels and the final sum over slots, nothing else.
 """
 
 from __future__ import annotations
@@ -53,17 +54,34 @@ def _mxfp4_matmul_tile(a_ptr, a_rows, a_mask, stride_a, K,
 
 
 @triton.jit
+def _tile(pid_m, tile_expert_ptr, sorted_ptr, ONE_PER_TILE: tl.constexpr, BLOCK_M: tl.constexpr):
+    """(expert, rows of act, assignment per row, valid rows) of tile pid_m.
+
+    Sorted layout: tile_expert and the padded sorted order say it all; act rows are positions in
+    that order. ONE_PER_TILE (decode): tile_expert_ptr is the router's expert ids themselves,
+    tile t holds assignment t in its first row, and act row t belongs to assignment t."""
+    r = tl.arange(0, BLOCK_M)
+    if ONE_PER_TILE:
+        e = tl.load(tile_expert_ptr + pid_m).to(tl.int32)
+        assignment = tl.where(r == 0, pid_m, -1)
+        rows = tl.where(r == 0, pid_m, 0)
+    else:
+        e = tl.load(tile_expert_ptr + pid_m)
+        rows = pid_m * BLOCK_M + r
+        assignment = tl.load(sorted_ptr + rows)
+    return e, rows, assignment, assignment >= 0
+
+
+@triton.jit
 def _gate_up_kernel(x_ptr, w_ptr, s_ptr, b_ptr, act_ptr, tile_expert_ptr, sorted_ptr,
                     K, N, top_k, stride_x, stride_we, stride_wn, stride_se, stride_sn, stride_be, stride_act,
                     limit, alpha,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                    ONE_PER_TILE: tl.constexpr):
     pid_m, pid_n = tl.program_id(0), tl.program_id(1)
-    e = tl.load(tile_expert_ptr + pid_m)
+    e, rows, assignment, valid = _tile(pid_m, tile_expert_ptr, sorted_ptr, ONE_PER_TILE, BLOCK_M)
     if e < 0:  # a spare tile of the fixed-size grid
         return
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # positions in the padded, sorted order
-    assignment = tl.load(sorted_ptr + rows)
-    valid = assignment >= 0
     tokens = tl.where(valid, assignment // top_k, 0)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
@@ -82,14 +100,12 @@ def _gate_up_kernel(x_ptr, w_ptr, s_ptr, b_ptr, act_ptr, tile_expert_ptr, sorted
 @triton.jit
 def _down_kernel(act_ptr, w_ptr, s_ptr, b_ptr, route_w_ptr, y_ptr, tile_expert_ptr, sorted_ptr,
                  K, N, stride_act, stride_we, stride_wn, stride_se, stride_sn, stride_be, stride_y,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                 ONE_PER_TILE: tl.constexpr):
     pid_m, pid_n = tl.program_id(0), tl.program_id(1)
-    e = tl.load(tile_expert_ptr + pid_m)
+    e, rows, assignment, valid = _tile(pid_m, tile_expert_ptr, sorted_ptr, ONE_PER_TILE, BLOCK_M)
     if e < 0:
         return
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    assignment = tl.load(sorted_ptr + rows)
-    valid = assignment >= 0
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
     acc = _mxfp4_matmul_tile(act_ptr, rows, valid, stride_act, K, w_ptr, s_ptr, e, offs_n, n_mask,
@@ -127,15 +143,6 @@ def align_by_expert(experts: torch.Tensor, n_experts: int, block_m: int):
     return sorted_ids, tile_expert
 
 
-def one_assignment_per_tile(experts: torch.Tensor, block_m: int):
-    """Decode's layout: tile t holds assignment t alone (no sort). Each assignment reads its
-    expert's weights once; with few tokens the chosen experts rarely repeat."""
-    flat = experts.reshape(-1)
-    sorted_ids = torch.full((flat.numel() * block_m,), -1, dtype=torch.int32, device=flat.device)
-    sorted_ids[::block_m] = torch.arange(flat.numel(), dtype=torch.int32, device=flat.device)
-    return sorted_ids, flat.to(torch.int32)
-
-
 def _block_m(assignments: int, n_experts: int) -> int:
     """Rows per tile: small for decode (few tokens per expert), larger for prefill."""
     return 16 if assignments <= 32 * n_experts else 64
@@ -153,24 +160,30 @@ def moe_mxfp4_triton(x: torch.Tensor, experts: torch.Tensor, weights: torch.Tens
     E, N1, K1 = gate_up.shape
     _, N2, K2 = down.shape
     block_m = block_m or _block_m(T_ * top_k, E)
-    if experts.numel() <= DECODE_ASSIGNMENTS:
-        sorted_ids, tile_expert = one_assignment_per_tile(experts, block_m)
+    one_per_tile = experts.numel() <= DECODE_ASSIGNMENTS
+    if one_per_tile:  # the kernels read the router's expert ids directly: no device work before them
+        tile_expert = experts.reshape(-1).contiguous()
+        sorted_ids, act_rows = tile_expert, tile_expert.numel()
     else:
         sorted_ids, tile_expert = align_by_expert(experts, E, block_m)
+        act_rows = sorted_ids.numel()
     tiles = tile_expert.numel()
     x = x.contiguous()
-    act = torch.empty((sorted_ids.numel(), N1 // 2), dtype=torch.bfloat16, device=x.device)
+    act = torch.empty((act_rows, N1 // 2), dtype=torch.bfloat16, device=x.device)
     _gate_up_kernel[(tiles, triton.cdiv(N1, block_n))](
         x, gate_up.data, gate_up.scales, b1, act, tile_expert, sorted_ids,
         K1, N1, top_k, x.stride(0), gate_up.data.stride(0), gate_up.data.stride(1),
         gate_up.scales.stride(0), gate_up.scales.stride(1), b1.stride(0), act.stride(0),
-        SWIGLU_LIMIT, SWIGLU_ALPHA, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps, num_stages=num_stages)
-    y = torch.zeros((T_ * top_k, N2), dtype=torch.float32, device=x.device)
+        SWIGLU_LIMIT, SWIGLU_ALPHA, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, ONE_PER_TILE=one_per_tile,
+        num_warps=num_warps, num_stages=num_stages)
+    # every assignment's row is written whole by exactly one tile, so no zero fill
+    y = torch.empty((T_ * top_k, N2), dtype=torch.float32, device=x.device)
     route_w = weights.reshape(-1).float().contiguous()
     _down_kernel[(tiles, triton.cdiv(N2, block_n))](
         act, down.data, down.scales, b2, route_w, y, tile_expert, sorted_ids,
         K2, N2, act.stride(0), down.data.stride(0), down.data.stride(1),
         down.scales.stride(0), down.scales.stride(1), b2.stride(0), y.stride(0),
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps, num_stages=num_stages)
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, ONE_PER_TILE=one_per_tile,
+        num_warps=num_warps, num_stages=num_stages)
     return y.view(T_, top_k, N2).sum(dim=1)
 
