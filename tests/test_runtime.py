@@ -154,3 +154,23 @@ def test_compare_rejects_bad_layers(bundled):
     result = CliRunner().invoke(cli, ["compare", str(bundled), str(bundled), "--layers", "7"])
     assert result.exit_code == 1 and "layers 0..3" in result.output
 
+
+def test_kernels_compile_for_hopper_without_spills():
+    """The interpreter runs code that the compiler rejects (globals that are not constexpr, for
+    one), so the kernels are also compiled for sm_90, as a launch on an H100 would, in a
+    process without TRITON_INTERPRET. In both tile layouts the main loop must use the tensor
+    cores (wgmma) and keep everything in registers."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "kernel_stats.py"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, str(script), "--tokens", "1", "64", "--json"], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    kernels = json.loads(done.stdout)["kernels"]
+    assert {(k["tokens"], k["kernel"]) for k in kernels} == {(t, n) for t in (1, 64) for n in ("gate_up", "down")}
+    for k in kernels:
+        assert k["ops"].get("HGMMA", 0) > 0, k
+        assert not k["ops"].get("LDL") and not k["ops"].get("STL"), k
+        assert k["registers"] <= 255

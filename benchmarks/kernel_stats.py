@@ -1,0 +1,151 @@
+"""What the MoE kernels compile to on Hopper, on a machine without a GPU.
+
+usage: python benchmarks/kernel_stats.py [--tokens 1 8 64] [--experts 32] [--json]
+
+Triton compiles for sm_90 without a device (ptxas ships with it). For the real gpt-oss
+shapes this compiles both MoE kernels with the argument specialization the launcher would
+give them (which integers and pointers are multiples of 16), disassembles the cubin and
+reports, for the main loop over K:
+
+- instructions per thread per iteration, and warp instructions per byte of expert weights
+  the iteration reads (codes and scales). An H100 issues about one warp instruction per
+  cycle per scheduler, 132 x 4 x 1.75 GHz ~ 0.9e12 per second, so streaming 3.35 TB/s needs
+  well under 0.27 of them per byte;
+- registers, shared memory, and how many barriers and shared-memory loads the loop holds.
+
+These are static figures, not timings: they say whether a kernel design can be bandwidth
+bound at all, and catch code that the interpreter accepts but the compiler rejects.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from oss_convert.runtime import triton_moe  # noqa: E402
+
+H = I = 2880
+TOP_K = 4
+HOPPER = GPUTarget("cuda", 90, 32)
+CUDA_BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+
+
+@dataclass
+class LoopStats:
+    kernel: str
+    instructions: int  # per thread, one iteration of the main loop
+    weight_bytes: int  # codes + scales one iteration reads, whole program
+    threads: int
+    registers: int
+    shared_bytes: int
+    ops: collections.Counter
+
+    @property
+    def warp_instructions_per_byte(self) -> float:
+        return self.instructions * (self.threads // 32) / self.weight_bytes
+
+
+def pointer_type(name: str, one_per_tile: bool) -> str:
+    return {"x_ptr": "*bf16", "act_ptr": "*bf16", "w_ptr": "*u8", "s_ptr": "*u8", "b_ptr": "*fp32",
+            "route_w_ptr": "*fp32", "y_ptr": "*fp32", "sorted_ptr": "*i32",
+            "tile_expert_ptr": "*i64" if one_per_tile else "*i32"}[name]
+
+
+def compile_kernel(kernel, values: dict, constexprs: dict, num_warps: int, num_stages: int):
+    """Compile `kernel` for sm_90 as the launcher would for these argument values."""
+    one_per_tile = bool(constexprs.get("ONE_PER_TILE"))
+    signature, attrs = {}, {}
+    for index, name in enumerate(kernel.arg_names):
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            signature[name] = pointer_type(name, one_per_tile)
+            attrs[(index,)] = [["tt.divisibility", 16]]  # torch allocations are 256-byte aligned
+        elif isinstance(values[name], float):
+            signature[name] = "fp32"
+        else:
+            signature[name] = "i32"
+            if values[name] % 16 == 0:
+                attrs[(index,)] = [["tt.divisibility", 16]]
+    source = ASTSource(kernel, signature, constexprs=constexprs, attrs=attrs)
+    return triton.compile(source, target=HOPPER, options={"num_warps": num_warps, "num_stages": num_stages})
+
+
+def main_loop_stats(compiled, name: str, weight_bytes: int, num_warps: int) -> LoopStats:
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin = Path(tmp) / "k.cubin"
+        cubin.write_bytes(compiled.asm["cubin"])
+        sass = subprocess.run([CUDA_BIN / "cuobjdump", "-sass", cubin], capture_output=True, text=True,
+                              check=True).stdout
+        usage = subprocess.run([CUDA_BIN / "cuobjdump", "-res-usage", cubin], capture_output=True, text=True,
+                               check=True).stdout
+    code = [(int(m.group(1), 16), m.group(2)) for m in re.finditer(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
+    loops = [(int(m.group(1), 16), at) for at, text in code
+             if (m := re.search(r"\bBRA\s+(0x[0-9a-f]+)", text)) and int(m.group(1), 16) < at]
+    start, end = max(loops, key=lambda loop: loop[1] - loop[0])
+    body = [re.sub(r"^@!?U?P\w+\s+", "", text).split()[0].split(".")[0] for at, text in code if start <= at <= end]
+    registers = re.search(r"REG:(\d+)", usage)
+    return LoopStats(name, len(body), weight_bytes, 32 * num_warps, int(registers.group(1)) if registers else -1,
+                     compiled.metadata.shared, collections.Counter(body))
+
+
+def moe_kernel_stats(assignments: int, n_experts: int, block_n: int = 64, block_k: int = 128, num_warps: int = 4,
+                     num_stages: int = 4) -> list[LoopStats]:
+    """Both MoE kernels as moe_mxfp4_triton would launch them for this many (token, slot) pairs."""
+    one_per_tile = assignments <= triton_moe.DECODE_ASSIGNMENTS
+    block_m = triton_moe._block_m(assignments, n_experts)
+    constexprs = dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, ONE_PER_TILE=one_per_tile)
+    per_iteration = block_n * (block_k // 2 + block_k // 32)  # codes and scales of one K step
+    stats = []
+    for name, kernel, K, N in (("gate_up", triton_moe._gate_up_kernel, H, 2 * I),
+                               ("down", triton_moe._down_kernel, I, H)):
+        values = dict(K=K, N=N, top_k=TOP_K, stride_x=H, stride_act=I, stride_y=H,
+                      stride_we=N * K // 2, stride_wn=K // 2, stride_se=N * K // 32, stride_sn=K // 32,
+                      stride_be=N, limit=7.0, alpha=1.702)
+        compiled = compile_kernel(kernel, values, constexprs, num_warps, num_stages)
+        stats.append(main_loop_stats(compiled, name, per_iteration, num_warps))
+    return stats
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--tokens", type=int, nargs="+", default=[1, 8, 64])
+    p.add_argument("--experts", type=int, default=32, help="32 for gpt-oss-20b, 128 for 120b")
+    p.add_argument("--json", action="store_true", help="one JSON document instead of the table")
+    args = p.parse_args()
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        sys.exit("kernel_stats: unset TRITON_INTERPRET; the interpreter's kernels cannot be compiled")
+    if args.json:
+        rows = [dict(tokens=tokens, kernel=s.kernel, instructions=s.instructions, registers=s.registers,
+                     shared_bytes=s.shared_bytes, warp_instructions_per_byte=s.warp_instructions_per_byte,
+                     ops=dict(s.ops))
+                for tokens in args.tokens for s in moe_kernel_stats(tokens * TOP_K, args.experts)]
+        print(json.dumps({"triton": triton.__version__, "target": "sm_90", "kernels": rows}))
+        return
+    print(f"triton {triton.__version__}, target sm_90; main loop per iteration, default launch configuration")
+    print(f"{'tokens':>6} {'kernel':8} {'instr':>6} {'warp instr/B':>12} {'regs':>5} {'smem KB':>8} {'BAR':>4} "
+          f"{'LDS':>4}  most frequent")
+    for tokens in args.tokens:
+        for s in moe_kernel_stats(tokens * TOP_K, args.experts):
+            lds = sum(n for op, n in s.ops.items() if op.startswith("LDS"))
+            common = ", ".join(f"{op} {n}" for op, n in s.ops.most_common(6))
+            print(f"{tokens:>6} {s.kernel:8} {s.instructions:>6} {s.warp_instructions_per_byte:>12.3f} "
+                  f"{s.registers:>5} {s.shared_bytes / 1024:>8.1f} {s.ops['BAR']:>4} {lds:>4}  {common}")
+
+
+if __name__ == "__main__":
+    main()
