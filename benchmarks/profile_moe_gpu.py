@@ -40,14 +40,14 @@ def main() -> None:
                 tm._gate_up_kernel[(tile_expert.numel(), triton.cdiv(2 * I, bn))](
                     x, w1.data, w1.scales, b1, act, tile_expert, sorted_ids, H, 2 * I, k, x.stride(0),
                     w1.data.stride(0), w1.data.stride(1), w1.scales.stride(0), w1.scales.stride(1), b1.stride(0),
-                    act.stride(0), 7.0, 1.702, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+                    act.stride(0), 7.0, 1.702, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, ONE_PER_TILE=False,
                     num_warps=nw, num_stages=ns)
 
             def down():
                 tm._down_kernel[(tile_expert.numel(), triton.cdiv(H, bn))](
                     act, w2.data, w2.scales, b2, rw, y, tile_expert, sorted_ids, I, H, act.stride(0),
                     w2.data.stride(0), w2.data.stride(1), w2.scales.stride(0), w2.scales.stride(1), b2.stride(0),
-                    y.stride(0), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=nw, num_stages=ns)
+                    y.stride(0), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, ONE_PER_TILE=False, num_warps=nw, num_stages=ns)
             t1, t2 = graph_time(gate_up), graph_time(down)
             gb1 = touched * w1.nbytes / E / t1 / 1e9
             gb2 = touched * w2.nbytes / E / t2 / 1e9
