@@ -153,14 +153,19 @@ DECODE_ASSIGNMENTS = 16  # up to this many (token, slot) pairs, skip the sort by
 
 def moe_mxfp4_triton(x: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor, gate_up, b1: torch.Tensor,
                      down, b2: torch.Tensor, block_n: int = 64, block_k: int = 128, num_warps: int = 4,
-                     num_stages: int = 4, block_m: int | None = None) -> torch.Tensor:
-    """x [T, H]; experts/weights [T, k] from the router; MXFP4 PackedExperts. Returns [T, H] float32."""
+                     num_stages: int = 4, block_m: int | None = None,
+                     one_per_tile: bool | None = None) -> torch.Tensor:
+    """x [T, H]; experts/weights [T, k] from the router; MXFP4 PackedExperts. Returns [T, H] float32.
+
+    one_per_tile picks the tile layout (None: by DECODE_ASSIGNMENTS); the launch parameters
+    and the layout are the benchmark's to sweep."""
     T_, H = x.shape
     top_k = experts.shape[1]
     E, N1, K1 = gate_up.shape
     _, N2, K2 = down.shape
     block_m = block_m or _block_m(T_ * top_k, E)
-    one_per_tile = experts.numel() <= DECODE_ASSIGNMENTS
+    if one_per_tile is None:
+        one_per_tile = experts.numel() <= DECODE_ASSIGNMENTS
     if one_per_tile:  # the kernels read the router's expert ids directly: no device work before them
         tile_expert = experts.reshape(-1).contiguous()
         sorted_ids, act_rows = tile_expert, tile_expert.numel()
