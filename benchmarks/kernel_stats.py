@@ -61,7 +61,7 @@ class LoopStats:
 
 def pointer_type(name: str, one_per_tile: bool) -> str:
     return {"x_ptr": "*bf16", "act_ptr": "*bf16", "w_ptr": "*u8", "s_ptr": "*u8", "b_ptr": "*fp32",
-            "route_w_ptr": "*fp32", "y_ptr": "*fp32", "sorted_ptr": "*i32",
+            "route_w_ptr": "*fp32", "y_ptr": "*fp32", "sorted_ptr": "*i32", "experts_ptr": "*i64",
             "tile_expert_ptr": "*i64" if one_per_tile else "*i32"}[name]
 
 
@@ -85,7 +85,8 @@ def compile_kernel(kernel, values: dict, constexprs: dict, num_warps: int, num_s
     return triton.compile(source, target=HOPPER, options={"num_warps": num_warps, "num_stages": num_stages})
 
 
-def main_loop_stats(compiled, name: str, weight_bytes: int, num_warps: int) -> LoopStats:
+def disassemble(compiled) -> tuple[list[tuple[int, str]], int]:
+    """(address, instruction) of every instruction in the cubin, and the registers per thread."""
     with tempfile.TemporaryDirectory() as tmp:
         cubin = Path(tmp) / "k.cubin"
         cubin.write_bytes(compiled.asm["cubin"])
@@ -93,14 +94,35 @@ def main_loop_stats(compiled, name: str, weight_bytes: int, num_warps: int) -> L
                               check=True).stdout
         usage = subprocess.run([CUDA_BIN / "cuobjdump", "-res-usage", cubin], capture_output=True, text=True,
                                check=True).stdout
+    registers = re.search(r"REG:(\d+)", usage)
     code = [(int(m.group(1), 16), m.group(2)) for m in re.finditer(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
+    return code, int(registers.group(1)) if registers else -1
+
+
+def opcode(instruction: str) -> str:
+    return re.sub(r"^@!?U?P\w+\s+", "", instruction).split()[0].split(".")[0]
+
+
+def main_loop_stats(compiled, name: str, weight_bytes: int, num_warps: int) -> LoopStats:
+    code, registers = disassemble(compiled)
     loops = [(int(m.group(1), 16), at) for at, text in code
              if (m := re.search(r"\bBRA\s+(0x[0-9a-f]+)", text)) and int(m.group(1), 16) < at]
     start, end = max(loops, key=lambda loop: loop[1] - loop[0])
-    body = [re.sub(r"^@!?U?P\w+\s+", "", text).split()[0].split(".")[0] for at, text in code if start <= at <= end]
-    registers = re.search(r"REG:(\d+)", usage)
-    return LoopStats(name, len(body), weight_bytes, 32 * num_warps, int(registers.group(1)) if registers else -1,
-                     compiled.metadata.shared, collections.Counter(body))
+    body = [opcode(text) for at, text in code if start <= at <= end]
+    return LoopStats(name, len(body), weight_bytes, 32 * num_warps, registers, compiled.metadata.shared,
+                     collections.Counter(body))
+
+
+def align_kernel_resources(n_experts: int, block_m: int = 64) -> dict:
+    """The expert sort's one-program kernel: registers, shared memory and any spill instructions."""
+    e_pow2 = triton.next_power_of_2(n_experts)
+    constexprs = dict(BLOCK_M=block_m, E_POW2=e_pow2, CHUNK=max(16, min(256, 16384 // e_pow2)))
+    compiled = compile_kernel(triton_moe._align_kernel, dict(n=4096, n_experts=n_experts, capacity=8192),
+                              constexprs, num_warps=triton_moe.ALIGN_WARPS, num_stages=1)
+    code, registers = disassemble(compiled)
+    ops = collections.Counter(opcode(text) for _, text in code)
+    return dict(registers=registers, shared_bytes=compiled.metadata.shared,
+                spills=ops["LDL"] + ops["STL"], instructions=len(code))
 
 
 def moe_kernel_stats(assignments: int, n_experts: int, block_n: int = 64, block_k: int = 128, num_warps: int = 4,
@@ -134,7 +156,8 @@ def main() -> None:
                      shared_bytes=s.shared_bytes, warp_instructions_per_byte=s.warp_instructions_per_byte,
                      ops=dict(s.ops))
                 for tokens in args.tokens for s in moe_kernel_stats(tokens * TOP_K, args.experts)]
-        print(json.dumps({"triton": triton.__version__, "target": "sm_90", "kernels": rows}))
+        print(json.dumps({"triton": triton.__version__, "target": "sm_90", "kernels": rows,
+                          "align": align_kernel_resources(args.experts)}))
         return
     print(f"triton {triton.__version__}, target sm_90; main loop per iteration, default launch configuration")
     print(f"{'tokens':>6} {'kernel':8} {'instr':>6} {'warp instr/B':>12} {'regs':>5} {'smem KB':>8} {'BAR':>4} "
@@ -145,6 +168,9 @@ def main() -> None:
             common = ", ".join(f"{op} {n}" for op, n in s.ops.most_common(6))
             print(f"{tokens:>6} {s.kernel:8} {s.instructions:>6} {s.warp_instructions_per_byte:>12.3f} "
                   f"{s.registers:>5} {s.shared_bytes / 1024:>8.1f} {s.ops['BAR']:>4} {lds:>4}  {common}")
+    align = align_kernel_resources(args.experts)
+    print(f"expert sort (one program): {align['instructions']} instructions, {align['registers']} registers, "
+          f"{align['shared_bytes'] / 1024:.1f} KB shared, {align['spills']} spill instructions")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Grouped MoE GEMMs over MXFP4 experts in Triton.
 
 Assignments (token, slot) are sorted by expert and each expert's run padded to BLOCK_M,
-so every tile of BLOCK_M rows belongs to one expert. Two kernels:
+so every tile of BLOCK_M rows belongs to one expert; the sort is one small kernel of its
+own (a stable counting sort in a single program). Then two kernels:
 
 1. gate_up: act = SwiGLU(x W1[e]^T + b1[e]), W1's MXFP4 codes and scales fed to
    tl.dot_scaled (upcast to bf16 in registers on Hopper), fp32 accumulation, the bias and
@@ -23,6 +24,9 @@ import triton
 import triton.language as tl
 
 from .moe_reference import SWIGLU_ALPHA, SWIGLU_LIMIT
+
+ALIGN_WARPS = 8  # the sort is one program: two warps per scheduler hide some latency
+DECODE_ASSIGNMENTS = 16  # up to this many (token, slot) pairs, skip the sort by expert
 
 
 @triton.jit
@@ -117,38 +121,65 @@ def _down_kernel(act_ptr, w_ptr, s_ptr, b_ptr, route_w_ptr, y_ptr, tile_expert_p
     tl.store(y_ptr + safe[:, None] * stride_y + offs_n[None, :], acc, mask=valid[:, None] & n_mask[None, :])
 
 
+@triton.jit
+def _align_kernel(experts_ptr, sorted_ptr, tile_expert_ptr, n, n_experts, capacity,
+                  BLOCK_M: tl.constexpr, E_POW2: tl.constexpr, CHUNK: tl.constexpr):
+    """align_by_expert in one program: a stable counting sort over one-hot [CHUNK, E] blocks."""
+    offs_e = tl.arange(0, E_POW2)
+    offs_c = tl.arange(0, CHUNK)
+    counts = tl.zeros((E_POW2,), dtype=tl.int32)
+    for c0 in range(0, n, CHUNK):
+        i = c0 + offs_c
+        e = tl.load(experts_ptr + i, mask=i < n, other=-1)
+        counts += tl.sum((e[:, None] == offs_e[None, :]).to(tl.int32), axis=0)
+    padded = (counts + BLOCK_M - 1) // BLOCK_M * BLOCK_M
+    ends = tl.cumsum(padded, axis=0)
+    starts = ends - padded
+    # each assignment to its expert's run, in assignment order within the run
+    seen = tl.zeros((E_POW2,), dtype=tl.int32)
+    for c0 in range(0, n, CHUNK):
+        i = c0 + offs_c
+        e = tl.load(experts_ptr + i, mask=i < n, other=-1)
+        onehot = (e[:, None] == offs_e[None, :]).to(tl.int32)
+        earlier = tl.cumsum(onehot, axis=0) - onehot  # same expert, earlier in this chunk
+        place = tl.sum(onehot * ((starts + seen)[None, :] + earlier), axis=1)
+        tl.store(sorted_ptr + place, i.to(tl.int32), mask=i < n)
+        seen += tl.sum(onehot, axis=0)
+    # the padding at the end of each run (disjoint from the places above), and each tile's expert
+    for p0 in range(0, capacity, CHUNK):
+        p = p0 + offs_c
+        owner = tl.sum((ends[None, :] <= p[:, None]).to(tl.int32), axis=1)  # the run holding p; E_POW2: none
+        run_end = tl.sum(tl.where(owner[:, None] == offs_e[None, :], (starts + counts)[None, :], 0), axis=1)
+        inside = p < capacity
+        tl.store(sorted_ptr + p, tl.full((CHUNK,), -1, tl.int32),
+                 mask=inside & ((owner >= n_experts) | (p >= run_end)))
+        tl.store(tile_expert_ptr + p // BLOCK_M, tl.where(owner < n_experts, owner, -1).to(tl.int32),
+                 mask=inside & (p % BLOCK_M == 0))
+
+
 def align_by_expert(experts: torch.Tensor, n_experts: int, block_m: int):
     """Sorted, padded assignment order, computed on the device without a host sync.
 
     Returns (assignment id per padded position, -1 for padding; expert per tile of block_m
-    positions, -1 for spare tiles). The grid is sized from an upper bound, so the whole
-    layer can be captured in a CUDA graph."""
-    flat = experts.reshape(-1)
+    positions, -1 for spare tiles). Assignments keep their order within an expert's run. The
+    grid is sized from an upper bound, so the whole layer can be captured in a CUDA graph,
+    and the sort is one kernel launch (in torch it took some 25 small ones)."""
+    flat = experts.reshape(-1).contiguous()
     n = flat.numel()
-    device = flat.device
-    counts = torch.zeros(n_experts, dtype=torch.int64, device=device).scatter_add_(0, flat, torch.ones_like(flat))
-    padded = (counts + block_m - 1) // block_m * block_m
-    ends = torch.cumsum(padded, 0)
-    first = torch.cumsum(counts, 0) - counts
-    order = torch.argsort(flat, stable=True)
-    sorted_experts = flat[order]
-    positions = (ends - padded)[sorted_experts] + torch.arange(n, device=device) - first[sorted_experts]
     capacity = min(n * block_m, n + n_experts * (block_m - 1))
     capacity = (capacity + block_m - 1) // block_m * block_m
-    sorted_ids = torch.full((capacity,), -1, dtype=torch.int32, device=device)
-    sorted_ids[positions] = order.to(torch.int32)
-    tile_start = torch.arange(0, capacity, block_m, device=device)
-    tile_expert = torch.searchsorted(ends, tile_start, right=True).to(torch.int32)
-    tile_expert = torch.where(tile_expert < n_experts, tile_expert, -1).to(torch.int32)
+    sorted_ids = torch.empty((capacity,), dtype=torch.int32, device=flat.device)
+    tile_expert = torch.empty((capacity // block_m,), dtype=torch.int32, device=flat.device)
+    e_pow2 = triton.next_power_of_2(n_experts)
+    _align_kernel[(1,)](flat, sorted_ids, tile_expert, n, n_experts, capacity,
+                        BLOCK_M=block_m, E_POW2=e_pow2, CHUNK=max(16, min(256, 16384 // e_pow2)),
+                        num_warps=ALIGN_WARPS)
     return sorted_ids, tile_expert
 
 
 def _block_m(assignments: int, n_experts: int) -> int:
     """Rows per tile: small for decode (few tokens per expert), larger for prefill."""
     return 16 if assignments <= 32 * n_experts else 64
-
-
-DECODE_ASSIGNMENTS = 16  # up to this many (token, slot) pairs, skip the sort by expert
 
 
 def moe_mxfp4_triton(x: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor, gate_up, b1: torch.Tensor,
