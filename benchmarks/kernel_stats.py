@@ -1,6 +1,6 @@
 """What the MoE kernels compile to on Hopper, on a machine without a GPU.
 
-usage: python benchmarks/kernel_stats.py [--tokens 1 8 64] [--experts 32] [--json]
+usage: python benchmarks/kernel_stats.py [--tokens 1 8 64] [--experts 32] [--split-k 1] [--json]
 
 Triton compiles for sm_90 without a device (ptxas ships with it). For the real gpt-oss
 shapes this compiles both MoE kernels with the argument specialization the launcher would
@@ -61,13 +61,14 @@ class LoopStats:
 
 def pointer_type(name: str, one_per_tile: bool) -> str:
     return {"x_ptr": "*bf16", "act_ptr": "*bf16", "w_ptr": "*u8", "s_ptr": "*u8", "b_ptr": "*fp32",
-            "route_w_ptr": "*fp32", "y_ptr": "*fp32", "sorted_ptr": "*i32", "experts_ptr": "*i64",
+            "route_w_ptr": "*fp32", "y_ptr": "*fp32", "h_ptr": "*fp32", "sorted_ptr": "*i32", "experts_ptr": "*i64",
             "tile_expert_ptr": "*i64" if one_per_tile else "*i32"}[name]
 
 
 def compile_kernel(kernel, values: dict, constexprs: dict, num_warps: int, num_stages: int):
     """Compile `kernel` for sm_90 as the launcher would for these argument values."""
     one_per_tile = bool(constexprs.get("ONE_PER_TILE"))
+    constexprs = {name: value for name, value in constexprs.items() if name in kernel.arg_names}
     signature, attrs = {}, {}
     for index, name in enumerate(kernel.arg_names):
         if name in constexprs:
@@ -113,31 +114,43 @@ def main_loop_stats(compiled, name: str, weight_bytes: int, num_warps: int) -> L
                      collections.Counter(body))
 
 
-def align_kernel_resources(n_experts: int, block_m: int = 64) -> dict:
-    """The expert sort's one-program kernel: registers, shared memory and any spill instructions."""
-    e_pow2 = triton.next_power_of_2(n_experts)
-    constexprs = dict(BLOCK_M=block_m, E_POW2=e_pow2, CHUNK=max(16, min(256, 16384 // e_pow2)))
-    compiled = compile_kernel(triton_moe._align_kernel, dict(n=4096, n_experts=n_experts, capacity=8192),
-                              constexprs, num_warps=triton_moe.ALIGN_WARPS, num_stages=1)
+def resources(compiled) -> dict:
     code, registers = disassemble(compiled)
     ops = collections.Counter(opcode(text) for _, text in code)
     return dict(registers=registers, shared_bytes=compiled.metadata.shared,
                 spills=ops["LDL"] + ops["STL"], instructions=len(code))
 
 
+def helper_kernel_resources(n_experts: int, block_m: int = 64, block_n: int = 64) -> dict:
+    """The kernels around the GEMMs: the expert sort (one program) and split-K's SwiGLU pass."""
+    e_pow2 = triton.next_power_of_2(n_experts)
+    align = compile_kernel(triton_moe._align_kernel, dict(n=4096, n_experts=n_experts, capacity=8192),
+                           dict(BLOCK_M=block_m, E_POW2=e_pow2, CHUNK=max(16, min(256, 16384 // e_pow2))),
+                           num_warps=triton_moe.ALIGN_WARPS, num_stages=1)
+    swiglu = compile_kernel(triton_moe._swiglu_kernel,
+                            dict(N=2 * I, stride_hs=64 * 2 * I, stride_h=2 * I, stride_be=2 * I, stride_act=I,
+                                 limit=7.0, alpha=1.702),
+                            dict(BLOCK_M=block_m, BLOCK_N=block_n, ONE_PER_TILE=False, SPLITS=2),
+                            num_warps=4, num_stages=1)
+    return {"align": resources(align), "swiglu": resources(swiglu)}
+
+
 def moe_kernel_stats(assignments: int, n_experts: int, block_n: int = 64, block_k: int = 128, num_warps: int = 4,
-                     num_stages: int = 4) -> list[LoopStats]:
+                     num_stages: int = 4, split_k: int = 1) -> list[LoopStats]:
     """Both MoE kernels as moe_mxfp4_triton would launch them for this many (token, slot) pairs."""
     one_per_tile = assignments <= triton_moe.DECODE_ASSIGNMENTS
     block_m = triton_moe._block_m(assignments, n_experts)
-    constexprs = dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, ONE_PER_TILE=one_per_tile)
     per_iteration = block_n * (block_k // 2 + block_k // 32)  # codes and scales of one K step
     stats = []
     for name, kernel, K, N in (("gate_up", triton_moe._gate_up_kernel, H, 2 * I),
                                ("down", triton_moe._down_kernel, I, H)):
-        values = dict(K=K, N=N, top_k=TOP_K, stride_x=H, stride_act=I, stride_y=H,
-                      stride_we=N * K // 2, stride_wn=K // 2, stride_se=N * K // 32, stride_sn=K // 32,
-                      stride_be=N, limit=7.0, alpha=1.702)
+        splits, k_split = triton_moe._split(K, block_k, split_k)
+        constexprs = dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, ONE_PER_TILE=one_per_tile,
+                          SPLITS=splits, K_SPLIT=k_split)
+        rows = assignments if one_per_tile else assignments * block_m
+        values = dict(K=K, N=N, top_k=TOP_K, stride_x=H, stride_act=I, stride_y=H, stride_ys=assignments * H,
+                      stride_h=N, stride_hs=rows * N, stride_we=N * K // 2, stride_wn=K // 2,
+                      stride_se=N * K // 32, stride_sn=K // 32, stride_be=N, limit=7.0, alpha=1.702)
         compiled = compile_kernel(kernel, values, constexprs, num_warps, num_stages)
         stats.append(main_loop_stats(compiled, name, per_iteration, num_warps))
     return stats
@@ -147,6 +160,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--tokens", type=int, nargs="+", default=[1, 8, 64])
     p.add_argument("--experts", type=int, default=32, help="32 for gpt-oss-20b, 128 for 120b")
+    p.add_argument("--split-k", type=int, default=1, help="split K in this many shares (decode: more programs)")
     p.add_argument("--json", action="store_true", help="one JSON document instead of the table")
     args = p.parse_args()
     if os.environ.get("TRITON_INTERPRET") == "1":
@@ -155,22 +169,23 @@ def main() -> None:
         rows = [dict(tokens=tokens, kernel=s.kernel, instructions=s.instructions, registers=s.registers,
                      shared_bytes=s.shared_bytes, warp_instructions_per_byte=s.warp_instructions_per_byte,
                      ops=dict(s.ops))
-                for tokens in args.tokens for s in moe_kernel_stats(tokens * TOP_K, args.experts)]
+                for tokens in args.tokens
+                for s in moe_kernel_stats(tokens * TOP_K, args.experts, split_k=args.split_k)]
         print(json.dumps({"triton": triton.__version__, "target": "sm_90", "kernels": rows,
-                          "align": align_kernel_resources(args.experts)}))
+                          "helpers": helper_kernel_resources(args.experts)}))
         return
     print(f"triton {triton.__version__}, target sm_90; main loop per iteration, default launch configuration")
     print(f"{'tokens':>6} {'kernel':8} {'instr':>6} {'warp instr/B':>12} {'regs':>5} {'smem KB':>8} {'BAR':>4} "
           f"{'LDS':>4}  most frequent")
     for tokens in args.tokens:
-        for s in moe_kernel_stats(tokens * TOP_K, args.experts):
+        for s in moe_kernel_stats(tokens * TOP_K, args.experts, split_k=args.split_k):
             lds = sum(n for op, n in s.ops.items() if op.startswith("LDS"))
             common = ", ".join(f"{op} {n}" for op, n in s.ops.most_common(6))
             print(f"{tokens:>6} {s.kernel:8} {s.instructions:>6} {s.warp_instructions_per_byte:>12.3f} "
                   f"{s.registers:>5} {s.shared_bytes / 1024:>8.1f} {s.ops['BAR']:>4} {lds:>4}  {common}")
-    align = align_kernel_resources(args.experts)
-    print(f"expert sort (one program): {align['instructions']} instructions, {align['registers']} registers, "
-          f"{align['shared_bytes'] / 1024:.1f} KB shared, {align['spills']} spill instructions")
+    for name, r in helper_kernel_resources(args.experts).items():
+        print(f"{name}: {r['instructions']} instructions, {r['registers']} registers, "
+              f"{r['shared_bytes'] / 1024:.1f} KB shared, {r['spills']} spill instructions")
 
 
 if __name__ == "__main__":

@@ -51,13 +51,15 @@ def test_triton_kernels_match_the_reference_on_ragged_routing(tokens, hidden, in
     dev = KERNEL_DEVICE
     # the kernels round activations to bf16 (the inputs of the MMA); so does this reference
     want = mix_experts(x.bfloat16().float(), experts, weights, w1, b1, w2, b2)
-    for one_per_tile in (True, False):  # both tile layouts, whichever the size would pick
+    # both tile layouts, whichever the size would pick; K unsplit, and split in uneven shares
+    for cfg in (dict(one_per_tile=True), dict(one_per_tile=False), dict(one_per_tile=True, split_k=2, block_k=32),
+                dict(one_per_tile=False, split_k=3, block_k=32)):
         got = moe_mxfp4_triton(x.to(dev), experts.to(dev), weights.to(dev), w1.to(dev), b1.to(dev), w2.to(dev),
-                               b2.to(dev), one_per_tile=one_per_tile).cpu()
+                               b2.to(dev), **cfg).cpu()
         rel = ((got - want).norm() / want.norm()).item()
-        assert rel < 1e-2, (one_per_tile, rel)
+        assert rel < 1e-2, (cfg, rel)
         cos = torch.nn.functional.cosine_similarity(got.flatten(), want.flatten(), dim=0).item()
-        assert cos > 0.9999, one_per_tile
+        assert cos > 0.9999, cfg
 
 
 def expected_alignment(experts: torch.Tensor, n_experts: int, block_m: int):
@@ -90,8 +92,10 @@ def test_expert_alignment_is_a_stable_padded_sort(tokens, k, n_experts, block_m)
     assert tile_expert.cpu().tolist() == want_tiles
 
 
-@pytest.mark.parametrize("tokens,launches", [(1, ["gate_up", "down"]), (8, ["align", "gate_up", "down"])])
-def test_a_moe_layer_is_its_kernels_and_one_sum(monkeypatch, tokens, launches):
+@pytest.mark.parametrize("tokens,split_k,launches", [(1, 1, ["gate_up", "down"]),
+                                                     (8, 1, ["align", "gate_up", "down"]),
+                                                     (1, 2, ["gate_up", "swiglu", "down"])])
+def test_a_moe_layer_is_its_kernels_and_one_sum(monkeypatch, tokens, split_k, launches):
     """What a layer costs in launches: the Triton kernels, then the sum over slots. Every other
     torch call is an allocation or a view (no device work, nothing for a CUDA graph to replay)."""
     from torch.utils._python_dispatch import TorchDispatchMode
@@ -107,7 +111,7 @@ def test_a_moe_layer_is_its_kernels_and_one_sum(monkeypatch, tokens, launches):
         def __getitem__(self, grid):
             return lambda *args, **kwargs: launched.append(self.name)
 
-    for name in ("gate_up", "down", "align"):
+    for name in ("gate_up", "swiglu", "down", "align"):
         monkeypatch.setattr(triton_moe, f"_{name}_kernel", Launch(name))
 
     class TorchCalls(TorchDispatchMode):
@@ -118,12 +122,12 @@ def test_a_moe_layer_is_its_kernels_and_one_sum(monkeypatch, tokens, launches):
             return func(*args, **(kwargs or {}))
 
     gen = torch.Generator().manual_seed(0)
-    w1, w2 = random_mxfp4(6, 64, 32, gen), random_mxfp4(6, 32, 32, gen)
-    x = torch.randn(tokens, 32, generator=gen)
-    b1, b2 = torch.zeros(6, 64), torch.zeros(6, 32)
+    w1, w2 = random_mxfp4(6, 64, 64, gen), random_mxfp4(6, 64, 32, gen)  # hidden 64, intermediate 32
+    x = torch.randn(tokens, 64, generator=gen)
+    b1, b2 = torch.zeros(6, 64), torch.zeros(6, 64)
     experts, weights = torch.randint(0, 6, (tokens, 4), generator=gen), torch.rand(tokens, 4, generator=gen)
     with TorchCalls() as calls:
-        triton_moe.moe_mxfp4_triton(x, experts, weights, w1, b1, w2, b2)
+        triton_moe.moe_mxfp4_triton(x, experts, weights, w1, b1, w2, b2, block_k=32, split_k=split_k)
     assert launched == launches
     assert [c for c in calls.calls if c not in ("empty", "view", "_unsafe_view")] == ["sum"], calls.calls
 
@@ -228,20 +232,23 @@ def test_kernels_compile_for_hopper_without_spills():
     """The interpreter runs code that the compiler rejects (globals that are not constexpr, for
     one), so the kernels are also compiled for sm_90, as a launch on an H100 would, in a
     process without TRITON_INTERPRET. In both tile layouts the main loop must use the tensor
-    cores (wgmma) and keep everything in registers; the expert sort must compile unspilled."""
+    cores (wgmma) and keep everything in registers, split or not; the helper kernels must
+    compile unspilled."""
     import subprocess
     import sys
     from pathlib import Path
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "kernel_stats.py"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, str(script), "--tokens", "1", "64", "--json"], env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    kernels = json.loads(done.stdout)["kernels"]
-    assert {(k["tokens"], k["kernel"]) for k in kernels} == {(t, n) for t in (1, 64) for n in ("gate_up", "down")}
-    for k in kernels:
-        assert k["ops"].get("HGMMA", 0) > 0, k
-        assert not k["ops"].get("LDL") and not k["ops"].get("STL"), k
-        assert k["registers"] <= 255
-    align = json.loads(done.stdout)["align"]  # the expert sort, for 32 experts
-    assert align["instructions"] > 0 and align["spills"] == 0, align
+    for split_k in ("1", "2"):
+        done = subprocess.run([sys.executable, str(script), "--tokens", "1", "64", "--split-k", split_k, "--json"],
+                              env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        report = json.loads(done.stdout)
+        kernels = report["kernels"]
+        assert {(k["tokens"], k["kernel"]) for k in kernels} == {(t, n) for t in (1, 64) for n in ("gate_up", "down")}
+        for k in kernels:
+            assert k["ops"].get("HGMMA", 0) > 0, (split_k, k)
+            assert not k["ops"].get("LDL") and not k["ops"].get("STL"), (split_k, k)
+            assert k["registers"] <= 255
+    for name, helper in report["helpers"].items():  # the expert sort, split-K's SwiGLU pass
+        assert helper["instructions"] > 0 and helper["spills"] == 0, (name, helper)

@@ -11,6 +11,10 @@ own (a stable counting sort in a single program). Then two kernels:
    each assignment writing its own row, summed over the k slots afterwards (deterministic,
    no atomics).
 
+Optionally (split_k) each GEMM's K is split over more programs, for decode, where there are
+too few tiles to keep the GPU busy: gate_up's partial sums then go through one more small
+kernel for the bias and SwiGLU, down's into the final sum over slots; still no atomics.
+
 Packed codes hold element 2j in the low nibble and 2j+1 in the high one: the HF layout, and
 the one tl.dot_scaled reads. For decode (few assignments) each assignment gets a tile of its
 own instead of a sort by expert, found from the router's expert ids inside the kernels, so
@@ -30,10 +34,10 @@ DECODE_ASSIGNMENTS = 16  # up to this many (token, slot) pairs, skip the sort by
 
 
 @triton.jit
-def _mxfp4_matmul_tile(a_ptr, a_rows, a_mask, stride_a, K,
+def _mxfp4_matmul_tile(a_ptr, a_rows, a_mask, stride_a, k_start, k_end,
                        w_ptr, s_ptr, e, offs_n, n_mask, stride_we, stride_wn, stride_se, stride_sn,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """acc[BLOCK_M, BLOCK_N] = A[a_rows, :] . W[e, offs_n, :]^T with W in packed MXFP4.
+    """acc[BLOCK_M, BLOCK_N] = A[a_rows, k_start:k_end] . W[e, offs_n, k_start:k_end]^T, W packed MXFP4.
 
     tl.dot_scaled takes the packed E2M1 codes (K-major, two per byte, low nibble first: the
     HF layout) and the E8M0 scales as they are; on Hopper Triton upcasts them to bf16 in
@@ -43,16 +47,16 @@ def _mxfp4_matmul_tile(a_ptr, a_rows, a_mask, stride_a, K,
     offs_k = tl.arange(0, BLOCK_K)
     offs_j = tl.arange(0, HALF)
     offs_g = tl.arange(0, BLOCK_K // 32)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in range(k_start, k_end, BLOCK_K):  # k_start and k_end are multiples of 32
         kk = k0 + offs_k
-        a = tl.load(a_ptr + a_rows[:, None] * stride_a + kk[None, :], mask=a_mask[:, None] & (kk < K)[None, :],
+        a = tl.load(a_ptr + a_rows[:, None] * stride_a + kk[None, :], mask=a_mask[:, None] & (kk < k_end)[None, :],
                     other=0.0).to(tl.bfloat16)
         kj = k0 // 2 + offs_j
         packed = tl.load(w_ptr + e * stride_we + offs_n[None, :] * stride_wn + kj[:, None],
-                         mask=n_mask[None, :] & (kj < K // 2)[:, None], other=0)  # [HALF, BLOCK_N]
+                         mask=n_mask[None, :] & (kj < k_end // 2)[:, None], other=0)  # [HALF, BLOCK_N]
         kg = k0 // 32 + offs_g
         scale = tl.load(s_ptr + e * stride_se + offs_n[:, None] * stride_sn + kg[None, :],
-                        mask=n_mask[:, None] & (kg < K // 32)[None, :], other=127)  # [BLOCK_N, BLOCK_K // 32]
+                        mask=n_mask[:, None] & (kg < k_end // 32)[None, :], other=127)  # [BLOCK_N, BLOCK_K // 32]
         acc = tl.dot_scaled(a, None, "bf16", packed, scale, "e2m1", acc)
     return acc
 
@@ -77,20 +81,19 @@ def _tile(pid_m, tile_expert_ptr, sorted_ptr, ONE_PER_TILE: tl.constexpr, BLOCK_
 
 
 @triton.jit
-def _gate_up_kernel(x_ptr, w_ptr, s_ptr, b_ptr, act_ptr, tile_expert_ptr, sorted_ptr,
-                    K, N, top_k, stride_x, stride_we, stride_wn, stride_se, stride_sn, stride_be, stride_act,
-                    limit, alpha,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                    ONE_PER_TILE: tl.constexpr):
-    pid_m, pid_n = tl.program_id(0), tl.program_id(1)
-    e, rows, assignment, valid = _tile(pid_m, tile_expert_ptr, sorted_ptr, ONE_PER_TILE, BLOCK_M)
-    if e < 0:  # a spare tile of the fixed-size grid
-        return
-    tokens = tl.where(valid, assignment // top_k, 0)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_mask = offs_n < N
-    acc = _mxfp4_matmul_tile(x_ptr, tokens, valid, stride_x, K, w_ptr, s_ptr, e, offs_n, n_mask,
-                             stride_we, stride_wn, stride_se, stride_sn, BLOCK_M, BLOCK_N, BLOCK_K)
+def _k_range(split, K, SPLITS: tl.constexpr, K_SPLIT: tl.constexpr):
+    """Split `split`'s share of 0..K: K_SPLIT values (a multiple of BLOCK_K), the last share shorter.
+    Unsplit, the bound stays K itself, whose divisibility the compiler knows (vector loads)."""
+    if SPLITS == 1:
+        return 0, K
+    k_start = split * K_SPLIT
+    return k_start, tl.minimum(k_start + K_SPLIT, K)
+
+
+@triton.jit
+def _bias_swiglu_store(acc, b_ptr, e, stride_be, offs_n, n_mask, act_ptr, rows, valid, stride_act, N, limit, alpha,
+                       pid_n, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """act[rows, this block's half of the columns] = SwiGLU(acc + b1[e]), gate and up interleaved in acc."""
     acc += tl.load(b_ptr + e * stride_be + offs_n, mask=n_mask, other=0.0)[None, :]
     gate, up = tl.split(tl.reshape(acc, (BLOCK_M, BLOCK_N // 2, 2)))
     gate = tl.minimum(gate, limit)
@@ -102,23 +105,72 @@ def _gate_up_kernel(x_ptr, w_ptr, s_ptr, b_ptr, act_ptr, tile_expert_ptr, sorted
 
 
 @triton.jit
-def _down_kernel(act_ptr, w_ptr, s_ptr, b_ptr, route_w_ptr, y_ptr, tile_expert_ptr, sorted_ptr,
-                 K, N, stride_act, stride_we, stride_wn, stride_se, stride_sn, stride_be, stride_y,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 ONE_PER_TILE: tl.constexpr):
+def _gate_up_kernel(x_ptr, w_ptr, s_ptr, b_ptr, act_ptr, h_ptr, tile_expert_ptr, sorted_ptr,
+                    K, N, top_k, stride_x, stride_we, stride_wn, stride_se, stride_sn, stride_be, stride_act,
+                    stride_hs, stride_h, limit, alpha,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                    ONE_PER_TILE: tl.constexpr, SPLITS: tl.constexpr, K_SPLIT: tl.constexpr):
+    """SPLITS == 1: act = SwiGLU(x W1^T + b1). Otherwise each split stores its partial x W1^T
+    in h[split], and _swiglu_kernel finishes."""
+    pid_m, pid_n, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    e, rows, assignment, valid = _tile(pid_m, tile_expert_ptr, sorted_ptr, ONE_PER_TILE, BLOCK_M)
+    if e < 0:  # a spare tile of the fixed-size grid
+        return
+    tokens = tl.where(valid, assignment // top_k, 0)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < N
+    k_start, k_end = _k_range(split, K, SPLITS, K_SPLIT)
+    acc = _mxfp4_matmul_tile(x_ptr, tokens, valid, stride_x, k_start, k_end, w_ptr, s_ptr, e, offs_n, n_mask,
+                             stride_we, stride_wn, stride_se, stride_sn, BLOCK_M, BLOCK_N, BLOCK_K)
+    if SPLITS == 1:
+        _bias_swiglu_store(acc, b_ptr, e, stride_be, offs_n, n_mask, act_ptr, rows, valid, stride_act, N,
+                           limit, alpha, pid_n, BLOCK_M, BLOCK_N)
+    else:
+        tl.store(h_ptr + split * stride_hs + rows[:, None] * stride_h + offs_n[None, :], acc,
+                 mask=valid[:, None] & n_mask[None, :])
+
+
+@triton.jit
+def _swiglu_kernel(h_ptr, b_ptr, act_ptr, tile_expert_ptr, sorted_ptr, N, stride_hs, stride_h, stride_be,
+                   stride_act, limit, alpha,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ONE_PER_TILE: tl.constexpr, SPLITS: tl.constexpr):
+    """act = SwiGLU(sum of the split partials in h + b1), for split-K gate_up."""
     pid_m, pid_n = tl.program_id(0), tl.program_id(1)
     e, rows, assignment, valid = _tile(pid_m, tile_expert_ptr, sorted_ptr, ONE_PER_TILE, BLOCK_M)
     if e < 0:
         return
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
-    acc = _mxfp4_matmul_tile(act_ptr, rows, valid, stride_act, K, w_ptr, s_ptr, e, offs_n, n_mask,
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for split in tl.static_range(SPLITS):  # in split order: the same sum every run
+        acc += tl.load(h_ptr + split * stride_hs + rows[:, None] * stride_h + offs_n[None, :],
+                       mask=valid[:, None] & n_mask[None, :], other=0.0)
+    _bias_swiglu_store(acc, b_ptr, e, stride_be, offs_n, n_mask, act_ptr, rows, valid, stride_act, N,
+                       limit, alpha, pid_n, BLOCK_M, BLOCK_N)
+
+
+@triton.jit
+def _down_kernel(act_ptr, w_ptr, s_ptr, b_ptr, route_w_ptr, y_ptr, tile_expert_ptr, sorted_ptr,
+                 K, N, stride_act, stride_we, stride_wn, stride_se, stride_sn, stride_be, stride_ys, stride_y,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                 ONE_PER_TILE: tl.constexpr, SPLITS: tl.constexpr, K_SPLIT: tl.constexpr):
+    """y[split, assignment] = weight * (act W2^T + b2) over split's share of K (b2 in split 0 only)."""
+    pid_m, pid_n, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    e, rows, assignment, valid = _tile(pid_m, tile_expert_ptr, sorted_ptr, ONE_PER_TILE, BLOCK_M)
+    if e < 0:
+        return
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < N
+    k_start, k_end = _k_range(split, K, SPLITS, K_SPLIT)
+    acc = _mxfp4_matmul_tile(act_ptr, rows, valid, stride_act, k_start, k_end, w_ptr, s_ptr, e, offs_n, n_mask,
                              stride_we, stride_wn, stride_se, stride_sn, BLOCK_M, BLOCK_N, BLOCK_K)
-    acc += tl.load(b_ptr + e * stride_be + offs_n, mask=n_mask, other=0.0)[None, :]
+    if split == 0:
+        acc += tl.load(b_ptr + e * stride_be + offs_n, mask=n_mask, other=0.0)[None, :]
     weight = tl.load(route_w_ptr + tl.where(valid, assignment, 0), mask=valid, other=0.0)
     acc = acc * weight[:, None]
     safe = tl.where(valid, assignment, 0)
-    tl.store(y_ptr + safe[:, None] * stride_y + offs_n[None, :], acc, mask=valid[:, None] & n_mask[None, :])
+    tl.store(y_ptr + split * stride_ys + safe[:, None] * stride_y + offs_n[None, :], acc,
+             mask=valid[:, None] & n_mask[None, :])
 
 
 @triton.jit
@@ -182,14 +234,23 @@ def _block_m(assignments: int, n_experts: int) -> int:
     return 16 if assignments <= 32 * n_experts else 64
 
 
+def _split(K: int, block_k: int, split_k: int) -> tuple[int, int]:
+    """(splits, values of K per split) for splitting K in about split_k shares of whole BLOCK_Ks."""
+    per_split = triton.cdiv(triton.cdiv(K, block_k), split_k) * block_k
+    return triton.cdiv(K, per_split), per_split
+
+
 def moe_mxfp4_triton(x: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor, gate_up, b1: torch.Tensor,
                      down, b2: torch.Tensor, block_n: int = 64, block_k: int = 128, num_warps: int = 4,
                      num_stages: int = 4, block_m: int | None = None,
-                     one_per_tile: bool | None = None) -> torch.Tensor:
+                     one_per_tile: bool | None = None, split_k: int = 1) -> torch.Tensor:
     """x [T, H]; experts/weights [T, k] from the router; MXFP4 PackedExperts. Returns [T, H] float32.
 
-    one_per_tile picks the tile layout (None: by DECODE_ASSIGNMENTS); the launch parameters
-    and the layout are the benchmark's to sweep."""
+    one_per_tile picks the tile layout (None: by DECODE_ASSIGNMENTS). split_k > 1 splits each
+    GEMM's K into that many programs, for more programs in flight when there are few tiles
+    (decode); gate_up's partials are then summed, biased and activated by one more small
+    kernel, down's go into the final sum. The launch parameters, the layout and the split
+    are the benchmark's to sweep."""
     T_, H = x.shape
     top_k = experts.shape[1]
     E, N1, K1 = gate_up.shape
@@ -206,20 +267,27 @@ def moe_mxfp4_triton(x: torch.Tensor, experts: torch.Tensor, weights: torch.Tens
     tiles = tile_expert.numel()
     x = x.contiguous()
     act = torch.empty((act_rows, N1 // 2), dtype=torch.bfloat16, device=x.device)
-    _gate_up_kernel[(tiles, triton.cdiv(N1, block_n))](
-        x, gate_up.data, gate_up.scales, b1, act, tile_expert, sorted_ids,
+    splits1, k_split1 = _split(K1, block_k, split_k)
+    # split-K partials of x W1^T (every valid row written whole by each split); unused when unsplit
+    h = torch.empty((splits1, act_rows, N1) if splits1 > 1 else (1, 1, 1), dtype=torch.float32, device=x.device)
+    _gate_up_kernel[(tiles, triton.cdiv(N1, block_n), splits1)](
+        x, gate_up.data, gate_up.scales, b1, act, h, tile_expert, sorted_ids,
         K1, N1, top_k, x.stride(0), gate_up.data.stride(0), gate_up.data.stride(1),
-        gate_up.scales.stride(0), gate_up.scales.stride(1), b1.stride(0), act.stride(0),
+        gate_up.scales.stride(0), gate_up.scales.stride(1), b1.stride(0), act.stride(0), h.stride(0), h.stride(1),
         SWIGLU_LIMIT, SWIGLU_ALPHA, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, ONE_PER_TILE=one_per_tile,
-        num_warps=num_warps, num_stages=num_stages)
-    # every assignment's row is written whole by exactly one tile, so no zero fill
-    y = torch.empty((T_ * top_k, N2), dtype=torch.float32, device=x.device)
+        SPLITS=splits1, K_SPLIT=k_split1, num_warps=num_warps, num_stages=num_stages)
+    if splits1 > 1:
+        _swiglu_kernel[(tiles, triton.cdiv(N1, block_n))](
+            h, b1, act, tile_expert, sorted_ids, N1, h.stride(0), h.stride(1), b1.stride(0), act.stride(0),
+            SWIGLU_LIMIT, SWIGLU_ALPHA, BLOCK_M=block_m, BLOCK_N=block_n, ONE_PER_TILE=one_per_tile, SPLITS=splits1)
+    # every assignment's row is written whole by exactly one tile per split, so no zero fill
+    splits2, k_split2 = _split(K2, block_k, split_k)
+    y = torch.empty((splits2, T_ * top_k, N2), dtype=torch.float32, device=x.device)
     route_w = weights.reshape(-1).float().contiguous()
-    _down_kernel[(tiles, triton.cdiv(N2, block_n))](
+    _down_kernel[(tiles, triton.cdiv(N2, block_n), splits2)](
         act, down.data, down.scales, b2, route_w, y, tile_expert, sorted_ids,
         K2, N2, act.stride(0), down.data.stride(0), down.data.stride(1),
-        down.scales.stride(0), down.scales.stride(1), b2.stride(0), y.stride(0),
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, ONE_PER_TILE=one_per_tile,
+        down.scales.stride(0), down.scales.stride(1), b2.stride(0), y.stride(0), y.stride(1),
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, ONE_PER_TILE=one_per_tile, SPLITS=splits2, K_SPLIT=k_split2,
         num_warps=num_warps, num_stages=num_stages)
-    return y.view(T_, top_k, N2).sum(dim=1)
-
+    return y.view(splits2, T_, top_k, N2).sum(dim=(0, 2))
