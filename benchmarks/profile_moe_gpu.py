@@ -1,60 +1,80 @@
-"""Where one MoE layer's time goes on a GPU (20b shape): expert alignment, gate_up and down kernels,
-for a few launch configurations.
+"""Where one MoE layer's time goes on a GPU (20b shape): each kernel's own time, from the CUDA
+profiler, for a few launch configurations (tile layout, split-K, tile sizes).
 
-usage: python benchmarks/profile_moe_gpu.py
+usage: python benchmarks/profile_moe_gpu.py [--tokens 1 8 64]
+
+The layer runs through moe_mxfp4_triton as the model runs it; torch.profiler attributes the
+device time to the kernels (the expert sort, gate_up, split-K's SwiGLU pass, down, the final
+sum). GB/s is the kernel's share of the expert bytes the layer touches over its time.
 """
 
 from __future__ import annotations
 
+import argparse
+import collections
 import sys
 from pathlib import Path
 
 import torch
-import triton
+from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_moe_gpu import H, I, graph_time, random_experts  # noqa: E402
+from bench_moe_gpu import H, I, TOP_K, random_experts  # noqa: E402
 
-from oss_convert.runtime import triton_moe as tm  # noqa: E402
+from oss_convert.runtime.triton_moe import moe_mxfp4_triton  # noqa: E402
+
+CONFIGS = [dict(), dict(split_k=2), dict(split_k=4), dict(one_per_tile=False), dict(block_n=32, block_k=256),
+           dict(block_n=128, block_k=128, num_stages=3)]
+REPEATS = 20
+
+
+def kernel_times(fn) -> dict[str, float]:
+    """Mean device seconds per call of each kernel `fn` launches."""
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(REPEATS):
+            fn()
+        torch.cuda.synchronize()
+    totals = collections.defaultdict(float)
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            totals[event.name] += event.device_time_total * 1e-6 / REPEATS
+    return dict(totals)
+
+
+def short_name(kernel: str) -> str:
+    for name in ("align", "gate_up", "swiglu", "down"):
+        if f"_{name}_kernel" in kernel:
+            return name
+    return "sum" if "reduce" in kernel.lower() else kernel[:24]
 
 
 def main() -> None:
-    E, k = 32, 4
+    p = argparse.ArgumentParser()
+    p.add_argument("--tokens", nargs="+", type=int, default=[1, 8, 64])
+    args = p.parse_args()
+    E = 32
     torch.manual_seed(0)
     w1, w2 = random_experts(E, 2 * I, H), random_experts(E, H, I)
     b1, b2 = torch.zeros(E, 2 * I, device="cuda"), torch.zeros(E, H, device="cuda")
-    for tokens in (1, 8, 64):
+    shares = {"gate_up": w1.nbytes / E, "down": w2.nbytes / E}
+    for tokens in args.tokens:
         x = torch.randn(tokens, H, device="cuda").bfloat16()
-        experts = torch.stack([torch.randperm(E, device="cuda")[:k] for _ in range(tokens)])
-        weights = torch.softmax(torch.randn(tokens, k, device="cuda"), dim=-1)
-        bm = 16
-        sorted_ids, tile_expert = tm.align_by_expert(experts, E, bm)
-        act = torch.empty((sorted_ids.numel(), I), dtype=torch.bfloat16, device="cuda")
-        y = torch.zeros((tokens * k, H), dtype=torch.float32, device="cuda")
-        rw = weights.reshape(-1).float().contiguous()
+        experts = torch.stack([torch.randperm(E, device="cuda")[:TOP_K] for _ in range(tokens)])
+        weights = torch.softmax(torch.randn(tokens, TOP_K, device="cuda"), dim=-1)
         touched = experts.unique().numel()
-        for bn, bk, nw, ns in ((32, 256, 4, 4), (64, 128, 4, 3), (64, 256, 4, 3), (128, 128, 4, 3), (128, 256, 8, 3), (32, 512, 4, 3)):
-            def gate_up():
-                tm._gate_up_kernel[(tile_expert.numel(), triton.cdiv(2 * I, bn))](
-                    x, w1.data, w1.scales, b1, act, tile_expert, sorted_ids, H, 2 * I, k, x.stride(0),
-                    w1.data.stride(0), w1.data.stride(1), w1.scales.stride(0), w1.scales.stride(1), b1.stride(0),
-                    act.stride(0), 7.0, 1.702, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, ONE_PER_TILE=False,
-                    num_warps=nw, num_stages=ns)
-
-            def down():
-                tm._down_kernel[(tile_expert.numel(), triton.cdiv(H, bn))](
-                    act, w2.data, w2.scales, b2, rw, y, tile_expert, sorted_ids, I, H, act.stride(0),
-                    w2.data.stride(0), w2.data.stride(1), w2.scales.stride(0), w2.scales.stride(1), b2.stride(0),
-                    y.stride(0), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, ONE_PER_TILE=False, num_warps=nw, num_stages=ns)
-            t1, t2 = graph_time(gate_up), graph_time(down)
-            gb1 = touched * w1.nbytes / E / t1 / 1e9
-            gb2 = touched * w2.nbytes / E / t2 / 1e9
-            print(f"T={tokens} bn={bn} bk={bk} warps={nw} stages={ns}: gate_up {t1 * 1e6:.1f} us ({gb1:.0f} GB/s), "
-                  f"down {t2 * 1e6:.1f} us ({gb2:.0f} GB/s)", flush=True)
-        t_align = graph_time(lambda: tm.align_by_expert(experts, E, bm))
-        print(f"T={tokens} align_by_expert {t_align * 1e6:.1f} us", flush=True)
+        for cfg in CONFIGS:
+            times = kernel_times(lambda: moe_mxfp4_triton(x, experts, weights, w1, b1, w2, b2, **cfg))
+            parts = []
+            for kernel, t in sorted(times.items(), key=lambda kv: -kv[1]):
+                name = short_name(kernel)
+                rate = f" {touched * shares[name] / t / 1e9:.0f} GB/s" if name in shares else ""
+                parts.append(f"{name} {t * 1e6:.1f} us{rate}")
+            print(f"T={tokens} {cfg or 'default'}: total {sum(times.values()) * 1e6:.1f} us = " + ", ".join(parts),
+                  flush=True)
 
 
 if __name__ == "__main__":
