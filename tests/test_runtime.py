@@ -140,13 +140,17 @@ def test_packed_mxfp4_expands_exactly():
 
 
 def test_packed_mxfp4_expands_every_scale_byte_as_the_format_does():
-    """All 256 E8M0 bytes (0 gives 2^-127, a subnormal; 255 is NaN) against every code."""
+    """All 256 E8M0 bytes (0 gives 2^-127, a subnormal; 255 is NaN) against every code, by
+    the torch path that GPUs take and by the numpy one the CPU takes."""
+    from oss_convert.runtime.dequant import expand_in_torch
     codes = torch.arange(256, dtype=torch.uint8).repeat(256, 1).reshape(1, 256, 16, 16)
     scales = torch.arange(256, dtype=torch.uint8).reshape(1, 256, 1).repeat(1, 1, 16)
     p = PackedExperts("MXFP4", (1, 256, 16 * 32), codes.reshape(1, 256, -1), scales)
     with np.errstate(over="ignore"):  # 6 * 2^127 is inf in float32 for both
         want = mxfp4.decode_hf(codes.numpy(), scales.numpy())[0]
-    np.testing.assert_array_equal(p[0].numpy(), want)  # NaNs compare equal here
+        on_host = p[0].numpy()
+    np.testing.assert_array_equal(expand_in_torch(p, 0).numpy(), want)  # NaNs compare equal here
+    np.testing.assert_array_equal(on_host, want)
 
 
 GGUF_TYPES = [T.Q4_0, T.Q5_0, T.Q5_1, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K, T.F16, T.BF16, T.F32]
@@ -186,6 +190,41 @@ def test_gguf_expert_loaders_agree_with_the_dequantizers(small_lossless, tmp_pat
     original = load_layer(open_checkpoint(small_lossless), 0)
     err = (layer.gate_up[0] - original.gate_up[0]).abs().max().item()
     assert err < 0.05
+
+
+@pytest.mark.parametrize("qtype", [T.Q4_0, T.Q5_0, T.Q5_1, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K], ids=lambda t: t.name)
+def test_block_experts_expand_in_torch_as_the_numpy_codecs_do(qtype):
+    """The torch path that GPUs take, on random bytes: every code, scale and min pattern, and
+    fp16 scales of all kinds (NaN, inf, subnormal), against the codecs checked against ggml."""
+    from oss_convert.runtime.dequant import expand_in_torch
+    values, size = (256, {T.Q4_K: 144, T.Q5_K: 176, T.Q6_K: 210}[qtype]) if qtype in (T.Q4_K, T.Q5_K, T.Q6_K) \
+        else (32, {T.Q4_0: 18, T.Q5_0: 22, T.Q5_1: 24, T.Q8_0: 34}[qtype])
+    rows = torch.randint(0, 256, (1, 6, 4 * size), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    packed = PackedExperts(qtype.name, (1, 6, 4 * values), rows)
+    with np.errstate(all="ignore"):
+        want = decode(rows[0].numpy(), qtype)
+        on_host = packed[0].numpy()
+    np.testing.assert_array_equal(expand_in_torch(packed, 0).numpy(), want)  # NaNs compare equal here
+    np.testing.assert_array_equal(on_host, want)
+
+
+def test_experts_in_a_type_the_runtime_cannot_run_are_refused_in_one_line(small_lossless, tmp_path):
+    from oss_convert.files.gguf import TensorToWrite, write_gguf
+    src = read_gguf(small_lossless)
+    q2_k = "blk.0.ffn_down_exps.weight"
+    port = tmp_path / "q2_k.gguf"
+
+    def zeros_q2_k(t):  # 84 bytes per 256 values
+        return lambda: np.zeros((t.shape[2], t.shape[1], t.shape[0] // 256 * 84), np.uint8)
+    with open(port, "wb") as f:
+        write_gguf(f, src.metadata, [TensorToWrite(n, int(T.Q2_K), t.shape, zeros_q2_k(t)) if n == q2_k else
+                                     TensorToWrite(n, t.type, t.shape, lambda t=t: t.raw())
+                                     for n, t in src.tensors.items()])
+    result = CliRunner().invoke(cli, ["compare", str(small_lossless), str(port), "--layers", "0"])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"Error: {port}: {q2_k} is Q2_K; the runtime runs experts in MXFP4, Q4_0, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, "
+        "Q6_K, F16, BF16 or F32"]
 
 
 def test_ollama_layout_loads_the_same_layer(checkpoints, small_lossless, tmp_path):

@@ -22,6 +22,7 @@ from ..errors import OssConvertError
 from ..files.gguf import GGUFTensor, ggml_type_name
 from ..formats import floats, mxfp4
 from ..formats.registry import OLLAMA_MXFP4, decode
+from .dequant import DECODED_BLOCK_TYPES, dequantize_expert
 
 
 @dataclass
@@ -43,7 +44,6 @@ class PackedExperts:
 
     def __getitem__(self, e: int) -> torch.Tensor:
         """Expert e as float32 [N, K], on the tensors' device: expanded only when used."""
-        from .dequant import dequantize_expert
         return dequantize_expert(self, e)
 
 
@@ -126,6 +126,9 @@ def _gguf_experts(parts: list[GGUFTensor]) -> PackedExperts:
         values = [gguf_values(t) for t in parts]
         values = values[0] if len(parts) == 1 else interleave_rows(*values)
         return PackedExperts("F32", (E, N, K), as_float32(values))
+    if qtype not in DECODED_BLOCK_TYPES:
+        raise OssConvertError(f"{parts[0].path}: {parts[0].name} is {ggml_type_name(qtype)}; the runtime runs experts "
+                              f"in MXFP4, {', '.join(t.name for t in DECODED_BLOCK_TYPES)}, F16, BF16 or F32")
     rows = [np.array(t.raw()) for t in parts]
     data = rows[0] if len(parts) == 1 else interleave_rows(*rows)
     return PackedExperts(ggml_type_name(qtype), (E, N, K), torch.from_numpy(np.ascontiguousarray(data)))
