@@ -58,6 +58,15 @@ class LoopStats:
     def warp_instructions_per_byte(self) -> float:
         return self.instructions * (self.threads // 32) / self.weight_bytes
 
+    @property
+    def programs_per_sm(self) -> int:
+        """How many programs an H100 SM holds at once: 64K registers (allocated per warp in
+        units of 256), 228 KB of shared memory (1 KB reserved per block), 64 warps, 32 blocks."""
+        warps = self.threads // 32
+        by_registers = 65536 // (warps * -(-self.registers * 32 // 256) * 256)
+        by_shared = 233472 // (self.shared_bytes + 1024)
+        return min(by_registers, by_shared, 64 // warps, 32)
+
 
 def pointer_type(name: str, one_per_tile: bool) -> str:
     return {"x_ptr": "*bf16", "act_ptr": "*bf16", "w_ptr": "*u8", "s_ptr": "*u8", "b_ptr": "*fp32",
@@ -168,21 +177,22 @@ def main() -> None:
     if args.json:
         rows = [dict(tokens=tokens, kernel=s.kernel, instructions=s.instructions, registers=s.registers,
                      shared_bytes=s.shared_bytes, warp_instructions_per_byte=s.warp_instructions_per_byte,
-                     ops=dict(s.ops))
+                     programs_per_sm=s.programs_per_sm, ops=dict(s.ops))
                 for tokens in args.tokens
                 for s in moe_kernel_stats(tokens * TOP_K, args.experts, split_k=args.split_k)]
         print(json.dumps({"triton": triton.__version__, "target": "sm_90", "kernels": rows,
                           "helpers": helper_kernel_resources(args.experts)}))
         return
     print(f"triton {triton.__version__}, target sm_90; main loop per iteration, default launch configuration")
-    print(f"{'tokens':>6} {'kernel':8} {'instr':>6} {'warp instr/B':>12} {'regs':>5} {'smem KB':>8} {'BAR':>4} "
-          f"{'LDS':>4}  most frequent")
+    print(f"{'tokens':>6} {'kernel':8} {'instr':>6} {'warp instr/B':>12} {'regs':>5} {'smem KB':>8} {'per SM':>6} "
+          f"{'BAR':>4} {'LDS':>4}  most frequent")
     for tokens in args.tokens:
         for s in moe_kernel_stats(tokens * TOP_K, args.experts, split_k=args.split_k):
             lds = sum(n for op, n in s.ops.items() if op.startswith("LDS"))
             common = ", ".join(f"{op} {n}" for op, n in s.ops.most_common(6))
             print(f"{tokens:>6} {s.kernel:8} {s.instructions:>6} {s.warp_instructions_per_byte:>12.3f} "
-                  f"{s.registers:>5} {s.shared_bytes / 1024:>8.1f} {s.ops['BAR']:>4} {lds:>4}  {common}")
+                  f"{s.registers:>5} {s.shared_bytes / 1024:>8.1f} {s.programs_per_sm:>6} {s.ops['BAR']:>4} {lds:>4}  "
+                  f"{common}")
     for name, r in helper_kernel_resources(args.experts).items():
         print(f"{name}: {r['instructions']} instructions, {r['registers']} registers, "
               f"{r['shared_bytes'] / 1024:.1f} KB shared, {r['spills']} spill instructions")
