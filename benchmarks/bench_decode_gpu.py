@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -55,11 +56,16 @@ def main() -> None:
             logits = forward(model, logits[-1:].argmax(-1), cache)
         torch.cuda.synchronize()
         dt = (time.perf_counter() - t0) / args.tokens
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:  # what one step launches
+            forward(model, logits[-1:].argmax(-1), cache)
+            torch.cuda.synchronize()
+        launches = sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
     print(f"device {name}; {args.preset} shape; model loaded in {load_s:.1f} s")
     print(f"weights read per token: {per_token / 1e9:.2f} GB (experts {cfg.num_layers * cfg.experts_per_token * per_expert / 1e9:.2f} GB "
           f"MXFP4, dense {dense / 1e9:.2f} GB + lm_head {tensor_bytes(model.lm_head) / 1e9:.2f} GB as float32)")
     print(f"decode: {1 / dt:.1f} tokens/s ({dt * 1e3:.2f} ms/token); bandwidth ceiling "
           f"{peak / per_token:.0f} tokens/s; {100 * per_token / dt / peak:.1f}% of HBM bandwidth")
+    print(f"device work per token: {launches} kernels and copies ({launches / cfg.num_layers:.0f} per layer)")
 
 
 if __name__ == "__main__":

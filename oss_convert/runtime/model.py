@@ -48,10 +48,11 @@ def yarn_frequencies(cfg: GptOssConfig) -> tuple[torch.Tensor, float]:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """NeoX rotation of x [T, heads, dim] by cos/sin [T, dim/2]: pairs (i, i + dim/2)."""
+    """NeoX rotation of x [T, heads, dim] by cos/sin [T, dim] (each half-dim angle twice):
+    pairs (i, i + dim/2) become (x_i cos - x_j sin, x_j cos + x_i sin)."""
     first, second = x.chunk(2, dim=-1)
-    cos, sin = cos[:, None, :], sin[:, None, :]
-    return torch.cat([first * cos - second * sin, second * cos + first * sin], dim=-1)
+    rotated = torch.cat([-second, first], dim=-1)  # x_i - y == x_i + (-y): the same floats
+    return x * cos[:, None, :] + rotated * sin[:, None, :]
 
 
 # ------------------------------------------------------------------------------ weights
@@ -137,17 +138,34 @@ class KVCache:
         return self.keys[0].shape[0] if self.keys else 0
 
 
-def attention(w: AttentionWeights, x: torch.Tensor, cfg: GptOssConfig, layer: int, positions: torch.Tensor,
-              inv_freq: torch.Tensor, rope_scale: float, cache: KVCache | None) -> torch.Tensor:
+@dataclass
+class StepInputs:
+    """What every layer of one forward call shares: RoPE's cos and sin for the new positions,
+    and which keys each new query must not see, in full-attention and sliding-window layers."""
+    cos: torch.Tensor  # [T, head_dim], YaRN's attention factor included
+    sin: torch.Tensor
+    hidden: torch.Tensor  # [T, S]: True where query t may not attend to key s
+    hidden_in_window: torch.Tensor
+
+
+def step_inputs(model: Model, positions: torch.Tensor, keys: int) -> StepInputs:
+    angles = positions.float()[:, None] * model.inv_freq[None, :]
+    angles = torch.cat([angles, angles], dim=-1)
+    key_pos = torch.arange(keys, device=positions.device)
+    visible = key_pos[None, :] <= positions[:, None]
+    in_window = visible & (positions[:, None] - key_pos[None, :] < model.config.sliding_window)
+    return StepInputs(angles.cos() * model.rope_scale, angles.sin() * model.rope_scale, ~visible, ~in_window)
+
+
+def attention(w: AttentionWeights, x: torch.Tensor, cfg: GptOssConfig, layer: int, step: StepInputs,
+              cache: KVCache | None) -> torch.Tensor:
     T = x.shape[0]
     hd, nh, nkv = cfg.head_dim, cfg.num_heads, cfg.num_kv_heads
     h = rms_norm(x, w.norm, cfg.rms_norm_eps)
-    q = (h @ w.q_w.T + w.q_b).view(T, nh, hd)
-    k = (h @ w.k_w.T + w.k_b).view(T, nkv, hd)
-    v = (h @ w.v_w.T + w.v_b).view(T, nkv, hd)
-    angles = positions.float()[:, None] * inv_freq[None, :]
-    cos, sin = angles.cos() * rope_scale, angles.sin() * rope_scale
-    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    q = torch.addmm(w.q_b, h, w.q_w.T).view(T, nh, hd)
+    k = torch.addmm(w.k_b, h, w.k_w.T).view(T, nkv, hd)
+    v = torch.addmm(w.v_b, h, w.v_w.T).view(T, nkv, hd)
+    q, k = apply_rope(q, step.cos, step.sin), apply_rope(k, step.cos, step.sin)
     if cache is not None:
         if len(cache.keys) > layer:
             k = torch.cat([cache.keys[layer], k])
@@ -156,20 +174,16 @@ def attention(w: AttentionWeights, x: torch.Tensor, cfg: GptOssConfig, layer: in
         else:
             cache.keys.append(k)
             cache.values.append(v)
-    S = k.shape[0]
-    key_pos = torch.arange(S, device=x.device)
-    visible = key_pos[None, :] <= positions[:, None]
-    if layer % 2 == 0:  # sliding-window layers
-        visible &= positions[:, None] - key_pos[None, :] < cfg.sliding_window
+    hidden = step.hidden_in_window if layer % 2 == 0 else step.hidden  # even layers slide
     group = nh // nkv
     k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # [S, nh, hd]
     scores = torch.einsum("qhd,khd->hqk", q, k) / math.sqrt(hd)
-    scores = scores.masked_fill(~visible[None], float("-inf"))
+    scores = scores.masked_fill(hidden[None], float("-inf"))
     sinks = w.sinks.float()[:, None, None].expand(nh, T, 1)
     logits = torch.cat([scores, sinks], dim=-1)
     probs = torch.softmax(logits - logits.amax(dim=-1, keepdim=True), dim=-1)[..., :-1]
     out = torch.einsum("hqk,khd->qhd", probs, v).reshape(T, nh * hd)
-    return out @ w.o_w.T + w.o_b
+    return torch.addmm(w.o_b, out, w.o_w.T)
 
 
 def forward(model: Model, tokens: torch.Tensor, cache: KVCache | None = None, backend: str = "auto") -> torch.Tensor:
@@ -177,9 +191,10 @@ def forward(model: Model, tokens: torch.Tensor, cache: KVCache | None = None, ba
     cfg = model.config
     start = cache.length if cache is not None else 0
     positions = torch.arange(start, start + tokens.shape[0], device=model.device)
+    step = step_inputs(model, positions, start + tokens.shape[0])
     x = model.embed[tokens.to(model.device)].float()
     for n in range(cfg.num_layers):
-        x = x + attention(model.attention[n], x, cfg, n, positions, model.inv_freq, model.rope_scale, cache)
+        x = x + attention(model.attention[n], x, cfg, n, step, cache)
         layer = model.moe[n]
         x = x + moe_forward(layer, rms_norm(x, layer.norm_w, cfg.rms_norm_eps), backend)
     return rms_norm(x, model.final_norm, cfg.rms_norm_eps) @ model.lm_head.T

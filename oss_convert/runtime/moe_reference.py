@@ -17,7 +17,7 @@ SWIGLU_LIMIT = 7.0
 
 def route(x: torch.Tensor, router_w: torch.Tensor, router_b: torch.Tensor, top_k: int):
     """(expert ids [T, k], routing weights [T, k]) in float32."""
-    logits = x.float() @ router_w.float().T + router_b.float()
+    logits = torch.addmm(router_b.float(), x.float(), router_w.float().T)
     top_logits, experts = torch.topk(logits, top_k, dim=-1)
     return experts, torch.softmax(top_logits, dim=-1)
 
