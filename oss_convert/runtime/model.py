@@ -175,14 +175,16 @@ def attention(w: AttentionWeights, x: torch.Tensor, cfg: GptOssConfig, layer: in
             cache.keys.append(k)
             cache.values.append(v)
     hidden = step.hidden_in_window if layer % 2 == 0 else step.hidden  # even layers slide
-    group = nh // nkv
-    k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # [S, nh, hd]
-    scores = torch.einsum("qhd,khd->hqk", q, k) / math.sqrt(hd)
+    # GQA without copying keys and values per query head: query head h = g * group + j reads
+    # KV head g, so the queries are grouped by KV head ([T, nkv, group, hd]) instead
+    q = q.view(T, nkv, nh // nkv, hd)
+    scores = torch.einsum("qgjd,kgd->gjqk", q, k).reshape(nh, T, -1) / math.sqrt(hd)
     scores = scores.masked_fill(hidden[None], float("-inf"))
     sinks = w.sinks.float()[:, None, None].expand(nh, T, 1)
     logits = torch.cat([scores, sinks], dim=-1)
     probs = torch.softmax(logits - logits.amax(dim=-1, keepdim=True), dim=-1)[..., :-1]
-    out = torch.einsum("hqk,khd->qhd", probs, v).reshape(T, nh * hd)
+    probs = probs.view(nkv, nh // nkv, T, -1)
+    out = torch.einsum("gjqk,kgd->qgjd", probs, v).reshape(T, nh * hd)
     return torch.addmm(w.o_b, out, w.o_w.T)
 
 
