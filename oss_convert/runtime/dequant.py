@@ -64,7 +64,8 @@ def _scales_mins_k4(b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _nibble_groups(qs: torch.Tensor) -> torch.Tensor:
-    """128 code bytes [..., 128] -> 8 groups of 32 low-nibble codes: run r holds groups 2r (low) and 2r+1."""
+    """128 bytes of 4-bit codes [..., 128] -> [..., 8, 32]: the r-th run of 32 bytes holds group
+    2r in its low nibbles and group 2r + 1 in its high ones."""
     runs = qs.unflatten(-1, (4, 32))
     return torch.stack([runs & 0xF, runs >> 4], dim=-2).flatten(-3, -2)
 
