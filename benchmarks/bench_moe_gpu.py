@@ -75,20 +75,23 @@ def graph_time(fn) -> float:
 
 
 def sweep_configs(tokens: int) -> list[dict]:
-    """Launch configurations worth timing at this many tokens.
+    """Launch configurations worth timing at this many tokens (each is a kernel compile, so
+    the list stays short enough for one run to fit a 10-minute call).
 
+    - Tile shapes: block_n 32/64/128, block_k 128/256, 3 or 4 stages. block_k 64 is left out:
+      its loop spends 0.49 warp instructions per weight byte against 0.42 at 128
+      (benchmarks/kernel_stats.py).
     - Tile layout, up to 64 (token, slot) pairs: one tile per pair reads an expert that several
       tokens share once per pair (L2 may catch the repeats) but needs no sort.
-    - Split-K, up to 8 tokens: with one tile per pair there are only 4 to 32 tiles, so
-      splitting K puts 2-4x more programs in flight to hide the upcast's latency, at the
-      price of one more small kernel.
-    - block_k 64 is left out: its loop spends 0.49 warp instructions per weight byte against
-      0.42 at 128 (benchmarks/kernel_stats.py)."""
-    pairs = tokens * TOP_K
-    layouts = (True, False) if pairs <= 64 else (False,)
-    splits = (1, 2, 4) if tokens <= 8 else (1,)
-    return [dict(block_n=bn, block_k=bk, num_warps=4, num_stages=ns, one_per_tile=one, split_k=sk)
-            for bn, bk, ns, one, sk in itertools.product((32, 64, 128), (128, 256), (3, 4), layouts, splits)]
+    - Split-K 2 and 4, up to 8 tokens, on the narrower tiles: with one tile per pair there are
+      only 4 to 32 tiles, and more programs in flight may hide the upcast's latency."""
+    layouts = (True, False) if tokens * TOP_K <= 64 else (False,)
+    configs = [dict(block_n=bn, block_k=bk, num_warps=4, num_stages=ns, one_per_tile=one)
+               for bn, bk, ns, one in itertools.product((32, 64, 128), (128, 256), (3, 4), layouts)]
+    if tokens <= 8:
+        configs += [dict(block_n=bn, block_k=128, num_warps=4, num_stages=4, one_per_tile=one, split_k=sk)
+                    for bn, one, sk in itertools.product((32, 64), layouts, (2, 4))]
+    return configs
 
 
 def main() -> None:
