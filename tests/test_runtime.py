@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 
 from oss_convert.checkpoint import open_checkpoint
@@ -115,7 +116,9 @@ def test_a_moe_layer_is_its_kernels_and_one_sum(monkeypatch, tokens, split_k, la
         monkeypatch.setattr(triton_moe, f"_{name}_kernel", Launch(name))
 
     class TorchCalls(TorchDispatchMode):
-        calls = []
+        def __init__(self):
+            super().__init__()
+            self.calls = []
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             self.calls.append(func.__name__.split(".")[0])
@@ -197,8 +200,7 @@ def test_block_experts_expand_in_torch_as_the_numpy_codecs_do(qtype):
     """The torch path that GPUs take, on random bytes: every code, scale and min pattern, and
     fp16 scales of all kinds (NaN, inf, subnormal), against the codecs checked against ggml."""
     from oss_convert.runtime.dequant import expand_in_torch
-    values, size = (256, {T.Q4_K: 144, T.Q5_K: 176, T.Q6_K: 210}[qtype]) if qtype in (T.Q4_K, T.Q5_K, T.Q6_K) \
-        else (32, {T.Q4_0: 18, T.Q5_0: 22, T.Q5_1: 24, T.Q8_0: 34}[qtype])
+    values, size = GGML_QUANT_SIZES[qtype]  # per block
     rows = torch.randint(0, 256, (1, 6, 4 * size), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     packed = PackedExperts(qtype.name, (1, 6, 4 * values), rows)
     with np.errstate(all="ignore"):
