@@ -1,6 +1,7 @@
 """What the MoE kernels compile to on Hopper, on a machine without a GPU.
 
-usage: python benchmarks/kernel_stats.py [--tokens 1 8 64] [--experts 32] [--split-k 1] [--json]
+usage: python benchmarks/kernel_stats.py [--tokens 1 8 64] [--experts 32] [--split-k 1]
+       [--block-n 64] [--block-k 128] [--warps 4] [--stages 4] [--json]
 
 Triton compiles for sm_90 without a device (ptxas ships with it). For the real gpt-oss
 shapes this compiles both MoE kernels with the argument specialization the launcher would
@@ -8,9 +9,13 @@ give them (which integers and pointers are multiples of 16), disassembles the cu
 reports, for the main loop over K:
 
 - instructions per thread per iteration, and warp instructions per byte of expert weights
-  the iteration reads (codes and scales). An H100 issues about one warp instruction per
-  cycle per scheduler, 132 x 4 x 1.75 GHz ~ 0.9e12 per second, so streaming 3.35 TB/s needs
-  well under 0.27 of them per byte;
+  the iteration reads (codes and scales);
+- the issue ceiling that follows: an H100 or H200 SXM (132 SMs, four schedulers each, 1.98 GHz
+  at boost) issues at most one warp instruction per scheduler per cycle, about 1.05e12 a
+  second, so a loop that spends w warp instructions per byte streams at most 1.05e12 / w
+  bytes a second, however well its loads are hidden. Full HBM speed needs w <= 0.31 on an
+  H100 (3.35 TB/s) and w <= 0.22 on an H200 (4.8 TB/s); 70% of it, w <= 0.45 and w <= 0.31.
+  That is at a perfect issue rate, which no real loop reaches;
 - registers, shared memory, and how many barriers and shared-memory loads the loop holds.
 
 These are static figures, not timings: they say whether a kernel design can be bandwidth
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import inspect
 import json
 import os
 import re
@@ -35,12 +41,16 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_moe_gpu import HBM_PEAK, H, I, TOP_K  # noqa: E402
 
 from oss_convert.runtime import triton_moe  # noqa: E402
 
-H = I = 2880
-TOP_K = 4
 HOPPER = GPUTarget("cuda", 90, 32)
+WARP_ISSUE_PER_S = 132 * 4 * 1.98e9  # H100/H200 SXM: SMs x schedulers x boost clock, one warp instruction each
+LAUNCH_DEFAULTS = {name: p.default for name, p in inspect.signature(triton_moe.moe_mxfp4_triton).parameters.items()
+                   if name in ("block_n", "block_k", "num_warps", "num_stages")}
 CUDA_BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 
 
@@ -57,6 +67,11 @@ class LoopStats:
     @property
     def warp_instructions_per_byte(self) -> float:
         return self.instructions * (self.threads // 32) / self.weight_bytes
+
+    @property
+    def issue_ceiling(self) -> float:
+        """Bytes a second the loop streams at most, at one warp instruction per scheduler per cycle."""
+        return WARP_ISSUE_PER_S / self.warp_instructions_per_byte
 
     @property
     def programs_per_sm(self) -> int:
@@ -144,8 +159,9 @@ def helper_kernel_resources(n_experts: int, block_m: int = 64, block_n: int = 64
     return {"align": resources(align), "swiglu": resources(swiglu)}
 
 
-def moe_kernel_stats(assignments: int, n_experts: int, block_n: int = 64, block_k: int = 128, num_warps: int = 4,
-                     num_stages: int = 4, split_k: int = 1) -> list[LoopStats]:
+def moe_kernel_stats(assignments: int, n_experts: int, block_n: int = LAUNCH_DEFAULTS["block_n"],
+                     block_k: int = LAUNCH_DEFAULTS["block_k"], num_warps: int = LAUNCH_DEFAULTS["num_warps"],
+                     num_stages: int = LAUNCH_DEFAULTS["num_stages"], split_k: int = 1) -> list[LoopStats]:
     """Both MoE kernels as moe_mxfp4_triton would launch them for this many (token, slot) pairs."""
     one_per_tile = assignments <= triton_moe.DECODE_ASSIGNMENTS
     block_m = triton_moe._block_m(assignments, n_experts)
@@ -170,30 +186,42 @@ def main() -> None:
     p.add_argument("--tokens", type=int, nargs="+", default=[1, 8, 64])
     p.add_argument("--experts", type=int, default=32, help="32 for gpt-oss-20b, 128 for 120b")
     p.add_argument("--split-k", type=int, default=1, help="split K in this many shares (decode: more programs)")
+    p.add_argument("--block-n", type=int, default=LAUNCH_DEFAULTS["block_n"])
+    p.add_argument("--block-k", type=int, default=LAUNCH_DEFAULTS["block_k"])
+    p.add_argument("--warps", type=int, default=LAUNCH_DEFAULTS["num_warps"])
+    p.add_argument("--stages", type=int, default=LAUNCH_DEFAULTS["num_stages"])
     p.add_argument("--json", action="store_true", help="one JSON document instead of the table")
     args = p.parse_args()
     if os.environ.get("TRITON_INTERPRET") == "1":
         sys.exit("kernel_stats: unset TRITON_INTERPRET; the interpreter's kernels cannot be compiled")
+    launch = dict(block_n=args.block_n, block_k=args.block_k, num_warps=args.warps, num_stages=args.stages,
+                  split_k=args.split_k)
+    stats = [(tokens, s) for tokens in args.tokens for s in moe_kernel_stats(tokens * TOP_K, args.experts, **launch)]
+    helpers = helper_kernel_resources(args.experts)
     if args.json:
         rows = [dict(tokens=tokens, kernel=s.kernel, instructions=s.instructions, registers=s.registers,
                      shared_bytes=s.shared_bytes, warp_instructions_per_byte=s.warp_instructions_per_byte,
+                     issue_ceiling_bytes_per_s=s.issue_ceiling,
+                     issue_ceiling_share_of_hbm={gpu: s.issue_ceiling / peak for gpu, peak in HBM_PEAK.items()},
                      programs_per_sm=s.programs_per_sm, ops=dict(s.ops))
-                for tokens in args.tokens
-                for s in moe_kernel_stats(tokens * TOP_K, args.experts, split_k=args.split_k)]
-        print(json.dumps({"triton": triton.__version__, "target": "sm_90", "kernels": rows,
-                          "helpers": helper_kernel_resources(args.experts)}))
+                for tokens, s in stats]
+        print(json.dumps({"triton": triton.__version__, "target": "sm_90", "launch": launch, "kernels": rows,
+                          "helpers": helpers}))
         return
-    print(f"triton {triton.__version__}, target sm_90; main loop per iteration, default launch configuration")
-    print(f"{'tokens':>6} {'kernel':8} {'instr':>6} {'warp instr/B':>12} {'regs':>5} {'smem KB':>8} {'per SM':>6} "
-          f"{'BAR':>4} {'LDS':>4}  most frequent")
-    for tokens in args.tokens:
-        for s in moe_kernel_stats(tokens * TOP_K, args.experts, split_k=args.split_k):
-            lds = sum(n for op, n in s.ops.items() if op.startswith("LDS"))
-            common = ", ".join(f"{op} {n}" for op, n in s.ops.most_common(6))
-            print(f"{tokens:>6} {s.kernel:8} {s.instructions:>6} {s.warp_instructions_per_byte:>12.3f} "
-                  f"{s.registers:>5} {s.shared_bytes / 1024:>8.1f} {s.programs_per_sm:>6} {s.ops['BAR']:>4} {lds:>4}  "
-                  f"{common}")
-    for name, r in helper_kernel_resources(args.experts).items():
+    print(f"triton {triton.__version__}, target sm_90; main loop per iteration; launch {launch}")
+    print("ceiling: the most the loop can stream at one warp instruction per scheduler per cycle, and that as a "
+          "share of HBM")
+    gpus = " ".join(f"{'% ' + gpu:>6}" for gpu in HBM_PEAK)
+    print(f"{'tokens':>6} {'kernel':8} {'instr':>6} {'warp instr/B':>12} {'ceiling TB/s':>12} {gpus} {'regs':>5} "
+          f"{'smem KB':>8} {'per SM':>6} {'BAR':>4} {'LDS':>4}  most frequent")
+    for tokens, s in stats:
+        lds = sum(n for op, n in s.ops.items() if op.startswith("LDS"))
+        common = ", ".join(f"{op} {n}" for op, n in s.ops.most_common(6))
+        shares = " ".join(f"{100 * s.issue_ceiling / peak:>5.0f}%" for peak in HBM_PEAK.values())
+        print(f"{tokens:>6} {s.kernel:8} {s.instructions:>6} {s.warp_instructions_per_byte:>12.3f} "
+              f"{s.issue_ceiling / 1e12:>12.2f} {shares} {s.registers:>5} {s.shared_bytes / 1024:>8.1f} "
+              f"{s.programs_per_sm:>6} {s.ops['BAR']:>4} {lds:>4}  {common}")
+    for name, r in helpers.items():
         print(f"{name}: {r['instructions']} instructions, {r['registers']} registers, "
               f"{r['shared_bytes'] / 1024:.1f} KB shared, {r['spills']} spill instructions")
 
