@@ -273,23 +273,26 @@ def test_kernels_compile_for_hopper_without_spills():
     """The interpreter runs code that the compiler rejects (globals that are not constexpr, for
     one), so the kernels are also compiled for sm_90, as a launch on an H100 would, in a
     process without TRITON_INTERPRET. In both tile layouts the main loop must use the tensor
-    cores (wgmma) and keep everything in registers, split or not; the helper kernels must
-    compile unspilled."""
+    cores (wgmma) and keep everything in registers, split or not; so must the two-warp decode
+    tiles the GPU benchmark sweeps (mma.sync there); the helper kernels must compile unspilled."""
     import subprocess
     import sys
     from pathlib import Path
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "kernel_stats.py"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    for split_k in ("1", "2"):
-        done = subprocess.run([sys.executable, str(script), "--tokens", "1", "64", "--split-k", split_k, "--json"],
+    launches = [(("1", "64"), ["--split-k", "1"], "HGMMA"), (("1", "64"), ["--split-k", "2"], "HGMMA"),
+                (("1", "8"), ["--warps", "2"], "HMMA")]
+    for tokens, launch, mma in launches:
+        done = subprocess.run([sys.executable, str(script), "--tokens", *tokens, *launch, "--json"],
                               env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-2000:]
         report = json.loads(done.stdout)
         kernels = report["kernels"]
-        assert {(k["tokens"], k["kernel"]) for k in kernels} == {(t, n) for t in (1, 64) for n in ("gate_up", "down")}
+        assert {(k["tokens"], k["kernel"]) for k in kernels} == {(int(t), n) for t in tokens
+                                                                 for n in ("gate_up", "down")}
         for k in kernels:
-            assert k["ops"].get("HGMMA", 0) > 0, (split_k, k)
-            assert not k["ops"].get("LDL") and not k["ops"].get("STL"), (split_k, k)
+            assert k["ops"].get(mma, 0) > 0, (launch, k)
+            assert not k["ops"].get("LDL") and not k["ops"].get("STL"), (launch, k)
             assert k["registers"] <= 255
     for name, helper in report["helpers"].items():  # the expert sort, split-K's SwiGLU pass
         assert helper["instructions"] > 0 and helper["spills"] == 0, (name, helper)
