@@ -26,7 +26,7 @@ from bench_moe_gpu import H, I, TOP_K, random_experts  # noqa: E402
 from oss_convert.runtime.triton_moe import moe_mxfp4_triton  # noqa: E402
 
 CONFIGS = [dict(), dict(split_k=2), dict(split_k=4), dict(one_per_tile=False), dict(block_n=32, block_k=256),
-           dict(block_n=128, block_k=128, num_stages=3)]
+           dict(block_n=128, block_k=128, num_stages=3), dict(num_warps=2)]
 REPEATS = 20
 
 
