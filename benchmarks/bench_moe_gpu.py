@@ -85,19 +85,19 @@ def sweep_configs(tokens: int) -> list[dict]:
       tokens share once per pair (L2 may catch the repeats) but needs no sort.
     - Split-K 2 and 4, up to 8 tokens, on the narrower tiles: with one tile per pair there are
       only 4 to 32 tiles, and more programs in flight may hide the upcast's latency.
-    - Two warps, up to 8 tokens, on 64 x 128 tiles: Triton then feeds mma.sync through
-      ldmatrix instead of reading the codes from shared memory byte by byte for wgmma, and the
-      main loop spends 0.32-0.34 warp instructions per weight byte against 0.42 with four
-      warps (kernel_stats --warps 2): an issue ceiling of 63-69% of an H200's HBM against 52%.
-      block_n 128 would save a little more but spills registers in the loop."""
+    - Two warps, up to 8 tokens, on 64 x 128 and 32 x 256 tiles (block_n x block_k): Triton
+      then feeds mma.sync through ldmatrix instead of reading the codes from shared memory byte
+      by byte for wgmma, and the main loop spends 0.32-0.34 warp instructions per weight byte
+      against 0.42 with four warps (kernel_stats --warps 2): an issue ceiling of 63-69% of an
+      H200's HBM against 52%. Larger two-warp tiles save a little more but spill in the loop."""
     layouts = (True, False) if tokens * TOP_K <= 64 else (False,)
     configs = [dict(block_n=bn, block_k=bk, num_warps=4, num_stages=ns, one_per_tile=one)
                for bn, bk, ns, one in itertools.product((32, 64, 128), (128, 256), (3, 4), layouts)]
     if tokens <= 8:
         configs += [dict(block_n=bn, block_k=128, num_warps=4, num_stages=4, one_per_tile=one, split_k=sk)
                     for bn, one, sk in itertools.product((32, 64), layouts, (2, 4))]
-        configs += [dict(block_n=64, block_k=128, num_warps=2, num_stages=ns, one_per_tile=one)
-                    for ns, one in itertools.product((3, 4), layouts)]
+        configs += [dict(block_n=bn, block_k=bk, num_warps=2, num_stages=ns, one_per_tile=one)
+                    for (bn, bk), ns, one in itertools.product(((64, 128), (32, 256)), (3, 4), layouts)]
     return configs
 
 

@@ -281,7 +281,8 @@ def test_kernels_compile_for_hopper_without_spills():
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "kernel_stats.py"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     launches = [(("1", "64"), ["--split-k", "1"], "HGMMA"), (("1", "64"), ["--split-k", "2"], "HGMMA"),
-                (("1", "8"), ["--warps", "2"], "HMMA")]
+                (("1", "8"), ["--warps", "2"], "HMMA"),
+                (("1", "8"), ["--warps", "2", "--block-n", "32", "--block-k", "256"], "HMMA")]
     for tokens, launch, mma in launches:
         done = subprocess.run([sys.executable, str(script), "--tokens", *tokens, *launch, "--json"],
                               env=env, capture_output=True, text=True, timeout=600)
