@@ -105,6 +105,12 @@ def test_gguf_tensor_data_past_the_end(tiny_gguf, tmp_path):
     assert_clean_error(["inspect", tmp_path / "t.gguf"], "past the end of the file")
 
 
+def test_converting_a_gguf_to_gguf(tiny_gguf, tmp_path):
+    assert_clean_error(["convert", tiny_gguf, "-o", tmp_path / "again.gguf"], "tiny.gguf", "is already a GGUF",
+                       "--to safetensors")
+    assert not (tmp_path / "again.gguf").exists()
+
+
 def test_split_gguf_with_a_missing_part(tiny_gguf, tmp_path):
     shutil.copy(tiny_gguf, tmp_path / "m-00001-of-00002.gguf")
     assert_clean_error(["inspect", tmp_path / "m-00001-of-00002.gguf"], "missing part", "m-00002-of-00002.gguf")

@@ -166,3 +166,6 @@ def test_human_output_and_unreadable_input(src, lossless, tmp_path):
     (tmp_path / "bad.gguf").write_bytes(b"nope")
     result = CliRunner().invoke(cli, ["verify", str(src), str(tmp_path / "bad.gguf")])
     assert result.exit_code == 2 and result.output.startswith("Error: ")
+    result = CliRunner().invoke(cli, ["verify", str(lossless), str(src)])  # the two the wrong way round
+    assert result.exit_code == 2
+    assert result.output == f"Error: {lossless}: is a GGUF; verify takes the source checkpoint first, then the GGUF port\n"

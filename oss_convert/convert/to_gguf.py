@@ -18,11 +18,12 @@ from .requantize import RequantPlan, cost_report, plan_requantized
 from .vocab import find_tokenizer_dir, read_vocab
 
 
-def open_source(src) -> SafetensorsCheckpoint:
+def open_source(src, if_gguf: str = "is already a GGUF; convert takes a safetensors checkpoint "
+                                    "(or a GGUF with --to safetensors)") -> SafetensorsCheckpoint:
+    """The original GPT-OSS checkpoint at src; a GGUF there is refused with `if_gguf`."""
     ckpt = open_checkpoint(src)
     if not isinstance(ckpt, SafetensorsCheckpoint):
-        raise OssConvertError(f"{src}: is already a GGUF; convert takes a safetensors checkpoint "
-                              "(or a GGUF with --to safetensors)")
+        raise OssConvertError(f"{src}: {if_gguf}")
     if not any(t.format == "MXFP4" for t in ckpt.tensors):
         raise OssConvertError(f"{src}: has no MXFP4 expert tensors; not an original GPT-OSS checkpoint")
     return ckpt

@@ -17,7 +17,7 @@ STATUSES = ["bit-identical", "reference-requantized", "lossy", "missing", "extra
 
 
 def verify(src_path, port_path, show_progress: bool | None = None) -> dict:
-    src = open_source(src_path)
+    src = open_source(src_path, if_gguf="is a GGUF; verify takes the source checkpoint first, then the GGUF port")
     port = open_checkpoint(port_path)
     if not isinstance(port, GGUFCheckpoint):
         raise OssConvertError(f"{port_path}: not a GGUF file")
