@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -107,3 +108,21 @@ def test_compare_full_with_a_prompt_and_generate(bundled, tmp_path):
         outs.append(json.loads(result.stdout))
     assert outs[0]["tokens"] == outs[1]["tokens"] and outs[0]["prompt"].startswith("<|start|>user<|message|>")
     assert 0 < len(outs[0]["tokens"]) <= 12
+
+
+def test_text_without_its_packages_is_one_error_line(bundled, monkeypatch):
+    """Without the 'text' extra each command says which package it lacks, and offers only what it
+    has: compare --full takes token ids instead, generate has no such option."""
+    monkeypatch.setitem(sys.modules, "tokenizers", None)  # makes `import tokenizers` raise ImportError
+    result = CliRunner().invoke(cli, ["compare", str(bundled), str(bundled), "--full", "--prompt", "hi"])
+    assert result.exit_code == 1
+    assert result.output == ("Error: tokenizing text needs the 'tokenizers' package (pip install tokenizers, or the "
+                             "'text' extra); or pass token ids with --tokens-file\n")
+    result = CliRunner().invoke(cli, ["generate", str(bundled), "--prompt", "hi"])
+    assert result.exit_code == 1 and "--tokens-file" not in result.output
+    assert result.output.startswith("Error: tokenizing text needs the 'tokenizers' package")
+    monkeypatch.setitem(sys.modules, "jinja2", None)
+    result = CliRunner().invoke(cli, ["generate", str(bundled), "--prompt", "hi"])
+    assert result.exit_code == 1
+    assert result.output == ("Error: the chat template needs the 'jinja2' package (pip install jinja2, or the "
+                             "'text' extra)\n")

@@ -15,13 +15,14 @@ from .model import forward, load_model, new_cache
 STOP_TOKENS = ("<|return|>", "<|end|>", "<|call|>", "<|endoftext|>")
 
 
-def load_tokenizer(ckpt):
-    """A `tokenizers.Tokenizer` from the checkpoint's tokenizer.json or the GGUF's vocabulary."""
+def load_tokenizer(ckpt, instead: str = ""):
+    """A `tokenizers.Tokenizer` from the checkpoint's tokenizer.json or the GGUF's vocabulary.
+    `instead`: what the command offers without one, for the error where tokenizers is missing."""
     try:
         from tokenizers import Tokenizer
     except ImportError:
-        raise OssConvertError("tokenizing text needs the 'tokenizers' package (pip install tokenizers); "
-                              "or pass token ids with --tokens-file") from None
+        raise OssConvertError("tokenizing text needs the 'tokenizers' package (pip install tokenizers, or the "
+                              f"'text' extra){instead}") from None
     if isinstance(ckpt, GGUFCheckpoint):
         from ..convert.to_safetensors import tokenizer_files
         return Tokenizer.from_str(tokenizer_files(ckpt.metadata)["tokenizer.json"])
@@ -86,7 +87,8 @@ def compare_full(a_path, b_path, *, tokens: list[int] | None = None, prompt: str
                  device: str = "auto", save_logits: Path | None = None) -> dict:
     dev = pick_device(device)
     if tokens is None:
-        tokens = load_tokenizer(open_checkpoint(a_path)).encode(prompt or "").ids
+        tokenizer = load_tokenizer(open_checkpoint(a_path), "; or pass token ids with --tokens-file")
+        tokens = tokenizer.encode(prompt or "").ids
     if len(tokens) < 1:
         raise OssConvertError("nothing to evaluate: the prompt gives no tokens")
     logits_a = model_logits(a_path, tokens, ctx, dev)
@@ -118,7 +120,11 @@ def render_full(doc: dict) -> str:
 
 @torch.no_grad()
 def generate(path, prompt: str, max_tokens: int = 64, device: str = "auto") -> dict:
-    import jinja2
+    try:
+        import jinja2
+    except ImportError:
+        raise OssConvertError("the chat template needs the 'jinja2' package (pip install jinja2, or the 'text' "
+                              "extra)") from None
     ckpt = open_checkpoint(path)
     tokenizer = load_tokenizer(ckpt)
     text = jinja2.Environment().from_string(chat_template(ckpt)).render(
