@@ -38,6 +38,7 @@ def random_mxfp4(E: int, N: int, K: int, gen: torch.Generator) -> PackedExperts:
 @kernels_runnable
 @pytest.mark.parametrize("tokens,hidden,inter", [(1, 64, 32), (8, 64, 64), (23, 96, 64), (70, 64, 96)])
 def test_triton_kernels_match_the_reference_on_ragged_routing(tokens, hidden, inter):
+    from oss_convert.runtime.mxfp4_words import to_words
     from oss_convert.runtime.triton_moe import moe_mxfp4_triton
     gen = torch.Generator().manual_seed(tokens)
     E, k = 6, 2
@@ -52,15 +53,46 @@ def test_triton_kernels_match_the_reference_on_ragged_routing(tokens, hidden, in
     dev = KERNEL_DEVICE
     # the kernels round activations to bf16 (the inputs of the MMA); so does this reference
     want = mix_experts(x.bfloat16().float(), experts, weights, w1, b1, w2, b2)
+    words1, words2 = to_words(w1.data.to(dev), w1.scales.to(dev)), to_words(w2.data.to(dev), w2.scales.to(dev))
     # both tile layouts, whichever the size would pick; K unsplit, and split in uneven shares
     for cfg in (dict(one_per_tile=True), dict(one_per_tile=False), dict(one_per_tile=True, split_k=2, block_k=32),
                 dict(one_per_tile=False, split_k=3, block_k=32)):
-        got = moe_mxfp4_triton(x.to(dev), experts.to(dev), weights.to(dev), w1.to(dev), b1.to(dev), w2.to(dev),
-                               b2.to(dev), **cfg).cpu()
+        args = x.to(dev), experts.to(dev), weights.to(dev)
+        got = moe_mxfp4_triton(*args, w1.to(dev), b1.to(dev), w2.to(dev), b2.to(dev), **cfg).cpu()
         rel = ((got - want).norm() / want.norm()).item()
         assert rel < 1e-2, (cfg, rel)
         cos = torch.nn.functional.cosine_similarity(got.flatten(), want.flatten(), dim=0).item()
         assert cos > 0.9999, cfg
+        # the words layout: the same bf16 weights and activations, so all but the same sums
+        from_words = moe_mxfp4_triton(*args, words1, b1.to(dev), words2, b2.to(dev), **cfg).cpu()
+        assert ((from_words - got).norm() / got.norm()).item() < 1e-5, cfg
+
+
+def test_words_layout_places_every_value_bit_once():
+    from oss_convert.runtime.mxfp4_words import source_bit
+    word_bits = sorted(source_bit(v, b) for v in range(8) for b in range(4))
+    assert word_bits == list(range(32))
+
+
+@kernels_runnable
+@pytest.mark.parametrize("scale_bytes", [(127, 0, 1, 128), (129, 0, 120, 200)], ids=["one-multiply", "wide"])
+def test_words_decode_to_the_mxfp4_values(scale_bytes):
+    """Every code at every place in a word, against the HF-layout decoder, exactly. Scales up
+    to 128 take one multiply, a wider one two; 0 (2^-127) is a subnormal either way."""
+    from oss_convert.runtime.mxfp4_words import to_words
+    from tests.words_kernel import decode_kernel
+
+    # 256 bytes: each of the 16 codes in both nibbles of every byte of a word
+    codes = torch.arange(256, dtype=torch.uint8)[torch.randperm(256, generator=torch.Generator().manual_seed(0))]
+    codes = codes.reshape(1, 1, 256)
+    scales = torch.tensor(scale_bytes, dtype=torch.uint8).repeat_interleave(4).reshape(1, 1, 16)
+    words = to_words(codes.to(KERNEL_DEVICE), scales.to(KERNEL_DEVICE))
+    assert words.wide_scales == (max(scale_bytes) > 128)
+    out = torch.empty(512, dtype=torch.float32, device=KERNEL_DEVICE)
+    decode_kernel[(1,)](words.data.reshape(-1), scales.reshape(-1).to(KERNEL_DEVICE), out, WORDS=64,
+                        WIDE_SCALES=words.wide_scales, INTERPRETED=INTERPRET)
+    want = mxfp4.decode_hf(codes.numpy().reshape(1, 1, 16, 16), scales.numpy())[0, 0]
+    np.testing.assert_array_equal(out.cpu().numpy(), want)
 
 
 def expected_alignment(experts: torch.Tensor, n_experts: int, block_m: int):
@@ -274,7 +306,9 @@ def test_kernels_compile_for_hopper_without_spills():
     one), so the kernels are also compiled for sm_90, as a launch on an H100 would, in a
     process without TRITON_INTERPRET. In both tile layouts the main loop must use the tensor
     cores (wgmma) and keep everything in registers, split or not; so must the two-warp decode
-    tiles the GPU benchmark sweeps (mma.sync there); the helper kernels must compile unspilled."""
+    tiles the GPU benchmark sweeps (mma.sync there), and the words layout's kernels, whose
+    decode must multiply two weights an instruction (HMUL2), as mxfp4_words intends; the
+    helper kernels must compile unspilled."""
     import subprocess
     import sys
     from pathlib import Path
@@ -282,7 +316,8 @@ def test_kernels_compile_for_hopper_without_spills():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     launches = [(("1", "64"), ["--split-k", "1"], "HGMMA"), (("1", "64"), ["--split-k", "2"], "HGMMA"),
                 (("1", "8"), ["--warps", "2"], "HMMA"),
-                (("1", "8"), ["--warps", "2", "--block-n", "32", "--block-k", "256"], "HMMA")]
+                (("1", "8"), ["--warps", "2", "--block-n", "32", "--block-k", "256"], "HMMA"),
+                (("1", "64"), ["--words"], "HGMMA"), (("1", "8"), ["--words", "--warps", "2", "--stages", "3"], "HMMA")]
     for tokens, launch, mma in launches:
         done = subprocess.run([sys.executable, str(script), "--tokens", *tokens, *launch, "--json"],
                               env=env, capture_output=True, text=True, timeout=600)
@@ -295,5 +330,9 @@ def test_kernels_compile_for_hopper_without_spills():
             assert k["ops"].get(mma, 0) > 0, (launch, k)
             assert not k["ops"].get("LDL") and not k["ops"].get("STL"), (launch, k)
             assert k["registers"] <= 255
+            if "--words" in launch:
+                knobs = report["launch"]
+                values_per_thread = knobs["block_n"] * knobs["block_k"] // (32 * knobs["num_warps"])
+                assert k["ops"]["HMUL2"] == values_per_thread // 2, (launch, k)
     for name, helper in report["helpers"].items():  # the expert sort, split-K's SwiGLU pass
         assert helper["instructions"] > 0 and helper["spills"] == 0, (name, helper)

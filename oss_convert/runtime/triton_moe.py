@@ -16,7 +16,9 @@ too few tiles to keep the GPU busy: gate_up's partial sums then go through one m
 kernel for the bias and SwiGLU, down's into the final sum over slots; still no atomics.
 
 Packed codes hold element 2j in the low nibble and 2j+1 in the high one: the HF layout, and
-the one tl.dot_scaled reads. For decode (few assignments) each assignment gets a tile of its
+the one tl.dot_scaled reads. Experts re-laid as mxfp4_words (Mxfp4Words) take the other
+GEMM tile, which decodes them by bit operations and feeds bf16 to tl.dot: fewer instructions
+a byte than dot_scaled's upcast, the same weights. For decode (few assignments) each assignment gets a tile of its
 own instead of a sort by expert, found from the router's expert ids inside the kernels, so
 a decode step launches the two kernels and the final sum over slots, nothing else.
 """
@@ -28,6 +30,7 @@ import triton
 import triton.language as tl
 
 from .moe_reference import SWIGLU_ALPHA, SWIGLU_LIMIT
+from .mxfp4_words import Mxfp4Words, decode_words
 
 ALIGN_WARPS = 8  # the sort is one program: two warps per scheduler hide some latency
 DECODE_ASSIGNMENTS = 16  # up to this many (token, slot) pairs, skip the sort by expert
@@ -58,6 +61,54 @@ def _mxfp4_matmul_tile(a_ptr, a_rows, a_mask, stride_a, k_start, k_end,
         scale = tl.load(s_ptr + e * stride_se + offs_n[:, None] * stride_sn + kg[None, :],
                         mask=n_mask[:, None] & (kg < k_end // 32)[None, :], other=127)  # [BLOCK_N, BLOCK_K // 32]
         acc = tl.dot_scaled(a, None, "bf16", packed, scale, "e2m1", acc)
+    return acc
+
+
+@triton.jit
+def _mxfp4_words_tile(a_ptr, a_rows, a_mask, stride_a, k_start, k_end,
+                      w_ptr, s_ptr, e, offs_n, n_mask, stride_we, stride_wn, stride_se, stride_sn,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                      WIDE_SCALES: tl.constexpr, INTERPRETED: tl.constexpr):
+    """_mxfp4_matmul_tile over W in the words layout (mxfp4_words): the codes decoded to bf16 by
+    bit operations, then tl.dot. The weights are the MMA's first operand (W A^T, transposed on
+    return): an MMA tile is 16 rows by as few as 8 columns, so a decode tile of 8 rows of A
+    wastes less, and the decoded words land in the operand registers without a shuffle."""
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    offs_k = tl.arange(0, BLOCK_K)
+    offs_w = tl.arange(0, BLOCK_K // 8)
+    offs_g = tl.arange(0, BLOCK_K // 32)
+    rows = tl.multiple_of(offs_n * stride_wn, 4)  # K / 8 words a row and K a multiple of 32: 16-byte rows
+    for k0 in range(k_start, k_end, BLOCK_K):  # k_start and k_end are multiples of 32
+        kk = k0 + offs_k
+        a = tl.load(a_ptr + a_rows[:, None] * stride_a + kk[None, :], mask=a_mask[:, None] & (kk < k_end)[None, :],
+                    other=0.0).to(tl.bfloat16)
+        kw = k0 // 8 + offs_w
+        words = tl.load(w_ptr + e * stride_we + rows[:, None] + kw[None, :],
+                        mask=n_mask[:, None] & (kw < k_end // 8)[None, :], other=0)  # [BLOCK_N, BLOCK_K // 8]
+        kg = k0 // 32 + offs_g
+        scale = tl.load(s_ptr + e * stride_se + offs_n[:, None] * stride_sn + kg[None, :],
+                        mask=n_mask[:, None] & (kg < k_end // 32)[None, :], other=0)  # [BLOCK_N, BLOCK_K // 32]
+        words = tl.reshape(words.to(tl.uint32, bitcast=True), (BLOCK_N, BLOCK_K // 32, 4))
+        w = tl.reshape(decode_words(words, scale.to(tl.uint32)[:, :, None], WIDE_SCALES, INTERPRETED),
+                       (BLOCK_N, BLOCK_K))
+        if INTERPRETED:  # float32 weights there (decode_words says why): the same products
+            a = a.to(tl.float32)
+        acc = tl.dot(w, tl.trans(a), acc)
+    return tl.trans(acc)
+
+
+@triton.jit
+def _expert_gemm(a_ptr, a_rows, a_mask, stride_a, k_start, k_end,
+                 w_ptr, s_ptr, e, offs_n, n_mask, stride_we, stride_wn, stride_se, stride_sn,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                 WORDS: tl.constexpr, WIDE_SCALES: tl.constexpr, INTERPRETED: tl.constexpr):
+    if WORDS:
+        acc = _mxfp4_words_tile(a_ptr, a_rows, a_mask, stride_a, k_start, k_end, w_ptr, s_ptr, e, offs_n, n_mask,
+                                stride_we, stride_wn, stride_se, stride_sn, BLOCK_M, BLOCK_N, BLOCK_K,
+                                WIDE_SCALES, INTERPRETED)
+    else:
+        acc = _mxfp4_matmul_tile(a_ptr, a_rows, a_mask, stride_a, k_start, k_end, w_ptr, s_ptr, e, offs_n, n_mask,
+                                 stride_we, stride_wn, stride_se, stride_sn, BLOCK_M, BLOCK_N, BLOCK_K)
     return acc
 
 
@@ -109,7 +160,8 @@ def _gate_up_kernel(x_ptr, w_ptr, s_ptr, b_ptr, act_ptr, h_ptr, tile_expert_ptr,
                     K, N, top_k, stride_x, stride_we, stride_wn, stride_se, stride_sn, stride_be, stride_act,
                     stride_hs, stride_h, limit, alpha,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                    ONE_PER_TILE: tl.constexpr, SPLITS: tl.constexpr, K_SPLIT: tl.constexpr):
+                    ONE_PER_TILE: tl.constexpr, SPLITS: tl.constexpr, K_SPLIT: tl.constexpr,
+                    WORDS: tl.constexpr, WIDE_SCALES: tl.constexpr, INTERPRETED: tl.constexpr):
     """SPLITS == 1: act = SwiGLU(x W1^T + b1). Otherwise each split stores its partial x W1^T
     in h[split], and _swiglu_kernel finishes."""
     pid_m, pid_n, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -120,8 +172,9 @@ def _gate_up_kernel(x_ptr, w_ptr, s_ptr, b_ptr, act_ptr, h_ptr, tile_expert_ptr,
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
     k_start, k_end = _k_range(split, K, SPLITS, K_SPLIT)
-    acc = _mxfp4_matmul_tile(x_ptr, tokens, valid, stride_x, k_start, k_end, w_ptr, s_ptr, e, offs_n, n_mask,
-                             stride_we, stride_wn, stride_se, stride_sn, BLOCK_M, BLOCK_N, BLOCK_K)
+    acc = _expert_gemm(x_ptr, tokens, valid, stride_x, k_start, k_end, w_ptr, s_ptr, e, offs_n, n_mask,
+                       stride_we, stride_wn, stride_se, stride_sn, BLOCK_M, BLOCK_N, BLOCK_K,
+                       WORDS, WIDE_SCALES, INTERPRETED)
     if SPLITS == 1:
         _bias_swiglu_store(acc, b_ptr, e, stride_be, offs_n, n_mask, act_ptr, rows, valid, stride_act, N,
                            limit, alpha, pid_n, BLOCK_M, BLOCK_N)
@@ -153,7 +206,8 @@ def _swiglu_kernel(h_ptr, b_ptr, act_ptr, tile_expert_ptr, sorted_ptr, N, stride
 def _down_kernel(act_ptr, w_ptr, s_ptr, b_ptr, route_w_ptr, y_ptr, tile_expert_ptr, sorted_ptr,
                  K, N, stride_act, stride_we, stride_wn, stride_se, stride_sn, stride_be, stride_ys, stride_y,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 ONE_PER_TILE: tl.constexpr, SPLITS: tl.constexpr, K_SPLIT: tl.constexpr):
+                 ONE_PER_TILE: tl.constexpr, SPLITS: tl.constexpr, K_SPLIT: tl.constexpr,
+                 WORDS: tl.constexpr, WIDE_SCALES: tl.constexpr, INTERPRETED: tl.constexpr):
     """y[split, assignment] = weight * (act W2^T + b2) over split's share of K (b2 in split 0 only)."""
     pid_m, pid_n, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     e, rows, assignment, valid = _tile(pid_m, tile_expert_ptr, sorted_ptr, ONE_PER_TILE, BLOCK_M)
@@ -162,8 +216,9 @@ def _down_kernel(act_ptr, w_ptr, s_ptr, b_ptr, route_w_ptr, y_ptr, tile_expert_p
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
     k_start, k_end = _k_range(split, K, SPLITS, K_SPLIT)
-    acc = _mxfp4_matmul_tile(act_ptr, rows, valid, stride_act, k_start, k_end, w_ptr, s_ptr, e, offs_n, n_mask,
-                             stride_we, stride_wn, stride_se, stride_sn, BLOCK_M, BLOCK_N, BLOCK_K)
+    acc = _expert_gemm(act_ptr, rows, valid, stride_act, k_start, k_end, w_ptr, s_ptr, e, offs_n, n_mask,
+                       stride_we, stride_wn, stride_se, stride_sn, BLOCK_M, BLOCK_N, BLOCK_K,
+                       WORDS, WIDE_SCALES, INTERPRETED)
     if split == 0:
         acc += tl.load(b_ptr + e * stride_be + offs_n, mask=n_mask, other=0.0)[None, :]
     weight = tl.load(route_w_ptr + tl.where(valid, assignment, 0), mask=valid, other=0.0)
@@ -229,8 +284,11 @@ def align_by_expert(experts: torch.Tensor, n_experts: int, block_m: int):
     return sorted_ids, tile_expert
 
 
-def _block_m(assignments: int, n_experts: int) -> int:
-    """Rows per tile: small for decode (few tokens per expert), larger for prefill."""
+def _block_m(assignments: int, n_experts: int, one_per_tile: bool = False, words: bool = False) -> int:
+    """Rows per tile: small for decode (few tokens per expert), larger for prefill. A decode
+    tile (one row used) of the words kernels takes 8: there A is the MMA's narrow side."""
+    if one_per_tile and words:
+        return 8
     return 16 if assignments <= 32 * n_experts else 64
 
 
@@ -244,7 +302,9 @@ def moe_mxfp4_triton(x: torch.Tensor, experts: torch.Tensor, weights: torch.Tens
                      down, b2: torch.Tensor, block_n: int = 64, block_k: int = 128, num_warps: int = 4,
                      num_stages: int = 4, block_m: int | None = None,
                      one_per_tile: bool | None = None, split_k: int = 1) -> torch.Tensor:
-    """x [T, H]; experts/weights [T, k] from the router; MXFP4 PackedExperts. Returns [T, H] float32.
+    """x [T, H]; experts/weights [T, k] from the router; gate_up and down MXFP4, both as
+    PackedExperts (codes for tl.dot_scaled) or both as Mxfp4Words (decoded by bit operations).
+    Returns [T, H] float32.
 
     one_per_tile picks the tile layout (None: by DECODE_ASSIGNMENTS). split_k > 1 splits each
     GEMM's K into that many programs, for more programs in flight when there are few tiles
@@ -255,9 +315,12 @@ def moe_mxfp4_triton(x: torch.Tensor, experts: torch.Tensor, weights: torch.Tens
     top_k = experts.shape[1]
     E, N1, K1 = gate_up.shape
     _, N2, K2 = down.shape
-    block_m = block_m or _block_m(T_ * top_k, E)
+    words = isinstance(gate_up, Mxfp4Words)
+    if words != isinstance(down, Mxfp4Words):
+        raise ValueError("gate_up and down must both be in the words layout, or neither")
     if one_per_tile is None:
         one_per_tile = experts.numel() <= DECODE_ASSIGNMENTS
+    block_m = block_m or _block_m(T_ * top_k, E, one_per_tile, words)
     if one_per_tile:  # the kernels read the router's expert ids directly: no device work before them
         tile_expert = experts.reshape(-1).contiguous()
         sorted_ids, act_rows = tile_expert, tile_expert.numel()
@@ -266,6 +329,8 @@ def moe_mxfp4_triton(x: torch.Tensor, experts: torch.Tensor, weights: torch.Tens
         act_rows = sorted_ids.numel()
     tiles = tile_expert.numel()
     x = x.contiguous()
+    # Triton's interpreter (kernels on the CPU) runs no inline PTX and no bf16 arithmetic
+    decode = dict(WORDS=words, INTERPRETED=not x.is_cuda)
     act = torch.empty((act_rows, N1 // 2), dtype=torch.bfloat16, device=x.device)
     splits1, k_split1 = _split(K1, block_k, split_k)
     # split-K partials of x W1^T (every valid row written whole by each split); unused when unsplit
@@ -275,7 +340,8 @@ def moe_mxfp4_triton(x: torch.Tensor, experts: torch.Tensor, weights: torch.Tens
         K1, N1, top_k, x.stride(0), gate_up.data.stride(0), gate_up.data.stride(1),
         gate_up.scales.stride(0), gate_up.scales.stride(1), b1.stride(0), act.stride(0), h.stride(0), h.stride(1),
         SWIGLU_LIMIT, SWIGLU_ALPHA, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, ONE_PER_TILE=one_per_tile,
-        SPLITS=splits1, K_SPLIT=k_split1, num_warps=num_warps, num_stages=num_stages)
+        SPLITS=splits1, K_SPLIT=k_split1, WIDE_SCALES=words and gate_up.wide_scales, **decode,
+        num_warps=num_warps, num_stages=num_stages)
     if splits1 > 1:
         _swiglu_kernel[(tiles, triton.cdiv(N1, block_n))](
             h, b1, act, tile_expert, sorted_ids, N1, h.stride(0), h.stride(1), b1.stride(0), act.stride(0),
@@ -289,5 +355,5 @@ def moe_mxfp4_triton(x: torch.Tensor, experts: torch.Tensor, weights: torch.Tens
         K2, N2, act.stride(0), down.data.stride(0), down.data.stride(1),
         down.scales.stride(0), down.scales.stride(1), b2.stride(0), y.stride(0), y.stride(1),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, ONE_PER_TILE=one_per_tile, SPLITS=splits2, K_SPLIT=k_split2,
-        num_warps=num_warps, num_stages=num_stages)
+        WIDE_SCALES=words and down.wide_scales, **decode, num_warps=num_warps, num_stages=num_stages)
     return y.view(splits2, T_, top_k, N2).sum(dim=(0, 2))
