@@ -21,12 +21,13 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_moe_gpu import H, I, TOP_K, random_experts  # noqa: E402
+from bench_moe_gpu import H, I, TOP_K, random_experts, run_layer  # noqa: E402
 
-from oss_convert.runtime.triton_moe import moe_mxfp4_triton  # noqa: E402
+from oss_convert.runtime.mxfp4_words import to_words  # noqa: E402
 
 CONFIGS = [dict(), dict(split_k=2), dict(split_k=4), dict(one_per_tile=False), dict(block_n=32, block_k=256),
-           dict(block_n=128, block_k=128, num_stages=3), dict(num_warps=2)]
+           dict(block_n=128, block_k=128, num_stages=3), dict(num_warps=2),
+           dict(words=True), dict(words=True, num_warps=2), dict(words=True, num_warps=2, num_stages=3)]
 REPEATS = 20
 
 
@@ -59,6 +60,7 @@ def main() -> None:
     E = 32
     torch.manual_seed(0)
     w1, w2 = random_experts(E, 2 * I, H), random_experts(E, H, I)
+    layouts = {"codes": (w1, w2), "words": (to_words(w1.data, w1.scales), to_words(w2.data, w2.scales))}
     b1, b2 = torch.zeros(E, 2 * I, device="cuda"), torch.zeros(E, H, device="cuda")
     shares = {"gate_up": w1.nbytes / E, "down": w2.nbytes / E}
     for tokens in args.tokens:
@@ -67,7 +69,7 @@ def main() -> None:
         weights = torch.softmax(torch.randn(tokens, TOP_K, device="cuda"), dim=-1)
         touched = experts.unique().numel()
         for cfg in CONFIGS:
-            times = kernel_times(lambda: moe_mxfp4_triton(x, experts, weights, w1, b1, w2, b2, **cfg))
+            times = kernel_times(lambda: run_layer(x, experts, weights, layouts, b1, b2, cfg))
             parts = []
             for kernel, t in sorted(times.items(), key=lambda kv: -kv[1]):
                 name = short_name(kernel)
