@@ -18,9 +18,11 @@ kernel for the bias and SwiGLU, down's into the final sum over slots; still no a
 Packed codes hold element 2j in the low nibble and 2j+1 in the high one: the HF layout, and
 the one tl.dot_scaled reads. Experts re-laid as mxfp4_words (Mxfp4Words) take the other
 GEMM tile, which decodes them by bit operations and feeds bf16 to tl.dot: fewer instructions
-a byte than dot_scaled's upcast, the same weights. For decode (few assignments) each assignment gets a tile of its
-own instead of a sort by expert, found from the router's expert ids inside the kernels, so
-a decode step launches the two kernels and the final sum over slots, nothing else.
+a byte than dot_scaled's upcast, the same weights.
+
+For decode (few assignments) each assignment gets a tile of its own instead of a sort by
+expert, found from the router's expert ids inside the kernels, so a decode step launches the
+two kernels and the final sum over slots, nothing else.
 """
 
 from __future__ import annotations
