@@ -95,9 +95,9 @@ def sweep_configs(tokens: int) -> list[dict]:
       against 0.42 with four warps (kernel_stats --warps 2): an issue ceiling of 63-69% of an
       H200's HBM against 52%. Larger two-warp tiles save a little more but spill in the loop.
     - The words layout (words=True: the experts re-laid by mxfp4_words, decoded by bit
-      operations instead of tl.dot_scaled's upcast): 0.28-0.33 warp instructions per byte with
-      four warps, 0.20-0.22 with two (kernel_stats --words), so two and four warps on the
-      tiles that compile unspilled, at every token count."""
+      operations instead of tl.dot_scaled's upcast): 0.24-0.28 warp instructions per byte with
+      four warps, 0.17-0.19 with two up to 64 tokens (kernel_stats --words); two warps only
+      for decode, as with the codes (at 512 tokens their 64-row tiles run out of registers)."""
     layouts = (True, False) if tokens * TOP_K <= 64 else (False,)
     configs = [dict(block_n=bn, block_k=bk, num_warps=4, num_stages=ns, one_per_tile=one)
                for bn, bk, ns, one in itertools.product((32, 64, 128), (128, 256), (3, 4), layouts)]
@@ -108,7 +108,7 @@ def sweep_configs(tokens: int) -> list[dict]:
                     for (bn, bk), ns, one in itertools.product(((64, 128), (32, 256)), (3, 4), layouts)]
     words_tiles = ((64, 128), (32, 256), (128, 128)) if tokens <= 8 else ((64, 128), (128, 128), (64, 256))
     configs += [dict(words=True, block_n=bn, block_k=bk, num_warps=nw, num_stages=3, one_per_tile=one)
-                for (bn, bk), nw, one in itertools.product(words_tiles, (2, 4), layouts)]
+                for (bn, bk), nw, one in itertools.product(words_tiles, (2, 4) if tokens <= 8 else (4,), layouts)]
     return configs
 
 

@@ -54,9 +54,10 @@ def test_triton_kernels_match_the_reference_on_ragged_routing(tokens, hidden, in
     # the kernels round activations to bf16 (the inputs of the MMA); so does this reference
     want = mix_experts(x.bfloat16().float(), experts, weights, w1, b1, w2, b2)
     words1, words2 = to_words(w1.data.to(dev), w1.scales.to(dev)), to_words(w2.data.to(dev), w2.scales.to(dev))
-    # both tile layouts, whichever the size would pick; K unsplit, and split in uneven shares
-    for cfg in (dict(one_per_tile=True), dict(one_per_tile=False), dict(one_per_tile=True, split_k=2, block_k=32),
-                dict(one_per_tile=False, split_k=3, block_k=32)):
+    # both tile layouts, whichever the size would pick; K unsplit (in whole blocks, a part of one,
+    # or both: hidden 96 in blocks of 64), and split in uneven shares
+    for cfg in (dict(one_per_tile=True), dict(one_per_tile=False), dict(one_per_tile=True, block_k=64),
+                dict(one_per_tile=True, split_k=2, block_k=32), dict(one_per_tile=False, split_k=3, block_k=32)):
         args = x.to(dev), experts.to(dev), weights.to(dev)
         got = moe_mxfp4_triton(*args, w1.to(dev), b1.to(dev), w2.to(dev), b2.to(dev), **cfg).cpu()
         rel = ((got - want).norm() / want.norm()).item()
