@@ -106,7 +106,8 @@ def sweep_configs(tokens: int) -> list[dict]:
     - The words layout (words=True: the experts re-laid by mxfp4_words, decoded by bit
       operations instead of tl.dot_scaled's upcast): 0.24-0.28 warp instructions per byte with
       four warps, 0.17-0.19 with two up to 64 tokens (kernel_stats --words); two warps only
-      for decode, as with the codes (at 512 tokens their 64-row tiles run out of registers)."""
+      for decode, as with the codes (at 512 tokens their 64-row tiles run out of registers),
+      and there split-K 2 and 4 too."""
     layouts = (True, False) if tokens * TOP_K <= 64 else (False,)
     configs = [dict(block_n=bn, block_k=bk, num_warps=4, num_stages=ns, one_per_tile=one)
                for bn, bk, ns, one in itertools.product((32, 64, 128), (128, 256), (3, 4), layouts)]
@@ -118,6 +119,9 @@ def sweep_configs(tokens: int) -> list[dict]:
     words_tiles = ((64, 128), (32, 256), (128, 128)) if tokens <= 8 else ((64, 128), (128, 128), (64, 256))
     configs += [dict(words=True, block_n=bn, block_k=bk, num_warps=nw, num_stages=3, one_per_tile=one)
                 for (bn, bk), nw, one in itertools.product(words_tiles, (2, 4) if tokens <= 8 else (4,), layouts)]
+    if tokens <= 8:
+        configs += [dict(words=True, num_warps=2, num_stages=3, one_per_tile=one, split_k=sk)
+                    for one, sk in itertools.product(layouts, (2, 4))]
     return configs
 
 
