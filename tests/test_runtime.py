@@ -83,9 +83,10 @@ def test_words_decode_to_the_mxfp4_values(scale_bytes):
     from oss_convert.runtime.mxfp4_words import to_words
     from tests.words_kernel import decode_kernel
 
-    # 256 bytes: each of the 16 codes in both nibbles of every byte of a word
-    codes = torch.arange(256, dtype=torch.uint8)[torch.randperm(256, generator=torch.Generator().manual_seed(0))]
-    codes = codes.reshape(1, 1, 256)
+    # 64 words of 8 values: value v of word w is code (w + 3 v) mod 16, so each of the 16 codes
+    # sits at each of the 8 places of a word, 4 times
+    values = (torch.arange(64)[:, None] + 3 * torch.arange(8)[None, :]) % 16
+    codes = (values[:, 0::2] | values[:, 1::2] << 4).to(torch.uint8).reshape(1, 1, 256)
     scales = torch.tensor(scale_bytes, dtype=torch.uint8).repeat_interleave(4).reshape(1, 1, 16)
     words = to_words(codes.to(KERNEL_DEVICE), scales.to(KERNEL_DEVICE))
     assert words.wide_scales == (max(scale_bytes) > 128)
