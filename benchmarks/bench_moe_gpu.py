@@ -109,8 +109,9 @@ def sweep_configs(tokens: int) -> list[dict]:
       for decode, as with the codes (at 512 tokens their 64-row tiles run out of registers),
       and there split-K 2 and 4 too."""
     layouts = (True, False) if tokens * TOP_K <= 64 else (False,)
-    configs = [dict(block_n=bn, block_k=bk, num_warps=4, num_stages=ns, one_per_tile=one)
-               for bn, bk, ns, one in itertools.product((32, 64, 128), (128, 256), (3, 4), layouts)]
+    configs = default_configs(tokens)
+    configs += [dict(block_n=bn, block_k=bk, num_warps=4, num_stages=ns, one_per_tile=one)
+                for bn, bk, ns, one in itertools.product((32, 64, 128), (128, 256), (3, 4), layouts)]
     if tokens <= 8:
         configs += [dict(block_n=bn, block_k=128, num_warps=4, num_stages=4, one_per_tile=one, split_k=sk)
                     for bn, one, sk in itertools.product((32, 64), layouts, (2, 4))]
