@@ -126,6 +126,11 @@ def sweep_configs(tokens: int) -> list[dict]:
     return configs
 
 
+def both_layouts(w1: PackedExperts, w2: PackedExperts) -> dict:
+    """The experts as HF codes and in the words layout, for run_layer."""
+    return {"codes": (w1, w2), "words": (to_words(w1.data, w1.scales), to_words(w2.data, w2.scales))}
+
+
 def run_layer(x, experts, weights, layouts, b1, b2, cfg: dict):
     """One layer through moe_mxfp4_triton, the experts in the layout cfg asks for (words=True:
     Mxfp4Words, else the HF codes), the rest of cfg as launch arguments."""
@@ -151,7 +156,7 @@ def main() -> None:
         E = SHAPES[model]
         torch.manual_seed(0)
         w1, w2 = random_experts(E, 2 * I, H), random_experts(E, H, I)
-        layouts = {"codes": (w1, w2), "words": (to_words(w1.data, w1.scales), to_words(w2.data, w2.scales))}
+        layouts = both_layouts(w1, w2)
         b1 = torch.randn(E, 2 * I, device="cuda") * 0.1
         b2 = torch.randn(E, H, device="cuda") * 0.1
         per_expert = (w1.nbytes + w2.nbytes) / E
@@ -178,7 +183,7 @@ def main() -> None:
                 if layout not in best or t < best[layout][0]:
                     best[layout] = (t, cfg, rel)
             t_ours, cfg, rel = min(best.values(), key=lambda b: b[0])
-            per_layout = " ".join(f"{best[k][0] * 1e6 if k in best else float('nan'):>9.1f}" for k in ("codes", "words"))
+            per_layout = " ".join(f"{best[k][0] * 1e6:>9.1f}" if k in best else f"{'-':>9}" for k in ("codes", "words"))
             t_eager = triton.testing.do_bench(lambda: run_layer(x, experts, weights, layouts, b1, b2, cfg),
                                               return_mode="median") * 1e-3
             t_base = triton.testing.do_bench(lambda: baseline(x, experts, weights, w1, b1, w2, b2),

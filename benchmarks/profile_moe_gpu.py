@@ -21,9 +21,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_moe_gpu import H, I, TOP_K, random_experts, run_layer  # noqa: E402
-
-from oss_convert.runtime.mxfp4_words import to_words  # noqa: E402
+from bench_moe_gpu import H, I, TOP_K, both_layouts, random_experts, run_layer  # noqa: E402
 
 CONFIGS = [dict(), dict(split_k=2), dict(split_k=4), dict(one_per_tile=False), dict(block_n=32, block_k=256),
            dict(block_n=128, block_k=128, num_stages=3), dict(num_warps=2),
@@ -60,7 +58,7 @@ def main() -> None:
     E = 32
     torch.manual_seed(0)
     w1, w2 = random_experts(E, 2 * I, H), random_experts(E, H, I)
-    layouts = {"codes": (w1, w2), "words": (to_words(w1.data, w1.scales), to_words(w2.data, w2.scales))}
+    layouts = both_layouts(w1, w2)
     b1, b2 = torch.zeros(E, 2 * I, device="cuda"), torch.zeros(E, H, device="cuda")
     shares = {"gate_up": w1.nbytes / E, "down": w2.nbytes / E}
     for tokens in args.tokens:
