@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import click
+import numpy as np
 
 from . import __version__
 from .errors import OssConvertError
@@ -45,6 +46,10 @@ def emit_json(doc) -> None:
 @click.version_option(__version__, prog_name="oss-convert")
 def cli():
     """Inspect, convert and verify OpenAI GPT-OSS checkpoints and their GGUF ports."""
+    # The codecs follow ggml's float32 arithmetic, where an infinity or NaN in the source
+    # propagates silently and validation then reports it as one error; numpy's warnings
+    # about the same values would only print noise above that line.
+    click.get_current_context().with_resource(np.errstate(all="ignore"))
 
 
 @cli.command("inspect")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -126,6 +128,20 @@ def test_a_source_with_an_infinity_is_refused_like_llama_quantize_does(bundled, 
     assert [p.name for p in tmp_path.iterdir()] == ["inf"]  # no partial file left either
     # the lossless conversion has nothing to quantize, and keeps the infinity as it is
     assert CliRunner().invoke(cli, ["convert", str(src), "-o", str(out)]).exit_code == 0
+
+
+def test_the_refusal_is_the_only_thing_on_stderr_after_the_plan(bundled, tmp_path):
+    """Run as a user runs it (CliRunner leaves Python's warnings to pytest): the infinity
+    makes numpy's arithmetic warn in the codecs, on the worker threads too, and none of
+    that may reach the terminal around the one error line."""
+    src = _with_infinity(bundled, tmp_path / "inf")
+    done = subprocess.run([sys.executable, "-m", "oss_convert.cli", "convert", str(src), "-o", str(tmp_path / "q.gguf"),
+                           "--type", "q4_k_m"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert lines[0].startswith("Plan: Q4_K_M") and lines[-1].startswith("Error: blk.0.attn_q.weight: quantized data")
+    # between them only the plan's table, indented
+    assert all(line.startswith("  ") for line in lines[1:-1]), done.stderr
 
 
 @pytest.mark.reference

@@ -9,6 +9,7 @@ writes, the plan measures what each requantized tensor lost against the source v
 
 from __future__ import annotations
 
+import contextvars
 import math
 import os
 import re
@@ -135,7 +136,9 @@ def _requantized_chunks(target: Target, qtype: T, stats: ErrorStats, threads: in
     with ThreadPoolExecutor(max_workers=threads) as pool:
         pending: deque = deque()
         for start, stop in chunk_ranges(target, TASK_BYTES):
-            pending.append(pool.submit(_requantize_range, target, qtype, start, stop))
+            # in the caller's context: numpy's error state (numpy 2 keeps it there) and the like
+            pending.append(pool.submit(contextvars.copy_context().run, _requantize_range, target, qtype,
+                                       start, stop))
             if len(pending) >= 2 * threads:
                 yield _merge(pending.popleft().result(), stats)
         while pending:
