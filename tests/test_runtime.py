@@ -298,6 +298,21 @@ def test_requantized_port_shows_a_nonzero_difference(bundled, tmp_path):
         assert r["format_a"] == "MXFP4" and r["format_b"] == "Q5_0"
 
 
+def test_a_triton_older_than_the_kernels_need_is_left_alone(bundled, monkeypatch):
+    """Triton before 3.3 cannot compile the MXFP4 kernels (3.2's tl.dot_scaled refuses a bf16
+    operand): CUDA layers then run through torch. Before 3.5 tl.dot takes no 8-wide operand:
+    the words layout's decode tile then has 16 rows (found compiling for sm_90 under 3.3-3.5)."""
+    triton_moe = pytest.importorskip("oss_convert.runtime.triton_moe")
+    from oss_convert.runtime.moe import choose_backend
+    layer = load_layer(open_checkpoint(bundled), 0)
+    cuda = torch.device("cuda")  # only a name here: choosing runs nothing on it
+    assert choose_backend(layer, cuda) == "triton" and triton_moe._block_m(4, 32, True, True) == 8
+    monkeypatch.setattr(triton_moe, "TRITON_VERSION", (3, 4))
+    assert choose_backend(layer, cuda) == "triton" and triton_moe._block_m(4, 32, True, True) == 16
+    monkeypatch.setattr(triton_moe, "TRITON_VERSION", (3, 2))
+    assert choose_backend(layer, cuda) == "torch"
+
+
 def test_compare_rejects_bad_layers(bundled):
     result = CliRunner().invoke(cli, ["compare", str(bundled), str(bundled), "--layers", "7"])
     assert result.exit_code == 1 and "layers 0..3" in result.output

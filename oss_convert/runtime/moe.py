@@ -7,13 +7,16 @@ import torch
 from .moe_reference import moe_reference, route
 from .weights import MoELayer
 
+TRITON_MIN = (3, 3)  # the first whose tl.dot_scaled takes a bf16 operand beside the FP4 one
+
 
 def triton_available() -> bool:
+    """Triton imports and is new enough for the MXFP4 kernels (older ones: the torch path)."""
     try:
-        import triton  # noqa: F401
+        from .triton_moe import TRITON_VERSION
     except ImportError:
         return False
-    return True
+    return TRITON_VERSION >= TRITON_MIN
 
 
 def choose_backend(layer: MoELayer, device: torch.device, backend: str = "auto") -> str:

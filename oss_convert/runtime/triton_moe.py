@@ -27,6 +27,8 @@ two kernels and the final sum over slots, nothing else.
 
 from __future__ import annotations
 
+import re
+
 import torch
 import triton
 import triton.language as tl
@@ -34,6 +36,8 @@ import triton.language as tl
 from .moe_reference import SWIGLU_ALPHA, SWIGLU_LIMIT
 from .mxfp4_words import Mxfp4Words, decode_words
 
+TRITON_VERSION = tuple(int(part) for part in re.match(r"(\d+)\.(\d+)", triton.__version__).groups())
+NARROW_DOT_SINCE = (3, 5)  # tl.dot takes an operand 8 wide from this Triton on (before: 16 at least)
 ALIGN_WARPS = 8  # the sort is one program: two warps per scheduler hide some latency
 DECODE_ASSIGNMENTS = 16  # up to this many (token, slot) pairs, skip the sort by expert
 
@@ -309,8 +313,9 @@ def align_by_expert(experts: torch.Tensor, n_experts: int, block_m: int):
 
 def _block_m(assignments: int, n_experts: int, one_per_tile: bool = False, words: bool = False) -> int:
     """Rows per tile: small for decode (few tokens per expert), larger for prefill. A decode
-    tile (one row used) of the words kernels takes 8: there A is the MMA's narrow side."""
-    if one_per_tile and words:
+    tile (one row used) of the words kernels takes 8 where Triton allows: there A is the
+    MMA's narrow side."""
+    if one_per_tile and words and TRITON_VERSION >= NARROW_DOT_SINCE:
         return 8
     return 16 if assignments <= 32 * n_experts else 64
 
