@@ -3,7 +3,7 @@ path against the torch baseline (expand the used experts to bf16, then matmul).
 
 usage: python benchmarks/bench_moe_gpu.py [--sweep] [--models 20b 120b] [--tokens 1 8 64 512]
 
-(a full --sweep times some 150 launch configurations a model: split it by --models or --tokens
+(a full --sweep times some 160 launch configurations a model: split it by --models or --tokens
 where one run must stay under a time limit)
 
 Reports, per token count, the bytes of expert weights the layer touches (MXFP4 codes and
@@ -80,10 +80,13 @@ def graph_time(fn) -> float:
 
 def default_configs(tokens: int) -> list[dict]:
     """Without --sweep: each layout at the launcher's defaults and, for decode, with two warps
-    (which kernel_stats finds issue fewest instructions per byte there)."""
+    (which kernel_stats finds issue fewest instructions per byte there), and with one tile an
+    assignment and the sum over slots in the down kernel (fuse_sum: one launch fewer)."""
     configs = [dict(), dict(words=True)]
     if tokens <= 8:
         configs += [dict(num_warps=2, num_stages=3), dict(words=True, num_warps=2, num_stages=3)]
+        configs += [dict(one_per_tile=True, fuse_sum=True), dict(words=True, one_per_tile=True, fuse_sum=True),
+                    dict(words=True, num_warps=2, num_stages=3, one_per_tile=True, fuse_sum=True)]
     return configs
 
 
@@ -107,7 +110,7 @@ def sweep_configs(tokens: int) -> list[dict]:
       operations instead of tl.dot_scaled's upcast): 0.24-0.28 warp instructions per byte with
       four warps, 0.17-0.19 with two up to 64 tokens (kernel_stats --words); two warps only
       for decode, as with the codes (at 512 tokens their 64-row tiles run out of registers),
-      and there split-K 2 and 4 too."""
+      and there split-K 2 and 4 too, each also with the sum over slots fused into down."""
     layouts = (True, False) if tokens * TOP_K <= 64 else (False,)
     configs = default_configs(tokens)
     configs += [dict(block_n=bn, block_k=bk, num_warps=4, num_stages=ns, one_per_tile=one)
@@ -123,6 +126,8 @@ def sweep_configs(tokens: int) -> list[dict]:
     if tokens <= 8:
         configs += [dict(words=True, num_warps=2, num_stages=3, one_per_tile=one, split_k=sk)
                     for one, sk in itertools.product(layouts, (2, 4))]
+        configs += [dict(words=True, num_warps=2, num_stages=3, one_per_tile=True, split_k=sk, fuse_sum=True)
+                    for sk in (2, 4)]
     return configs
 
 

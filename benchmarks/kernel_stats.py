@@ -1,7 +1,7 @@
 """What the MoE kernels compile to on Hopper, on a machine without a GPU.
 
 usage: python benchmarks/kernel_stats.py [--tokens 1 8 64] [--experts 32] [--split-k 1]
-       [--block-n 64] [--block-k 128] [--warps 4] [--stages 4] [--words] [--json]
+       [--block-n 64] [--block-k 128] [--warps 4] [--stages 4] [--words] [--fuse-sum] [--json]
 
 Triton compiles for sm_90 without a device (ptxas ships with it). For the real gpt-oss
 shapes this compiles both MoE kernels with the argument specialization the launcher would
@@ -86,6 +86,7 @@ class LoopStats:
 def pointer_type(name: str, one_per_tile: bool, words: bool) -> str:
     return {"x_ptr": "*bf16", "act_ptr": "*bf16", "w_ptr": "*i32" if words else "*u8", "s_ptr": "*u8", "b_ptr": "*fp32",
             "route_w_ptr": "*fp32", "y_ptr": "*fp32", "h_ptr": "*fp32", "sorted_ptr": "*i32", "experts_ptr": "*i64",
+            "count_ptr": "*i32", "out_ptr": "*fp32",
             "tile_expert_ptr": "*i64" if one_per_tile else "*i32"}[name]
 
 
@@ -162,9 +163,10 @@ def helper_kernel_resources(n_experts: int, block_m: int = 64, block_n: int = 64
 def moe_kernel_stats(assignments: int, n_experts: int, block_n: int = LAUNCH_DEFAULTS["block_n"],
                      block_k: int = LAUNCH_DEFAULTS["block_k"], num_warps: int = LAUNCH_DEFAULTS["num_warps"],
                      num_stages: int = LAUNCH_DEFAULTS["num_stages"], split_k: int = 1,
-                     words: bool = False) -> list[LoopStats]:
+                     words: bool = False, fuse_sum: bool = False) -> list[LoopStats]:
     """Both MoE kernels as moe_mxfp4_triton would launch them for this many (token, slot) pairs,
-    with the experts as MXFP4 codes (tl.dot_scaled) or in the words layout."""
+    with the experts as MXFP4 codes (tl.dot_scaled) or in the words layout, the sum over slots
+    in the down kernel or not (fuse_sum, decode only)."""
     one_per_tile = assignments <= triton_moe.DECODE_ASSIGNMENTS
     block_m = triton_moe._block_m(assignments, n_experts, one_per_tile, words)
     per_word = 8 if words else 2  # K values a weight element holds
@@ -174,11 +176,13 @@ def moe_kernel_stats(assignments: int, n_experts: int, block_n: int = LAUNCH_DEF
                                ("down", triton_moe._down_kernel, I, H)):
         splits, k_split = triton_moe._split(K, block_k, split_k)
         constexprs = dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, ONE_PER_TILE=one_per_tile,
-                          SPLITS=splits, K_SPLIT=k_split, WORDS=words, WIDE_SCALES=False, INTERPRETED=False)
+                          SPLITS=splits, K_SPLIT=k_split, WORDS=words, WIDE_SCALES=False, INTERPRETED=False,
+                          FUSE_SUM=fuse_sum and one_per_tile, COUNTS_POW2=triton.next_power_of_2(H // block_n))
         rows = assignments if one_per_tile else assignments * block_m
         values = dict(K=K, N=N, top_k=TOP_K, stride_x=H, stride_act=I, stride_y=H, stride_ys=assignments * H,
                       stride_h=N, stride_hs=rows * N, stride_we=N * K // per_word, stride_wn=K // per_word,
-                      stride_se=N * K // 32, stride_sn=K // 32, stride_be=N, limit=7.0, alpha=1.702)
+                      stride_se=N * K // 32, stride_sn=K // 32, stride_be=N, limit=7.0, alpha=1.702,
+                      counts_per_token=-(-H // block_n), stride_out=H)
         compiled = compile_kernel(kernel, values, constexprs, num_warps, num_stages)
         stats.append(main_loop_stats(compiled, name, per_iteration, num_warps))
     return stats
@@ -194,12 +198,13 @@ def main() -> None:
     p.add_argument("--warps", type=int, default=LAUNCH_DEFAULTS["num_warps"])
     p.add_argument("--stages", type=int, default=LAUNCH_DEFAULTS["num_stages"])
     p.add_argument("--words", action="store_true", help="experts in the words layout (decoded by bit operations)")
+    p.add_argument("--fuse-sum", action="store_true", help="the sum over slots in the down kernel (decode tiles)")
     p.add_argument("--json", action="store_true", help="one JSON document instead of the table")
     args = p.parse_args()
     if os.environ.get("TRITON_INTERPRET") == "1":
         sys.exit("kernel_stats: unset TRITON_INTERPRET; the interpreter's kernels cannot be compiled")
     launch = dict(block_n=args.block_n, block_k=args.block_k, num_warps=args.warps, num_stages=args.stages,
-                  split_k=args.split_k, words=args.words)
+                  split_k=args.split_k, words=args.words, fuse_sum=args.fuse_sum)
     stats = [(tokens, s) for tokens in args.tokens for s in moe_kernel_stats(tokens * TOP_K, args.experts, **launch)]
     helpers = helper_kernel_resources(args.experts)
     if args.json:

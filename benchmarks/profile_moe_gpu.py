@@ -25,7 +25,8 @@ from bench_moe_gpu import H, I, TOP_K, both_layouts, random_experts, run_layer  
 
 CONFIGS = [dict(), dict(split_k=2), dict(split_k=4), dict(one_per_tile=False), dict(block_n=32, block_k=256),
            dict(block_n=128, block_k=128, num_stages=3), dict(num_warps=2),
-           dict(words=True), dict(words=True, num_warps=2), dict(words=True, num_warps=2, num_stages=3)]
+           dict(words=True), dict(words=True, num_warps=2), dict(words=True, num_warps=2, num_stages=3),
+           dict(words=True, num_warps=2, num_stages=3, one_per_tile=True, fuse_sum=True)]
 REPEATS = 20
 
 

@@ -67,6 +67,12 @@ def test_triton_kernels_match_the_reference_on_ragged_routing(tokens, hidden, in
         # the words layout: the same bf16 weights and activations, so all but the same sums
         from_words = moe_mxfp4_triton(*args, words1, b1.to(dev), words2, b2.to(dev), **cfg).cpu()
         assert ((from_words - got).norm() / got.norm()).item() < 1e-5, cfg
+        if cfg["one_per_tile"]:  # the sum over slots (and splits) in the down kernel, in its own order
+            for w_1, w_2, unfused in ((w1.to(dev), w2.to(dev), got), (words1, words2, from_words)):
+                fused = [moe_mxfp4_triton(*args, w_1, b1.to(dev), w_2, b2.to(dev), fuse_sum=True, **cfg).cpu()
+                         for _ in range(2)]
+                assert ((fused[0] - unfused).norm() / unfused.norm()).item() < 1e-6, cfg
+                assert torch.equal(fused[0], fused[1]), cfg  # whichever program finishes last
 
 
 def test_words_layout_places_every_value_bit_once():
@@ -127,12 +133,14 @@ def test_expert_alignment_is_a_stable_padded_sort(tokens, k, n_experts, block_m)
     assert tile_expert.cpu().tolist() == want_tiles
 
 
-@pytest.mark.parametrize("tokens,split_k,launches", [(1, 1, ["gate_up", "down"]),
-                                                     (8, 1, ["align", "gate_up", "down"]),
-                                                     (1, 2, ["gate_up", "swiglu", "down"])])
-def test_a_moe_layer_is_its_kernels_and_one_sum(monkeypatch, tokens, split_k, launches):
-    """What a layer costs in launches: the Triton kernels, then the sum over slots. Every other
-    torch call is an allocation or a view (no device work, nothing for a CUDA graph to replay)."""
+@pytest.mark.parametrize("tokens,split_k,fuse_sum,launches", [(1, 1, False, ["gate_up", "down"]),
+                                                              (8, 1, False, ["align", "gate_up", "down"]),
+                                                              (1, 2, False, ["gate_up", "swiglu", "down"]),
+                                                              (2, 2, True, ["gate_up", "swiglu", "down"])])
+def test_a_moe_layer_is_its_kernels_and_one_sum(monkeypatch, tokens, split_k, fuse_sum, launches):
+    """What a layer costs in launches: the Triton kernels, then the sum over slots, unless the
+    down kernel does that sum (fuse_sum). Every other torch call is an allocation or a view (no
+    device work, nothing for a CUDA graph to replay)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from oss_convert.runtime import triton_moe
@@ -164,9 +172,11 @@ def test_a_moe_layer_is_its_kernels_and_one_sum(monkeypatch, tokens, split_k, la
     b1, b2 = torch.zeros(6, 64), torch.zeros(6, 64)
     experts, weights = torch.randint(0, 6, (tokens, 4), generator=gen), torch.rand(tokens, 4, generator=gen)
     with TorchCalls() as calls:
-        triton_moe.moe_mxfp4_triton(x, experts, weights, w1, b1, w2, b2, block_k=32, split_k=split_k)
+        triton_moe.moe_mxfp4_triton(x, experts, weights, w1, b1, w2, b2, block_k=32, split_k=split_k,
+                                    fuse_sum=fuse_sum)
     assert launched == launches
-    assert [c for c in calls.calls if c not in ("empty", "view", "_unsafe_view")] == ["sum"], calls.calls
+    device_work = [c for c in calls.calls if c not in ("empty", "view", "_unsafe_view")]
+    assert device_work == ([] if fuse_sum else ["sum"]), calls.calls
 
 
 def test_packed_mxfp4_expands_exactly():
@@ -324,8 +334,9 @@ def test_kernels_compile_for_hopper_without_spills():
     process without TRITON_INTERPRET. In both tile layouts the main loop must use the tensor
     cores (wgmma) and keep everything in registers, split or not; so must the two-warp decode
     tiles the GPU benchmark sweeps (mma.sync there), and the words layout's kernels, whose
-    decode must multiply two weights an instruction (HMUL2), as mxfp4_words intends; the
-    helper kernels must compile unspilled."""
+    decode must multiply two weights an instruction (HMUL2), as mxfp4_words intends, also
+    with the sum over slots fused into down (its atomics and cache modifiers are the
+    compiler's to check); the helper kernels must compile unspilled."""
     import subprocess
     import sys
     from pathlib import Path
@@ -334,7 +345,8 @@ def test_kernels_compile_for_hopper_without_spills():
     launches = [(("1", "64"), ["--split-k", "1"], "HGMMA"), (("1", "64"), ["--split-k", "2"], "HGMMA"),
                 (("1", "8"), ["--warps", "2"], "HMMA"),
                 (("1", "8"), ["--warps", "2", "--block-n", "32", "--block-k", "256"], "HMMA"),
-                (("1", "64"), ["--words"], "HGMMA"), (("1", "8"), ["--words", "--warps", "2", "--stages", "3"], "HMMA")]
+                (("1", "64"), ["--words"], "HGMMA"), (("1", "8"), ["--words", "--warps", "2", "--stages", "3"], "HMMA"),
+                (("1", "2"), ["--words", "--fuse-sum", "--split-k", "2"], "HGMMA")]
     for tokens, launch, mma in launches:
         done = subprocess.run([sys.executable, str(script), "--tokens", *tokens, *launch, "--json"],
                               env=env, capture_output=True, text=True, timeout=600)

@@ -22,7 +22,10 @@ a byte than dot_scaled's upcast, the same weights.
 
 For decode (few assignments) each assignment gets a tile of its own instead of a sort by
 expert, found from the router's expert ids inside the kernels, so a decode step launches the
-two kernels and the final sum over slots, nothing else.
+two kernels and the final sum over slots, nothing else. With fuse_sum even that sum joins
+the down kernel: the last program to finish a token's columns adds up the token's partial
+rows (in slot order, so every run gives the same sums), counted by one atomic per program
+on counters that gate_up zeroes.
 """
 
 from __future__ import annotations
@@ -183,15 +186,22 @@ def _bias_swiglu_store(acc, b_ptr, e, stride_be, offs_n, n_mask, act_ptr, rows, 
 
 
 @triton.jit
-def _gate_up_kernel(x_ptr, w_ptr, s_ptr, b_ptr, act_ptr, h_ptr, tile_expert_ptr, sorted_ptr,
+def _gate_up_kernel(x_ptr, w_ptr, s_ptr, b_ptr, act_ptr, h_ptr, tile_expert_ptr, sorted_ptr, count_ptr,
                     K, N, top_k, stride_x, stride_we, stride_wn, stride_se, stride_sn, stride_be, stride_act,
-                    stride_hs, stride_h, limit, alpha,
+                    stride_hs, stride_h, counts_per_token, limit, alpha,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                     ONE_PER_TILE: tl.constexpr, SPLITS: tl.constexpr, K_SPLIT: tl.constexpr,
-                    WORDS: tl.constexpr, WIDE_SCALES: tl.constexpr, INTERPRETED: tl.constexpr):
+                    WORDS: tl.constexpr, WIDE_SCALES: tl.constexpr, INTERPRETED: tl.constexpr,
+                    FUSE_SUM: tl.constexpr, COUNTS_POW2: tl.constexpr):
     """SPLITS == 1: act = SwiGLU(x W1^T + b1). Otherwise each split stores its partial x W1^T
-    in h[split], and _swiglu_kernel finishes."""
+    in h[split], and _swiglu_kernel finishes. FUSE_SUM: also zero the down kernel's arrival
+    counters, one program per token (down starts only after this kernel has ended)."""
     pid_m, pid_n, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    if FUSE_SUM:
+        if (pid_n == 0) & (split == 0) & (pid_m % top_k == 0):
+            c = tl.arange(0, COUNTS_POW2)
+            tl.store(count_ptr + pid_m // top_k * counts_per_token + c, tl.zeros((COUNTS_POW2,), tl.int32),
+                     mask=c < counts_per_token)
     e, rows, assignment, valid = _tile(pid_m, tile_expert_ptr, sorted_ptr, ONE_PER_TILE, BLOCK_M)
     if e < 0:  # a spare tile of the fixed-size grid
         return
@@ -230,12 +240,16 @@ def _swiglu_kernel(h_ptr, b_ptr, act_ptr, tile_expert_ptr, sorted_ptr, N, stride
 
 
 @triton.jit
-def _down_kernel(act_ptr, w_ptr, s_ptr, b_ptr, route_w_ptr, y_ptr, tile_expert_ptr, sorted_ptr,
-                 K, N, stride_act, stride_we, stride_wn, stride_se, stride_sn, stride_be, stride_ys, stride_y,
+def _down_kernel(act_ptr, w_ptr, s_ptr, b_ptr, route_w_ptr, y_ptr, tile_expert_ptr, sorted_ptr, count_ptr, out_ptr,
+                 K, N, top_k, stride_act, stride_we, stride_wn, stride_se, stride_sn, stride_be, stride_ys, stride_y,
+                 stride_out,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                  ONE_PER_TILE: tl.constexpr, SPLITS: tl.constexpr, K_SPLIT: tl.constexpr,
-                 WORDS: tl.constexpr, WIDE_SCALES: tl.constexpr, INTERPRETED: tl.constexpr):
-    """y[split, assignment] = weight * (act W2^T + b2) over split's share of K (b2 in split 0 only)."""
+                 WORDS: tl.constexpr, WIDE_SCALES: tl.constexpr, INTERPRETED: tl.constexpr,
+                 FUSE_SUM: tl.constexpr):
+    """y[split, assignment] = weight * (act W2^T + b2) over split's share of K (b2 in split 0 only).
+    FUSE_SUM (one assignment a tile): the last of a token's programs for these columns also
+    writes out[token] = the sum of its partial rows."""
     pid_m, pid_n, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     e, rows, assignment, valid = _tile(pid_m, tile_expert_ptr, sorted_ptr, ONE_PER_TILE, BLOCK_M)
     if e < 0:
@@ -253,6 +267,27 @@ def _down_kernel(act_ptr, w_ptr, s_ptr, b_ptr, route_w_ptr, y_ptr, tile_expert_p
     safe = tl.where(valid, assignment, 0)
     tl.store(y_ptr + split * stride_ys + safe[:, None] * stride_y + offs_n[None, :], acc,
              mask=valid[:, None] & n_mask[None, :])
+    if FUSE_SUM:
+        _sum_when_last(y_ptr, out_ptr, count_ptr, pid_m // top_k, pid_n, offs_n, n_mask, top_k,
+                       stride_ys, stride_y, stride_out, SPLITS, BLOCK_N)
+
+
+@triton.jit
+def _sum_when_last(y_ptr, out_ptr, count_ptr, token, pid_n, offs_n, n_mask, top_k, stride_ys, stride_y, stride_out,
+                   SPLITS: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Count this program's partial row of `token` in; the last of its top_k x SPLITS programs
+    sums them all into out[token]. The barrier puts every thread's stores before the count
+    (the atomic releases them at GPU scope, and acquires the others' for the last one); the
+    partials are read from L2 (.cg), where the other SMs wrote them."""
+    tl.debug_barrier()
+    arrived = tl.atomic_add(count_ptr + token * tl.num_programs(1) + pid_n, 1, sem="acq_rel", scope="gpu")
+    if arrived == top_k * SPLITS - 1:
+        total = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        for split in tl.static_range(SPLITS):  # a fixed order: the same sums every run
+            for slot in range(top_k):
+                total += tl.load(y_ptr + split * stride_ys + (token * top_k + slot) * stride_y + offs_n,
+                                 mask=n_mask, other=0.0, cache_modifier=".cg")
+        tl.store(out_ptr + token * stride_out + offs_n, total, mask=n_mask)
 
 
 @triton.jit
@@ -329,7 +364,7 @@ def _split(K: int, block_k: int, split_k: int) -> tuple[int, int]:
 def moe_mxfp4_triton(x: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor, gate_up, b1: torch.Tensor,
                      down, b2: torch.Tensor, block_n: int = 64, block_k: int = 128, num_warps: int = 4,
                      num_stages: int = 4, block_m: int | None = None,
-                     one_per_tile: bool | None = None, split_k: int = 1) -> torch.Tensor:
+                     one_per_tile: bool | None = None, split_k: int = 1, fuse_sum: bool = False) -> torch.Tensor:
     """x [T, H]; experts/weights [T, k] from the router; gate_up and down MXFP4, both as
     PackedExperts (codes for tl.dot_scaled) or both as Mxfp4Words (decoded by bit operations).
     Returns [T, H] float32.
@@ -337,8 +372,9 @@ def moe_mxfp4_triton(x: torch.Tensor, experts: torch.Tensor, weights: torch.Tens
     one_per_tile picks the tile layout (None: by DECODE_ASSIGNMENTS). split_k > 1 splits each
     GEMM's K into that many programs, for more programs in flight when there are few tiles
     (decode); gate_up's partials are then summed, biased and activated by one more small
-    kernel, down's go into the final sum. The launch parameters, the layout and the split
-    are the benchmark's to sweep."""
+    kernel, down's go into the final sum. fuse_sum (with one_per_tile only) does that sum in
+    the down kernel instead of one more launch. The launch parameters, the layout, the split
+    and the fusion are the benchmark's to sweep."""
     T_, H = x.shape
     top_k = experts.shape[1]
     E, N1, K1 = gate_up.shape
@@ -348,6 +384,8 @@ def moe_mxfp4_triton(x: torch.Tensor, experts: torch.Tensor, weights: torch.Tens
         raise ValueError("gate_up and down must both be in the words layout, or neither")
     if one_per_tile is None:
         one_per_tile = experts.numel() <= DECODE_ASSIGNMENTS
+    if fuse_sum and not one_per_tile:
+        raise ValueError("fuse_sum sums a token's rows in the down kernel with one tile per assignment only")
     block_m = block_m or _block_m(T_ * top_k, E, one_per_tile, words)
     if one_per_tile:  # the kernels read the router's expert ids directly: no device work before them
         tile_expert = experts.reshape(-1).contiguous()
@@ -360,15 +398,19 @@ def moe_mxfp4_triton(x: torch.Tensor, experts: torch.Tensor, weights: torch.Tens
     # Triton's interpreter (kernels on the CPU) runs no inline PTX and no bf16 arithmetic
     decode = dict(WORDS=words, INTERPRETED=not x.is_cuda)
     act = torch.empty((act_rows, N1 // 2), dtype=torch.bfloat16, device=x.device)
+    # fuse_sum: arrivals per (token, column block of down), zeroed by gate_up
+    counts_per_token = triton.cdiv(N2, block_n)
+    counts = torch.empty((T_ * counts_per_token if fuse_sum else 1,), dtype=torch.int32, device=x.device)
     splits1, k_split1 = _split(K1, block_k, split_k)
     # split-K partials of x W1^T (every valid row written whole by each split); unused when unsplit
     h = torch.empty((splits1, act_rows, N1) if splits1 > 1 else (1, 1, 1), dtype=torch.float32, device=x.device)
     _gate_up_kernel[(tiles, triton.cdiv(N1, block_n), splits1)](
-        x, gate_up.data, gate_up.scales, b1, act, h, tile_expert, sorted_ids,
+        x, gate_up.data, gate_up.scales, b1, act, h, tile_expert, sorted_ids, counts,
         K1, N1, top_k, x.stride(0), gate_up.data.stride(0), gate_up.data.stride(1),
         gate_up.scales.stride(0), gate_up.scales.stride(1), b1.stride(0), act.stride(0), h.stride(0), h.stride(1),
-        SWIGLU_LIMIT, SWIGLU_ALPHA, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, ONE_PER_TILE=one_per_tile,
-        SPLITS=splits1, K_SPLIT=k_split1, WIDE_SCALES=words and gate_up.wide_scales, **decode,
+        counts_per_token, SWIGLU_LIMIT, SWIGLU_ALPHA, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+        ONE_PER_TILE=one_per_tile, SPLITS=splits1, K_SPLIT=k_split1, WIDE_SCALES=words and gate_up.wide_scales,
+        **decode, FUSE_SUM=fuse_sum, COUNTS_POW2=triton.next_power_of_2(counts_per_token),
         num_warps=num_warps, num_stages=num_stages)
     if splits1 > 1:
         _swiglu_kernel[(tiles, triton.cdiv(N1, block_n))](
@@ -377,11 +419,13 @@ def moe_mxfp4_triton(x: torch.Tensor, experts: torch.Tensor, weights: torch.Tens
     # every assignment's row is written whole by exactly one tile per split, so no zero fill
     splits2, k_split2 = _split(K2, block_k, split_k)
     y = torch.empty((splits2, T_ * top_k, N2), dtype=torch.float32, device=x.device)
+    out = torch.empty((T_, N2) if fuse_sum else (1, 1), dtype=torch.float32, device=x.device)
     route_w = weights.reshape(-1).float().contiguous()
-    _down_kernel[(tiles, triton.cdiv(N2, block_n), splits2)](
-        act, down.data, down.scales, b2, route_w, y, tile_expert, sorted_ids,
-        K2, N2, act.stride(0), down.data.stride(0), down.data.stride(1),
-        down.scales.stride(0), down.scales.stride(1), b2.stride(0), y.stride(0), y.stride(1),
+    _down_kernel[(tiles, counts_per_token, splits2)](
+        act, down.data, down.scales, b2, route_w, y, tile_expert, sorted_ids, counts, out,
+        K2, N2, top_k, act.stride(0), down.data.stride(0), down.data.stride(1),
+        down.scales.stride(0), down.scales.stride(1), b2.stride(0), y.stride(0), y.stride(1), out.stride(0),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, ONE_PER_TILE=one_per_tile, SPLITS=splits2, K_SPLIT=k_split2,
-        WIDE_SCALES=words and down.wide_scales, **decode, num_warps=num_warps, num_stages=num_stages)
-    return y.view(splits2, T_, top_k, N2).sum(dim=(0, 2))
+        WIDE_SCALES=words and down.wide_scales, **decode, FUSE_SUM=fuse_sum, num_warps=num_warps,
+        num_stages=num_stages)
+    return out if fuse_sum else y.view(splits2, T_, top_k, N2).sum(dim=(0, 2))
