@@ -24,7 +24,7 @@ For decode (few assignments) each assignment gets a tile of its own instead of a
 expert, found from the router's expert ids inside the kernels, so a decode step launches the
 two kernels and the final sum over slots, nothing else. With fuse_sum even that sum joins
 the down kernel: the last program to finish a token's columns adds up the token's partial
-rows (in slot order, so every run gives the same sums), counted by one atomic per program
+rows (in a fixed order, so every run gives the same sums), counted by one atomic per program
 on counters that gate_up zeroes.
 """
 
@@ -398,9 +398,9 @@ def moe_mxfp4_triton(x: torch.Tensor, experts: torch.Tensor, weights: torch.Tens
     # Triton's interpreter (kernels on the CPU) runs no inline PTX and no bf16 arithmetic
     decode = dict(WORDS=words, INTERPRETED=not x.is_cuda)
     act = torch.empty((act_rows, N1 // 2), dtype=torch.bfloat16, device=x.device)
+    down_blocks = triton.cdiv(N2, block_n)
     # fuse_sum: arrivals per (token, column block of down), zeroed by gate_up
-    counts_per_token = triton.cdiv(N2, block_n)
-    counts = torch.empty((T_ * counts_per_token if fuse_sum else 1,), dtype=torch.int32, device=x.device)
+    counts = torch.empty((T_ * down_blocks if fuse_sum else 1,), dtype=torch.int32, device=x.device)
     splits1, k_split1 = _split(K1, block_k, split_k)
     # split-K partials of x W1^T (every valid row written whole by each split); unused when unsplit
     h = torch.empty((splits1, act_rows, N1) if splits1 > 1 else (1, 1, 1), dtype=torch.float32, device=x.device)
@@ -408,9 +408,9 @@ def moe_mxfp4_triton(x: torch.Tensor, experts: torch.Tensor, weights: torch.Tens
         x, gate_up.data, gate_up.scales, b1, act, h, tile_expert, sorted_ids, counts,
         K1, N1, top_k, x.stride(0), gate_up.data.stride(0), gate_up.data.stride(1),
         gate_up.scales.stride(0), gate_up.scales.stride(1), b1.stride(0), act.stride(0), h.stride(0), h.stride(1),
-        counts_per_token, SWIGLU_LIMIT, SWIGLU_ALPHA, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+        down_blocks, SWIGLU_LIMIT, SWIGLU_ALPHA, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
         ONE_PER_TILE=one_per_tile, SPLITS=splits1, K_SPLIT=k_split1, WIDE_SCALES=words and gate_up.wide_scales,
-        **decode, FUSE_SUM=fuse_sum, COUNTS_POW2=triton.next_power_of_2(counts_per_token),
+        **decode, FUSE_SUM=fuse_sum, COUNTS_POW2=triton.next_power_of_2(down_blocks),
         num_warps=num_warps, num_stages=num_stages)
     if splits1 > 1:
         _swiglu_kernel[(tiles, triton.cdiv(N1, block_n))](
@@ -421,7 +421,7 @@ def moe_mxfp4_triton(x: torch.Tensor, experts: torch.Tensor, weights: torch.Tens
     y = torch.empty((splits2, T_ * top_k, N2), dtype=torch.float32, device=x.device)
     out = torch.empty((T_, N2) if fuse_sum else (1, 1), dtype=torch.float32, device=x.device)
     route_w = weights.reshape(-1).float().contiguous()
-    _down_kernel[(tiles, counts_per_token, splits2)](
+    _down_kernel[(tiles, down_blocks, splits2)](
         act, down.data, down.scales, b2, route_w, y, tile_expert, sorted_ids, counts, out,
         K2, N2, top_k, act.stride(0), down.data.stride(0), down.data.stride(1),
         down.scales.stride(0), down.scales.stride(1), b2.stride(0), y.stride(0), y.stride(1), out.stride(0),
