@@ -80,12 +80,12 @@ def graph_time(fn) -> float:
 
 def default_configs(tokens: int) -> list[dict]:
     """Without --sweep: each layout at the launcher's defaults and, for decode, with two warps
-    (which kernel_stats finds issue fewest instructions per byte there), and with one tile an
-    assignment and the sum over slots in the down kernel (fuse_sum: one launch fewer)."""
+    (which kernel_stats finds issue fewest instructions per byte there), and the words with one
+    tile an assignment and the sum over slots in the down kernel (fuse_sum: one launch fewer)."""
     configs = [dict(), dict(words=True)]
     if tokens <= 8:
         configs += [dict(num_warps=2, num_stages=3), dict(words=True, num_warps=2, num_stages=3)]
-        configs += [dict(one_per_tile=True, fuse_sum=True), dict(words=True, one_per_tile=True, fuse_sum=True),
+        configs += [dict(words=True, one_per_tile=True, fuse_sum=True),
                     dict(words=True, num_warps=2, num_stages=3, one_per_tile=True, fuse_sum=True)]
     return configs
 

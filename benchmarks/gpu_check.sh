@@ -2,9 +2,10 @@
 # The MoE kernels' check on a CUDA GPU, one call of about 6 minutes on an H100 or H200:
 #   1. the runtime's kernel tests on CUDA: the tests CI runs under Triton's interpreter, here
 #      compiled, so they also cover what no CPU runs (the words layout's inline PTX multiply,
-#      bf16 arithmetic on subnormal inputs);
+#      bf16 arithmetic on subnormal inputs, the fused sum's atomics across SMs);
 #   2. bench_moe_gpu.py: one layer of both models at 1, 8, 64 and 512 tokens, both expert
-#      layouts, each at its defaults (and with two warps for decode);
+#      layouts, each at its defaults (and for decode with two warps, and the words with the
+#      sum over slots fused into the down kernel);
 #   3. profile_moe_gpu.py: where the time of a decode step goes, kernel by kernel.
 # Each log goes to $OUT (where the device tool collects files) or ./gpu_check.
 #
