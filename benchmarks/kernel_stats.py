@@ -171,18 +171,19 @@ def moe_kernel_stats(assignments: int, n_experts: int, block_n: int = LAUNCH_DEF
     block_m = triton_moe._block_m(assignments, n_experts, one_per_tile, words)
     per_word = 8 if words else 2  # K values a weight element holds
     per_iteration = block_n * (block_k // 2 + block_k // 32)  # codes and scales of one K step
+    down_blocks = triton.cdiv(H, block_n)  # down's column blocks: the fused sum's counters per token
     stats = []
     for name, kernel, K, N in (("gate_up", triton_moe._gate_up_kernel, H, 2 * I),
                                ("down", triton_moe._down_kernel, I, H)):
         splits, k_split = triton_moe._split(K, block_k, split_k)
         constexprs = dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, ONE_PER_TILE=one_per_tile,
                           SPLITS=splits, K_SPLIT=k_split, WORDS=words, WIDE_SCALES=False, INTERPRETED=False,
-                          FUSE_SUM=fuse_sum and one_per_tile, COUNTS_POW2=triton.next_power_of_2(H // block_n))
+                          FUSE_SUM=fuse_sum and one_per_tile, COUNTS_POW2=triton.next_power_of_2(down_blocks))
         rows = assignments if one_per_tile else assignments * block_m
         values = dict(K=K, N=N, top_k=TOP_K, stride_x=H, stride_act=I, stride_y=H, stride_ys=assignments * H,
                       stride_h=N, stride_hs=rows * N, stride_we=N * K // per_word, stride_wn=K // per_word,
                       stride_se=N * K // 32, stride_sn=K // 32, stride_be=N, limit=7.0, alpha=1.702,
-                      counts_per_token=-(-H // block_n), stride_out=H)
+                      counts_per_token=down_blocks, stride_out=H)
         compiled = compile_kernel(kernel, values, constexprs, num_warps, num_stages)
         stats.append(main_loop_stats(compiled, name, per_iteration, num_warps))
     return stats
