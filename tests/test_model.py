@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import weakref
 
 import numpy as np
 import pytest
@@ -66,6 +67,38 @@ def test_kv_cache_gives_the_same_logits(bundled):
         parts = [forward(model, torch.tensor(TOKENS[:100]), cache)]
         parts += [forward(model, torch.tensor([t]), cache) for t in TOKENS[100:150]]
     torch.testing.assert_close(torch.cat(parts), full, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["safetensors", "q4_k_m"])
+def test_streaming_layers_gives_the_resident_models_logits(bundled, tmp_path, monkeypatch, kind):
+    """compare --full reads one layer at a time; its logits are the resident forward's, bit for
+    bit, window by window, and no layer's experts outlive the next layer's loading. The dense
+    weights are widened a few rows at a time there (as the 201088-row embedding is)."""
+    import oss_convert.runtime.model as model_module
+    path = bundled
+    if kind != "safetensors":
+        path = tmp_path / "q.gguf"
+        CliRunner().invoke(cli, ["convert", str(bundled), "-o", str(path), "--type", kind])
+    ckpt = open_checkpoint(path)
+    windows = [torch.tensor(TOKENS[:130]), torch.tensor(TOKENS[130:])]
+    with torch.no_grad():
+        resident = load_model(ckpt, torch.device("cpu"))
+        expected = [forward(resident, w) for w in windows]
+        del resident
+        alive, real_load = [], model_module.load_layer
+
+        def load_one_at_a_time(ckpt, n):
+            assert not [ref for ref in alive if ref() is not None], f"layer {n} loaded while an earlier one is held"
+            layer = real_load(ckpt, n)
+            alive.append(weakref.ref(layer.gate_up.data))
+            return layer
+        monkeypatch.setattr(model_module, "load_layer", load_one_at_a_time)
+        monkeypatch.setattr(model_module, "VALUES_PER_READ", 1000)
+        done = []
+        streamed = model_module.streamed_logits(ckpt, windows, torch.device("cpu"), progress=done.append)
+    assert len(alive) == len(done) == ckpt.config.num_layers and done == sorted(done)
+    for got, want in zip(streamed, expected):
+        assert torch.equal(got, want)
 
 
 def compare_full(*args) -> dict:

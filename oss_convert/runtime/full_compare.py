@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from ..checkpoint import GGUFCheckpoint, open_checkpoint
 from ..errors import OssConvertError
 from .compare import pick_device
-from .model import forward, load_model, new_cache
+from .model import forward, load_model, new_cache, streamed_logits
 
 STOP_TOKENS = ("<|return|>", "<|end|>", "<|call|>", "<|endoftext|>")
 
@@ -50,18 +52,18 @@ def read_tokens_file(path: Path) -> list[int]:
 
 @torch.no_grad()
 def model_logits(path, tokens: list[int], ctx: int, device) -> np.ndarray:
-    """Logits [len(tokens), V] float32, the text evaluated in windows of `ctx` tokens."""
+    """Logits [len(tokens), V] float32, the text evaluated in windows of `ctx` tokens, one
+    layer in memory at a time."""
     ckpt = open_checkpoint(path)
     if ckpt.config is None:
         raise OssConvertError(f"{path}: not a GPT-OSS checkpoint or GGUF")
     if max(tokens) >= ckpt.config.vocab_size:
         raise OssConvertError(f"token id {max(tokens)} is outside the vocabulary of {path} ({ckpt.config.vocab_size})")
-    model = load_model(ckpt, device)
-    out = []
-    for start in range(0, len(tokens), ctx):
-        window = torch.tensor(tokens[start:start + ctx], device=device)
-        out.append(forward(model, window).cpu().numpy())
-    return np.concatenate(out)
+    windows = [torch.tensor(tokens[start:start + ctx]) for start in range(0, len(tokens), ctx)]
+    with tqdm(total=ckpt.config.num_layers, unit="layer", desc=Path(str(path)).name,
+              disable=not sys.stderr.isatty()) as bar:
+        logits = streamed_logits(ckpt, windows, device, progress=lambda _: bar.update())
+    return np.concatenate([t.cpu().numpy() for t in logits])
 
 
 def logit_metrics(a: np.ndarray, b: np.ndarray, tokens: list[int]) -> dict:

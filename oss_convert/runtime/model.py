@@ -21,8 +21,9 @@ from ..checkpoint.config import GptOssConfig
 from ..checkpoint.names import gguf_names
 from ..errors import OssConvertError
 from ..formats import floats
+from ..formats.registry import decode
 from .moe import moe_forward, rms_norm
-from .weights import MoELayer, as_float32, gguf_values, load_layer
+from .weights import MoELayer, as_float32, load_layer
 
 # ------------------------------------------------------------------------------ RoPE
 
@@ -91,6 +92,23 @@ _ATTN = {"norm": "input_layernorm.weight", "q_w": "self_attn.q_proj.weight", "q_
 _GLOBAL = {"embed": "model.embed_tokens.weight", "final_norm": "model.norm.weight", "lm_head": "lm_head.weight"}
 
 
+VALUES_PER_READ = 1 << 25  # 128 MB of float32 a slice, so the 580M-value embedding is never widened twice over
+
+
+def _widened(shape: tuple[int, ...], read_rows) -> torch.Tensor:
+    """A float32 tensor of `shape` filled from read_rows(start, stop) (the float32 values of
+    rows [start, stop) of the first axis) a slice at a time: the stored copy and the integer
+    intermediates of widening exist for one slice only, never for the whole matrix."""
+    if len(shape) < 2:
+        return as_float32(read_rows(0, shape[0]))
+    out = torch.empty(shape, dtype=torch.float32)
+    step = max(1, VALUES_PER_READ // math.prod(shape[1:]))
+    for start in range(0, shape[0], step):
+        stop = min(start + step, shape[0])
+        out[start:stop] = as_float32(read_rows(start, stop)).reshape((stop - start,) + tuple(shape[1:]))
+    return out
+
+
 def _dense_reader(ckpt):
     """name (HF) -> float32 tensor, for the non-expert weights of either artifact."""
     if isinstance(ckpt, GGUFCheckpoint):
@@ -100,7 +118,8 @@ def _dense_reader(ckpt):
             names = gguf_names(hf_name, ckpt.layout)
             if len(names) != 1 or names[0].gguf not in tensors:
                 raise OssConvertError(f"{ckpt.files[0]}: no tensor for {hf_name}")
-            return as_float32(gguf_values(tensors[names[0].gguf]))
+            t = tensors[names[0].gguf]
+            return _widened(tuple(reversed(t.shape)), lambda start, stop: decode(t.read(start, stop), t.type))
         return read
     by_name = {t.name: t for t in ckpt.hf_tensors() if t.format != "MXFP4"}
 
@@ -108,21 +127,31 @@ def _dense_reader(ckpt):
         if hf_name not in by_name:
             raise OssConvertError(f"{ckpt.root}: no tensor {hf_name}")
         t = by_name[hf_name]
-        return as_float32(floats.to_float32(t.read(), t.format))
+        return _widened(tuple(t.shape), lambda start, stop: floats.to_float32(t.read(start, stop), t.format))
     return read
 
 
-def load_model(ckpt, device: torch.device) -> Model:
+def _attention_weights(read, layer: int, device) -> AttentionWeights:
+    return AttentionWeights(**{k: read(f"model.layers.{layer}.{v}").to(device) for k, v in _ATTN.items()})
+
+
+def _require_config(ckpt) -> GptOssConfig:
     if ckpt.config is None:
         raise OssConvertError(f"{ckpt.files[0]}: not a GPT-OSS model")
+    return ckpt.config
+
+
+def load_model(ckpt, device: torch.device) -> Model:
+    """Every weight at once, for generation (a KV cache needs all layers at every step)."""
+    cfg = _require_config(ckpt)
     read = _dense_reader(ckpt)
     attention, moe = [], []
-    for n in range(ckpt.config.num_layers):
-        attention.append(AttentionWeights(**{k: read(f"model.layers.{n}.{v}").to(device) for k, v in _ATTN.items()}))
+    for n in range(cfg.num_layers):
+        attention.append(_attention_weights(read, n, device))
         moe.append(load_layer(ckpt, n).to(device))
     g = {k: read(v).to(device) for k, v in _GLOBAL.items()}
-    inv_freq, rope_scale = yarn_frequencies(ckpt.config)
-    return Model(ckpt.config, g["embed"], attention, moe, g["final_norm"], g["lm_head"], inv_freq.to(device),
+    inv_freq, rope_scale = yarn_frequencies(cfg)
+    return Model(cfg, g["embed"], attention, moe, g["final_norm"], g["lm_head"], inv_freq.to(device),
                  rope_scale, device)
 
 
@@ -148,13 +177,14 @@ class StepInputs:
     hidden_in_window: torch.Tensor
 
 
-def step_inputs(model: Model, positions: torch.Tensor, keys: int) -> StepInputs:
-    angles = positions.float()[:, None] * model.inv_freq[None, :]
+def step_inputs(cfg: GptOssConfig, inv_freq: torch.Tensor, rope_scale: float, positions: torch.Tensor,
+                keys: int) -> StepInputs:
+    angles = positions.float()[:, None] * inv_freq[None, :]
     angles = torch.cat([angles, angles], dim=-1)
     key_pos = torch.arange(keys, device=positions.device)
     visible = key_pos[None, :] <= positions[:, None]
-    in_window = visible & (positions[:, None] - key_pos[None, :] < model.config.sliding_window)
-    return StepInputs(angles.cos() * model.rope_scale, angles.sin() * model.rope_scale, ~visible, ~in_window)
+    in_window = visible & (positions[:, None] - key_pos[None, :] < cfg.sliding_window)
+    return StepInputs(angles.cos() * rope_scale, angles.sin() * rope_scale, ~visible, ~in_window)
 
 
 def attention(w: AttentionWeights, x: torch.Tensor, cfg: GptOssConfig, layer: int, step: StepInputs,
@@ -188,18 +218,47 @@ def attention(w: AttentionWeights, x: torch.Tensor, cfg: GptOssConfig, layer: in
     return torch.addmm(w.o_b, out, w.o_w.T)
 
 
+def block_forward(attn: AttentionWeights, moe: MoELayer, x: torch.Tensor, cfg: GptOssConfig, layer: int,
+                  step: StepInputs, cache: KVCache | None, backend: str) -> torch.Tensor:
+    x = x + attention(attn, x, cfg, layer, step, cache)
+    return x + moe_forward(moe, rms_norm(x, moe.norm_w, cfg.rms_norm_eps), backend)
+
+
 def forward(model: Model, tokens: torch.Tensor, cache: KVCache | None = None, backend: str = "auto") -> torch.Tensor:
     """Logits [T, V] (float32) for `tokens` following whatever the cache already holds."""
     cfg = model.config
     start = cache.length if cache is not None else 0
     positions = torch.arange(start, start + tokens.shape[0], device=model.device)
-    step = step_inputs(model, positions, start + tokens.shape[0])
+    step = step_inputs(cfg, model.inv_freq, model.rope_scale, positions, start + tokens.shape[0])
     x = model.embed[tokens.to(model.device)].float()
     for n in range(cfg.num_layers):
-        x = x + attention(model.attention[n], x, cfg, n, step, cache)
-        layer = model.moe[n]
-        x = x + moe_forward(layer, rms_norm(x, layer.norm_w, cfg.rms_norm_eps), backend)
+        x = block_forward(model.attention[n], model.moe[n], x, cfg, n, step, cache, backend)
     return rms_norm(x, model.final_norm, cfg.rms_norm_eps) @ model.lm_head.T
+
+
+def streamed_logits(ckpt, windows: list[torch.Tensor], device: torch.device, backend: str = "auto",
+                    progress=None) -> list[torch.Tensor]:
+    """Logits [T, V] of each window of tokens, evaluated on its own (positions from 0), with one
+    layer's weights in memory at a time: every window passes layer n before layer n + 1 is
+    read, so a model larger than memory (120b: 61 GB of experts) runs in a few GB. The same
+    operations in the same order as `forward` without a cache, so the same floats.
+    `progress(layer)` is called as each layer is done."""
+    cfg = _require_config(ckpt)
+    read = _dense_reader(ckpt)
+    inv_freq, rope_scale = yarn_frequencies(cfg)
+    inv_freq = inv_freq.to(device)
+    steps = [step_inputs(cfg, inv_freq, rope_scale, torch.arange(len(w), device=device), len(w)) for w in windows]
+    embed = read(_GLOBAL["embed"])
+    xs = [embed[w.cpu()].to(device) for w in windows]
+    del embed
+    for n in range(cfg.num_layers):
+        attn, moe = _attention_weights(read, n, device), load_layer(ckpt, n).to(device)
+        xs = [block_forward(attn, moe, x, cfg, n, step, None, backend) for x, step in zip(xs, steps)]
+        del attn, moe  # before the next layer is read
+        if progress is not None:
+            progress(n)
+    final_norm, lm_head = read(_GLOBAL["final_norm"]).to(device), read(_GLOBAL["lm_head"]).to(device)
+    return [rms_norm(x, final_norm, cfg.rms_norm_eps) @ lm_head.T for x in xs]
 
 
 def new_cache() -> KVCache:
