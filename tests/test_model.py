@@ -90,7 +90,7 @@ def test_streaming_layers_gives_the_resident_models_logits(bundled, tmp_path, mo
         def load_one_at_a_time(ckpt, n):
             assert not [ref for ref in alive if ref() is not None], f"layer {n} loaded while an earlier one is held"
             layer = real_load(ckpt, n)
-            alive.append(weakref.ref(layer.gate_up.data))
+            alive.append(weakref.ref(layer.gate_up))
             return layer
         monkeypatch.setattr(model_module, "load_layer", load_one_at_a_time)
         monkeypatch.setattr(model_module, "VALUES_PER_READ", 1000)

@@ -75,6 +75,22 @@ def test_triton_kernels_match_the_reference_on_ragged_routing(tokens, hidden, in
                 assert torch.equal(fused[0], fused[1]), cfg  # whichever program finishes last
 
 
+@kernels_runnable
+@pytest.mark.parametrize("source", ["safetensors", "gguf"])
+def test_a_layer_loaded_from_an_artifact_runs_through_the_kernels(bundled, small_lossless, checkpoints, source):
+    """From the file to the kernels: the layer as the runtime loads it (left in the file on the
+    CPU, read in for the kernels), routed by its own router, against the torch path."""
+    from oss_convert.runtime.moe import moe_forward
+    path = checkpoints["small"] if source == "safetensors" else small_lossless
+    layer = load_layer(open_checkpoint(path), 1)
+    # bf16-exact inputs: the kernels round activations to bf16, the router sees the same x
+    x = torch.randn(12, layer.router_w.shape[1], generator=torch.Generator().manual_seed(3)).bfloat16().float()
+    want = moe_forward(layer, x, backend="torch")
+    on_device = layer.to(KERNEL_DEVICE)
+    got = moe_forward(on_device, x.to(KERNEL_DEVICE), backend="triton").cpu()
+    assert ((got - want).norm() / want.norm()).item() < 1e-2
+
+
 def test_words_layout_places_every_value_bit_once():
     from oss_convert.runtime.mxfp4_words import source_bit
     word_bits = sorted(source_bit(v, b) for v in range(8) for b in range(4))
@@ -237,6 +253,16 @@ def test_gguf_expert_loaders_agree_with_the_dequantizers(small_lossless, tmp_pat
     original = load_layer(open_checkpoint(small_lossless), 0)
     err = (layer.gate_up[0] - original.gate_up[0]).abs().max().item()
     assert err < 0.05
+    # what `to(device)` copies onto a GPU, expanded there by torch ops, is the same again
+    from oss_convert.runtime.dequant import expand_in_torch
+    for mapped in (layer.gate_up, layer.down, original.gate_up, original.down):
+        resident = mapped.resident(torch.device("cpu"))
+        assert resident.nbytes == mapped.nbytes or mapped.format == "F32"
+        for e in range(mapped.shape[0]):
+            want = mapped[e].numpy()
+            np.testing.assert_array_equal(resident[e].numpy(), want)
+            if mapped.format != "F32":
+                np.testing.assert_array_equal(expand_in_torch(resident, e).numpy(), want)
 
 
 @pytest.mark.parametrize("qtype", [T.Q4_0, T.Q5_0, T.Q5_1, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K], ids=lambda t: t.name)
@@ -274,10 +300,17 @@ def test_experts_in_a_type_the_runtime_cannot_run_are_refused_in_one_line(small_
 
 
 def test_ollama_layout_loads_the_same_layer(checkpoints, small_lossless, tmp_path):
+    """The same packed experts from the safetensors, llama.cpp's GGUF layout and Ollama's."""
     port = gguf_edit.ollama_layout(checkpoints["small"], small_lossless, tmp_path / "o.gguf")
-    a, b = load_layer(open_checkpoint(checkpoints["small"]), 1), load_layer(open_checkpoint(port), 1)
-    assert torch.equal(a.gate_up.data, b.gate_up.data) and torch.equal(a.gate_up.scales, b.gate_up.scales)
-    assert torch.equal(a.b1, b.b1) and torch.equal(a.router_w, b.router_w)
+    a = load_layer(open_checkpoint(checkpoints["small"]), 1)
+    for other in (small_lossless, port):
+        b = load_layer(open_checkpoint(other), 1)
+        for experts_a, experts_b in ((a.gate_up, b.gate_up), (a.down, b.down)):
+            for e in range(experts_a.shape[0]):
+                (codes_a, scales_a), (codes_b, scales_b) = experts_a.packed(e), experts_b.packed(e)
+                np.testing.assert_array_equal(codes_a, codes_b)
+                np.testing.assert_array_equal(scales_a, scales_b)
+        assert torch.equal(a.b1, b.b1) and torch.equal(a.router_w, b.router_w)
 
 
 def compare_json(*args) -> dict:

@@ -37,6 +37,12 @@ class HFTensor:
             return self.parts["blocks"].read(start, stop), self.parts["scales"].read(start, stop)
         return self.parts["data"].read(self.row_offset + start, self.row_offset + stop)
 
+    def mapped(self):
+        """What read() returns, as read-only memory-mapped views: nothing is read until used."""
+        if self.format == "MXFP4":
+            return self.parts["blocks"].array(), self.parts["scales"].array()
+        return self.parts["data"].array()[self.row_offset:self.row_offset + self.shape[0]]
+
 
 class SafetensorsCheckpoint:
     kind = "safetensors"

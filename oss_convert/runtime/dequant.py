@@ -9,6 +9,7 @@ codecs themselves run: their table lookups are 2-7x faster than the same work in
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from gguf import GGMLQuantizationType as T
 
@@ -105,18 +106,23 @@ def expand_in_torch(packed, e: int) -> torch.Tensor:
     raise ValueError(f"no expert decoder for {packed.format}")  # the loaders refuse other types
 
 
-def expand_in_numpy(packed, e: int) -> torch.Tensor:
-    """The same, by the numpy codecs, for packed tensors in host memory."""
-    data = packed.data[e].numpy()
-    if packed.format == "MXFP4":
-        values = mxfp4.decode_hf(data.reshape(data.shape[0], -1, 16), packed.scales[e].numpy())
+def expand_in_numpy(format: str, shape: tuple[int, int], data: np.ndarray, scales: np.ndarray | None) -> torch.Tensor:
+    """One expert [N, K] in its packed form (numpy, in host memory or memory-mapped) as float32,
+    by the numpy codecs."""
+    if format == "F32":
+        return torch.from_numpy(np.array(data, dtype=np.float32))
+    if format == "MXFP4":
+        values = mxfp4.decode_hf(data.reshape(data.shape[0], -1, 16), scales)
     else:
-        values = decode(data, T[packed.format])
-    return torch.from_numpy(values.reshape(packed.shape[1:]))
+        values = decode(data, T[format])
+    return torch.from_numpy(values.reshape(shape))
 
 
 def dequantize_expert(packed, e: int) -> torch.Tensor:
+    """Expert e of PackedExperts as float32 [N, K], on its device."""
     if packed.format == "F32":
         return packed.data[e].float()
-    on_host = packed.data.device.type == "cpu"
-    return expand_in_numpy(packed, e) if on_host else expand_in_torch(packed, e)
+    if packed.data.device.type != "cpu":
+        return expand_in_torch(packed, e)
+    return expand_in_numpy(packed.format, packed.shape[1:], packed.data[e].numpy(),
+                           None if packed.scales is None else packed.scales[e].numpy())

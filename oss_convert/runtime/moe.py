@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .moe_reference import moe_reference, route
-from .weights import MoELayer
+from .weights import MappedExperts, MoELayer
 
 TRITON_MIN = (3, 3)  # the first whose tl.dot_scaled takes a bf16 operand beside the FP4 one
 
@@ -34,8 +34,11 @@ def moe_forward(layer: MoELayer, x: torch.Tensor, backend: str = "auto") -> torc
         return moe_reference(x, layer.router_w, layer.router_b, layer.gate_up, layer.b1, layer.down, layer.b2,
                              layer.top_k)
     from .triton_moe import moe_mxfp4_triton
+    # the kernels take experts in memory: a layer left in its file (on the CPU, for Triton's
+    # interpreter) is read in first
+    gate_up, down = (w.resident(x.device) if isinstance(w, MappedExperts) else w for w in (layer.gate_up, layer.down))
     experts, weights = route(x, layer.router_w, layer.router_b, layer.top_k)
-    return moe_mxfp4_triton(x, experts, weights, layer.gate_up, layer.b1, layer.down, layer.b2)
+    return moe_mxfp4_triton(x, experts, weights, gate_up, layer.b1, down, layer.b2)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:

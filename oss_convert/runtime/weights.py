@@ -2,14 +2,17 @@
 
 Expert matrices stay packed as stored (MXFP4 as HF blocks + scales, ggml block formats as
 their rows of blocks) and are expanded one expert at a time when used; only the router,
-biases and norm weight are widened to float32. GGUF's split gate/up tensors are
-re-interleaved row by row (ggml quantizes each row on its own, so rows move intact),
+biases and norm weight are widened to float32. On the CPU the experts are not even read:
+they stay in the file's memory-mapped pages until an expert is used, so the OS, not this
+process, holds them (a 120b layer is 1.7 GB, the model 61 GB). GGUF's split gate/up tensors
+are re-interleaved row by row (ggml quantizes each row on its own, so rows move intact),
 giving the HF [E, 2I, H] order for every source.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -22,12 +25,12 @@ from ..errors import OssConvertError
 from ..files.gguf import GGUFTensor, ggml_type_name
 from ..formats import floats, mxfp4
 from ..formats.registry import OLLAMA_MXFP4, decode
-from .dequant import DECODED_BLOCK_TYPES, dequantize_expert
+from .dequant import DECODED_BLOCK_TYPES, dequantize_expert, expand_in_numpy
 
 
 @dataclass
 class PackedExperts:
-    """An expert matrix stack [E, N, K] in its stored format."""
+    """An expert matrix stack [E, N, K] in memory (on any device), in its packed form."""
 
     format: str  # "MXFP4", a ggml block type name ("Q5_0", ...), or "F32"
     shape: tuple[int, int, int]
@@ -47,6 +50,43 @@ class PackedExperts:
         return dequantize_expert(self, e)
 
 
+class MappedExperts:
+    """The same stack left in its file: `packed(e)` puts expert e into the packed form of
+    PackedExperts (as numpy arrays) from the memory-mapped pages, when it is used.
+
+    On the CPU it stays this way (`to("cpu")` is itself); `to(device)` elsewhere copies the
+    experts into PackedExperts there, one expert at a time through host memory."""
+
+    def __init__(self, format: str, shape: tuple[int, int, int], nbytes: int,
+                 packed: Callable[[int], tuple[np.ndarray, np.ndarray | None]]):
+        self.format, self.shape, self.nbytes, self.packed = format, shape, nbytes, packed
+
+    def __getitem__(self, e: int) -> torch.Tensor:
+        return expand_in_numpy(self.format, self.shape[1:], *self.packed(e))
+
+    def to(self, device) -> "MappedExperts | PackedExperts":
+        device = torch.device(device)
+        return self if device.type == "cpu" else self.resident(device)
+
+    def resident(self, device) -> PackedExperts:
+        """Every expert copied into memory on `device`, one expert at a time through the host."""
+        data, scales = self.packed(0)
+        out = PackedExperts(self.format, self.shape,
+                            torch.empty((self.shape[0],) + data.shape, dtype=torch.from_numpy(data[:0].copy()).dtype,
+                                        device=device),
+                            None if scales is None else torch.empty((self.shape[0],) + scales.shape,
+                                                                    dtype=torch.uint8, device=device))
+        for e in range(self.shape[0]):
+            data, scales = self.packed(e)
+            out.data[e] = torch.from_numpy(np.array(data))
+            if scales is not None:
+                out.scales[e] = torch.from_numpy(np.array(scales))
+        return out
+
+
+Experts = PackedExperts | MappedExperts
+
+
 @dataclass
 class MoELayer:
     layer: int
@@ -54,9 +94,9 @@ class MoELayer:
     norm_w: torch.Tensor  # post-attention RMSNorm weight [H], the MoE block's input norm
     router_w: torch.Tensor  # [E, H] float32
     router_b: torch.Tensor  # [E]
-    gate_up: PackedExperts  # [E, 2I, H], gate and up rows interleaved
+    gate_up: Experts  # [E, 2I, H], gate and up rows interleaved
     b1: torch.Tensor  # [E, 2I]
-    down: PackedExperts  # [E, H, I]
+    down: Experts  # [E, H, I]
     b2: torch.Tensor  # [E, H]
 
     def to(self, device) -> "MoELayer":
@@ -75,14 +115,14 @@ def _hf_float(t) -> torch.Tensor:
     return as_float32(floats.to_float32(t.read(), t.format))
 
 
-def _hf_experts(t) -> PackedExperts:
+def _hf_experts(t) -> MappedExperts:
     if t.format == "MXFP4":
-        blocks, scales = t.read()
+        blocks, scales = t.mapped()
         E, N, G, _ = blocks.shape
-        return PackedExperts("MXFP4", (E, N, G * 32), torch.from_numpy(blocks.reshape(E, N, G * 16)),
-                             torch.from_numpy(np.ascontiguousarray(scales)))
-    values = floats.to_float32(t.read(), t.format)
-    return PackedExperts("F32", values.shape, as_float32(values))
+        return MappedExperts("MXFP4", (E, N, G * 32), blocks.nbytes + scales.nbytes,
+                             lambda e: (blocks[e].reshape(N, G * 16), scales[e]))
+    stored = t.mapped()
+    return MappedExperts("F32", stored.shape, stored.nbytes, lambda e: (floats.to_float32(stored[e], t.format), None))
 
 
 def load_safetensors_layer(ckpt: SafetensorsCheckpoint, layer: int) -> MoELayer:
@@ -106,7 +146,7 @@ def gguf_values(t: GGUFTensor) -> np.ndarray:
     return decode(np.array(t.raw()), t.type).reshape(tuple(reversed(t.shape)))
 
 
-def _gguf_experts(parts: list[GGUFTensor]) -> PackedExperts:
+def _gguf_experts(parts: list[GGUFTensor]) -> MappedExperts:
     """One or two (gate, up) GGUF expert tensors -> packed [E, N, K], rows interleaved."""
     types = {t.type for t in parts}
     if len(types) != 1:
@@ -115,23 +155,28 @@ def _gguf_experts(parts: list[GGUFTensor]) -> PackedExperts:
     qtype = types.pop()
     K, N, E = parts[0].shape
     N *= len(parts)
+    raws = [t.raw() for t in parts]  # [E, rows, row bytes] each, memory-mapped
+    nbytes = sum(t.nbytes for t in parts)
+
+    def interleaved(halves: list[np.ndarray]) -> np.ndarray:
+        """One expert's rows [rows, ...] of gate and up (or of the one tensor) in HF order."""
+        return halves[0] if len(halves) == 1 else interleave_rows(halves[0][None], halves[1][None])[0]
+
     if qtype in (T.MXFP4, OLLAMA_MXFP4):
         unpack = mxfp4.ggml_to_hf if qtype == T.MXFP4 else mxfp4.ollama_to_hf
-        halves = [unpack(np.array(t.raw())) for t in parts]
-        blocks = halves[0][0] if len(parts) == 1 else interleave_rows(halves[0][0], halves[1][0])
-        scales = halves[0][1] if len(parts) == 1 else interleave_rows(halves[0][1], halves[1][1])
-        return PackedExperts("MXFP4", (E, N, K), torch.from_numpy(np.ascontiguousarray(blocks.reshape(E, N, K // 2))),
-                             torch.from_numpy(np.ascontiguousarray(scales)))
+
+        def packed(e: int):
+            halves = [unpack(np.asarray(r[e])) for r in raws]  # (blocks [rows, G, 16], scales [rows, G])
+            return (interleaved([h[0] for h in halves]).reshape(N, K // 2),
+                    interleaved([h[1] for h in halves]))
+        return MappedExperts("MXFP4", (E, N, K), nbytes, packed)
     if qtype in (T.F32, T.F16, T.BF16):
-        values = [gguf_values(t) for t in parts]
-        values = values[0] if len(parts) == 1 else interleave_rows(*values)
-        return PackedExperts("F32", (E, N, K), as_float32(values))
+        return MappedExperts("F32", (E, N, K), nbytes, lambda e: (
+            interleaved([decode(r[e], qtype).reshape(-1, K) for r in raws]), None))
     if qtype not in DECODED_BLOCK_TYPES:
         raise OssConvertError(f"{parts[0].path}: {parts[0].name} is {ggml_type_name(qtype)}; the runtime runs experts "
                               f"in MXFP4, {', '.join(t.name for t in DECODED_BLOCK_TYPES)}, F16, BF16 or F32")
-    rows = [np.array(t.raw()) for t in parts]
-    data = rows[0] if len(parts) == 1 else interleave_rows(*rows)
-    return PackedExperts(ggml_type_name(qtype), (E, N, K), torch.from_numpy(np.ascontiguousarray(data)))
+    return MappedExperts(ggml_type_name(qtype), (E, N, K), nbytes, lambda e: (interleaved([r[e] for r in raws]), None))
 
 
 def load_gguf_layer(ckpt: GGUFCheckpoint, layer: int) -> MoELayer:
