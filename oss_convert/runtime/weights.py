@@ -59,7 +59,8 @@ class MappedExperts:
 
     def __init__(self, format: str, shape: tuple[int, int, int], nbytes: int,
                  packed: Callable[[int], tuple[np.ndarray, np.ndarray | None]]):
-        self.format, self.shape, self.nbytes, self.packed = format, shape, nbytes, packed
+        self.format, self.shape, self.packed = format, shape, packed
+        self.nbytes = nbytes  # as stored in the file
 
     def __getitem__(self, e: int) -> torch.Tensor:
         return expand_in_numpy(self.format, self.shape[1:], *self.packed(e))
@@ -70,17 +71,16 @@ class MappedExperts:
 
     def resident(self, device) -> PackedExperts:
         """Every expert copied into memory on `device`, one expert at a time through the host."""
-        data, scales = self.packed(0)
-        out = PackedExperts(self.format, self.shape,
-                            torch.empty((self.shape[0],) + data.shape, dtype=torch.from_numpy(data[:0].copy()).dtype,
-                                        device=device),
-                            None if scales is None else torch.empty((self.shape[0],) + scales.shape,
-                                                                    dtype=torch.uint8, device=device))
+        out = None
         for e in range(self.shape[0]):
-            data, scales = self.packed(e)
-            out.data[e] = torch.from_numpy(np.array(data))
+            data, scales = (None if a is None else torch.from_numpy(np.array(a)) for a in self.packed(e))
+            if out is None:
+                out = PackedExperts(self.format, self.shape, data.new_empty((self.shape[0],) + data.shape, device=device),
+                                    None if scales is None else
+                                    scales.new_empty((self.shape[0],) + scales.shape, device=device))
+            out.data[e] = data
             if scales is not None:
-                out.scales[e] = torch.from_numpy(np.array(scales))
+                out.scales[e] = scales
         return out
 
 
