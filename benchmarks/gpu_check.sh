@@ -11,8 +11,7 @@
 # Each log goes to $OUT (where the device tool collects files) or ./gpu_check.
 #
 # A device image with torch and triton but not gguf (which the package imports) needs gguf's
-# wheel carried along. Here, once:
-#   echo /.whl/ >> .git/info/exclude
+# wheel carried along (.whl/ is ignored by git). Here, once:
 #   pip download --no-deps --only-binary=:all: gguf==0.19.0 -d .whl
 # then run `bash benchmarks/gpu_check.sh` there with .whl carried.
 set -uo pipefail
