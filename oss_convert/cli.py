@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 import numpy as np
+from click.core import ParameterSource
 
 from . import __version__
 from .errors import OssConvertError
@@ -17,25 +18,61 @@ from .errors import OssConvertError
 BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "fixtures" / "tiny"
 
 
-def user_errors(fn):
-    """Turn our errors into one `Error: ...` line; SIGTERM into a clean exit (temp files removed)."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        previous = signal.signal(signal.SIGTERM, _terminate)
-        try:
-            return fn(*args, **kwargs)
-        except OssConvertError as e:
-            raise click.ClickException(str(e)) from None
-        except KeyboardInterrupt:
-            click.echo("Error: interrupted", err=True)
-            sys.exit(130)
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-    return wrapper
+class UserError(click.ClickException):
+    """One `Error: ...` line, with the exit status the command reserves for bad input."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def user_errors(exit_code: int = 1):
+    """Our errors as one `Error: ...` line and `exit_code`; Ctrl-C and SIGTERM as a clean exit
+    (temporary files are removed on the way out)."""
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            previous = signal.signal(signal.SIGTERM, _terminate)
+            try:
+                return fn(*args, **kwargs)
+            except OssConvertError as e:
+                raise UserError(str(e), exit_code) from None
+            except KeyboardInterrupt:
+                click.echo("Error: interrupted", err=True)
+                sys.exit(130)
+            finally:
+                signal.signal(signal.SIGTERM, previous)
+        return wrapper
+    return decorate
 
 
 def _terminate(signum, frame):
     raise SystemExit(128 + signum)
+
+
+def refuse_unless(applies: bool, *names: str, why: str) -> None:
+    """A usage error for any of the options `names` given on the command line where they do not apply."""
+    ctx = click.get_current_context()
+    given = [n for n in names if ctx.get_parameter_source(n) not in (None, ParameterSource.DEFAULT)]
+    if given and not applies:
+        flags = {p.name: p.opts[-1] if p.opts[-1].startswith("--") else p.opts[0] for p in ctx.command.params}
+        raise click.UsageError(f"{', '.join(flags[n] for n in given)}: {why}")
+
+
+def require_runtime(command: str) -> None:
+    """The runtime's dependency, checked before anything is opened or downloaded."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise OssConvertError(f"{command} runs the model on torch, which is not installed: "
+                              "pip install 'oss-convert[runtime]'") from None
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+local_dir_option = click.option("--local-dir", type=click.Path(path_type=Path),
+                                help="Where to put files downloaded from the Hub (default: the Hugging Face cache).")
+device_option = click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto",
+                             show_default=True)
 
 
 def emit_json(doc) -> None:
@@ -54,19 +91,19 @@ def cli():
 
 @cli.command("inspect")
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@json_option
 @click.option("--tensors", "show_tensors", is_flag=True, help="List every tensor, not a per-layer summary.")
-@user_errors
+@user_errors()
 def inspect_cmd(path: Path, as_json: bool, show_tensors: bool):
     """Report which tensors of a checkpoint or GGUF are MXFP4, BF16, F32 or quantized.
 
     PATH is a checkpoint folder (HF or original/ layout, sharded or not), a .safetensors
-    file, or a .gguf (split GGUFs: any part). Reads headers only.
+    file, a .gguf (split GGUFs: any part) or a Hub repo id. Reads headers only.
     """
-    from .checkpoint import open_checkpoint
+    from .hub import open_headers
     from .inspect import inspect_report, render_report
 
-    doc = inspect_report(open_checkpoint(path))
+    doc = inspect_report(open_headers(path))
     if as_json:
         emit_json(doc)
     else:
@@ -94,9 +131,8 @@ CONVERT_TYPES = ["mxfp4", "q4_k_m", "q4_k_s", "q4_k", "q5_k_m", "q5_k_s", "q6_k"
               help="Requantizing: worker threads (default: all cores).")
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable plan and result on stdout.")
-@click.option("--local-dir", type=click.Path(path_type=Path), help="Where to put files downloaded from the Hub "
-              "(default: the Hugging Face cache).")
-@user_errors
+@local_dir_option
+@user_errors()
 def convert_cmd(src: Path, out: Path | None, target: str, qtype: str, outtype: str, keep_mxfp4_experts: bool,
                 dry_run: bool, threads: int | None, force: bool, as_json: bool, local_dir: Path | None):
     """Convert a GPT-OSS safetensors checkpoint to GGUF (or a GGUF back to safetensors).
@@ -105,36 +141,35 @@ def convert_cmd(src: Path, out: Path | None, target: str, qtype: str, outtype: s
     llama.cpp's convert_hf_to_gguf.py writes. With --type q4_k_m (etc.) the result is
     the file llama-quantize makes from it, and a report of what each tensor lost.
     """
-    from .convert.plan_report import plan_document, render_cost, render_plan
-    from .hub import download
+    from .convert.plan_report import render_cost, render_plan
+    from .convert.to_gguf import LOSSLESS, plan_conversion
+    from .hub import open_downloaded
 
+    to_gguf = target == "gguf"
+    refuse_unless(to_gguf, "qtype", "outtype", "keep_mxfp4_experts", "dry_run", "threads",
+                  why="apply to --to gguf only (--to safetensors writes the lossless HF checkpoint)")
+    requantizing = to_gguf and qtype != LOSSLESS
+    refuse_unless(not requantizing, "outtype", why="applies to the lossless --type mxfp4 only")
+    refuse_unless(requantizing, "keep_mxfp4_experts", "threads", why="apply when requantizing (--type q4_k_m etc.)")
     if out is None and not dry_run:
         raise click.UsageError("missing -o/--output")
     if out is not None and out.exists() and not force and not dry_run:  # before any download
         raise OssConvertError(f"{out}: already exists (use --force to overwrite)")
-    src = download(src, local_dir)
-    if target == "safetensors":
+    ckpt = open_downloaded(src, local_dir)
+    if not to_gguf:
         from .convert.to_safetensors import convert_to_safetensors
-        result = convert_to_safetensors(src, out, force=force)
+        result = convert_to_safetensors(ckpt, out, force=force)
         return emit_json(result) if as_json else click.echo(f"wrote {out} ({result['tensors']} tensors)", err=True)
 
-    from .convert import to_gguf
-    if qtype == "mxfp4":
-        ckpt = to_gguf.open_source(src)
-        tensors = to_gguf.plan_lossless(ckpt, outtype)
-        doc = plan_document(f"lossless MXFP4 ({outtype} elsewhere)", tensors)
-        run = lambda: to_gguf.convert_plan_lossless(ckpt, tensors, out, outtype=outtype, force=force)  # noqa: E731
-    else:
-        ckpt, plan = to_gguf.prepare_requantized(src, qtype, keep_mxfp4_experts, threads)
-        title = plan.mixture_key.upper() + (" with MXFP4 experts kept" if keep_mxfp4_experts else "")
-        doc = plan_document(title, plan.tensors)
-        run = lambda: to_gguf.convert_requantized(ckpt, plan, out, force=force)  # noqa: E731
+    conversion = plan_conversion(ckpt, qtype, outtype=outtype, keep_mxfp4_experts=keep_mxfp4_experts,
+                                 threads=threads)
+    doc = conversion.document
     if dry_run:
         return emit_json({"plan": doc}) if as_json else click.echo(render_plan(doc))
     if not as_json:  # the whole plan where types are being chosen, its headline otherwise
         plan_text = render_plan(doc)
-        click.echo(plan_text if qtype != "mxfp4" else plan_text.splitlines()[0], err=True)
-    result = run()
+        click.echo(plan_text if requantizing else plan_text.splitlines()[0], err=True)
+    result = conversion.run(out, force=force)
     if as_json:
         emit_json({"plan": doc, "result": result})
         return
@@ -150,78 +185,71 @@ def convert_cmd(src: Path, out: Path | None, target: str, qtype: str, outtype: s
 @click.option("--layers", default="all", show_default=True, help="MoE mode: 'all' or a list like 0,3,5.")
 @click.option("--tokens", default=64, show_default=True, type=click.IntRange(1, 1 << 20),
               help="MoE mode: hidden states per layer.")
+@click.option("--seed", default=0, show_default=True, type=int, help="MoE mode: seed of the hidden states.")
 @click.option("--prompt", help="--full: the text to evaluate (tokenized with A's tokenizer).")
 @click.option("--tokens-file", type=click.Path(path_type=Path), help="--full: whitespace-separated token ids.")
 @click.option("--ctx", default=512, show_default=True, type=click.IntRange(1, 1 << 20),
               help="--full: evaluate in windows of this many tokens.")
 @click.option("--save-logits", type=click.Path(path_type=Path), help="--full: write both artifacts' logits here.")
-@click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
-@click.option("--local-dir", type=click.Path(path_type=Path), help="Where to put files downloaded from the Hub "
-              "(default: the Hugging Face cache).")
-@user_errors
-def compare_cmd(a: Path, b: Path, full: bool, layers: str, tokens: int, prompt: str | None, tokens_file: Path | None,
-                ctx: int, save_logits: Path | None, device: str, seed: int, as_json: bool, local_dir: Path | None):
+@device_option
+@json_option
+@local_dir_option
+@user_errors()
+def compare_cmd(a: Path, b: Path, full: bool, layers: str, tokens: int, seed: int, prompt: str | None,
+                tokens_file: Path | None, ctx: int, save_logits: Path | None, device: str, as_json: bool,
+                local_dir: Path | None):
     """Compare two artifacts (any GPT-OSS checkpoint or GGUF) by running them.
 
     Default: the MoE block of chosen layers on the same hidden states (identical weights
     give identical outputs). --full: the whole model on a text: KL divergence, top-1
     agreement, logit differences and each one's perplexity.
     """
-    from .hub import download
-    a, b = download(a, local_dir), download(b, local_dir)
+    refuse_unless(not full, "layers", "tokens", "seed", why="apply to the MoE comparison, not to --full")
+    refuse_unless(full, "prompt", "tokens_file", "ctx", "save_logits", why="apply with --full only")
+    if full and (prompt is None) == (tokens_file is None):
+        raise click.UsageError("--full takes one of --prompt or --tokens-file")
+    require_runtime("compare")
+    from .hub import open_downloaded
+
     if full:
         from .runtime.full_compare import compare_full, read_tokens_file, render_full
-        if (prompt is None) == (tokens_file is None):
-            raise click.UsageError("--full takes one of --prompt or --tokens-file")
         ids = read_tokens_file(tokens_file) if tokens_file else None
-        doc = compare_full(a, b, tokens=ids, prompt=prompt, ctx=ctx, device=device, save_logits=save_logits)
+        ckpt_a, ckpt_b = open_downloaded(a, local_dir), open_downloaded(b, local_dir)
+        doc = compare_full(ckpt_a, ckpt_b, tokens=ids, prompt=prompt, ctx=ctx, device=device,
+                           save_logits=save_logits)
         return emit_json(doc) if as_json else click.echo(render_full(doc))
     from .runtime.compare import compare_moe, render_comparison
 
-    doc = compare_moe(a, b, layers=layers, tokens=tokens, device=device, seed=seed)
-    if as_json:
-        emit_json(doc)
-    else:
-        click.echo(render_comparison(doc))
+    doc = compare_moe(open_downloaded(a, local_dir), open_downloaded(b, local_dir), layers=layers, tokens=tokens,
+                      device=device, seed=seed)
+    return emit_json(doc) if as_json else click.echo(render_comparison(doc))
 
 
 @cli.command("generate")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--prompt", required=True, help="The user message; the model's chat template frames it.")
 @click.option("--max-tokens", default=64, show_default=True, type=click.IntRange(1, 1 << 16))
-@click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
-@click.option("--json", "as_json", is_flag=True)
-@click.option("--local-dir", type=click.Path(path_type=Path), help="Where to put files downloaded from the Hub "
-              "(default: the Hugging Face cache).")
-@user_errors
+@device_option
+@json_option
+@local_dir_option
+@user_errors()
 def generate_cmd(model: Path, prompt: str, max_tokens: int, device: str, as_json: bool, local_dir: Path | None):
     """Greedy generation through the chat template, from a checkpoint or a GGUF."""
-    from .hub import download
+    require_runtime("generate")
+    from .hub import open_downloaded
     from .runtime.full_compare import generate
 
-    model = download(model, local_dir)
-    doc = generate(model, prompt, max_tokens=max_tokens, device=device)
-    if as_json:
-        emit_json(doc)
-    else:
-        click.echo(doc["text"])
-
-
-class InputError(click.ClickException):
-    """An unreadable input where the command reserves exit status 1 for a finding."""
-
-    exit_code = 2
+    doc = generate(open_downloaded(model, local_dir), prompt, max_tokens=max_tokens, device=device)
+    return emit_json(doc) if as_json else click.echo(doc["text"])
 
 
 @cli.command("verify")
 @click.argument("src", type=click.Path(path_type=Path))
 @click.argument("port", type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@json_option
 @click.option("--require-fp4", is_flag=True, help="Also fail unless every MXFP4 tensor is bit-identical MXFP4.")
-@click.option("--local-dir", type=click.Path(path_type=Path), help="Where to put files downloaded from the Hub "
-              "(default: the Hugging Face cache).")
+@local_dir_option
+@user_errors(exit_code=2)  # 1 is a finding: something is lossy, missing or wrong
 def verify_cmd(src: Path, port: Path, as_json: bool, require_fp4: bool, local_dir: Path | None):
     """Prove whether PORT (any GPT-OSS GGUF) preserves the FP4 bits of SRC, tensor by tensor.
 
@@ -229,16 +257,12 @@ def verify_cmd(src: Path, port: Path, as_json: bool, require_fp4: bool, local_di
     metadata agrees; 1 when something is lossy, missing or wrong (with --require-fp4, also
     when the experts are not bit-identical MXFP4); 2 for unreadable inputs.
     """
-    from .hub import download
-    from .verify import exit_status, render, verify
+    from .hub import open_downloaded
+    from .verify import check_inputs, exit_status, render, verify
 
-    try:
-        doc = verify(download(src, local_dir), download(port, local_dir))
-    except OssConvertError as e:
-        raise InputError(str(e)) from None
-    except KeyboardInterrupt:
-        click.echo("Error: interrupted", err=True)
-        sys.exit(130)
+    source, port_ckpt = open_downloaded(src, local_dir), open_downloaded(port, local_dir)
+    check_inputs(source, port_ckpt)
+    doc = verify(source, port_ckpt)
     if as_json:
         emit_json(doc)
     else:

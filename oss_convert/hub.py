@@ -14,7 +14,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from .checkpoint import Checkpoint, gguf_checkpoint, open_checkpoint, open_safetensors_files
 from .errors import OssConvertError
+from .files.gguf import read_gguf, split_names
 
 SPEC = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[^:@]+))?(?::(?P<path>.+))?$")
 # What a HF-layout conversion needs; never original/ or metal/ unless asked for.
@@ -133,7 +135,6 @@ def download(spec, local_dir: Path | None = None) -> Path:
             if len(ggufs) != 1 and not (ref.path and ref.path.endswith(".gguf")):
                 raise OssConvertError(f"{ref}: the repo has {len(ggufs)} GGUF files; name one as "
                                       f"{ref.repo_id}:FILE.gguf ({', '.join(ggufs[:4])}...)")
-            from .files.gguf import split_names
             paths = [hf_hub_download(ref.repo_id, name, **kw) for name in split_names(ggufs[0])]
             return Path(paths[0])
         if ref.path:  # a folder such as original/, plus the tokenizer at the root
@@ -171,7 +172,18 @@ class RemoteFile:
         return response.content[:n]
 
 
-def open_remote(spec):
+def open_headers(spec) -> Checkpoint:
+    """A checkpoint at a local path or in a Hub repo, headers only: nothing of the weights is
+    read, and nothing of a remote repo downloaded but its config.json."""
+    return open_checkpoint(spec) if parse(spec) is None else open_remote(spec)
+
+
+def open_downloaded(spec, local_dir: Path | None = None) -> Checkpoint:
+    """A checkpoint whose data can be read: local, or the repo's needed files downloaded first."""
+    return open_checkpoint(download(spec, local_dir))
+
+
+def open_remote(spec) -> Checkpoint:
     """A header-only checkpoint for a Hub repo: nothing of the weights is downloaded."""
     ref = parse(spec)
     files = repo_files(ref)
@@ -179,10 +191,7 @@ def open_remote(spec):
     if ggufs and (ref.path or not any(f.endswith(".safetensors") for f in files)):
         if len(ggufs) != 1:
             raise OssConvertError(f"{ref}: the repo has {len(ggufs)} GGUF files; name one as {ref.repo_id}:FILE.gguf")
-        from .checkpoint.gguf_source import GGUFCheckpoint
-        from .files.gguf import read_gguf
-        return GGUFCheckpoint(read_gguf(ggufs[0], open_part=lambda p: RemoteFile(ref, str(p))))
-    from .checkpoint.safetensors_source import open_safetensors_files
+        return gguf_checkpoint(str(ref), read_gguf(ggufs[0], open_part=lambda p: RemoteFile(ref, str(p))))
     folder = ref.path or ""
     prefix = f"{folder}/" if folder else ""
     shards = sorted(f for f in files if f.startswith(prefix) and f.endswith(".safetensors")
@@ -194,4 +203,4 @@ def open_remote(spec):
         from huggingface_hub import hf_hub_download
         with hub_errors(ref):
             config = Path(hf_hub_download(ref.repo_id, prefix + "config.json", revision=ref.revision))
-    return open_safetensors_files(PurePosixPath(str(ref)), [RemoteFile(ref, s) for s in shards], config)
+    return open_safetensors_files(str(ref), PurePosixPath(str(ref)), [RemoteFile(ref, s) for s in shards], config)

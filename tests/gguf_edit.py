@@ -9,10 +9,10 @@ from gguf import GGMLQuantizationType as T
 
 from oss_convert.checkpoint import open_checkpoint
 from oss_convert.checkpoint.names import gguf_names
-from oss_convert.convert.layout import Target, iter_chunks
-from oss_convert.convert.lossless import _float_type
+from oss_convert.plan.layout import Target, iter_chunks
+from oss_convert.plan.lossless import float_type
 from oss_convert.files.gguf import (
-    TensorToWrite,
+    GGUFWriteTensor,
     Value,
     ValueType,
     read_gguf,
@@ -33,7 +33,7 @@ def rewrite(src: Path, dst: Path, *, edit: dict | None = None, drop=(), meta: di
             continue
         fn = (edit or {}).get(name)
         produce = (lambda t=t, fn=fn: fn(np.array(t.raw()))) if fn else (lambda t=t: t.raw())
-        tensors.append(TensorToWrite(name, t.type, t.shape, produce))
+        tensors.append(GGUFWriteTensor(name, t.type, t.shape, produce))
     with open(dst, "wb") as f:
         write_gguf(f, metadata, tensors)
     return dst
@@ -51,7 +51,7 @@ def split(src: Path, out_dir: Path, parts: int) -> list[Path]:
                  "split.tensors.count": Value(ValueType.INT32, len(names))}
         path = out_dir / f"model-{i + 1:05d}-of-{parts:05d}.gguf"
         with open(path, "wb") as f:
-            write_gguf(f, meta, [TensorToWrite(n, g.tensors[n].type, g.tensors[n].shape,
+            write_gguf(f, meta, [GGUFWriteTensor(n, g.tensors[n].type, g.tensors[n].shape,
                                                lambda t=g.tensors[n]: t.raw()) for n in chunk])
         paths.append(path)
     return paths
@@ -70,16 +70,16 @@ def ollama_layout(checkpoint: Path, lossless: Path, dst: Path) -> Path:
             value = Value(ValueType.STRING, "gptoss")
         meta[key.replace("gpt-oss.", "gptoss.")] = value
     tensors = []
-    for hf in ckpt.hf_tensors():
+    for hf in ckpt.model_tensors:
         (name,) = gguf_names(hf.name, "gptoss")
         target = Target(name.gguf, hf, name.part)
         if hf.format == "MXFP4":
             produce = lambda t=target: (mxfp4.hf_to_ollama(b, s) for b, s in iter_chunks(t, 1 << 26))  # noqa: E731
-            tensors.append(TensorToWrite(name.gguf, 4, target.ggml_shape, produce))
+            tensors.append(GGUFWriteTensor(name.gguf, 4, target.ggml_shape, produce))
             continue
-        qtype, _ = _float_type(target, T.BF16)
+        qtype, _ = float_type(target, T.BF16)
         convert = (lambda c: c) if qtype == T.BF16 else (lambda c: floats.bf16_to_float32(c))
-        tensors.append(TensorToWrite(name.gguf, int(qtype), target.ggml_shape,
+        tensors.append(GGUFWriteTensor(name.gguf, int(qtype), target.ggml_shape,
                                      lambda t=target, cv=convert: (cv(c) for c in iter_chunks(t, 1 << 26))))
     with open(dst, "wb") as f:
         write_gguf(f, meta, tensors)

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from oss_convert.cli import cli
-from oss_convert.convert.mixtures import MIXTURES
+from oss_convert.plan.mixtures import MIXTURES
 from oss_convert.files.gguf import read_gguf
 from tests.gguf_compare import gguf_differences
 from tests.reference.llama_quantize import llama_quantize

@@ -98,7 +98,7 @@ def test_gguf_reports_ggml_types_and_layout(bundled, tmp_path):
     assert types["token_embd.weight"] == "BF16"
     assert types["blk.0.attn_norm.weight"] == "F32"
     gate = next(t for t in doc["tensors"] if t["name"] == "blk.0.ffn_gate_exps.weight")
-    assert gate["shape"] == [96, 64, 8]  # ggml order
+    assert gate["shape"] == [8, 64, 96]  # row-major, as for every source (ggml lists it reversed)
     g = doc["summary"]["gguf"]
     assert g["layout"] == "gpt-oss" and g["architecture"] == "gpt-oss"
     assert g["expert_tensors"] == g["expert_tensors_mxfp4"] == 12

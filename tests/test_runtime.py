@@ -235,10 +235,10 @@ def test_gguf_expert_loaders_agree_with_the_dequantizers(small_lossless, tmp_pat
         return np.ascontiguousarray(encode(values, qtype)).view(np.uint8).reshape(raw.shape[0], raw.shape[1], -1)
     edits = {n: requant for n in names}
     port = tmp_path / f"{qtype.name}.gguf"
-    from oss_convert.files.gguf import TensorToWrite, write_gguf
+    from oss_convert.files.gguf import GGUFWriteTensor, write_gguf
     src = read_gguf(small_lossless)
     with open(port, "wb") as f:
-        write_gguf(f, src.metadata, [TensorToWrite(n, int(qtype) if n in edits else t.type, t.shape,
+        write_gguf(f, src.metadata, [GGUFWriteTensor(n, int(qtype) if n in edits else t.type, t.shape,
                                                    (lambda t=t, fn=edits.get(n): fn(np.array(t.raw())) if fn else t.raw()))
                                      for n, t in src.tensors.items()])
     layer = load_layer(open_checkpoint(port), 0)
@@ -281,7 +281,7 @@ def test_block_experts_expand_in_torch_as_the_numpy_codecs_do(qtype):
 
 
 def test_experts_in_a_type_the_runtime_cannot_run_are_refused_in_one_line(small_lossless, tmp_path):
-    from oss_convert.files.gguf import TensorToWrite, write_gguf
+    from oss_convert.files.gguf import GGUFWriteTensor, write_gguf
     src = read_gguf(small_lossless)
     q2_k = "blk.0.ffn_down_exps.weight"
     port = tmp_path / "q2_k.gguf"
@@ -289,8 +289,8 @@ def test_experts_in_a_type_the_runtime_cannot_run_are_refused_in_one_line(small_
     def zeros_q2_k(t):  # 84 bytes per 256 values
         return lambda: np.zeros((t.shape[2], t.shape[1], t.shape[0] // 256 * 84), np.uint8)
     with open(port, "wb") as f:
-        write_gguf(f, src.metadata, [TensorToWrite(n, int(T.Q2_K), t.shape, zeros_q2_k(t)) if n == q2_k else
-                                     TensorToWrite(n, t.type, t.shape, lambda t=t: t.raw())
+        write_gguf(f, src.metadata, [GGUFWriteTensor(n, int(T.Q2_K), t.shape, zeros_q2_k(t)) if n == q2_k else
+                                     GGUFWriteTensor(n, t.type, t.shape, lambda t=t: t.raw())
                                      for n, t in src.tensors.items()])
     result = CliRunner().invoke(cli, ["compare", str(small_lossless), str(port), "--layers", "0"])
     assert result.exit_code == 1

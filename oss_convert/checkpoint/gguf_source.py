@@ -2,47 +2,92 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import functools
 
-from ..files.gguf import GGUFFile, read_gguf
+import numpy as np
+from gguf import GGMLQuantizationType as T
+
+from ..errors import OssConvertError
+from ..files.gguf import GGUFFile, GGUFTensor, read_gguf
+from ..formats import mxfp4
+from .checkpoint import Checkpoint
 from .config import GptOssConfig
-from .names import classify_gguf
-from .tensors import LogicalTensor
+from .names import classify, classify_gguf, gguf_names, hf_names, hf_storage_order
+from .shapes import check_shapes
+from .tensor import Tensor, fused_gate_up
+from .tokenizer import tokenizer_files, vocab_from_gguf
 
 # Ollama's older gpt-oss GGUFs store MXFP4 as ggml type 4 (a code since retired from ggml)
 # with the scale byte first and the HF nibble order.
 OLLAMA_MXFP4_TYPE = 4
+LAYOUTS = {"gpt-oss": "gpt-oss", "gptoss": "gptoss"}
+_VIEWS = {T.F32: np.float32, T.F16: np.float16, T.BF16: np.uint16, T.F64: np.float64, T.I8: np.int8,
+          T.I16: np.int16, T.I32: np.int32, T.I64: np.int64}
 
 
-class GGUFCheckpoint:
-    kind = "gguf"
-
-    def __init__(self, gguf: GGUFFile):
-        self.gguf = gguf
-        self.files = gguf.paths
-        self.root = gguf.paths[0].parent
-        self.architecture = gguf.get("general.architecture")
-        self.layout = {"gpt-oss": "gpt-oss", "gptoss": "gptoss"}.get(self.architecture, "other")
-        self.metadata = {k: v.value for k, v in gguf.metadata.items()}
-        self.config = (GptOssConfig.from_gguf(self.metadata, self.architecture)
-                       if self.layout != "other" else None)
-        self.tensors = [self._logical(t) for t in gguf.tensors.values()]
-
-    def _logical(self, t) -> LogicalTensor:
-        role, layer = classify_gguf(t.name)
-        fmt = t.type_name
-        if self.layout == "gptoss" and t.type == OLLAMA_MXFP4_TYPE and role.is_expert_weight:
-            fmt = "MXFP4"
-        return LogicalTensor(t.name, role, layer, fmt, t.shape, t.nbytes, {"data": t}, ggml_order=True)
-
-    @property
-    def layout_description(self) -> str:
-        return {"gpt-oss": "llama.cpp gpt-oss", "gptoss": "Ollama gptoss (older)"}.get(self.layout, "other")
-
-    def expert_tensors(self) -> list[LogicalTensor]:
-        return [t for t in self.tensors if t.role.is_expert_weight]
+def open_gguf(path) -> Checkpoint:
+    return gguf_checkpoint(path, read_gguf(path))
 
 
-def open_gguf(path: Path) -> GGUFCheckpoint:
-    return GGUFCheckpoint(read_gguf(path))
+def gguf_checkpoint(path, gguf: GGUFFile) -> Checkpoint:
+    where = str(gguf.paths[0])
+    architecture = gguf.get("general.architecture")
+    if architecture is not None and not isinstance(architecture, str):
+        raise OssConvertError(f"{where}: metadata general.architecture must be a string, found {architecture!r}"[:300])
+    layout = LAYOUTS.get(architecture, "other")
+    metadata = {k: v.value for k, v in gguf.metadata.items()}
+    tensors = [_tensor(t, layout) for t in gguf.tensors.values()]
+    config, model = None, []
+    if layout != "other":
+        config = GptOssConfig.from_gguf(metadata, architecture, where)
+        model = _hf_view({t.name: t for t in tensors}, layout, config.num_layers)
+        check_shapes(model, config)
+    vocab = functools.partial(vocab_from_gguf, metadata, where)
+    return Checkpoint(path, "gguf", layout, gguf.paths[0].parent, gguf.paths, config, tensors, model, vocab,
+                      lambda: tokenizer_files(vocab())["tokenizer.json"], metadata, architecture)
 
+
+def _tensor(t: GGUFTensor, layout: str) -> Tensor:
+    role, layer = classify_gguf(t.name)
+    if t.type == OLLAMA_MXFP4_TYPE and not (layout == "gptoss" and role.is_expert_weight):
+        raise OssConvertError(f"{t.path}: tensor {t.name!r} has ggml type 4, retired from ggml; only the expert "
+                              "weights of Ollama's gptoss files use it (as MXFP4)")
+    ollama = t.type == OLLAMA_MXFP4_TYPE
+    fmt = "MXFP4" if ollama or t.type == T.MXFP4 else t.type_name
+    stored = functools.partial(_stored_form, t.type)
+    raw = functools.cache(t.raw)
+    shape = tuple(reversed(t.shape))
+
+    def read(start: int, stop: int):
+        if len(shape) > 1:
+            return stored(t.read(start, stop))
+        whole = stored(t.read())
+        return whole if (start, stop) == (0, shape[0]) else whole[start:stop]
+
+    return Tensor(t.name, role, layer, fmt, shape, t.nbytes, str(t.path), read, lambda i: stored(raw()[i]), t.type)
+
+
+def _stored_form(type_code: int, raw: np.ndarray):
+    """GGUF bytes, rows along the last axis, in the stored form `Tensor` promises."""
+    if type_code == T.MXFP4:
+        return mxfp4.ggml_to_hf(raw)
+    if type_code == OLLAMA_MXFP4_TYPE:
+        return mxfp4.ollama_to_hf(raw)
+    view = _VIEWS.get(type_code)
+    return raw if view is None else np.ascontiguousarray(raw).view(view)
+
+
+def _hf_view(by_name: dict[str, Tensor], layout: str, num_layers: int) -> list[Tensor]:
+    """The tensors under their HF names: renamed, or gate and up fused into gate_up."""
+    out = []
+    for hf in hf_names(num_layers):
+        parts = gguf_names(hf, layout)
+        found = [by_name.get(p.gguf) for p in parts]
+        if not parts or None in found:
+            continue
+        role, layer = classify(hf, "hf")
+        if len(found) == 2:
+            out.append(fused_gate_up(hf, role, layer, *found))
+        else:
+            out.append(found[0].renamed(hf, role, layer))
+    return hf_storage_order(out)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .tensors import Role
+from .tensor import Role
 
 _L = r"(?P<layer>\d+)"
 
@@ -80,6 +80,23 @@ def original_to_hf(name: str) -> list[str]:
         if pattern.match(name):
             return [pattern.sub(repl, name)]
     return []
+
+
+def hf_names(num_layers: int) -> list[str]:
+    """Every logical tensor of an HF GPT-OSS checkpoint, MXFP4 ones without suffix."""
+    per_layer = ["input_layernorm.weight", "post_attention_layernorm.weight",
+                 *(f"self_attn.{p}_proj.{w}" for p in "qkvo" for w in ("weight", "bias")),
+                 "self_attn.sinks", "mlp.router.weight", "mlp.router.bias",
+                 "mlp.experts.gate_up_proj", "mlp.experts.gate_up_proj_bias",
+                 "mlp.experts.down_proj", "mlp.experts.down_proj_bias"]
+    names = ["model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"]
+    names += [f"model.layers.{i}.{n}" for i in range(num_layers) for n in per_layer]
+    return names
+
+
+def hf_storage_order(tensors: list) -> list:
+    """The order the HF shards store tensors in: by name, an MXFP4 pair at its `_scales` part."""
+    return sorted(tensors, key=lambda t: t.name + "_scales" if t.format == "MXFP4" else t.name)
 
 
 # ------------------------------------------------------------------------ GGUF naming

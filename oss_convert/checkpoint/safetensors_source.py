@@ -2,85 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from ..errors import OssConvertError
 from ..files.safetensors import StoredTensor, read_header
+from .checkpoint import Checkpoint
 from .config import GptOssConfig
-from .names import MXFP4_SUFFIXES, classify, original_to_hf
-from .tensors import LogicalTensor, Role
+from .names import MXFP4_SUFFIXES, classify, hf_storage_order, original_to_hf
+from .shapes import check_shapes
+from .tensor import Role, Tensor, row_slice
+from .tokenizer import find_tokenizer_dir, read_vocab
 
 INDEX_NAME = "model.safetensors.index.json"
-
-
-@dataclass
-class HFTensor:
-    """A tensor under its Hugging Face name, read from whichever layout holds it.
-
-    `parts` are the stored tensors ("data", or "blocks" and "scales" for MXFP4); for a
-    q/k/v slice of OpenAI's fused qkv, `row_offset` and the shape select its rows.
-    """
-
-    name: str
-    format: str  # "MXFP4" or a safetensors dtype
-    shape: tuple[int, ...]  # logical shape
-    parts: dict[str, StoredTensor]
-    row_offset: int = 0
-
-    def read(self, start: int = 0, stop: int | None = None):
-        """Slices [start, stop) of the first axis: an array, or (blocks, scales) for MXFP4."""
-        stop = self.shape[0] if stop is None else stop
-        if self.format == "MXFP4":
-            return self.parts["blocks"].read(start, stop), self.parts["scales"].read(start, stop)
-        return self.parts["data"].read(self.row_offset + start, self.row_offset + stop)
-
-    def mapped(self):
-        """What read() returns, as read-only memory-mapped views: nothing is read until used."""
-        if self.format == "MXFP4":
-            return self.parts["blocks"].array(), self.parts["scales"].array()
-        return self.parts["data"].array()[self.row_offset:self.row_offset + self.shape[0]]
-
-
-class SafetensorsCheckpoint:
-    kind = "safetensors"
-
-    def __init__(self, root: Path, files: list[Path], layout: str, tensors: list[LogicalTensor],
-                 config: GptOssConfig | None, config_path: Path | None):
-        self.root = root  # folder holding config and tokenizer files
-        self.files = files
-        self.layout = layout  # "hf" or "original"
-        self.tensors = tensors
-        self.config = config
-        self.config_path = config_path
-
-    def hf_tensors(self) -> list[HFTensor]:
-        """Every tensor under its HF name, fused qkv split.
-
-        HF checkpoints keep their file order; OpenAI's layout is put in the order the HF
-        shards store the same tensors (by name, an MXFP4 pair at its `_scales` part), so
-        both layouts convert to the same file.
-        """
-        out = []
-        for t in self.tensors:
-            names = [t.name] if self.layout == "hf" else original_to_hf(t.name)
-            if len(names) == 3:
-                out.extend(self._split_qkv(t, names))
-            elif names:
-                out.append(HFTensor(names[0], t.format, t.shape, t.parts))
-        if self.layout == "original":
-            out.sort(key=lambda h: h.name + "_scales" if h.format == "MXFP4" else h.name)
-        return out
-
-    def _split_qkv(self, t: LogicalTensor, names: list[str]) -> Iterator[HFTensor]:
-        cfg = self.config
-        q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
-        if t.shape[0] != q + 2 * kv:
-            raise OssConvertError(f"{t.name}: has {t.shape[0]} rows, expected q+k+v = {q + 2 * kv}")
-        for name, start, rows in zip(names, (0, q, q + kv), (q, kv, kv)):
-            yield HFTensor(name, t.format, (rows,) + t.shape[1:], t.parts, row_offset=start)
 
 
 def _shard_files(path: Path) -> tuple[Path, list[Path], dict[str, str] | None]:
@@ -116,20 +51,22 @@ def _read_config(path: Path | None, layout: str) -> GptOssConfig | None:
         return None
     try:
         raw = json.loads(path.read_text())
-        if layout == "original" or ("num_experts" in raw and "num_local_experts" not in raw):
-            return GptOssConfig.from_original(raw)
-        return GptOssConfig.from_hf(raw)
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError) as e:
         raise OssConvertError(f"{path}: not a usable GPT-OSS config ({type(e).__name__}: {e})") from None
+    if not isinstance(raw, dict):
+        raise OssConvertError(f"{path}: not a usable GPT-OSS config (not a JSON object)")
+    if layout == "original" or ("num_experts" in raw and "num_local_experts" not in raw):
+        return GptOssConfig.from_original(raw, str(path))
+    return GptOssConfig.from_hf(raw, str(path))
 
 
-def open_safetensors(path: Path) -> SafetensorsCheckpoint:
+def open_safetensors(path: Path) -> Checkpoint:
     root, files, weight_map = _shard_files(path)
-    return open_safetensors_files(root, files, root / "config.json", weight_map)
+    return open_safetensors_files(path, root, files, root / "config.json", weight_map)
 
 
-def open_safetensors_files(root, files: list, config_path: Path | None,
-                           weight_map: dict[str, str] | None = None) -> SafetensorsCheckpoint:
+def open_safetensors_files(path, root, files: list, config_path: Path | None,
+                           weight_map: dict[str, str] | None = None) -> Checkpoint:
     """A checkpoint from its shard files (local paths or byte sources), index and config.json."""
     stored: dict[str, StoredTensor] = {}
     names = []
@@ -147,9 +84,47 @@ def open_safetensors_files(root, files: list, config_path: Path | None,
                                   f"first {absent[0]!r}")
     layout = _detect_layout(root, stored)
     tensors = _logical_tensors(stored, layout)
-    config = _read_config(config_path, layout) or infer_config(tensors, layout)
-    return SafetensorsCheckpoint(root, names, layout, tensors, config,
-                                 config_path if config_path is not None and config_path.is_file() else None)
+    config = _read_config(config_path, layout) or infer_config(tensors, layout, root)
+    model = tensors if layout == "hf" else _hf_view(tensors, config)
+    check_shapes(model, config)
+
+    def vocab():
+        folder = find_tokenizer_dir(Path(root))
+        return read_vocab(folder, config.vocab_size, _raw_config(folder / "config.json"))
+
+    def tokenizer_json():
+        path = find_tokenizer_dir(Path(root)) / "tokenizer.json"
+        try:
+            return path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise OssConvertError(f"{path}: cannot read ({e})") from None
+
+    return Checkpoint(path, "safetensors", layout, root, names, config, tensors, model, vocab, tokenizer_json)
+
+
+def _raw_config(path: Path) -> dict:
+    try:
+        raw = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+    return raw if isinstance(raw, dict) else {}
+
+
+def _hf_view(tensors: list[Tensor], config: GptOssConfig) -> list[Tensor]:
+    """OpenAI's original/ tensors under their HF names, the fused qkv split into q, k and v,
+    in the order the HF shards store the same tensors (so both layouts convert alike)."""
+    out = []
+    q, kv = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
+    for t in tensors:
+        names = original_to_hf(t.name)
+        if len(names) == 3:
+            if t.shape[0] != q + 2 * kv:
+                raise OssConvertError(f"{t.where}: {t.name} has {t.shape[0]} rows, expected q+k+v = {q + 2 * kv}")
+            out += [row_slice(name, t, start, rows).renamed(name, *classify(name, "hf"))
+                    for name, start, rows in zip(names, (0, q, q + kv), (q, kv, kv))]
+        elif names:
+            out.append(t.renamed(names[0], *classify(names[0], "hf")))
+    return hf_storage_order(out)
 
 
 def _detect_layout(path: Path, stored: dict[str, StoredTensor]) -> str:
@@ -161,7 +136,7 @@ def _detect_layout(path: Path, stored: dict[str, StoredTensor]) -> str:
     raise OssConvertError(f"{path}: not a GPT-OSS checkpoint (no model.layers.* or block.* tensors)")
 
 
-def _logical_tensors(stored: dict[str, StoredTensor], layout: str) -> list[LogicalTensor]:
+def _logical_tensors(stored: dict[str, StoredTensor], layout: str) -> list[Tensor]:
     """Logical tensors in file order; an MXFP4 pair takes the place of its later part."""
     blocks_sfx, scales_sfx = MXFP4_SUFFIXES[layout]
     tensors, pending = [], {}
@@ -174,15 +149,25 @@ def _logical_tensors(stored: dict[str, StoredTensor], layout: str) -> list[Logic
             pending.pop(base)
             tensors.append(_mxfp4_tensor(base, stored[base + blocks_sfx], stored[base + scales_sfx], layout))
         else:
-            role, layer = classify(name, layout)
-            tensors.append(LogicalTensor(name, role, layer, t.dtype, t.shape, t.nbytes, {"data": t}))
+            tensors.append(_plain_tensor(name, t, layout))
     for base, t in pending.items():
         have, lack = (blocks_sfx, scales_sfx) if t.name.endswith(blocks_sfx) else (scales_sfx, blocks_sfx)
         raise OssConvertError(f"{t.path}: {base + have} has no matching {base + lack}")
     return tensors
 
 
-def _mxfp4_tensor(base: str, blocks: StoredTensor, scales: StoredTensor, layout: str) -> LogicalTensor:
+def _mapped(t: StoredTensor):
+    """t's memory-mapped array, mapped once, when first needed."""
+    return functools.cache(t.array)
+
+
+def _plain_tensor(name: str, t: StoredTensor, layout: str) -> Tensor:
+    role, layer = classify(name, layout)
+    array = _mapped(t)
+    return Tensor(name, role, layer, t.dtype, t.shape, t.nbytes, str(t.path), t.read, lambda i: array()[i])
+
+
+def _mxfp4_tensor(base: str, blocks: StoredTensor, scales: StoredTensor, layout: str) -> Tensor:
     if blocks.dtype != "U8" or scales.dtype != "U8":
         raise OssConvertError(f"{blocks.path}: {base} MXFP4 parts must be U8, found {blocks.dtype}/{scales.dtype}")
     if len(blocks.shape) < 2 or blocks.shape[-1] != 16 or blocks.shape[:-1] != scales.shape:
@@ -190,11 +175,13 @@ def _mxfp4_tensor(base: str, blocks: StoredTensor, scales: StoredTensor, layout:
                               f"{list(scales.shape)} disagree (expected [..., G, 16] and [..., G])")
     role, layer = classify(base, layout)
     shape = blocks.shape[:-2] + (blocks.shape[-2] * 32,)
-    return LogicalTensor(base, role, layer, "MXFP4", shape, blocks.nbytes + scales.nbytes,
-                         {"blocks": blocks, "scales": scales})
+    mapped_blocks, mapped_scales = _mapped(blocks), _mapped(scales)
+    return Tensor(base, role, layer, "MXFP4", shape, blocks.nbytes + scales.nbytes, str(blocks.path),
+                  lambda start, stop: (blocks.read(start, stop), scales.read(start, stop)),
+                  lambda i: (mapped_blocks()[i], mapped_scales()[i]))
 
 
-def infer_config(tensors: list[LogicalTensor], layout: str) -> GptOssConfig:
+def infer_config(tensors: list[Tensor], layout: str, root) -> GptOssConfig:
     """Hyperparameters read off the tensor shapes, for a checkpoint without config.json."""
     by_role = {}
     for t in tensors:
@@ -204,18 +191,21 @@ def infer_config(tensors: list[LogicalTensor], layout: str) -> GptOssConfig:
         gate_up = by_role[Role.EXPERT_GATE_UP]
         sinks = by_role[Role.SINKS]
     except KeyError as e:
-        raise OssConvertError(f"not a GPT-OSS checkpoint: no {e.args[0].value} tensor and no config.json") from None
+        raise OssConvertError(f"{root}: not a GPT-OSS checkpoint: no {e.args[0].value} tensor and no "
+                              "config.json") from None
     layers = 1 + max(t.layer for t in tensors if t.layer is not None)
     heads = sinks.shape[0]
-    k_rows = next((t.shape[0] for t in tensors if t.name.endswith(("k_proj.weight",))), None)
     head_dim = 64
     if layout == "original":
-        qkv = next(t for t in tensors if t.name.endswith("attn.qkv.weight"))
-        kv_heads = (qkv.shape[0] - heads * head_dim) // (2 * head_dim)
+        qkv = next((t.shape[0] for t in tensors if t.name.endswith("attn.qkv.weight")), (heads + 16) * head_dim)
+        kv_rows = (qkv - heads * head_dim) // 2
     else:
-        kv_heads = (k_rows or 8 * head_dim) // head_dim
-    return GptOssConfig(num_layers=layers, num_experts=gate_up.shape[0], experts_per_token=4,
+        kv_rows = next((t.shape[0] for t in tensors if t.name.endswith("k_proj.weight")), 8 * head_dim)
+    shapes = {"embedding": embed.shape, "expert gate_up": gate_up.shape}
+    if len(embed.shape) != 2 or len(gate_up.shape) != 3 or kv_rows < head_dim or kv_rows % head_dim:
+        raise OssConvertError(f"{root}: no config.json, and the tensor shapes ({shapes}) are not GPT-OSS's")
+    return GptOssConfig(num_layers=layers, num_experts=gate_up.shape[0], experts_per_token=min(4, gate_up.shape[0]),
                         vocab_size=embed.shape[0], hidden_size=embed.shape[1],
                         intermediate_size=gate_up.shape[1] // 2, head_dim=head_dim,
-                        num_heads=heads, num_kv_heads=kv_heads)
+                        num_heads=heads, num_kv_heads=kv_rows // head_dim)
 

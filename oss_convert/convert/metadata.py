@@ -9,16 +9,13 @@ from gguf.utility import size_label
 
 from ..checkpoint.config import GptOssConfig
 from ..files.gguf import Value, ValueType
-from .vocab import GPT_OSS_PRE_TOKENIZER, Vocab
+from ..checkpoint.tokenizer import GGUF_SPECIAL_KEYS, GPT_OSS_PRE_TOKENIZER, Vocab
 
 ARCH = "gpt-oss"
 # llama_ftype values (include/llama.h)
 FILE_TYPES = {"F32": 0, "F16": 1, "Q8_0": 7, "BF16": 32, "MXFP4_MOE": 38}
 
 _U32, _F32, _STR, _BOOL = ValueType.UINT32, ValueType.FLOAT32, ValueType.STRING, ValueType.BOOL
-_SPECIAL_KEYS = {"bos": "bos_token_id", "eos": "eos_token_id", "unk": "unknown_token_id",
-                 "sep": "seperator_token_id", "pad": "padding_token_id", "cls": "cls_token_id",
-                 "mask": "mask_token_id"}
 
 
 def parameter_counts(tensors: list[tuple[str, tuple[int, ...]]]) -> tuple[int, int, int, int]:
@@ -94,7 +91,7 @@ def tokenizer_metadata(vocab: Vocab) -> dict[str, Value]:
     if vocab.merges:
         m["tokenizer.ggml.merges"] = Value(ValueType.ARRAY, vocab.merges, _STR)
     for typ, tid in vocab.special_ids.items():
-        m[f"tokenizer.ggml.{_SPECIAL_KEYS[typ]}"] = Value(_U32, tid)
+        m[f"tokenizer.ggml.{GGUF_SPECIAL_KEYS[typ]}"] = Value(_U32, tid)
     for typ, add in vocab.add_special.items():
         m[f"tokenizer.ggml.add_{typ}_token"] = Value(_BOOL, add)
     if vocab.chat_template is not None:

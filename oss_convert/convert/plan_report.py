@@ -6,7 +6,8 @@ import re
 from collections import OrderedDict
 
 from ..files.gguf import tensor_nbytes
-from .lossless import PlannedTensor
+from ..plan.lossless import PlannedTensor
+from ..text import human_bytes, table
 
 _LAYER = re.compile(r"^blk\.(\d+)\.")
 
@@ -52,7 +53,6 @@ def plan_document(title: str, tensors: list[PlannedTensor]) -> dict:
 
 
 def render_plan(doc: dict) -> str:
-    from ..inspect.render import human_bytes, table
     rows = [[g["tensor"], g["type"], str(g["count"]), _ranges(g["layers"]), g["reason"]] for g in doc["groups"]]
     types = ", ".join(f"{n} {t}" for t, n in sorted(doc["types"].items(), key=lambda kv: -kv[1]))
     head = (f"Plan: {doc['title']}: {doc['tensors']} tensors ({types}), "
@@ -61,7 +61,6 @@ def render_plan(doc: dict) -> str:
 
 
 def render_cost(cost: dict) -> str:
-    from ..inspect.render import table
     rows = [[t["name"], f"{t['from']}->{t['to']}", f"{t['rmse']:.3g}", f"{t['max_abs_error']:.3g}",
              f"{t['relative_error']:.3g}", f"{t['snr_db']:.1f}"] for t in cost["tensors"]]
     lines = ["What it cost (against the source values):"]

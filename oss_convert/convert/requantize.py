@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import contextvars
 import math
-import os
-import re
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,54 +19,41 @@ from typing import Iterator
 import numpy as np
 from gguf import GGMLQuantizationType as T
 
-from ..checkpoint.safetensors_source import SafetensorsCheckpoint
 from ..errors import OssConvertError
 from ..files.gguf import tensor_nbytes
-from ..formats import floats, mxfp4, mxfp4_requant
+from ..formats import mxfp4_requant
 from ..formats.registry import QUANTIZERS, encode
 from ..formats.validate import FP16_SCALES, invalid_count
 from ..metrics import ErrorStats
-from .layout import Target, chunk_ranges, rows_of
-from .lossless import PlannedTensor, plan_lossless
-from .mixtures import MIXTURES, MixturePlanner, quantize_order
-
-EXPERT_WEIGHTS = re.compile(r"_exps\.weight$")
+from ..plan.layout import Target, chunk_ranges, rows_of
+from ..plan.lossless import PlannedTensor
+from ..plan.mixtures import MIXTURES
+from .lossless import lossless_chunks
 
 
 @dataclass
 class RequantPlan:
     mixture_key: str
     tensors: list[PlannedTensor]
-    source_types: dict[str, T]  # what llama.cpp's converter would have written
-    stats: dict[str, ErrorStats] = field(default_factory=dict)
+    stats: dict[str, ErrorStats] = field(default_factory=dict)  # filled while the file is written
 
     @property
     def file_type(self) -> int:
         return MIXTURES[self.mixture_key].file_type
 
 
-def plan_requantized(ckpt: SafetensorsCheckpoint, mixture_key: str, keep_mxfp4_experts: bool = False,
-                     threads: int | None = None) -> RequantPlan:
-    threads = threads or os.cpu_count() or 1
-    mixture = MIXTURES[mixture_key]
-    base = {p.name: p for p in plan_lossless(ckpt)}
-    overrides = [(EXPERT_WEIGHTS, T.MXFP4)] if keep_mxfp4_experts else []
-    planner = MixturePlanner(mixture, list(base), ckpt.config.num_layers, ckpt.config.num_experts, overrides)
-    plan = RequantPlan(mixture_key, [], {n: p.type for n, p in base.items()})
-    for name in quantize_order(list(base)):
-        src = base[name]
-        choice = planner.choose(name, src.shape, src.type)
-        if choice.type == src.type:
-            plan.tensors.append(PlannedTensor(name, src.type, src.shape, src.source,
-                                              f"kept {src.type.name}: {choice.reason}", src.produce, src.target))
-            continue
-        if choice.type not in QUANTIZERS and choice.type not in (T.F16, T.F32, T.BF16):
-            raise ValueError(f"{name}: no encoder for {choice.type.name}")
-        stats = plan.stats.setdefault(name, ErrorStats())
-        plan.tensors.append(PlannedTensor(
-            name, choice.type, src.shape, src.source, f"{src.type.name} -> {choice.type.name}: {choice.reason}",
-            lambda t=src.target, q=choice.type, s=stats: _requantized_chunks(t, q, s, threads), src.target))
-    return plan
+def check_encoders(plan: list[PlannedTensor]) -> None:
+    for p in plan:
+        if p.requantized and p.type not in QUANTIZERS and p.type not in (T.F16, T.F32, T.BF16):
+            raise OssConvertError(f"{p.name}: no encoder for {p.type.name}")
+
+
+def requantized_chunks(plan: RequantPlan, p: PlannedTensor, threads: int) -> Iterator[np.ndarray]:
+    """The bytes of one planned tensor: copied where the mixture keeps the converter's type."""
+    if not p.requantized:
+        return lossless_chunks(p)
+    stats = plan.stats.setdefault(p.name, ErrorStats())
+    return _requantized_chunks(p.target, p.type, stats, threads)
 
 
 PIECE_VALUES = 1 << 18  # work in cache-sized pieces: large temporaries cost more than the math
@@ -94,9 +79,7 @@ def pieces(target: Target, chunk) -> Iterator:
 
 def decode_piece(target: Target, piece) -> np.ndarray:
     """float32 values of a source piece, decoded exactly from MXFP4 or BF16."""
-    if target.source.format == "MXFP4":
-        return mxfp4.decode_hf(*piece)
-    return floats.to_float32(piece, target.source.format)
+    return target.source.decode(piece)
 
 
 def _requantize_piece(target: Target, qtype: T, piece) -> tuple[np.ndarray, ErrorStats]:
@@ -156,7 +139,7 @@ def cost_report(plan: RequantPlan) -> dict:
     tensors = []
     for p in plan.tensors:
         if p.name in plan.stats:
-            tensors.append({"name": p.name, "from": plan.source_types[p.name].name, "to": p.type.name,
+            tensors.append({"name": p.name, "from": p.converter_type.name, "to": p.type.name,
                             **plan.stats[p.name].report()})
     params = sum(math.prod(p.shape) for p in plan.tensors)
     nbytes = sum(tensor_nbytes(p.type, p.shape) for p in plan.tensors)

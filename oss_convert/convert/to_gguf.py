@@ -1,47 +1,85 @@
-"""safetensors checkpoint -> GGUF file, streamed tensor by tensor into a temporary file."""
+"""safetensors checkpoint -> GGUF file: a plan first (types per tensor, and why), then the file,
+streamed tensor by tensor into a temporary file and renamed when complete."""
 
 from __future__ import annotations
 
-import json
+import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 from tqdm import tqdm
 
-from ..checkpoint import SafetensorsCheckpoint, open_checkpoint
+from ..checkpoint import Checkpoint
 from ..errors import OssConvertError
 from ..files.atomic import atomic_path
-from ..files.gguf import TensorToWrite, Value, ValueType, write_gguf
-from .lossless import PlannedTensor, plan_lossless
+from ..files.gguf import GGUFWriteTensor, Value, ValueType, write_gguf
+from ..plan.lossless import OUTTYPES, PlannedTensor, plan_lossless
+from ..plan.mixtures import plan_mixture
+from .lossless import lossless_chunks
 from .metadata import FILE_TYPES, model_metadata
-from .requantize import RequantPlan, cost_report, plan_requantized
-from .vocab import find_tokenizer_dir, read_vocab
+from .plan_report import plan_document
+from .requantize import RequantPlan, check_encoders, cost_report, requantized_chunks
+
+LOSSLESS = "mxfp4"
 
 
-def open_source(src, if_gguf: str = "is already a GGUF; convert takes a safetensors checkpoint "
-                                    "(or a GGUF with --to safetensors)") -> SafetensorsCheckpoint:
-    """The original GPT-OSS checkpoint at src; a GGUF there is refused with `if_gguf`."""
-    ckpt = open_checkpoint(src)
-    if not isinstance(ckpt, SafetensorsCheckpoint):
-        raise OssConvertError(f"{src}: {if_gguf}")
-    if not any(t.format == "MXFP4" for t in ckpt.tensors):
-        raise OssConvertError(f"{src}: has no MXFP4 expert tensors; not an original GPT-OSS checkpoint")
+def require_original(ckpt: Checkpoint, if_gguf: str = "is already a GGUF; convert takes a safetensors "
+                                                      "checkpoint (or a GGUF with --to safetensors)") -> Checkpoint:
+    """The original GPT-OSS checkpoint (safetensors, MXFP4 experts); a GGUF is refused with `if_gguf`."""
+    if ckpt.kind != "safetensors":
+        raise OssConvertError(f"{ckpt.where}: {if_gguf}")
+    if not ckpt.has_mxfp4_experts():
+        raise OssConvertError(f"{ckpt.where}: has no MXFP4 expert tensors; not an original GPT-OSS checkpoint")
     return ckpt
 
 
-def model_name(ckpt: SafetensorsCheckpoint) -> str:
-    """Our naming rule: the checkpoint folder's name (the repo's, for an original/ folder)."""
-    root = ckpt.root.parent if ckpt.layout == "original" and ckpt.root.name == "original" else ckpt.root
-    return root.resolve().name
+@dataclass
+class Conversion:
+    """A planned conversion: `document` says what will be written and why, `run` writes it."""
+
+    ckpt: Checkpoint
+    title: str
+    tensors: list[PlannedTensor]
+    metadata: dict[str, Value]
+    produce: Callable[[PlannedTensor], Iterator]
+    requant: RequantPlan | None = None
+
+    @property
+    def document(self) -> dict:
+        return plan_document(self.title, self.tensors)
+
+    def run(self, out: Path, *, force: bool = False, show_progress: bool | None = None) -> dict:
+        size = write_tensors(out, self.metadata, self.tensors, self.produce, force=force,
+                             show_progress=show_progress)
+        result = {"output": str(out), "bytes": size, "tensors": len(self.tensors)}
+        if self.requant is None:
+            return result | {"mxfp4_tensors": sum(p.type.name == "MXFP4" for p in self.tensors)}
+        return result | {"cost": cost_report(self.requant)}
 
 
-def gguf_metadata(ckpt: SafetensorsCheckpoint, plan: list[PlannedTensor], file_type: int) -> dict[str, Value]:
-    tok_dir = find_tokenizer_dir(ckpt.root)
-    cfg_path = tok_dir / "config.json"
-    hf_config = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
-    vocab = read_vocab(tok_dir, ckpt.config.vocab_size, hf_config)
+def plan_conversion(ckpt: Checkpoint, qtype: str = LOSSLESS, *, outtype: str = "bf16",
+                    keep_mxfp4_experts: bool = False, threads: int | None = None) -> Conversion:
+    """Everything decided and checked before a byte is written: types, metadata, tokenizer."""
+    require_original(ckpt)
+    base = plan_lossless(ckpt, outtype if qtype == LOSSLESS else "bf16")
+    metadata = gguf_metadata(ckpt, base, lossless_file_type(outtype if qtype == LOSSLESS else "bf16"))
+    if qtype == LOSSLESS:
+        return Conversion(ckpt, f"lossless MXFP4 ({outtype} elsewhere)", base, metadata, lossless_chunks)
+    cfg = ckpt.config
+    tensors = plan_mixture(base, qtype, cfg.num_layers, cfg.num_experts, keep_mxfp4_experts)
+    check_encoders(tensors)
+    requant = RequantPlan(qtype, tensors)
+    threads = threads or os.cpu_count() or 1
+    title = qtype.upper() + (" with MXFP4 experts kept" if keep_mxfp4_experts else "")
+    return Conversion(ckpt, title, tensors, requantized_metadata(metadata, requant.file_type),
+                      lambda p: requantized_chunks(requant, p, threads), requant)
+
+
+def gguf_metadata(ckpt: Checkpoint, plan: list[PlannedTensor], file_type: int) -> dict[str, Value]:
     shapes = [(p.name, tuple(reversed(p.shape))) for p in plan]
-    return model_metadata(ckpt.config, vocab, name=model_name(ckpt), file_type=file_type, tensors=shapes)
+    return model_metadata(ckpt.config, ckpt.vocab(), name=ckpt.model_name(), file_type=file_type, tensors=shapes)
 
 
 def lossless_file_type(outtype: str) -> int:
@@ -49,10 +87,22 @@ def lossless_file_type(outtype: str) -> int:
     return FILE_TYPES["Q8_0"] if outtype == "q8_0" else FILE_TYPES["MXFP4_MOE"]
 
 
-def write_plan(out: Path, metadata: dict[str, Value], plan: list[PlannedTensor], *, force: bool,
-               show_progress: bool | None = None) -> int:
+def requantized_metadata(converter_metadata: dict[str, Value], file_type: int) -> dict[str, Value]:
+    """The converter's metadata as llama-quantize rewrites it: every key copied, then
+    general.quantization_version and general.file_type removed and appended anew."""
+    meta = dict(converter_metadata)
+    version = meta.pop("general.quantization_version")
+    meta.pop("general.file_type")
+    meta["general.quantization_version"] = version
+    meta["general.file_type"] = Value(ValueType.UINT32, file_type)
+    return meta
+
+
+def write_tensors(out: Path, metadata: dict[str, Value], plan: list[PlannedTensor],
+                  produce: Callable[[PlannedTensor], Iterator], *, force: bool,
+                  show_progress: bool | None = None) -> int:
     """Write the planned tensors to `out` atomically; returns the file size."""
-    tensors = [TensorToWrite(p.name, int(p.type), p.shape, p.produce) for p in plan]
+    tensors = [GGUFWriteTensor(p.name, int(p.type), p.shape, lambda p=p: produce(p)) for p in plan]
     total = sum(t.nbytes for t in tensors)
     if show_progress is None:
         show_progress = sys.stderr.isatty()
@@ -63,40 +113,9 @@ def write_plan(out: Path, metadata: dict[str, Value], plan: list[PlannedTensor],
     return size
 
 
-def convert_lossless(src, out: Path, *, outtype: str = "bf16", force: bool = False,
+def convert_lossless(ckpt: Checkpoint, out: Path, *, outtype: str = "bf16", force: bool = False,
                      show_progress: bool | None = None) -> dict:
-    ckpt = open_source(src)
-    return convert_plan_lossless(ckpt, plan_lossless(ckpt, outtype), out, outtype=outtype, force=force,
-                                 show_progress=show_progress)
+    return plan_conversion(ckpt, outtype=outtype).run(out, force=force, show_progress=show_progress)
 
 
-def convert_plan_lossless(ckpt: SafetensorsCheckpoint, plan: list[PlannedTensor], out: Path, *, outtype: str,
-                          force: bool = False, show_progress: bool | None = None) -> dict:
-    metadata = gguf_metadata(ckpt, plan, lossless_file_type(outtype))
-    size = write_plan(out, metadata, plan, force=force, show_progress=show_progress)
-    return {"output": str(out), "bytes": size, "tensors": len(plan),
-            "mxfp4_tensors": sum(p.type.name == "MXFP4" for p in plan)}
-
-
-def requantized_metadata(ckpt: SafetensorsCheckpoint, plan: RequantPlan) -> dict[str, Value]:
-    """The converter's metadata as llama-quantize rewrites it: every key copied, then
-    general.quantization_version and general.file_type removed and appended anew."""
-    meta = gguf_metadata(ckpt, plan_lossless(ckpt), lossless_file_type("bf16"))
-    version = meta.pop("general.quantization_version")
-    meta.pop("general.file_type")
-    meta["general.quantization_version"] = version
-    meta["general.file_type"] = Value(ValueType.UINT32, plan.file_type)
-    return meta
-
-
-def prepare_requantized(src, mixture: str, keep_mxfp4_experts: bool = False, threads: int | None = None):
-    ckpt = open_source(src)
-    plan = plan_requantized(ckpt, mixture, keep_mxfp4_experts, threads)
-    return ckpt, plan
-
-
-def convert_requantized(ckpt: SafetensorsCheckpoint, plan: RequantPlan, out: Path, *, force: bool = False,
-                        show_progress: bool | None = None) -> dict:
-    size = write_plan(out, requantized_metadata(ckpt, plan), plan.tensors, force=force,
-                      show_progress=show_progress)
-    return {"output": str(out), "bytes": size, "tensors": len(plan.tensors), "cost": cost_report(plan)}
+__all__ = ["Conversion", "LOSSLESS", "OUTTYPES", "convert_lossless", "plan_conversion", "require_original"]

@@ -289,7 +289,7 @@ def read_gguf(path, open_part=LocalFile) -> GGUFFile:
 # ---------------------------------------------------------------------------- writing
 
 @dataclass
-class TensorToWrite:
+class GGUFWriteTensor:
     """A tensor for `write_gguf`: ggml type and shape up front, bytes from `produce()`."""
 
     name: str
@@ -319,7 +319,7 @@ def _pack_value(v: Value) -> bytes:
     return head + np.asarray(items, dtype=_NUMPY_SCALARS[v.item_type]).tobytes()
 
 
-def write_gguf(out: BinaryIO, metadata: dict[str, Value], tensors: Iterable[TensorToWrite],
+def write_gguf(out: BinaryIO, metadata: dict[str, Value], tensors: Iterable[GGUFWriteTensor],
                alignment: int = DEFAULT_ALIGNMENT, on_bytes=None) -> None:
     """Stream a GGUF v3 file: header from shapes and types alone, then each tensor in turn."""
     tensors = list(tensors)

@@ -132,7 +132,7 @@ def _parse_entry(path: Path, name: str, entry, data_start: int, file_size: int) 
 
 
 @dataclass(frozen=True)
-class TensorToWrite:
+class SafetensorsWriteTensor:
     """A tensor for `write_file`: `produce()` gives its raw little-endian bytes as one
     array or as an iterable of consecutive chunks (so huge tensors never sit in memory)."""
 
@@ -146,7 +146,7 @@ class TensorToWrite:
         return math.prod(self.shape) * DTYPE_SIZES[self.dtype]
 
 
-def write_header(out: BinaryIO, tensors: list[TensorToWrite], metadata: dict[str, str] | None = None) -> int:
+def write_header(out: BinaryIO, tensors: list[SafetensorsWriteTensor], metadata: dict[str, str] | None = None) -> int:
     """Write the header for `tensors` (data follows in the same order); returns the data size."""
     header: dict = {}
     if metadata:
@@ -162,7 +162,7 @@ def write_header(out: BinaryIO, tensors: list[TensorToWrite], metadata: dict[str
     return offset
 
 
-def write_file(out: BinaryIO, tensors: Iterable[TensorToWrite], metadata: dict[str, str] | None = None,
+def write_file(out: BinaryIO, tensors: Iterable[SafetensorsWriteTensor], metadata: dict[str, str] | None = None,
                on_bytes=None) -> None:
     """Stream tensors into a safetensors file, one at a time, in the given order.
 

@@ -4,30 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1000
-    return f"{n} B"
-
-
-def human_count(n: float) -> str:
-    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.2f}{unit}"
-    return str(int(n))
-
-
-def _shape(shape) -> str:
-    return "[" + ", ".join(str(n) for n in shape) + "]"
-
-
-def table(rows: list[list[str]], header: list[str]) -> list[str]:
-    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
-    fmt = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
-    return [fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
+from ..text import human_bytes, human_count, shape_text, table
 
 
 def render_report(doc: dict, show_tensors: bool = False) -> str:
@@ -36,7 +13,7 @@ def render_report(doc: dict, show_tensors: bool = False) -> str:
              f"{s['tensors']} tensors, {human_bytes(s['bytes'])}", ""]
     tensors = doc["tensors"]
     if show_tensors:
-        rows = [[t["name"], t["role"], t["format"], _shape(t["shape"]), human_bytes(t["nbytes"])] for t in tensors]
+        rows = [[t["name"], t["role"], t["format"], shape_text(t["shape"]), human_bytes(t["nbytes"])] for t in tensors]
         lines += table(rows, ["tensor", "role", "format", "shape", "bytes"])
     else:
         lines += _per_layer(tensors)
@@ -78,7 +55,7 @@ def render_report(doc: dict, show_tensors: bool = False) -> str:
 
 def _per_layer(tensors: list[dict]) -> list[str]:
     globals_ = [t for t in tensors if t["layer"] is None]
-    rows = [[t["name"], t["role"], t["format"], _shape(t["shape"]), human_bytes(t["nbytes"])] for t in globals_]
+    rows = [[t["name"], t["role"], t["format"], shape_text(t["shape"]), human_bytes(t["nbytes"])] for t in globals_]
     out = table(rows, ["tensor", "role", "format", "shape", "bytes"]) if rows else []
     layers = defaultdict(list)
     for t in tensors:
@@ -100,5 +77,5 @@ def _per_layer(tensors: list[dict]) -> list[str]:
         if experts:
             out.append("Expert weights per layer: " + ", ".join(
                 f"{t['name'].split('.', 3)[-1] if t['name'].startswith('model.') else t['name']} "
-                f"{t['format']} {_shape(t['shape'])}" for t in experts))
+                f"{t['format']} {shape_text(t['shape'])}" for t in experts))
     return out

@@ -5,24 +5,18 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 
-from gguf import GGMLQuantizationType as T
-
-from ..checkpoint import GGUFCheckpoint, LogicalTensor, Role, SafetensorsCheckpoint
-from ..convert.lossless import plan_lossless
-from ..convert.mixtures import MIXTURES, MixturePlanner, quantize_order
+from ..checkpoint import Checkpoint, Role, Tensor
 from ..errors import OssConvertError
 from ..files.gguf import tensor_nbytes
+from ..plan.lossless import plan_lossless
+from ..plan.mixtures import plan_mixture
 
 QK_K = 256
 
 
-def tensor_entry(t: LogicalTensor) -> dict:
+def tensor_entry(t: Tensor) -> dict:
     return {"name": t.name, "role": t.role.value, "layer": t.layer, "format": t.format,
             "shape": list(t.shape), "nbytes": t.nbytes}
-
-
-def _expert_count(t: LogicalTensor) -> int:
-    return t.shape[-1] if t.ggml_order else t.shape[0]
 
 
 def parameter_summary(ckpt) -> dict:
@@ -38,7 +32,7 @@ def parameter_summary(ckpt) -> dict:
                                   "plus experts_per_token/num_experts of the expert weights"}
 
 
-def format_summary(tensors: list[LogicalTensor]) -> dict:
+def format_summary(tensors: list[Tensor]) -> dict:
     by = defaultdict(lambda: {"tensors": 0, "bytes": 0, "params": 0})
     for t in tensors:
         entry = by[t.format]
@@ -48,7 +42,7 @@ def format_summary(tensors: list[LogicalTensor]) -> dict:
     return dict(sorted(by.items(), key=lambda kv: -kv[1]["bytes"]))
 
 
-def kquant_summary(tensors: list[LogicalTensor]) -> dict:
+def kquant_summary(tensors: list[Tensor]) -> dict:
     """Which weight matrices have a row length (ne0) that K-quants can take."""
     weights = [t for t in tensors if len(t.shape) >= 2 and t.role in (
         Role.EMBEDDING, Role.OUTPUT, Role.ATTENTION, Role.EXPERT_GATE_UP, Role.EXPERT_GATE,
@@ -74,39 +68,26 @@ def _group_name(name: str) -> str:
     return re.sub(r"(^|\.)\d+\.", r"\1N.", name)
 
 
-def _mixture_bytes(items: list[tuple[str, tuple[int, ...], T]], n_layers: int, n_experts: int,
-                   mixture: str) -> tuple[int, dict]:
-    names = [n for n, _, _ in items]
-    planner = MixturePlanner(MIXTURES[mixture], names, n_layers, n_experts)
-    by_name = {n: (s, t) for n, s, t in items}
-    total, types = 0, defaultdict(int)
-    for name in quantize_order(names):
-        shape, current = by_name[name]
-        choice = planner.choose(name, shape, current)
-        total += tensor_nbytes(choice.type, shape)
-        types[choice.type.name] += 1
-    return total, dict(types)
-
-
-def size_estimates(ckpt) -> dict:
+def size_estimates(ckpt: Checkpoint) -> dict:
+    """Tensor data of the lossless GGUF and of llama-quantize's Q4_K_M, planned from this checkpoint."""
+    if not ckpt.has_mxfp4_experts():
+        return {"unavailable": "the experts are not MXFP4: there is no lossless GGUF to plan from this checkpoint"}
     cfg = ckpt.config
-    if isinstance(ckpt, SafetensorsCheckpoint):
-        try:
-            items = [(p.name, p.shape, p.type) for p in plan_lossless(ckpt)]
-        except OssConvertError as e:
-            return {"unavailable": str(e)}
-    elif ckpt.layout == "gpt-oss":
-        items = [(t.name, t.shape, T(t.parts["data"].type)) for t in ckpt.tensors]
-    else:
-        return {}
-    lossless = sum(tensor_nbytes(t, s) for _, s, t in items)
-    q4km, q4km_types = _mixture_bytes(items, cfg.num_layers, cfg.num_experts, "q4_k_m")
-    return {"mxfp4_gguf_tensor_bytes": lossless, "q4_k_m_gguf_tensor_bytes": q4km,
-            "q4_k_m_tensor_types": q4km_types,
+    try:
+        lossless = plan_lossless(ckpt)
+    except OssConvertError as e:
+        return {"unavailable": str(e)}
+    q4_k_m = plan_mixture(lossless, "q4_k_m", cfg.num_layers, cfg.num_experts)
+    types = defaultdict(int)
+    for p in q4_k_m:
+        types[p.type.name] += 1
+    return {"mxfp4_gguf_tensor_bytes": sum(tensor_nbytes(p.type, p.shape) for p in lossless),
+            "q4_k_m_gguf_tensor_bytes": sum(tensor_nbytes(p.type, p.shape) for p in q4_k_m),
+            "q4_k_m_tensor_types": dict(types),
             "note": "tensor data only; the header (tokenizer) adds a few MB"}
 
 
-def inspect_report(ckpt) -> dict:
+def inspect_report(ckpt: Checkpoint) -> dict:
     tensors = ckpt.tensors
     total_bytes = sum(t.nbytes for t in tensors)
     formats = format_summary(tensors)
@@ -125,19 +106,16 @@ def inspect_report(ckpt) -> dict:
     }
     if ckpt.config:
         summary["estimated_sizes"] = size_estimates(ckpt)
-    source = {"path": str(ckpt.files[0] if len(ckpt.files) == 1 else ckpt.root),
-              "kind": ckpt.kind, "files": [str(f) for f in ckpt.files]}
-    if isinstance(ckpt, GGUFCheckpoint):
-        source["layout"] = ckpt.layout_description
+    source = {"path": ckpt.where, "kind": ckpt.kind, "layout": ckpt.layout_description,
+              "files": [str(f) for f in ckpt.files]}
+    if ckpt.metadata:
         summary["gguf"] = gguf_summary(ckpt)
-    else:
-        source["layout"] = {"hf": "Hugging Face", "original": "OpenAI original/"}[ckpt.layout]
     return {"source": source, "tensors": [tensor_entry(t) for t in tensors], "summary": summary}
 
 
-def gguf_summary(ckpt: GGUFCheckpoint) -> dict:
+def gguf_summary(ckpt: Checkpoint) -> dict:
     meta = ckpt.metadata
-    experts = ckpt.expert_tensors()
+    experts = [t for t in ckpt.tensors if t.role.is_expert_weight]
     arch = ckpt.architecture
     hparams = {k[len(arch) + 1:]: v for k, v in meta.items() if arch and k.startswith(arch + ".")}
     return {

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..checkpoint import open_checkpoint
+from ..checkpoint import Checkpoint
+from ..text import table
 from ..errors import OssConvertError
 from .moe import choose_backend, moe_forward, rms_norm
 from .moe_reference import route
@@ -48,14 +49,11 @@ def layer_metrics(a: torch.Tensor, b: torch.Tensor) -> dict:
             "cosine": float(a64 @ b64 / denom) if denom > 0 else 1.0}
 
 
-def compare_moe(a_path, b_path, layers: str = "all", tokens: int = 64, device: str = "auto", seed: int = 0) -> dict:
-    a, b = open_checkpoint(a_path), open_checkpoint(b_path)
-    for name, ck in ((a_path, a), (b_path, b)):
-        if ck.config is None:
-            raise OssConvertError(f"{name}: not a GPT-OSS checkpoint or GGUF")
-    ca, cb = a.config, b.config
+def compare_moe(a: Checkpoint, b: Checkpoint, layers: str = "all", tokens: int = 64, device: str = "auto",
+                seed: int = 0) -> dict:
+    ca, cb = a.require_config(), b.require_config()
     if (ca.num_layers, ca.hidden_size, ca.num_experts) != (cb.num_layers, cb.hidden_size, cb.num_experts):
-        raise OssConvertError(f"{a_path} and {b_path} are different models (layers, hidden size or experts differ)")
+        raise OssConvertError(f"{a.where} and {b.where} are different models (layers, hidden size or experts differ)")
     dev = pick_device(device)
     results = []
     for n in parse_layers(layers, ca.num_layers):
@@ -76,12 +74,12 @@ def compare_moe(a_path, b_path, layers: str = "all", tokens: int = 64, device: s
                f"MoE outputs differ: worst layer {worst['layer']}, relative error {worst['rel_error']:.3g}, "
                f"cosine {worst['cosine']:.6f}; router picks the same experts in "
                f"{sum(r['same_experts'] for r in results)}/{len(results)} layers")
-    return {"a": str(a_path), "b": str(b_path), "device": str(dev), "tokens": tokens, "seed": seed,
+    return {"a": a.where, "b": b.where, "device": str(dev), "tokens": tokens, "seed": seed,
             "layers": results, "summary": {"verdict": verdict, "identical": identical}}
 
 
 def render_comparison(doc: dict) -> str:
-    from ..inspect.render import table
+
     rows = [[str(r["layer"]), f"{r['format_a']}/{r['format_b']}", f"{r['max_abs_diff']:.3g}",
              f"{r['rel_error']:.3g}", f"{r['cosine']:.6f}", f"{100 * r['same_experts_fraction']:.1f}%"]
             for r in doc["layers"]]

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..checkpoint import GGUFCheckpoint, open_checkpoint
+from ..checkpoint import Checkpoint
 from ..errors import OssConvertError
 from .compare import pick_device
 from .model import forward, load_model, new_cache, streamed_logits
@@ -17,29 +17,24 @@ from .model import forward, load_model, new_cache, streamed_logits
 STOP_TOKENS = ("<|return|>", "<|end|>", "<|call|>", "<|endoftext|>")
 
 
-def load_tokenizer(ckpt, instead: str = ""):
-    """A `tokenizers.Tokenizer` from the checkpoint's tokenizer.json or the GGUF's vocabulary.
-    `instead`: what the command offers without one, for the error where tokenizers is missing."""
+def load_tokenizer(ckpt: Checkpoint, instead: str = ""):
+    """A `tokenizers.Tokenizer` for the checkpoint. `instead`: what the command offers without
+    one, for the error where tokenizers is missing."""
     try:
         from tokenizers import Tokenizer
     except ImportError:
         raise OssConvertError("tokenizing text needs the 'tokenizers' package (pip install tokenizers, or the "
                               f"'text' extra){instead}") from None
-    if isinstance(ckpt, GGUFCheckpoint):
-        from ..convert.to_safetensors import tokenizer_files
-        return Tokenizer.from_str(tokenizer_files(ckpt.metadata)["tokenizer.json"])
-    from ..convert.vocab import find_tokenizer_dir
-    return Tokenizer.from_file(str(find_tokenizer_dir(ckpt.root) / "tokenizer.json"))
+    try:
+        return Tokenizer.from_str(ckpt.tokenizer_json())
+    except Exception as e:  # tokenizers raises its own Exception subclass for a bad file
+        raise OssConvertError(f"{ckpt.where}: its tokenizer does not load ({e})") from None
 
 
-def chat_template(ckpt) -> str:
-    if isinstance(ckpt, GGUFCheckpoint):
-        template = ckpt.metadata.get("tokenizer.chat_template")
-    else:
-        from ..convert.vocab import find_tokenizer_dir, read_vocab
-        template = read_vocab(find_tokenizer_dir(ckpt.root), ckpt.config.vocab_size).chat_template
+def chat_template(ckpt: Checkpoint) -> str:
+    template = ckpt.vocab().chat_template
     if not template:
-        raise OssConvertError(f"{ckpt.files[0]}: has no chat template")
+        raise OssConvertError(f"{ckpt.where}: has no chat template")
     return template
 
 
@@ -51,16 +46,18 @@ def read_tokens_file(path: Path) -> list[int]:
 
 
 @torch.no_grad()
-def model_logits(path, tokens: list[int], ctx: int, device) -> np.ndarray:
+def check_tokens(ckpt: Checkpoint, tokens: list[int]) -> None:
+    vocab_size = ckpt.require_config().vocab_size or ckpt.tensor("model.embed_tokens.weight").shape[0]
+    if max(tokens) >= vocab_size:
+        raise OssConvertError(f"token id {max(tokens)} is outside the vocabulary of {ckpt.where} ({vocab_size})")
+
+
+def model_logits(ckpt: Checkpoint, tokens: list[int], ctx: int, device) -> np.ndarray:
     """Logits [len(tokens), V] float32, the text evaluated in windows of `ctx` tokens, one
     layer in memory at a time."""
-    ckpt = open_checkpoint(path)
-    if ckpt.config is None:
-        raise OssConvertError(f"{path}: not a GPT-OSS checkpoint or GGUF")
-    if max(tokens) >= ckpt.config.vocab_size:
-        raise OssConvertError(f"token id {max(tokens)} is outside the vocabulary of {path} ({ckpt.config.vocab_size})")
+    check_tokens(ckpt, tokens)
     windows = [torch.tensor(tokens[start:start + ctx]) for start in range(0, len(tokens), ctx)]
-    with tqdm(total=ckpt.config.num_layers, unit="layer", desc=Path(str(path)).name,
+    with tqdm(total=ckpt.config.num_layers, unit="layer", desc=Path(ckpt.where).name,
               disable=not sys.stderr.isatty()) as bar:
         logits = streamed_logits(ckpt, windows, device, progress=lambda _: bar.update())
     return np.concatenate([t.cpu().numpy() for t in logits])
@@ -85,16 +82,18 @@ def logit_metrics(a: np.ndarray, b: np.ndarray, tokens: list[int]) -> dict:
     }
 
 
-def compare_full(a_path, b_path, *, tokens: list[int] | None = None, prompt: str | None = None, ctx: int = 512,
-                 device: str = "auto", save_logits: Path | None = None) -> dict:
+def compare_full(a: Checkpoint, b: Checkpoint, *, tokens: list[int] | None = None, prompt: str | None = None,
+                 ctx: int = 512, device: str = "auto", save_logits: Path | None = None) -> dict:
     dev = pick_device(device)
     if tokens is None:
-        tokenizer = load_tokenizer(open_checkpoint(a_path), "; or pass token ids with --tokens-file")
+        tokenizer = load_tokenizer(a, "; or pass token ids with --tokens-file")
         tokens = tokenizer.encode(prompt or "").ids
     if len(tokens) < 1:
         raise OssConvertError("nothing to evaluate: the prompt gives no tokens")
-    logits_a = model_logits(a_path, tokens, ctx, dev)
-    logits_b = model_logits(b_path, tokens, ctx, dev)
+    for ckpt in (a, b):  # both checked before either runs
+        check_tokens(ckpt, tokens)
+    logits_a = model_logits(a, tokens, ctx, dev)
+    logits_b = model_logits(b, tokens, ctx, dev)
     metrics = logit_metrics(logits_a, logits_b, tokens)
     if save_logits:
         save_logits.mkdir(parents=True, exist_ok=True)
@@ -105,7 +104,7 @@ def compare_full(a_path, b_path, *, tokens: list[int] | None = None, prompt: str
     verdict = ("identical logits at every position" if same else
                f"KL mean {metrics['kl_mean']:.3g} (p99 {metrics['kl_p99']:.3g}), top-1 agreement "
                f"{100 * metrics['top1_agreement']:.1f}%, max logit difference {metrics['max_logit_diff']:.3g}")
-    return {"a": str(a_path), "b": str(b_path), "device": str(dev), "ctx": ctx, "tokens": tokens,
+    return {"a": a.where, "b": b.where, "device": str(dev), "ctx": ctx, "tokens": tokens,
             "summary": {"verdict": verdict, **{k: v for k, v in metrics.items() if k != "per_position"}},
             "per_position": metrics["per_position"]}
 
@@ -121,13 +120,12 @@ def render_full(doc: dict) -> str:
 
 
 @torch.no_grad()
-def generate(path, prompt: str, max_tokens: int = 64, device: str = "auto") -> dict:
+def generate(ckpt: Checkpoint, prompt: str, max_tokens: int = 64, device: str = "auto") -> dict:
     try:
         import jinja2
     except ImportError:
         raise OssConvertError("the chat template needs the 'jinja2' package (pip install jinja2, or the 'text' "
                               "extra)") from None
-    ckpt = open_checkpoint(path)
     tokenizer = load_tokenizer(ckpt)
     text = jinja2.Environment().from_string(chat_template(ckpt)).render(
         messages=[{"role": "user", "content": prompt}], add_generation_prompt=True)

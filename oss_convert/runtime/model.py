@@ -16,12 +16,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..checkpoint import GGUFCheckpoint
+from ..checkpoint import Checkpoint
 from ..checkpoint.config import GptOssConfig
-from ..checkpoint.names import gguf_names
-from ..errors import OssConvertError
-from ..formats import floats
-from ..formats.registry import decode
 from .moe import moe_forward, rms_norm
 from .weights import MoELayer, as_float32, load_layer
 
@@ -109,25 +105,11 @@ def _widened(shape: tuple[int, ...], read_rows) -> torch.Tensor:
     return out
 
 
-def _dense_reader(ckpt):
-    """name (HF) -> float32 tensor, for the non-expert weights of either artifact."""
-    if isinstance(ckpt, GGUFCheckpoint):
-        tensors = ckpt.gguf.tensors
-
-        def read(hf_name: str) -> torch.Tensor:
-            names = gguf_names(hf_name, ckpt.layout)
-            if len(names) != 1 or names[0].gguf not in tensors:
-                raise OssConvertError(f"{ckpt.files[0]}: no tensor for {hf_name}")
-            t = tensors[names[0].gguf]
-            return _widened(tuple(reversed(t.shape)), lambda start, stop: decode(t.read(start, stop), t.type))
-        return read
-    by_name = {t.name: t for t in ckpt.hf_tensors() if t.format != "MXFP4"}
-
+def _dense_reader(ckpt: Checkpoint):
+    """HF name -> float32 tensor, for the non-expert weights."""
     def read(hf_name: str) -> torch.Tensor:
-        if hf_name not in by_name:
-            raise OssConvertError(f"{ckpt.root}: no tensor {hf_name}")
-        t = by_name[hf_name]
-        return _widened(tuple(t.shape), lambda start, stop: floats.to_float32(t.read(start, stop), t.format))
+        t = ckpt.tensor(hf_name)
+        return _widened(t.shape, t.values)
     return read
 
 
@@ -135,15 +117,9 @@ def _attention_weights(read, layer: int, device) -> AttentionWeights:
     return AttentionWeights(**{k: read(f"model.layers.{layer}.{v}").to(device) for k, v in _ATTN.items()})
 
 
-def _require_config(ckpt) -> GptOssConfig:
-    if ckpt.config is None:
-        raise OssConvertError(f"{ckpt.files[0]}: not a GPT-OSS model")
-    return ckpt.config
-
-
 def load_model(ckpt, device: torch.device) -> Model:
     """Every weight at once, for generation (a KV cache needs all layers at every step)."""
-    cfg = _require_config(ckpt)
+    cfg = ckpt.require_config()
     read = _dense_reader(ckpt)
     attention, moe = [], []
     for n in range(cfg.num_layers):
@@ -243,7 +219,7 @@ def streamed_logits(ckpt, windows: list[torch.Tensor], device: torch.device, bac
     read, so a model larger than memory (120b: 61 GB of experts) runs in a few GB. The same
     operations in the same order as `forward` without a cache, so the same floats.
     `progress(layer)` is called as each layer is done."""
-    cfg = _require_config(ckpt)
+    cfg = ckpt.require_config()
     read = _dense_reader(ckpt)
     inv_freq, rope_scale = yarn_frequencies(cfg)
     inv_freq = inv_freq.to(device)

@@ -32,13 +32,14 @@ def moe_forward(layer: MoELayer, x: torch.Tensor, backend: str = "auto") -> torc
     if backend == "torch":
         # the reference math, with each used expert expanded from its packed form on demand
         return moe_reference(x, layer.router_w, layer.router_b, layer.gate_up, layer.b1, layer.down, layer.b2,
-                             layer.top_k)
+                             layer.top_k, layer.swiglu_limit, layer.swiglu_alpha)
     from .triton_moe import moe_mxfp4_triton
     # the kernels take experts in memory: a layer left in its file (on the CPU, for Triton's
     # interpreter) is read in first
     gate_up, down = (w.resident(x.device) if isinstance(w, MappedExperts) else w for w in (layer.gate_up, layer.down))
     experts, weights = route(x, layer.router_w, layer.router_b, layer.top_k)
-    return moe_mxfp4_triton(x, experts, weights, gate_up, layer.b1, down, layer.b2)
+    return moe_mxfp4_triton(x, experts, weights, gate_up, layer.b1, down, layer.b2,
+                            limit=layer.swiglu_limit, alpha=layer.swiglu_alpha)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-SWIGLU_ALPHA = 1.702
-SWIGLU_LIMIT = 7.0
+from ..checkpoint.config import DEFAULT_SWIGLU_ALPHA as SWIGLU_ALPHA
+from ..checkpoint.config import DEFAULT_SWIGLU_LIMIT as SWIGLU_LIMIT
 
 
 def route(x: torch.Tensor, router_w: torch.Tensor, router_b: torch.Tensor, top_k: int):
@@ -30,23 +30,25 @@ def swiglu(h: torch.Tensor, limit: float = SWIGLU_LIMIT, alpha: float = SWIGLU_A
 
 
 def moe_reference(x: torch.Tensor, router_w: torch.Tensor, router_b: torch.Tensor,
-                  w1, b1: torch.Tensor, w2, b2: torch.Tensor, top_k: int) -> torch.Tensor:
+                  w1, b1: torch.Tensor, w2, b2: torch.Tensor, top_k: int,
+                  limit: float = SWIGLU_LIMIT, alpha: float = SWIGLU_ALPHA) -> torch.Tensor:
     """x [T, H]; w1 [E, 2I, H], b1 [E, 2I], w2 [E, H, I], b2 [E, H]. Returns [T, H] float32.
 
     w1 and w2 may be anything whose [e] gives that expert's float matrix (a tensor, or
     packed experts that expand on demand)."""
     experts, weights = route(x, router_w, router_b, top_k)
-    return mix_experts(x, experts, weights, w1, b1, w2, b2)
+    return mix_experts(x, experts, weights, w1, b1, w2, b2, limit, alpha)
 
 
 def mix_experts(x: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor,
-                w1, b1: torch.Tensor, w2, b2: torch.Tensor) -> torch.Tensor:
+                w1, b1: torch.Tensor, w2, b2: torch.Tensor,
+                limit: float = SWIGLU_LIMIT, alpha: float = SWIGLU_ALPHA) -> torch.Tensor:
     """Sum over each token's chosen experts (ids and weights [T, k]) of weight * expert(x)."""
     x = x.float()
     out = torch.zeros_like(x)
     for e in experts.unique().tolist():
         tokens, slots = torch.nonzero(experts == e, as_tuple=True)
         h = x[tokens] @ w1[e].float().T + b1[e].float()
-        y = swiglu(h) @ w2[e].float().T + b2[e].float()
+        y = swiglu(h, limit, alpha) @ w2[e].float().T + b2[e].float()
         out.index_add_(0, tokens, y * weights[tokens, slots, None])
     return out

@@ -364,7 +364,8 @@ def _split(K: int, block_k: int, split_k: int) -> tuple[int, int]:
 def moe_mxfp4_triton(x: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor, gate_up, b1: torch.Tensor,
                      down, b2: torch.Tensor, block_n: int = 64, block_k: int = 128, num_warps: int = 4,
                      num_stages: int = 4, block_m: int | None = None,
-                     one_per_tile: bool | None = None, split_k: int = 1, fuse_sum: bool = False) -> torch.Tensor:
+                     one_per_tile: bool | None = None, split_k: int = 1, fuse_sum: bool = False,
+                     limit: float = SWIGLU_LIMIT, alpha: float = SWIGLU_ALPHA) -> torch.Tensor:
     """x [T, H]; experts/weights [T, k] from the router; gate_up and down MXFP4, both as
     PackedExperts (codes for tl.dot_scaled) or both as Mxfp4Words (decoded by bit operations).
     Returns [T, H] float32.
@@ -408,14 +409,14 @@ def moe_mxfp4_triton(x: torch.Tensor, experts: torch.Tensor, weights: torch.Tens
         x, gate_up.data, gate_up.scales, b1, act, h, tile_expert, sorted_ids, counts,
         K1, N1, top_k, x.stride(0), gate_up.data.stride(0), gate_up.data.stride(1),
         gate_up.scales.stride(0), gate_up.scales.stride(1), b1.stride(0), act.stride(0), h.stride(0), h.stride(1),
-        down_blocks, SWIGLU_LIMIT, SWIGLU_ALPHA, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+        down_blocks, limit, alpha, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
         ONE_PER_TILE=one_per_tile, SPLITS=splits1, K_SPLIT=k_split1, WIDE_SCALES=words and gate_up.wide_scales,
         **decode, FUSE_SUM=fuse_sum, COUNTS_POW2=triton.next_power_of_2(down_blocks),
         num_warps=num_warps, num_stages=num_stages)
     if splits1 > 1:
         _swiglu_kernel[(tiles, triton.cdiv(N1, block_n))](
             h, b1, act, tile_expert, sorted_ids, N1, h.stride(0), h.stride(1), b1.stride(0), act.stride(0),
-            SWIGLU_LIMIT, SWIGLU_ALPHA, BLOCK_M=block_m, BLOCK_N=block_n, ONE_PER_TILE=one_per_tile, SPLITS=splits1)
+            limit, alpha, BLOCK_M=block_m, BLOCK_N=block_n, ONE_PER_TILE=one_per_tile, SPLITS=splits1)
     # every assignment's row is written whole by exactly one tile per split, so no zero fill
     splits2, k_split2 = _split(K2, block_k, split_k)
     y = torch.empty((splits2, T_ * top_k, N2), dtype=torch.float32, device=x.device)

@@ -7,22 +7,29 @@ from collections import Counter
 
 from tqdm import tqdm
 
-from ..checkpoint import GGUFCheckpoint, open_checkpoint
-from ..convert.to_gguf import open_source
+from ..checkpoint import Checkpoint
 from ..errors import OssConvertError
+from ..text import table
 from .metadata import metadata_checks
 from .tensors import compare_pair, pair_tensors
 
 STATUSES = ["bit-identical", "reference-requantized", "lossy", "missing", "extra", "shape-mismatch"]
 
 
-def verify(src_path, port_path, show_progress: bool | None = None) -> dict:
-    src = open_source(src_path, if_gguf="is a GGUF; verify takes the source checkpoint first, then the GGUF port")
-    port = open_checkpoint(port_path)
-    if not isinstance(port, GGUFCheckpoint):
-        raise OssConvertError(f"{port_path}: not a GGUF file")
+def check_inputs(src: Checkpoint, port: Checkpoint) -> None:
+    """What verify needs of its inputs, said before any tensor is read."""
+    if src.kind != "safetensors":
+        raise OssConvertError(f"{src.where}: is a GGUF; verify takes the source checkpoint first, then the GGUF port")
+    if not src.has_mxfp4_experts():
+        raise OssConvertError(f"{src.where}: has no MXFP4 expert tensors; not an original GPT-OSS checkpoint")
+    if port.kind != "gguf":
+        raise OssConvertError(f"{port.where}: not a GGUF file")
     if port.layout == "other":
-        raise OssConvertError(f"{port_path}: architecture {port.architecture!r} is not a GPT-OSS GGUF")
+        raise OssConvertError(f"{port.where}: architecture {port.architecture!r} is not a GPT-OSS GGUF")
+
+
+def verify(src: Checkpoint, port: Checkpoint, show_progress: bool | None = None) -> dict:
+    check_inputs(src, port)
     pairs, decided = pair_tensors(src, port)
     total = sum(t.nbytes for _, t in pairs)
     if show_progress is None:
@@ -34,14 +41,14 @@ def verify(src_path, port_path, show_progress: bool | None = None) -> dict:
             bar.update(t.nbytes)
     checks += decided
     meta = metadata_checks(src, port)
-    return {"source": str(src_path), "port": str(port_path), "layout": port.layout_description,
+    return {"source": src.where, "port": port.where, "layout": port.layout_description,
             "tensors": [c.to_dict() for c in checks], "metadata": meta,
             "summary": summarize(src, checks, meta)}
 
 
 def summarize(src, checks, meta) -> dict:
     counts = Counter(c.status for c in checks)
-    mxfp4_sources = {t.name for t in src.hf_tensors() if t.format == "MXFP4"}
+    mxfp4_sources = {t.name for t in src.model_tensors if t.format == "MXFP4"}
     expert = [c for c in checks if c.source in mxfp4_sources]
     preserved = [c for c in expert if c.status == "bit-identical" and c.port_format == "MXFP4"]
     fp4_preserved = bool(expert) and len(preserved) == len(expert)
@@ -72,7 +79,6 @@ def exit_status(doc: dict, require_fp4: bool) -> int:
 
 
 def render(doc: dict) -> str:
-    from ..inspect.render import table
     s = doc["summary"]
     lines = [s["verdict"], f"source {doc['source']}, port {doc['port']} ({doc['layout']} layout)", ""]
     counts = ", ".join(f"{n} {k}" for k, n in s["counts"].items() if n)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 
-from ..checkpoint import GGUFCheckpoint, SafetensorsCheckpoint
-from ..convert.vocab import GPT_OSS_PRE_TOKENIZER, find_tokenizer_dir, read_vocab
+from ..checkpoint import Checkpoint
+from ..checkpoint.tokenizer import GPT_OSS_PRE_TOKENIZER
 from ..errors import OssConvertError
 
 
@@ -18,7 +16,7 @@ def _same(expected, found) -> bool:
     return expected == found
 
 
-def metadata_checks(src: SafetensorsCheckpoint, port: GGUFCheckpoint) -> list[dict]:
+def metadata_checks(src: Checkpoint, port: Checkpoint) -> list[dict]:
     cfg, meta, arch = src.config, port.metadata, port.architecture
     checks = [{"key": "general.architecture", "expected": "gpt-oss (or Ollama's gptoss)", "found": arch,
                "ok": arch in ("gpt-oss", "gptoss")}]
@@ -47,9 +45,10 @@ def metadata_checks(src: SafetensorsCheckpoint, port: GGUFCheckpoint) -> list[di
     return checks
 
 
-def _tokenizer_checks(src: SafetensorsCheckpoint, port: GGUFCheckpoint) -> list[dict]:
+def _tokenizer_checks(src: Checkpoint, port: Checkpoint) -> list[dict]:
     meta = port.metadata
-    tokens = meta.get("tokenizer.ggml.tokens") or []
+    tokens = meta.get("tokenizer.ggml.tokens")
+    tokens = tokens if isinstance(tokens, list) else []
     checks = [
         {"key": "tokenizer.ggml.model", "expected": "gpt2", "found": meta.get("tokenizer.ggml.model"),
          "ok": meta.get("tokenizer.ggml.model") == "gpt2"},
@@ -63,11 +62,9 @@ def _tokenizer_checks(src: SafetensorsCheckpoint, port: GGUFCheckpoint) -> list[
         checks.append({"key": "tokenizer.ggml.pre", "expected": GPT_OSS_PRE_TOKENIZER, "found": pre,
                        "ok": pre == GPT_OSS_PRE_TOKENIZER})
     try:
-        tok_dir = find_tokenizer_dir(src.root)
+        vocab = src.vocab()
     except OssConvertError:
         return checks
-    cfg_path = tok_dir / "config.json"
-    vocab = read_vocab(tok_dir, src.config.vocab_size, json.loads(cfg_path.read_text()) if cfg_path.is_file() else {})
     names = {"bos": "bos_token_id", "eos": "eos_token_id", "pad": "padding_token_id"}
     for typ, tid in vocab.special_ids.items():
         if typ in names:

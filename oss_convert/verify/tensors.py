@@ -11,19 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from gguf import GGMLQuantizationType as T
 
-from ..checkpoint import GGUFCheckpoint, SafetensorsCheckpoint
+from ..checkpoint import Checkpoint, Tensor
 from ..checkpoint.names import gguf_names
-from ..convert.layout import Target, chunk_ranges, rows_of
-from ..files.gguf import GGUFTensor
-from ..formats import floats, mxfp4
-from ..formats.registry import OLLAMA_MXFP4, QUANTIZERS, decode
+from ..formats import mxfp4
+from ..formats.registry import QUANTIZERS
 from ..metrics import ErrorStats
-
-
-def port_format(t: GGUFTensor) -> str:
-    return "MXFP4" if t.type in (T.MXFP4, OLLAMA_MXFP4) else t.type_name
+from ..plan.layout import Target, chunk_ranges, rows_of
 
 
 @dataclass
@@ -40,11 +34,11 @@ class TensorCheck:
                 "port_format": self.port_format, "status": self.status, **self.details}
 
 
-def pair_tensors(src: SafetensorsCheckpoint, port: GGUFCheckpoint) -> tuple[list[tuple[Target, GGUFTensor]], list[TensorCheck]]:
+def pair_tensors(src: Checkpoint, port: Checkpoint) -> tuple[list[tuple[Target, Tensor]], list[TensorCheck]]:
     """(pairs to compare, checks already decided: missing, extra, shape-mismatch)."""
-    tensors = port.gguf.tensors
+    tensors = {t.name: t for t in port.tensors}
     pairs, decided, used = [], [], set()
-    for hf in src.hf_tensors():
+    for hf in src.model_tensors:
         for gname in gguf_names(hf.name, port.layout):
             target = Target(gname.gguf, hf, gname.part)
             t = tensors.get(gname.gguf)
@@ -52,64 +46,51 @@ def pair_tensors(src: SafetensorsCheckpoint, port: GGUFCheckpoint) -> tuple[list
                 decided.append(TensorCheck(hf.name, gname.gguf, hf.format, None, "missing"))
                 continue
             used.add(t.name)
-            if t.shape != target.ggml_shape:
-                decided.append(TensorCheck(hf.name, t.name, hf.format, port_format(t), "shape-mismatch",
-                                           {"expected_shape": list(target.ggml_shape), "found_shape": list(t.shape)}))
+            if t.ggml_shape != target.ggml_shape:
+                decided.append(TensorCheck(hf.name, t.name, hf.format, t.format, "shape-mismatch",
+                                           {"expected_shape": list(target.ggml_shape), "found_shape": list(t.ggml_shape)}))
                 continue
             pairs.append((target, t))
     for name, t in tensors.items():
         if name not in used:
-            decided.append(TensorCheck(None, name, None, port_format(t), "extra"))
+            decided.append(TensorCheck(None, name, None, t.format, "extra"))
     return pairs, decided
 
 
 class _Comparison:
     """Running state of one tensor's comparison across chunks."""
 
-    def __init__(self, target: Target, port: GGUFTensor):
+    def __init__(self, target: Target, port: Tensor):
         self.target, self.port = target, port
         self.identical = True
-        self.reference_equal = port.type in QUANTIZERS
+        self.reference_equal = port.ggml_type in QUANTIZERS
         self.stats = ErrorStats()
         self.blocks = self.blocks_differ = self.codes = self.codes_differ = 0
         self.first_diff = None
 
-    def add(self, start: int, source, port_bytes: np.ndarray) -> None:
-        if self.target.source.format == "MXFP4" and self.port.type in (T.MXFP4, OLLAMA_MXFP4):
-            self._add_fp4(start, source, port_bytes)
+    def add(self, start: int, source, port_piece) -> None:
+        source_format = self.target.source.format
+        if source_format == "MXFP4" and self.port.format == "MXFP4":
+            self._add_fp4(start, source, port_piece)
             return
-        if self.identical and self.target.source.format == "BF16" and self.port.type == T.BF16:
-            if np.array_equal(np.asarray(source).reshape(-1), raw_words(port_bytes)):
+        if self.identical and source_format == "BF16" and self.port.format == "BF16":
+            if np.array_equal(np.asarray(source).reshape(-1), np.asarray(port_piece).reshape(-1)):
                 return  # kept as BF16: equal words, no need to look at values
-        values = (mxfp4.decode_hf(*source) if self.target.source.format == "MXFP4"
-                  else floats.to_float32(source, self.target.source.format))
-        restored = self._port_values(port_bytes).reshape(values.shape)
-        if self.port.type in QUANTIZERS:
+        values = self.target.source.decode(source)
+        restored = self.port.decode(port_piece).reshape(values.shape)
+        if self.port.ggml_type in QUANTIZERS:
             self.identical = False
             if self.reference_equal:
-                expected = QUANTIZERS[self.port.type].quantize(values)
-                self.reference_equal = expected.tobytes() == np.ascontiguousarray(port_bytes).tobytes()
+                expected = QUANTIZERS[self.port.ggml_type].quantize(values)
+                self.reference_equal = expected.tobytes() == np.ascontiguousarray(port_piece).tobytes()
         elif self.identical and not np.array_equal(values, restored):
             self.identical = False
         self.stats.add(values, restored)
 
-    def _port_values(self, raw: np.ndarray) -> np.ndarray:
-        return decode(raw, self.port.type)
-
-    def _port_fp4(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return mxfp4.ggml_to_hf(raw) if self.port.type == T.MXFP4 else mxfp4.ollama_to_hf(raw)
-
-    def _add_fp4(self, start: int, source, raw: np.ndarray) -> None:
+    def _add_fp4(self, start: int, source, port_piece) -> None:
+        """Both sides as HF blocks and scales, whatever layout the port stores them in."""
         blocks, scales = source
-        self.blocks += scales.size
-        self.codes += scales.size * 32
-        if self.port.type == T.MXFP4 and np.array_equal(mxfp4.hf_to_ggml(blocks, scales).reshape(-1),
-                                                        raw.reshape(-1)):
-            return  # the common case, settled by one repack and a byte comparison
-        self.blocks -= scales.size
-        self.codes -= scales.size * 32
-        pb, ps = self._port_fp4(raw)
-        pb, ps = pb.reshape(blocks.shape), ps.reshape(scales.shape)
+        pb, ps = (a.reshape(b.shape) for a, b in zip(port_piece, source))
         self.blocks += scales.size
         self.codes += scales.size * 32
         if np.array_equal(pb, blocks) and np.array_equal(ps, scales):
@@ -142,20 +123,14 @@ class _Comparison:
                             "fraction_codes_differ": self.codes_differ / self.codes})
             if self.first_diff:
                 details["first_differing_block"] = self.first_diff
-        return TensorCheck(t.source.name, p.name, t.source.format, port_format(p), status, details)
-
-
-def raw_words(port_bytes: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(port_bytes).view(np.uint16).reshape(-1)
+        return TensorCheck(t.source.name, p.name, t.source.format, p.format, status, details)
 
 
 VERIFY_CHUNK_BYTES = 4 << 20  # small pieces: large temporaries cost more than the comparisons
 
 
-def compare_pair(target: Target, port: GGUFTensor) -> TensorCheck:
+def compare_pair(target: Target, port: Tensor) -> TensorCheck:
     cmp = _Comparison(target, port)
     for start, stop in chunk_ranges(target, VERIFY_CHUNK_BYTES):
-        source = rows_of(target, target.source.read(start, stop))
-        port_bytes = port.read(start, stop) if len(port.shape) > 1 else port.read()
-        cmp.add(start, source, port_bytes)
+        cmp.add(start, rows_of(target, target.source.read(start, stop)), port.read(start, stop))
     return cmp.result()

@@ -10,17 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator
 
-import numpy as np
-
+from ..checkpoint import Checkpoint, Tensor
 from ..checkpoint.names import gguf_names
-from ..checkpoint.safetensors_source import HFTensor, SafetensorsCheckpoint
 from ..errors import OssConvertError
 
 
 @dataclass(frozen=True)
 class Target:
     name: str  # GGUF name
-    source: HFTensor
+    source: Tensor  # under its HF name
     part: str  # "all", "gate" (even rows of gate_up), "up" (odd rows), "fused" (Ollama: all of gate_up)
 
     @property
@@ -41,22 +39,15 @@ class Target:
         return len(self.shape)
 
 
-def targets(ckpt: SafetensorsCheckpoint) -> list[Target]:
+def targets(ckpt: Checkpoint) -> list[Target]:
     experts, rest = [], []
-    for src in ckpt.hf_tensors():
+    for src in ckpt.model_tensors:
         names = gguf_names(src.name, "gpt-oss")
         if not names:
             raise OssConvertError(f"{ckpt.root}: tensor {src.name!r} has no place in a gpt-oss GGUF")
         bucket = experts if src.format == "MXFP4" else rest
         bucket.extend(Target(n.gguf, src, n.part) for n in names)
     return experts + rest
-
-
-def interleave_rows(gate, up):
-    """The inverse of the split: gate rows at even, up rows at odd positions of axis 1."""
-    out = np.empty((gate.shape[0], gate.shape[1] * 2) + gate.shape[2:], gate.dtype)
-    out[:, 0::2], out[:, 1::2] = gate, up
-    return out
 
 
 def rows_of(target: Target, data):
@@ -73,7 +64,7 @@ def chunk_ranges(target: Target, max_bytes: int) -> Iterator[tuple[int, int]]:
     """[start, stop) ranges of whole experts (or rows) of the source, ~max_bytes each."""
     src = target.source
     total = src.shape[0]
-    per_slice = sum(p.nbytes // max(1, p.shape[0]) for p in src.parts.values())
+    per_slice = src.nbytes // max(1, total)
     step = max(1, max_bytes // max(1, per_slice))
     for start in range(0, total, step):
         yield start, min(total, start + step)

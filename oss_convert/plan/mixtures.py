@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 
+from .lossless import PlannedTensor
+
 
 @dataclass(frozen=True)
 class Mixture:
@@ -162,3 +164,23 @@ def quantize_order(names: list[str]) -> list[str]:
         m = re.match(r"blk\.(\d+)\.", n)
         return (int(m[1]) if m else -1, n)
     return sorted(names, key=key)
+
+
+EXPERT_WEIGHTS = re.compile(r"_exps\.weight$")
+
+
+def plan_mixture(base: list[PlannedTensor], mixture_key: str, n_layers: int, n_experts: int,
+                 keep_mxfp4_experts: bool = False) -> list[PlannedTensor]:
+    """The lossless plan as llama-quantize rewrites it with a mixture: its types and its order,
+    each tensor with the type it had and why it has its new one."""
+    by_name = {p.name: p for p in base}
+    overrides = [(EXPERT_WEIGHTS, T.MXFP4)] if keep_mxfp4_experts else []
+    planner = MixturePlanner(MIXTURES[mixture_key], list(by_name), n_layers, n_experts, overrides)
+    plan = []
+    for name in quantize_order(list(by_name)):
+        src = by_name[name]
+        choice = planner.choose(name, src.shape, src.type)
+        reason = (f"kept {src.type.name}: {choice.reason}" if choice.type == src.type
+                  else f"{src.type.name} -> {choice.type.name}: {choice.reason}")
+        plan.append(PlannedTensor(name, choice.type, src.shape, src.source, reason, src.target, src.type))
+    return plan
