@@ -222,7 +222,8 @@ def _parse(path: Path, data: bytes, size: int) -> tuple[int, dict[str, Value], l
     for _ in range(n_tensors):
         name = cur.string()
         n_dims = cur.unpack("<I")
-        if n_dims > 8:
+        if n_dims > 4:
+            # ggml tensors have at most GGML_MAX_DIMS = 4
             raise OssConvertError(f"{path}: corrupt GGUF header (tensor {name!r} has {n_dims} dimensions)")
         shape = tuple(cur.unpack("<Q") for _ in range(n_dims))
         infos.append((name, shape, cur.unpack("<I"), cur.unpack("<Q")))
@@ -230,7 +231,7 @@ def _parse(path: Path, data: bytes, size: int) -> tuple[int, dict[str, Value], l
     if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
         raise OssConvertError(f"{path}: corrupt GGUF header (general.alignment = {alignment!r})")
     data_start = cur.pos + (-cur.pos % alignment)
-    tensors = []
+    tensors, expected_offset = [], 0
     for name, shape, type_code, offset in infos:
         if type_code not in GGMLQuantizationType._value2member_map_ and type_code not in LEGACY_TYPES:
             raise OssConvertError(f"{path}: tensor {name!r} has unknown ggml type {type_code}")
@@ -238,6 +239,11 @@ def _parse(path: Path, data: bytes, size: int) -> tuple[int, dict[str, Value], l
             nbytes = tensor_nbytes(type_code, shape)
         except ValueError as e:
             raise OssConvertError(f"{path}: tensor {name!r}: {e}") from None
+        # as libllama's loader (gguf.cpp) requires: each tensor's data follows the previous one's, aligned
+        if offset != expected_offset:
+            raise OssConvertError(f"{path}: tensor {name!r} has data offset {offset}, expected {expected_offset} "
+                                  "(tensors overlap, leave gaps or are misaligned): corrupt GGUF header")
+        expected_offset += nbytes + (-nbytes % alignment)
         start = data_start + offset
         if start + nbytes > size:
             raise OssConvertError(f"{path}: tensor {name!r} lies past the end of the file "
