@@ -167,8 +167,7 @@ def convert_cmd(src: Path, out: Path | None, target: str, qtype: str, outtype: s
     if dry_run:
         return emit_json({"plan": doc}) if as_json else click.echo(render_plan(doc))
     if not as_json:  # the whole plan where types are being chosen, its headline otherwise
-        plan_text = render_plan(doc)
-        click.echo(plan_text if requantizing else plan_text.splitlines()[0], err=True)
+        click.echo(render_plan(doc, groups=requantizing), err=True)
     result = conversion.run(out, force=force)
     if as_json:
         emit_json({"plan": doc, "result": result})

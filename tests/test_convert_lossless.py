@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -169,3 +170,41 @@ def test_llama_cpp_loads_and_evaluates(bundled, tmp_path, llama_cpp):
     assert tokens == hf.encode(text)
     special = llm.tokenize(b"<|start|>user<|message|>hi<|end|>", add_bos=False, special=True)
     assert special == hf.encode("<|start|>user<|message|>hi<|end|>")
+
+
+def test_any_lossless_source_goes_back_to_the_same_hf_checkpoint(checkpoints, tmp_path):
+    """One checkpoint model under --to safetensors: OpenAI's original/ layout and Ollama's older
+    GGUF give the HF tensors bit for bit, as llama.cpp's layout does."""
+    from tests.gguf_edit import ollama_layout
+    root = checkpoints["tiny"]
+    lossless = tmp_path / "tiny.gguf"
+    convert(root, "-o", lossless)
+    sources = {"original": root / "original", "gguf": lossless,
+               "ollama": ollama_layout(root, lossless, tmp_path / "ollama.gguf")}
+    want = {}
+    for f in sorted(root.glob("*.safetensors")):
+        for name, t in read_header(f).tensors.items():
+            want[name] = t.array()
+    for kind, src in sources.items():
+        back = tmp_path / f"back-{kind}"
+        convert(src, "-o", back, "--to", "safetensors")
+        got = read_header(back / "model.safetensors").tensors
+        assert set(got) == set(want), kind
+        for name, t in got.items():
+            np.testing.assert_array_equal(t.array(), want[name], err_msg=f"{kind}: {name}")
+
+
+def test_a_swiglu_setting_gguf_cannot_carry_is_said_in_the_plan(bundled, tmp_path):
+    src = tmp_path / "model"
+    shutil.copytree(bundled, src)
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["swiglu_limit"] = 3.0
+    (src / "config.json").write_text(json.dumps(cfg))
+    result = CliRunner().invoke(cli, ["convert", str(src), "-o", str(tmp_path / "m.gguf")])
+    assert result.exit_code == 0, result.output
+    assert ("warning: the config's SwiGLU limit 3 and alpha 1.702 have no GGUF key: llama.cpp runs every gpt-oss "
+            "GGUF with 7 and 1.702") in result.output
+    back = tmp_path / "back"
+    assert CliRunner().invoke(cli, ["convert", str(tmp_path / "m.gguf"), "-o", str(back), "--to",
+                                    "safetensors"]).exit_code == 0
+    assert json.loads((back / "config.json").read_text())["swiglu_limit"] == 7.0  # what llama.cpp runs it with

@@ -59,6 +59,28 @@ def test_logits_match_llama_cpp(bundled, tmp_path, llama_cpp):
     assert rel < 1.1 * np.linalg.norm(hf - ref) / np.linalg.norm(ref)
 
 
+def mean_kl(p_logits: np.ndarray, q_logits: np.ndarray) -> float:
+    p = torch.log_softmax(torch.from_numpy(p_logits).double(), -1)
+    q = torch.log_softmax(torch.from_numpy(q_logits).double(), -1)
+    return float((p.exp() * (p - q)).sum(-1).mean())
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("field,value", [("swiglu_limit", 3.0), ("swiglu_alpha", 1.2)])
+def test_the_configs_swiglu_settings_reach_the_runtime(checkpoints, tmp_path, field, value):
+    """A fine-tune's SwiGLU clamp (or slope) gives transformers' logits, and differs enough from
+    the default that a runtime ignoring the config would fail here."""
+    import shutil
+    src = tmp_path / "model"
+    shutil.copytree(checkpoints["tiny"], src)
+    cfg = json.loads((src / "config.json").read_text())
+    cfg[field] = value
+    (src / "config.json").write_text(json.dumps(cfg))
+    mine, reference = ours(src), hf_logits(src)
+    assert mean_kl(reference, mine) < 1e-3
+    assert mean_kl(reference, ours(checkpoints["tiny"])) > 1e-2
+
+
 def test_kv_cache_gives_the_same_logits(bundled):
     model = load_model(open_checkpoint(bundled), torch.device("cpu"))
     with torch.no_grad():

@@ -41,7 +41,7 @@ def plan_groups(tensors: list[PlannedTensor]) -> list[dict]:
     return list(groups.values())
 
 
-def plan_document(title: str, tensors: list[PlannedTensor]) -> dict:
+def plan_document(title: str, tensors: list[PlannedTensor], warnings: list[str] = ()) -> dict:
     types: dict[str, int] = {}
     for p in tensors:
         types[p.type.name] = types.get(p.type.name, 0) + 1
@@ -49,15 +49,20 @@ def plan_document(title: str, tensors: list[PlannedTensor]) -> dict:
             "expected_tensor_bytes": sum(tensor_nbytes(p.type, p.shape) for p in tensors),
             "types": types, "groups": plan_groups(tensors),
             "per_tensor": [{"name": p.name, "type": p.type.name, "shape": list(p.shape), "source": p.source,
-                            "reason": p.reason} for p in tensors]}
+                            "reason": p.reason} for p in tensors],
+            "warnings": list(warnings)}
 
 
-def render_plan(doc: dict) -> str:
+def render_plan(doc: dict, groups: bool = True) -> str:
+    """The plan's headline, its warnings, and (with `groups`) the table of tensor groups."""
     rows = [[g["tensor"], g["type"], str(g["count"]), _ranges(g["layers"]), g["reason"]] for g in doc["groups"]]
     types = ", ".join(f"{n} {t}" for t, n in sorted(doc["types"].items(), key=lambda kv: -kv[1]))
     head = (f"Plan: {doc['title']}: {doc['tensors']} tensors ({types}), "
             f"expected tensor data {human_bytes(doc['expected_tensor_bytes'])}")
-    return "\n".join([head] + ["  " + r for r in table(rows, ["tensor", "type", "count", "layers", "why"])])
+    lines = [head] + [f"warning: {w}" for w in doc["warnings"]]
+    if groups:
+        lines += ["  " + r for r in table(rows, ["tensor", "type", "count", "layers", "why"])]
+    return "\n".join(lines)
 
 
 def render_cost(cost: dict) -> str:

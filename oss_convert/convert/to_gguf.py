@@ -12,6 +12,7 @@ from typing import Callable, Iterator
 from tqdm import tqdm
 
 from ..checkpoint import Checkpoint
+from ..checkpoint.config import DEFAULT_SWIGLU_ALPHA, DEFAULT_SWIGLU_LIMIT, GptOssConfig
 from ..errors import OssConvertError
 from ..files.atomic import atomic_path
 from ..files.gguf import GGUFWriteTensor, Value, ValueType, write_gguf
@@ -48,7 +49,7 @@ class Conversion:
 
     @property
     def document(self) -> dict:
-        return plan_document(self.title, self.tensors)
+        return plan_document(self.title, self.tensors, llama_cpp_caveats(self.ckpt.config))
 
     def run(self, out: Path, *, force: bool = False, show_progress: bool | None = None) -> dict:
         size = write_tensors(out, self.metadata, self.tensors, self.produce, force=force,
@@ -75,6 +76,15 @@ def plan_conversion(ckpt: Checkpoint, qtype: str = LOSSLESS, *, outtype: str = "
     title = qtype.upper() + (" with MXFP4 experts kept" if keep_mxfp4_experts else "")
     return Conversion(ckpt, title, tensors, requantized_metadata(metadata, requant.file_type),
                       lambda p: requantized_chunks(requant, p, threads), requant)
+
+
+def llama_cpp_caveats(cfg: GptOssConfig) -> list[str]:
+    """What the GGUF cannot carry of this config, so llama.cpp will run differently."""
+    if (cfg.swiglu_limit, cfg.swiglu_alpha) == (DEFAULT_SWIGLU_LIMIT, DEFAULT_SWIGLU_ALPHA):
+        return []
+    return [f"the config's SwiGLU limit {cfg.swiglu_limit:g} and alpha {cfg.swiglu_alpha:g} have no GGUF key: "
+            f"llama.cpp runs every gpt-oss GGUF with {DEFAULT_SWIGLU_LIMIT:g} and {DEFAULT_SWIGLU_ALPHA:g}, so its "
+            "outputs will differ from transformers'"]
 
 
 def gguf_metadata(ckpt: Checkpoint, plan: list[PlannedTensor], file_type: int) -> dict[str, Value]:
