@@ -28,8 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from oss_convert.runtime.dequant import mxfp4_to_float  # noqa: E402
 from oss_convert.runtime.moe_reference import mix_experts, swiglu  # noqa: E402
-from oss_convert.runtime.mxfp4_words import to_words  # noqa: E402
 from oss_convert.runtime.triton_moe import moe_mxfp4_triton  # noqa: E402
+from oss_convert.runtime.variants.mxfp4_words import to_words  # noqa: E402
+from oss_convert.runtime.variants.triton_moe_variants import moe_mxfp4_variants  # noqa: E402
 from oss_convert.runtime.weights import PackedExperts  # noqa: E402
 
 HBM_PEAK = {"H100": 3.35e12, "H200": 4.8e12}  # bytes/s, SXM parts
@@ -137,10 +138,14 @@ def both_layouts(w1: PackedExperts, w2: PackedExperts) -> dict:
 
 
 def run_layer(x, experts, weights, layouts, b1, b2, cfg: dict):
-    """One layer through moe_mxfp4_triton, the experts in the layout cfg asks for (words=True:
-    Mxfp4Words, else the HF codes), the rest of cfg as launch arguments."""
+    """One layer through the runtime's kernels, or through the variants' where cfg asks for one
+    (the experts in the words layout, split-K, the fused sum), the rest of cfg as launch arguments."""
     cfg = dict(cfg)
-    w1, w2 = layouts["words" if cfg.pop("words", False) else "codes"]
+    words = cfg.pop("words", False)
+    w1, w2 = layouts["words" if words else "codes"]
+    if words or cfg.get("split_k", 1) > 1 or cfg.get("fuse_sum"):
+        return moe_mxfp4_variants(x, experts, weights, w1, b1, w2, b2, **cfg)
+    cfg.pop("split_k", None), cfg.pop("fuse_sum", None)
     return moe_mxfp4_triton(x, experts, weights, w1, b1, w2, b2, **cfg)
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The MoE kernels' check on a CUDA GPU, one call of about 6 minutes on an H100 or H200:
-#   1. the runtime's kernel tests on CUDA: the tests CI runs under Triton's interpreter, here
+#   1. the runtime's kernel tests on CUDA, and those of the variants in runtime/variants (words
+#      layout, split-K, fused sum): the tests CI runs under Triton's interpreter, here
 #      compiled, so they also cover what no CPU runs (the words layout's inline PTX multiply,
 #      bf16 arithmetic on subnormal inputs, the fused sum's atomics across SMs), and a layer
 #      loaded from a file and copied to the GPU expert by expert;
@@ -29,7 +30,8 @@ status=0
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv 2>&1 | tee "$out/gpu.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$out/gpu.txt"
 
-python3 -m pytest -q -p no:cacheprovider tests/test_runtime.py -k "(ragged or words or alignment or loaded_from) and not hopper" \
+python3 -m pytest -q -p no:cacheprovider tests/test_runtime.py tests/test_kernel_variants.py \
+    -k "(ragged or swiglu or variants_give or words or alignment or loaded_from) and not hopper" \
     2>&1 | tee "$out/tests.log" || status=1
 python3 benchmarks/bench_moe_gpu.py --models 20b 120b --tokens 1 8 64 512 2>&1 | tee "$out/bench.log" || status=1
 python3 benchmarks/profile_moe_gpu.py --tokens 1 8 2>&1 | tee "$out/profile.log" || status=1

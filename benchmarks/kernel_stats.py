@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_moe_gpu import HBM_PEAK, H, I, TOP_K  # noqa: E402
 
 from oss_convert.runtime import triton_moe  # noqa: E402
+from oss_convert.runtime.variants import triton_moe_variants as variants  # noqa: E402
 
 HOPPER = GPUTarget("cuda", 90, 32)
 WARP_ISSUE_PER_S = 132 * 4 * 1.98e9  # H100/H200 SXM: SMs x schedulers x boost clock, one warp instruction each
@@ -152,7 +153,7 @@ def helper_kernel_resources(n_experts: int, block_m: int = 64, block_n: int = 64
     align = compile_kernel(triton_moe._align_kernel, dict(n=4096, n_experts=n_experts, capacity=8192),
                            dict(BLOCK_M=block_m, E_POW2=e_pow2, CHUNK=max(16, min(256, 16384 // e_pow2))),
                            num_warps=triton_moe.ALIGN_WARPS, num_stages=1)
-    swiglu = compile_kernel(triton_moe._swiglu_kernel,
+    swiglu = compile_kernel(variants._swiglu_kernel,
                             dict(N=2 * I, stride_hs=64 * 2 * I, stride_h=2 * I, stride_be=2 * I, stride_act=I,
                                  limit=7.0, alpha=1.702),
                             dict(BLOCK_M=block_m, BLOCK_N=block_n, ONE_PER_TILE=False, SPLITS=2),
@@ -164,18 +165,19 @@ def moe_kernel_stats(assignments: int, n_experts: int, block_n: int = LAUNCH_DEF
                      block_k: int = LAUNCH_DEFAULTS["block_k"], num_warps: int = LAUNCH_DEFAULTS["num_warps"],
                      num_stages: int = LAUNCH_DEFAULTS["num_stages"], split_k: int = 1,
                      words: bool = False, fuse_sum: bool = False) -> list[LoopStats]:
-    """Both MoE kernels as moe_mxfp4_triton would launch them for this many (token, slot) pairs,
-    with the experts as MXFP4 codes (tl.dot_scaled) or in the words layout, the sum over slots
-    in the down kernel or not (fuse_sum, decode only)."""
+    """Both MoE kernels as moe_mxfp4_triton (the runtime's) would launch them for this many
+    (token, slot) pairs, or moe_mxfp4_variants where a variant is asked for: the experts in the
+    words layout, split-K, the sum over slots in the down kernel (fuse_sum, decode only)."""
+    module = variants if words or split_k > 1 or fuse_sum else triton_moe
     one_per_tile = assignments <= triton_moe.DECODE_ASSIGNMENTS
-    block_m = triton_moe._block_m(assignments, n_experts, one_per_tile, words)
+    block_m = variants._block_m(assignments, n_experts, one_per_tile, words)
     per_word = 8 if words else 2  # K values a weight element holds
     per_iteration = block_n * (block_k // 2 + block_k // 32)  # codes and scales of one K step
     down_blocks = triton.cdiv(H, block_n)  # down's column blocks: the fused sum's counters per token
     stats = []
-    for name, kernel, K, N in (("gate_up", triton_moe._gate_up_kernel, H, 2 * I),
-                               ("down", triton_moe._down_kernel, I, H)):
-        splits, k_split = triton_moe._split(K, block_k, split_k)
+    for name, kernel, K, N in (("gate_up", module._gate_up_kernel, H, 2 * I),
+                               ("down", module._down_kernel, I, H)):
+        splits, k_split = variants._split(K, block_k, split_k)
         constexprs = dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, ONE_PER_TILE=one_per_tile,
                           SPLITS=splits, K_SPLIT=k_split, WORDS=words, WIDE_SCALES=False, INTERPRETED=False,
                           FUSE_SUM=fuse_sum and one_per_tile, COUNTS_POW2=triton.next_power_of_2(down_blocks))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -35,44 +36,56 @@ def random_mxfp4(E: int, N: int, K: int, gen: torch.Generator) -> PackedExperts:
     return PackedExperts("MXFP4", (E, N, K), codes, scales)
 
 
-@kernels_runnable
-@pytest.mark.parametrize("tokens,hidden,inter", [(1, 64, 32), (8, 64, 64), (23, 96, 64), (70, 64, 96)])
-def test_triton_kernels_match_the_reference_on_ragged_routing(tokens, hidden, inter):
-    from oss_convert.runtime.mxfp4_words import to_words
-    from oss_convert.runtime.triton_moe import moe_mxfp4_triton
+def ragged_layer(tokens: int, hidden: int, inter: int):
+    """A layer's worth of random MXFP4 experts and routing, ragged on purpose: expert 5 gets
+    nobody, expert 4 one token, expert 0 everybody. Returns (args of the kernels' launchers,
+    the torch reference's output)."""
     gen = torch.Generator().manual_seed(tokens)
     E, k = 6, 2
     w1, w2 = random_mxfp4(E, 2 * inter, hidden, gen), random_mxfp4(E, hidden, inter, gen)
     b1, b2 = torch.randn(E, 2 * inter, generator=gen) * 0.1, torch.randn(E, hidden, generator=gen) * 0.1
     x = torch.randn(tokens, hidden, generator=gen)
-    # ragged on purpose: expert 5 gets nobody, expert 4 one token, expert 0 everybody
     experts = torch.zeros(tokens, k, dtype=torch.long)
     experts[:, 1] = torch.randint(1, 4, (tokens,), generator=gen)
     experts[0, 1] = 4
     weights = torch.softmax(torch.randn(tokens, k, generator=gen), dim=-1)
-    dev = KERNEL_DEVICE
     # the kernels round activations to bf16 (the inputs of the MMA); so does this reference
     want = mix_experts(x.bfloat16().float(), experts, weights, w1, b1, w2, b2)
-    words1, words2 = to_words(w1.data.to(dev), w1.scales.to(dev)), to_words(w2.data.to(dev), w2.scales.to(dev))
-    # both tile layouts, whichever the size would pick; K unsplit (in whole blocks, a part of one,
-    # or both: hidden 96 in blocks of 64), and split in uneven shares
-    for cfg in (dict(one_per_tile=True), dict(one_per_tile=False), dict(one_per_tile=True, block_k=64),
-                dict(one_per_tile=True, split_k=2, block_k=32), dict(one_per_tile=False, split_k=3, block_k=32)):
-        args = x.to(dev), experts.to(dev), weights.to(dev)
-        got = moe_mxfp4_triton(*args, w1.to(dev), b1.to(dev), w2.to(dev), b2.to(dev), **cfg).cpu()
+    dev = KERNEL_DEVICE
+    return (x.to(dev), experts.to(dev), weights.to(dev), w1.to(dev), b1.to(dev), w2.to(dev), b2.to(dev)), want
+
+
+RAGGED_SHAPES = [(1, 64, 32), (8, 64, 64), (23, 96, 64), (70, 64, 96)]
+# both tile layouts, whichever the size would pick; K in whole blocks, a part of one, or both
+# (hidden 96 in blocks of 64)
+LAYOUTS = (dict(one_per_tile=True), dict(one_per_tile=False), dict(one_per_tile=True, block_k=64))
+
+
+@kernels_runnable
+@pytest.mark.parametrize("tokens,hidden,inter", RAGGED_SHAPES)
+def test_triton_kernels_match_the_reference_on_ragged_routing(tokens, hidden, inter):
+    from oss_convert.runtime.triton_moe import moe_mxfp4_triton
+    args, want = ragged_layer(tokens, hidden, inter)
+    for cfg in LAYOUTS:
+        got = moe_mxfp4_triton(*args, **cfg).cpu()
         rel = ((got - want).norm() / want.norm()).item()
         assert rel < 1e-2, (cfg, rel)
         cos = torch.nn.functional.cosine_similarity(got.flatten(), want.flatten(), dim=0).item()
         assert cos > 0.9999, cfg
-        # the words layout: the same bf16 weights and activations, so all but the same sums
-        from_words = moe_mxfp4_triton(*args, words1, b1.to(dev), words2, b2.to(dev), **cfg).cpu()
-        assert ((from_words - got).norm() / got.norm()).item() < 1e-5, cfg
-        if cfg["one_per_tile"]:  # the sum over slots (and splits) in the down kernel, in its own order
-            for w_1, w_2, unfused in ((w1.to(dev), w2.to(dev), got), (words1, words2, from_words)):
-                fused = [moe_mxfp4_triton(*args, w_1, b1.to(dev), w_2, b2.to(dev), fuse_sum=True, **cfg).cpu()
-                         for _ in range(2)]
-                assert ((fused[0] - unfused).norm() / unfused.norm()).item() < 1e-6, cfg
-                assert torch.equal(fused[0], fused[1]), cfg  # whichever program finishes last
+
+
+@kernels_runnable
+def test_the_kernels_take_the_swiglu_settings():
+    """limit and alpha reach the kernels' epilogue: a fine-tune's values against the reference."""
+    from oss_convert.runtime.triton_moe import moe_mxfp4_triton
+    args, _ = ragged_layer(8, 64, 64)
+    x, experts, weights, w1, b1, w2, b2 = (a.to("cpu") for a in args)
+    for limit, alpha in ((0.5, 1.702), (7.0, 0.8)):
+        want = mix_experts(x.bfloat16().float(), experts, weights, w1, b1, w2, b2, limit, alpha)
+        default = mix_experts(x.bfloat16().float(), experts, weights, w1, b1, w2, b2)
+        got = moe_mxfp4_triton(*args, limit=limit, alpha=alpha).cpu()
+        assert ((got - want).norm() / want.norm()).item() < 1e-2
+        assert ((default - want).norm() / want.norm()).item() > 5e-2  # the settings matter here
 
 
 @kernels_runnable
@@ -89,34 +102,6 @@ def test_a_layer_loaded_from_an_artifact_runs_through_the_kernels(bundled, small
     on_device = layer.to(KERNEL_DEVICE)
     got = moe_forward(on_device, x.to(KERNEL_DEVICE), backend="triton").cpu()
     assert ((got - want).norm() / want.norm()).item() < 1e-2
-
-
-def test_words_layout_places_every_value_bit_once():
-    from oss_convert.runtime.mxfp4_words import source_bit
-    word_bits = sorted(source_bit(v, b) for v in range(8) for b in range(4))
-    assert word_bits == list(range(32))
-
-
-@kernels_runnable
-@pytest.mark.parametrize("scale_bytes", [(127, 0, 1, 128), (129, 0, 120, 200)], ids=["one-multiply", "wide"])
-def test_words_decode_to_the_mxfp4_values(scale_bytes):
-    """Every code at every place in a word, against the HF-layout decoder, exactly. Scales up
-    to 128 take one multiply, a wider one two; 0 (2^-127) is a subnormal either way."""
-    from oss_convert.runtime.mxfp4_words import to_words
-    from tests.words_kernel import decode_kernel
-
-    # 64 words of 8 values: value v of word w is code (w + 3 v) mod 16, so each of the 16 codes
-    # sits at each of the 8 places of a word, 4 times
-    values = (torch.arange(64)[:, None] + 3 * torch.arange(8)[None, :]) % 16
-    codes = (values[:, 0::2] | values[:, 1::2] << 4).to(torch.uint8).reshape(1, 1, 256)
-    scales = torch.tensor(scale_bytes, dtype=torch.uint8).repeat_interleave(4).reshape(1, 1, 16)
-    words = to_words(codes.to(KERNEL_DEVICE), scales.to(KERNEL_DEVICE))
-    assert words.wide_scales == (max(scale_bytes) > 128)
-    out = torch.empty(512, dtype=torch.float32, device=KERNEL_DEVICE)
-    decode_kernel[(1,)](words.data.reshape(-1), scales.reshape(-1).to(KERNEL_DEVICE), out, WORDS=64,
-                        WIDE_SCALES=words.wide_scales, INTERPRETED=INTERPRET)
-    want = mxfp4.decode_hf(codes.numpy().reshape(1, 1, 16, 16), scales.numpy())[0, 0]
-    np.testing.assert_array_equal(out.cpu().numpy(), want)
 
 
 def expected_alignment(experts: torch.Tensor, n_experts: int, block_m: int):
@@ -149,17 +134,20 @@ def test_expert_alignment_is_a_stable_padded_sort(tokens, k, n_experts, block_m)
     assert tile_expert.cpu().tolist() == want_tiles
 
 
-@pytest.mark.parametrize("tokens,split_k,fuse_sum,launches", [(1, 1, False, ["gate_up", "down"]),
-                                                              (8, 1, False, ["align", "gate_up", "down"]),
-                                                              (1, 2, False, ["gate_up", "swiglu", "down"]),
-                                                              (2, 2, True, ["gate_up", "swiglu", "down"])])
-def test_a_moe_layer_is_its_kernels_and_one_sum(monkeypatch, tokens, split_k, fuse_sum, launches):
-    """What a layer costs in launches: the Triton kernels, then the sum over slots, unless the
-    down kernel does that sum (fuse_sum). Every other torch call is an allocation or a view (no
-    device work, nothing for a CUDA graph to replay)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
+@pytest.mark.parametrize("tokens,launches", [(1, ["gate_up", "down"]), (8, ["align", "gate_up", "down"])])
+def test_a_moe_layer_is_its_kernels_and_one_sum(monkeypatch, tokens, launches):
+    """What a layer costs in launches: the Triton kernels, then the sum over slots. Every other
+    torch call is an allocation or a view (no device work, nothing for a CUDA graph to replay)."""
     from oss_convert.runtime import triton_moe
+    launched, device_work = launches_of(triton_moe, triton_moe.moe_mxfp4_triton, monkeypatch, tokens)
+    assert launched == launches
+    assert device_work == ["sum"]
+
+
+def launches_of(module, launcher, monkeypatch, tokens: int, **launch) -> tuple[list[str], list[str]]:
+    """(the kernels `launcher` launches, in order; the torch calls that do device work) for one
+    layer of `tokens` tokens, the kernels of `module` replaced by recorders."""
+    from torch.utils._python_dispatch import TorchDispatchMode
 
     launched = []
 
@@ -171,7 +159,9 @@ def test_a_moe_layer_is_its_kernels_and_one_sum(monkeypatch, tokens, split_k, fu
             return lambda *args, **kwargs: launched.append(self.name)
 
     for name in ("gate_up", "swiglu", "down", "align"):
-        monkeypatch.setattr(triton_moe, f"_{name}_kernel", Launch(name))
+        for owner in {module, sys.modules["oss_convert.runtime.triton_moe"]}:
+            if hasattr(owner, f"_{name}_kernel"):
+                monkeypatch.setattr(owner, f"_{name}_kernel", Launch(name))
 
     class TorchCalls(TorchDispatchMode):
         def __init__(self):
@@ -188,11 +178,8 @@ def test_a_moe_layer_is_its_kernels_and_one_sum(monkeypatch, tokens, split_k, fu
     b1, b2 = torch.zeros(6, 64), torch.zeros(6, 64)
     experts, weights = torch.randint(0, 6, (tokens, 4), generator=gen), torch.rand(tokens, 4, generator=gen)
     with TorchCalls() as calls:
-        triton_moe.moe_mxfp4_triton(x, experts, weights, w1, b1, w2, b2, block_k=32, split_k=split_k,
-                                    fuse_sum=fuse_sum)
-    assert launched == launches
-    device_work = [c for c in calls.calls if c not in ("empty", "view", "_unsafe_view")]
-    assert device_work == ([] if fuse_sum else ["sum"]), calls.calls
+        launcher(x, experts, weights, w1, b1, w2, b2, block_k=32, **launch)
+    return launched, [c for c in calls.calls if c not in ("empty", "view", "_unsafe_view")]
 
 
 def test_packed_mxfp4_expands_exactly():
@@ -343,15 +330,14 @@ def test_requantized_port_shows_a_nonzero_difference(bundled, tmp_path):
 
 def test_a_triton_older_than_the_kernels_need_is_left_alone(bundled, monkeypatch):
     """Triton before 3.3 cannot compile the MXFP4 kernels (3.2's tl.dot_scaled refuses a bf16
-    operand): CUDA layers then run through torch. Before 3.5 tl.dot takes no 8-wide operand:
-    the words layout's decode tile then has 16 rows (found compiling for sm_90 under 3.3-3.5)."""
+    operand): CUDA layers then run through torch."""
     triton_moe = pytest.importorskip("oss_convert.runtime.triton_moe")
     from oss_convert.runtime.moe import choose_backend
     layer = load_layer(open_checkpoint(bundled), 0)
     cuda = torch.device("cuda")  # only a name here: choosing runs nothing on it
-    assert choose_backend(layer, cuda) == "triton" and triton_moe._block_m(4, 32, True, True) == 8
-    monkeypatch.setattr(triton_moe, "TRITON_VERSION", (3, 4))
-    assert choose_backend(layer, cuda) == "triton" and triton_moe._block_m(4, 32, True, True) == 16
+    assert choose_backend(layer, cuda) == "triton"
+    monkeypatch.setattr(triton_moe, "TRITON_VERSION", (3, 3))
+    assert choose_backend(layer, cuda) == "triton"
     monkeypatch.setattr(triton_moe, "TRITON_VERSION", (3, 2))
     assert choose_backend(layer, cuda) == "torch"
 
@@ -365,21 +351,18 @@ def test_kernels_compile_for_hopper_without_spills():
     """The interpreter runs code that the compiler rejects (globals that are not constexpr, for
     one), so the kernels are also compiled for sm_90, as a launch on an H100 would, in a
     process without TRITON_INTERPRET. In both tile layouts the main loop must use the tensor
-    cores (wgmma) and keep everything in registers, split or not; so must the two-warp decode
-    tiles the GPU benchmark sweeps (mma.sync there), and the words layout's kernels, whose
-    decode must multiply two weights an instruction (HMUL2), as mxfp4_words intends, also
-    with the sum over slots fused into down (its atomics and cache modifiers are the
-    compiler's to check); the helper kernels must compile unspilled."""
+    cores (wgmma) and keep everything in registers; so must the two-warp decode tiles the GPU
+    benchmark sweeps (mma.sync there); the helper kernels must compile unspilled."""
+    check_compiled_for_hopper([(("1", "64"), [], "HGMMA"), (("1", "8"), ["--warps", "2"], "HMMA"),
+                               (("1", "8"), ["--warps", "2", "--block-n", "32", "--block-k", "256"], "HMMA")])
+
+
+def check_compiled_for_hopper(launches) -> None:
+    """benchmarks/kernel_stats.py for each (tokens, its options, the MMA the loop must use)."""
     import subprocess
-    import sys
     from pathlib import Path
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "kernel_stats.py"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    launches = [(("1", "64"), ["--split-k", "1"], "HGMMA"), (("1", "64"), ["--split-k", "2"], "HGMMA"),
-                (("1", "8"), ["--warps", "2"], "HMMA"),
-                (("1", "8"), ["--warps", "2", "--block-n", "32", "--block-k", "256"], "HMMA"),
-                (("1", "64"), ["--words"], "HGMMA"), (("1", "8"), ["--words", "--warps", "2", "--stages", "3"], "HMMA"),
-                (("1", "2"), ["--words", "--fuse-sum", "--split-k", "2"], "HGMMA")]
     for tokens, launch, mma in launches:
         done = subprocess.run([sys.executable, str(script), "--tokens", *tokens, *launch, "--json"],
                               env=env, capture_output=True, text=True, timeout=600)
@@ -392,7 +375,7 @@ def test_kernels_compile_for_hopper_without_spills():
             assert k["ops"].get(mma, 0) > 0, (launch, k)
             assert not k["ops"].get("LDL") and not k["ops"].get("STL"), (launch, k)
             assert k["registers"] <= 255
-            if "--words" in launch:
+            if "--words" in launch:  # the words' decode multiplies two weights an instruction
                 knobs = report["launch"]
                 values_per_thread = knobs["block_n"] * knobs["block_k"] // (32 * knobs["num_warps"])
                 assert k["ops"]["HMUL2"] == values_per_thread // 2, (launch, k)
