@@ -9,6 +9,7 @@ Two views of the same weights, both as `Tensor`s:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Callable
@@ -47,15 +48,14 @@ class Checkpoint:
 
     def tensor(self, hf_name: str) -> Tensor:
         """A tensor of the model under its Hugging Face name."""
-        found = self._by_name().get(hf_name)
+        found = self._by_name.get(hf_name)
         if found is None:
             raise OssConvertError(f"{self.where}: has no tensor for {hf_name}")
         return found
 
+    @functools.cached_property
     def _by_name(self) -> dict[str, Tensor]:
-        if not hasattr(self, "_index"):
-            self._index = {t.name: t for t in self.model_tensors}
-        return self._index
+        return {t.name: t for t in self.model_tensors}
 
     def require_config(self) -> GptOssConfig:
         if self.config is None:
