@@ -15,9 +15,6 @@ from click.core import ParameterSource
 from . import __version__
 from .errors import OssConvertError
 
-BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "fixtures" / "tiny"
-
-
 class UserError(click.ClickException):
     """One `Error: ...` line, with the exit status the command reserves for bad input."""
 
@@ -50,13 +47,15 @@ def _terminate(signum, frame):
     raise SystemExit(128 + signum)
 
 
-def refuse_unless(applies: bool, *names: str, why: str) -> None:
-    """A usage error for any of the options `names` given on the command line where they do not apply."""
+def refuse_unless(applies: bool, *names: str, where: str) -> None:
+    """A usage error for any of the options `names` given on the command line where they do not
+    apply; `where` says where they do."""
     ctx = click.get_current_context()
     given = [n for n in names if ctx.get_parameter_source(n) not in (None, ParameterSource.DEFAULT)]
     if given and not applies:
         flags = {p.name: p.opts[-1] if p.opts[-1].startswith("--") else p.opts[0] for p in ctx.command.params}
-        raise click.UsageError(f"{', '.join(flags[n] for n in given)}: {why}")
+        verb = "applies" if len(given) == 1 else "apply"
+        raise click.UsageError(f"{', '.join(flags[n] for n in given)}: {verb} {where}")
 
 
 def require_runtime(command: str) -> None:
@@ -147,10 +146,10 @@ def convert_cmd(src: Path, out: Path | None, target: str, qtype: str, outtype: s
 
     to_gguf = target == "gguf"
     refuse_unless(to_gguf, "qtype", "outtype", "keep_mxfp4_experts", "dry_run", "threads",
-                  why="apply to --to gguf only (--to safetensors writes the lossless HF checkpoint)")
+                  where="to --to gguf only (--to safetensors writes the lossless HF checkpoint)")
     requantizing = to_gguf and qtype != LOSSLESS
-    refuse_unless(not requantizing, "outtype", why="applies to the lossless --type mxfp4 only")
-    refuse_unless(requantizing, "keep_mxfp4_experts", "threads", why="apply when requantizing (--type q4_k_m etc.)")
+    refuse_unless(not requantizing, "outtype", where="to the lossless --type mxfp4 only")
+    refuse_unless(requantizing, "keep_mxfp4_experts", "threads", where="only when requantizing (--type q4_k_m etc.)")
     if out is None and not dry_run:
         raise click.UsageError("missing -o/--output")
     if out is not None and out.exists() and not force and not dry_run:  # before any download
@@ -203,8 +202,8 @@ def compare_cmd(a: Path, b: Path, full: bool, layers: str, tokens: int, seed: in
     give identical outputs). --full: the whole model on a text: KL divergence, top-1
     agreement, logit differences and each one's perplexity.
     """
-    refuse_unless(not full, "layers", "tokens", "seed", why="apply to the MoE comparison, not to --full")
-    refuse_unless(full, "prompt", "tokens_file", "ctx", "save_logits", why="apply with --full only")
+    refuse_unless(not full, "layers", "tokens", "seed", where="to the MoE comparison, not to --full")
+    refuse_unless(full, "prompt", "tokens_file", "ctx", "save_logits", where="with --full only")
     if full and (prompt is None) == (tokens_file is None):
         raise click.UsageError("--full takes one of --prompt or --tokens-file")
     require_runtime("compare")

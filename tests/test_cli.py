@@ -34,17 +34,17 @@ def assert_usage_error(result, *expected: str) -> None:
 def test_convert_to_safetensors_refuses_the_gguf_options(tiny_gguf, tmp_path, extra, flag):
     out = tmp_path / "back"
     assert_usage_error(run("convert", tiny_gguf, "-o", out, "--to", "safetensors", *extra),
-                       flag, "apply to --to gguf only")
+                       flag, "applies to --to gguf only")
     assert not out.exists()
 
 
 def test_convert_refuses_options_of_the_other_mode(bundled, tmp_path):
     out = tmp_path / "x.gguf"
     assert_usage_error(run("convert", bundled, "-o", out, "--type", "q4_k_m", "--outtype", "f16"),
-                       "--outtype", "lossless --type mxfp4 only")
+                       "--outtype", "applies to the lossless --type mxfp4 only")
     assert_usage_error(run("convert", bundled, "-o", out, "--keep-mxfp4-experts"),
-                       "--keep-mxfp4-experts", "when requantizing")
-    assert_usage_error(run("convert", bundled, "-o", out, "--threads", "2"), "--threads", "when requantizing")
+                       "--keep-mxfp4-experts", "applies only when requantizing")
+    assert_usage_error(run("convert", bundled, "-o", out, "--threads", "2"), "--threads", "applies only when requantizing")
     assert not out.exists()
 
 
@@ -62,6 +62,8 @@ def test_compare_refuses_options_of_the_other_mode(bundled, tiny_gguf):
                        "--seed", "not to --full")
     assert_usage_error(run("compare", bundled, tiny_gguf, "--prompt", "hi"), "--prompt", "with --full only")
     assert_usage_error(run("compare", bundled, tiny_gguf, "--ctx", "64"), "--ctx", "with --full only")
+    assert_usage_error(run("compare", bundled, tiny_gguf, "--ctx", "64", "--prompt", "x"), "--prompt, --ctx",
+                       "apply with --full only")
 
 
 def test_compare_opens_both_inputs_before_running_either(bundled, tmp_path, monkeypatch):
