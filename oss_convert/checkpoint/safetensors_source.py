@@ -118,8 +118,9 @@ def _hf_view(tensors: list[Tensor], config: GptOssConfig) -> list[Tensor]:
     for t in tensors:
         names = original_to_hf(t.name)
         if len(names) == 3:
-            if t.shape[0] != q + 2 * kv:
-                raise OssConvertError(f"{t.where}: {t.name} has {t.shape[0]} rows, expected q+k+v = {q + 2 * kv}")
+            if len(t.shape) not in (1, 2) or t.shape[0] != q + 2 * kv:
+                raise OssConvertError(f"{t.where}: {t.name} has shape {list(t.shape)}, expected {q + 2 * kv} rows "
+                                      "(q + k + v)")
             out += [row_slice(name, t, start, rows).renamed(name, *classify(name, "hf"))
                     for name, start, rows in zip(names, (0, q, q + kv), (q, kv, kv))]
         elif names:
