@@ -14,6 +14,7 @@ from click.core import ParameterSource
 
 from . import __version__
 from .errors import OssConvertError
+from .files.stream import reuse_freed_chunks
 
 class UserError(click.ClickException):
     """One `Error: ...` line, with the exit status the command reserves for bad input."""
@@ -86,6 +87,7 @@ def cli():
     # propagates silently and validation then reports it as one error; numpy's warnings
     # about the same values would only print noise above that line.
     click.get_current_context().with_resource(np.errstate(all="ignore"))
+    reuse_freed_chunks()
 
 
 @cli.command("inspect")

@@ -9,7 +9,6 @@ from gguf import GGMLQuantizationType as T
 
 from ..errors import OssConvertError
 from ..files.gguf import GGUFFile, GGUFTensor, read_gguf
-from ..formats import mxfp4
 from .checkpoint import Checkpoint
 from .config import GptOssConfig
 from .names import classify, classify_gguf, gguf_names, hf_names, hf_storage_order
@@ -68,11 +67,8 @@ def _tensor(t: GGUFTensor, layout: str) -> Tensor:
 
 
 def _stored_form(type_code: int, raw: np.ndarray):
-    """GGUF bytes, rows along the last axis, in the stored form `Tensor` promises."""
-    if type_code == T.MXFP4:
-        return mxfp4.ggml_to_hf(raw)
-    if type_code == OLLAMA_MXFP4_TYPE:
-        return mxfp4.ollama_to_hf(raw)
+    """GGUF bytes, rows along the last axis, in the stored form `Tensor` promises: plain
+    numbers as their numpy type, blocks as bytes."""
     view = _VIEWS.get(type_code)
     return raw if view is None else np.ascontiguousarray(raw).view(view)
 

@@ -6,11 +6,13 @@ name. Shapes are always row-major (the last axis is the row, the contraction axi
 lists the same dimensions in reverse).
 
 A tensor gives its data in its *stored form*, slices of whole rows of the first axis:
-- MXFP4, from any layout: (blocks [..., G, 16], scales [..., G]) in the HF nibble order;
+- MXFP4 in safetensors: (blocks [..., G, 16], scales [..., G]) in the HF nibble order;
 - F32 / F16: float32 / float16 arrays; BF16 (and other safetensors integers): their words;
-- any other ggml type: its bytes, one row of blocks per row [..., row bytes].
-`decode` turns a stored form into float32 values; `read` takes fresh memory by positioned
-reads (streaming), `view` memory-mapped pages (the runtime's experts, decoded when used).
+- any ggml block type, MXFP4 in a GGUF included: its bytes, one row of blocks per row
+  [..., row bytes] (whole rows, so gate and up interleave and experts slice alike).
+`decode` turns a stored form into float32 values, `hf_mxfp4` an MXFP4 one into HF blocks and
+scales whatever its layout; `read` takes fresh memory by positioned reads (streaming), `view`
+memory-mapped pages (the runtime's experts, decoded when used).
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from enum import Enum
 from typing import Callable
 
 import numpy as np
+from gguf import GGMLQuantizationType as T
 
 from ..errors import OssConvertError
 from ..formats import floats, mxfp4
-from ..formats.registry import decode
+from ..formats.registry import OLLAMA_MXFP4, decode
 
 FLOAT_FORMATS = ("F32", "F16", "BF16", "F64")
 
@@ -87,10 +90,18 @@ class Tensor:
     def view(self, i: int) -> Stored:
         return self.viewer(i)
 
+    def hf_mxfp4(self, stored: Stored) -> tuple[np.ndarray, np.ndarray]:
+        """HF blocks and scales of (part of) an MXFP4 tensor's stored form, from any layout."""
+        if self.ggml_type == T.MXFP4:
+            return mxfp4.ggml_to_hf(stored)
+        if self.ggml_type == OLLAMA_MXFP4:
+            return mxfp4.ollama_to_hf(stored)
+        return stored
+
     def decode(self, stored: Stored) -> np.ndarray:
         """float32 values of (part of) this tensor's stored form, exactly as its codec defines them."""
         if self.format == "MXFP4":
-            return mxfp4.decode_hf(*stored)
+            return mxfp4.decode_hf(*self.hf_mxfp4(stored))
         if self.format in FLOAT_FORMATS:
             return floats.to_float32(stored, self.format)
         if self.ggml_type is None:

@@ -19,7 +19,7 @@ def lossless_chunks(p: PlannedTensor) -> Iterator[np.ndarray]:
     source = p.target.source
     for chunk in iter_chunks(p.target, CHUNK_BYTES):
         if source.format == "MXFP4":
-            yield mxfp4.hf_to_ggml(*chunk)
+            yield mxfp4.hf_to_ggml(*source.hf_mxfp4(chunk))
         elif p.type == T.BF16 and source.format == "BF16":
             yield chunk  # kept as stored
         else:

@@ -21,7 +21,7 @@ from gguf import GGMLQuantizationType as T
 
 from ..errors import OssConvertError
 from ..files.gguf import tensor_nbytes
-from ..formats import mxfp4_requant
+from ..formats import mxfp4, mxfp4_requant
 from ..formats.registry import QUANTIZERS, encode
 from ..formats.validate import FP16_SCALES, invalid_count
 from ..metrics import ErrorStats
@@ -65,7 +65,7 @@ TASK_BYTES = 4 << 20
 def pieces(target: Target, chunk) -> Iterator:
     """A chunk of the target's source rows in pieces of ~PIECE_VALUES values, in file order."""
     if target.source.format == "MXFP4":
-        blocks, scales = chunk
+        blocks, scales = target.source.hf_mxfp4(chunk)
         blocks, scales = blocks.reshape((-1,) + blocks.shape[-2:]), scales.reshape(-1, scales.shape[-1])
         step = max(1, PIECE_VALUES // (blocks.shape[1] * 32))
         for r in range(0, blocks.shape[0], step):
@@ -78,7 +78,9 @@ def pieces(target: Target, chunk) -> Iterator:
 
 
 def decode_piece(target: Target, piece) -> np.ndarray:
-    """float32 values of a source piece, decoded exactly from MXFP4 or BF16."""
+    """float32 values of a source piece (MXFP4 ones as HF blocks and scales), decoded exactly."""
+    if target.source.format == "MXFP4":
+        return mxfp4.decode_hf(*piece)
     return target.source.decode(piece)
 
 

@@ -44,9 +44,9 @@ def _write_plan(ckpt: Checkpoint) -> list[SafetensorsWriteTensor]:
                                       "FP4 bits and cannot re-encode requantized experts")
             E, rows, K = t.shape
             out.append(SafetensorsWriteTensor(t.name + "_blocks", "U8", (E, rows, K // 32, 16),
-                                              lambda t=t: (t.read(e, e + 1)[0] for e in range(t.shape[0]))))
+                                              lambda t=t: (t.hf_mxfp4(t.read(e, e + 1))[0] for e in range(t.shape[0]))))
             out.append(SafetensorsWriteTensor(t.name + "_scales", "U8", (E, rows, K // 32),
-                                              lambda t=t: (t.read(e, e + 1)[1] for e in range(t.shape[0]))))
+                                              lambda t=t: (t.hf_mxfp4(t.read(e, e + 1))[1] for e in range(t.shape[0]))))
             continue
         if t.format not in NARROWABLE:
             raise OssConvertError(f"{t.where}: {t.stored_name} is {t.format}; --to safetensors takes lossless checkpoints "

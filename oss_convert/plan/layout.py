@@ -51,13 +51,14 @@ def targets(ckpt: Checkpoint) -> list[Target]:
 
 
 def rows_of(target: Target, data):
-    """The target's share of a chunk of its source (experts or rows along axis 0)."""
+    """The target's share of a chunk of its source (experts or rows along axis 0): for gate and
+    up, every other row of axis 1 (of MXFP4's blocks and scales alike)."""
     if target.part in ("all", "fused"):
         return data
     sl = slice(0, None, 2) if target.part == "gate" else slice(1, None, 2)
-    if isinstance(data, tuple):  # MXFP4 (blocks [E, 2I, G, 16], scales [E, 2I, G])
-        return data[0][:, sl], data[1][:, sl]
-    return data[..., sl]  # bias [E, 2I]
+    if isinstance(data, tuple):
+        return tuple(d[:, sl] for d in data)
+    return data[:, sl]
 
 
 def chunk_ranges(target: Target, max_bytes: int) -> Iterator[tuple[int, int]]:

@@ -119,7 +119,7 @@ def mapped_experts(t: Tensor) -> MappedExperts:
     E, N, K = t.shape
     if t.format == "MXFP4":
         def packed(e: int):
-            blocks, scales = t.view(e)
+            blocks, scales = t.hf_mxfp4(t.view(e))
             return blocks.reshape(N, K // 2), scales
         return MappedExperts("MXFP4", t.shape, t.nbytes, packed)
     if t.format in FLOAT_FORMATS:
