@@ -1,4 +1,4 @@
-"""Which GGUF tensors an HF checkpoint becomes, and in what order (llama.cpp's).
+"""Which GGUF tensors a checkpoint (under its HF names) becomes, and in what order (llama.cpp's).
 
 llama.cpp's converter writes the repacked MXFP4 experts first, in source order, then
 every other tensor in source order, gate before up where gate_up is split. Each target
@@ -44,7 +44,7 @@ def targets(ckpt: Checkpoint) -> list[Target]:
     for src in ckpt.model_tensors:
         names = gguf_names(src.name, "gpt-oss")
         if not names:
-            raise OssConvertError(f"{ckpt.root}: tensor {src.name!r} has no place in a gpt-oss GGUF")
+            raise OssConvertError(f"{ckpt.where}: tensor {src.name!r} has no place in a gpt-oss GGUF")
         bucket = experts if src.format == "MXFP4" else rest
         bucket.extend(Target(n.gguf, src, n.part) for n in names)
     return experts + rest
