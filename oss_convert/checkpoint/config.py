@@ -56,26 +56,16 @@ class GptOssConfig:
         experts = "num_local_experts" if "num_local_experts" in cfg else "num_experts"
         per_token = "num_experts_per_tok" if "num_experts_per_tok" in cfg else "experts_per_token"
         return _checked(cls(
-            num_layers=f.int("num_hidden_layers"),
+            **_json_fields(f),
             num_experts=f.int(experts),
             experts_per_token=f.int(per_token),
-            vocab_size=f.int("vocab_size"),
-            hidden_size=f.int("hidden_size"),
-            intermediate_size=f.int("intermediate_size"),
-            head_dim=f.int("head_dim", 64),
-            num_heads=f.int("num_attention_heads"),
-            num_kv_heads=f.int("num_key_value_heads"),
-            sliding_window=f.int("sliding_window", 128),
             context_length=f.int("max_position_embeddings", 131072, hi=MAX_CONTEXT),
-            rope_theta=f.float("rope_theta", 150000.0),
             rope_scaling_factor=r.float("factor", 1.0),
             rope_original_context=r.int("original_max_position_embeddings",
                                         f.int("initial_context_length", 4096, hi=MAX_CONTEXT), hi=MAX_CONTEXT),
             rope_beta_fast=r.float("beta_fast", None),
             rope_beta_slow=r.float("beta_slow", None),
             rms_norm_eps=f.float("rms_norm_eps", 1e-5, hi=1.0),
-            swiglu_limit=f.float("swiglu_limit", DEFAULT_SWIGLU_LIMIT),
-            swiglu_alpha=f.float("swiglu_alpha", DEFAULT_SWIGLU_ALPHA),
             raw=cfg,
         ), where)
 
@@ -85,24 +75,14 @@ class GptOssConfig:
         factor = f.float("rope_scaling_factor", 32.0)
         initial = f.int("initial_context_length", 4096, hi=MAX_CONTEXT)
         return _checked(cls(
-            num_layers=f.int("num_hidden_layers"),
+            **_json_fields(f),
             num_experts=f.int("num_experts"),
             experts_per_token=f.int("experts_per_token", 4),
-            vocab_size=f.int("vocab_size"),
-            hidden_size=f.int("hidden_size"),
-            intermediate_size=f.int("intermediate_size"),
-            head_dim=f.int("head_dim", 64),
-            num_heads=f.int("num_attention_heads"),
-            num_kv_heads=f.int("num_key_value_heads"),
-            sliding_window=f.int("sliding_window", 128),
             context_length=min(int(initial * factor), MAX_CONTEXT),
-            rope_theta=f.float("rope_theta", 150000.0),
             rope_scaling_factor=factor,
             rope_original_context=initial,
             rope_beta_fast=f.float("rope_ntk_beta", 32.0),
             rope_beta_slow=f.float("rope_ntk_alpha", 1.0),
-            swiglu_limit=f.float("swiglu_limit", DEFAULT_SWIGLU_LIMIT),
-            swiglu_alpha=f.float("swiglu_alpha", DEFAULT_SWIGLU_ALPHA),
             raw=cfg,
         ), where)
 
@@ -134,6 +114,17 @@ class GptOssConfig:
             swiglu_alpha=f.float("swiglu_alpha", DEFAULT_SWIGLU_ALPHA),
             raw={k: v for k, v in meta.items() if not k.startswith("tokenizer.")},
         ), where)
+
+
+def _json_fields(f: "_Fields") -> dict:
+    """The fields the HF config.json and OpenAI's original/ config.json name alike."""
+    return dict(num_layers=f.int("num_hidden_layers"), vocab_size=f.int("vocab_size"),
+                hidden_size=f.int("hidden_size"), intermediate_size=f.int("intermediate_size"),
+                head_dim=f.int("head_dim", 64), num_heads=f.int("num_attention_heads"),
+                num_kv_heads=f.int("num_key_value_heads"), sliding_window=f.int("sliding_window", 128),
+                rope_theta=f.float("rope_theta", 150000.0),
+                swiglu_limit=f.float("swiglu_limit", DEFAULT_SWIGLU_LIMIT),
+                swiglu_alpha=f.float("swiglu_alpha", DEFAULT_SWIGLU_ALPHA))
 
 
 class _Fields:
