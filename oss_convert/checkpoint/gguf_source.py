@@ -54,7 +54,6 @@ def _tensor(t: GGUFTensor, layout: str) -> Tensor:
     ollama = t.type == OLLAMA_MXFP4_TYPE
     fmt = "MXFP4" if ollama or t.type == T.MXFP4 else t.type_name
     stored = functools.partial(_stored_form, t.type)
-    raw = functools.cache(t.raw)
     shape = tuple(reversed(t.shape))
 
     def read(start: int, stop: int):
@@ -63,7 +62,7 @@ def _tensor(t: GGUFTensor, layout: str) -> Tensor:
         whole = stored(t.read())
         return whole if (start, stop) == (0, shape[0]) else whole[start:stop]
 
-    return Tensor(t.name, role, layer, fmt, shape, t.nbytes, str(t.path), read, lambda i: stored(raw()[i]), t.type)
+    return Tensor(t.name, role, layer, fmt, shape, t.nbytes, str(t.path), read, lambda i: stored(t.raw()[i]), t.type)
 
 
 def _stored_form(type_code: int, raw: np.ndarray):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 
@@ -157,15 +156,9 @@ def _logical_tensors(stored: dict[str, StoredTensor], layout: str) -> list[Tenso
     return tensors
 
 
-def _mapped(t: StoredTensor):
-    """t's memory-mapped array, mapped once, when first needed."""
-    return functools.cache(t.array)
-
-
 def _plain_tensor(name: str, t: StoredTensor, layout: str) -> Tensor:
     role, layer = classify(name, layout)
-    array = _mapped(t)
-    return Tensor(name, role, layer, t.dtype, t.shape, t.nbytes, str(t.path), t.read, lambda i: array()[i])
+    return Tensor(name, role, layer, t.dtype, t.shape, t.nbytes, str(t.path), t.read, lambda i: t.array()[i])
 
 
 def _mxfp4_tensor(base: str, blocks: StoredTensor, scales: StoredTensor, layout: str) -> Tensor:
@@ -176,10 +169,9 @@ def _mxfp4_tensor(base: str, blocks: StoredTensor, scales: StoredTensor, layout:
                               f"{list(scales.shape)} disagree (expected [..., G, 16] and [..., G])")
     role, layer = classify(base, layout)
     shape = blocks.shape[:-2] + (blocks.shape[-2] * 32,)
-    mapped_blocks, mapped_scales = _mapped(blocks), _mapped(scales)
     return Tensor(base, role, layer, "MXFP4", shape, blocks.nbytes + scales.nbytes, str(blocks.path),
                   lambda start, stop: (blocks.read(start, stop), scales.read(start, stop)),
-                  lambda i: (mapped_blocks()[i], mapped_scales()[i]))
+                  lambda i: (blocks.array()[i], scales.array()[i]))
 
 
 def infer_config(tensors: list[Tensor], layout: str, root) -> GptOssConfig:
