@@ -9,6 +9,7 @@ from gguf import GGMLQuantizationType as T
 
 from ..errors import OssConvertError
 from ..files.gguf import GGUFFile, GGUFTensor, read_gguf
+from ..formats.registry import OLLAMA_MXFP4
 from .checkpoint import Checkpoint
 from .config import GptOssConfig
 from .names import classify, classify_gguf, gguf_names, hf_names, hf_storage_order
@@ -16,9 +17,6 @@ from .shapes import check_shapes
 from .tensor import Tensor, fused_gate_up
 from .tokenizer import tokenizer_files, vocab_from_gguf
 
-# Ollama's older gpt-oss GGUFs store MXFP4 as ggml type 4 (a code since retired from ggml)
-# with the scale byte first and the HF nibble order.
-OLLAMA_MXFP4_TYPE = 4
 LAYOUTS = {"gpt-oss": "gpt-oss", "gptoss": "gptoss"}
 _VIEWS = {T.F32: np.float32, T.F16: np.float16, T.BF16: np.uint16, T.F64: np.float64, T.I8: np.int8,
           T.I16: np.int16, T.I32: np.int32, T.I64: np.int64}
@@ -48,11 +46,10 @@ def gguf_checkpoint(path, gguf: GGUFFile) -> Checkpoint:
 
 def _tensor(t: GGUFTensor, layout: str) -> Tensor:
     role, layer = classify_gguf(t.name)
-    if t.type == OLLAMA_MXFP4_TYPE and not (layout == "gptoss" and role.is_expert_weight):
+    if t.type == OLLAMA_MXFP4 and not (layout == "gptoss" and role.is_expert_weight):
         raise OssConvertError(f"{t.path}: tensor {t.name!r} has ggml type 4, retired from ggml; only the expert "
                               "weights of Ollama's gptoss files use it (as MXFP4)")
-    ollama = t.type == OLLAMA_MXFP4_TYPE
-    fmt = "MXFP4" if ollama or t.type == T.MXFP4 else t.type_name
+    fmt = "MXFP4" if t.type in (T.MXFP4, OLLAMA_MXFP4) else t.type_name
     stored = functools.partial(_stored_form, t.type)
     shape = tuple(reversed(t.shape))
 

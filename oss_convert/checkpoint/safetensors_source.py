@@ -186,6 +186,9 @@ def infer_config(tensors: list[Tensor], layout: str, root) -> GptOssConfig:
     except KeyError as e:
         raise OssConvertError(f"{root}: not a GPT-OSS checkpoint: no {e.args[0].value} tensor and no "
                               "config.json") from None
+    if len(embed.shape) != 2 or len(gate_up.shape) != 3 or len(sinks.shape) != 1:
+        raise OssConvertError(f"{root}: no config.json, and the tensor shapes (embedding {list(embed.shape)}, "
+                              f"expert gate_up {list(gate_up.shape)}, sinks {list(sinks.shape)}) are not GPT-OSS's")
     layers = 1 + max(t.layer for t in tensors if t.layer is not None)
     heads = sinks.shape[0]
     head_dim = 64
@@ -194,9 +197,9 @@ def infer_config(tensors: list[Tensor], layout: str, root) -> GptOssConfig:
         kv_rows = (qkv - heads * head_dim) // 2
     else:
         kv_rows = next((t.shape[0] for t in tensors if t.name.endswith("k_proj.weight")), 8 * head_dim)
-    shapes = {"embedding": embed.shape, "expert gate_up": gate_up.shape}
-    if len(embed.shape) != 2 or len(gate_up.shape) != 3 or kv_rows < head_dim or kv_rows % head_dim:
-        raise OssConvertError(f"{root}: no config.json, and the tensor shapes ({shapes}) are not GPT-OSS's")
+    if kv_rows < head_dim or kv_rows % head_dim:
+        raise OssConvertError(f"{root}: no config.json, and the attention's {kv_rows} key rows are not whole "
+                              f"heads of {head_dim}")
     return GptOssConfig(num_layers=layers, num_experts=gate_up.shape[0], experts_per_token=min(4, gate_up.shape[0]),
                         vocab_size=embed.shape[0], hidden_size=embed.shape[1],
                         intermediate_size=gate_up.shape[1] // 2, head_dim=head_dim,

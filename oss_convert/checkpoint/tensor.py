@@ -17,6 +17,7 @@ memory-mapped pages (the runtime's experts, decoded when used).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from enum import Enum
@@ -117,8 +118,7 @@ class Tensor:
         return self.decode(self.read(start, stop))
 
     def renamed(self, name: str, role: Role, layer: int | None) -> "Tensor":
-        return Tensor(name, role, layer, self.format, self.shape, self.nbytes, self.where, self.reader,
-                      self.viewer, self.ggml_type, self.stored_name)
+        return dataclasses.replace(self, name=name, role=role, layer=layer)
 
 
 def interleave_rows(gate: Stored, up: Stored, axis: int = 1) -> Stored:
