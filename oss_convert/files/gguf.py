@@ -325,10 +325,9 @@ def _pack_value(v: Value) -> bytes:
     return head + np.asarray(items, dtype=_NUMPY_SCALARS[v.item_type]).tobytes()
 
 
-def write_gguf(out: BinaryIO, metadata: dict[str, Value], tensors: Iterable[GGUFWriteTensor],
-               alignment: int = DEFAULT_ALIGNMENT, on_bytes=None) -> None:
-    """Stream a GGUF v3 file: header from shapes and types alone, then each tensor in turn."""
-    tensors = list(tensors)
+def write_gguf_header(out: BinaryIO, metadata: dict[str, Value], tensors: list[GGUFWriteTensor],
+                      alignment: int = DEFAULT_ALIGNMENT) -> int:
+    """The GGUF v3 header from shapes and types alone, padded; returns the bytes of tensor data to follow."""
     header = [GGUF_MAGIC, struct.pack("<IQQ", 3, len(tensors), len(metadata))]
     for key, value in metadata.items():
         header += [_pack_string(key), struct.pack("<I", value.type), _pack_value(value)]
@@ -339,6 +338,14 @@ def write_gguf(out: BinaryIO, metadata: dict[str, Value], tensors: Iterable[GGUF
         offset += t.nbytes + (-t.nbytes % alignment)
     raw = b"".join(header)
     out.write(raw + b"\0" * (-len(raw) % alignment))
+    return offset
+
+
+def write_gguf(out: BinaryIO, metadata: dict[str, Value], tensors: Iterable[GGUFWriteTensor],
+               alignment: int = DEFAULT_ALIGNMENT, on_bytes=None) -> None:
+    """Stream a GGUF v3 file: header from shapes and types alone, then each tensor in turn."""
+    tensors = list(tensors)
+    write_gguf_header(out, metadata, tensors, alignment)
     writer = BackgroundWriter(out)
     try:
         for t in tensors:
