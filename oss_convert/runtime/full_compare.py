@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from ..checkpoint import Checkpoint
 from ..errors import OssConvertError
+from ..memory.runtime import PREFILL_TOKENS
 from .compare import pick_device
 from .model import forward, load_model, new_cache, streamed_logits
 
@@ -119,6 +120,15 @@ def render_full(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def prefill(model, ids: list[int], cache) -> torch.Tensor:
+    """The prompt into the cache PREFILL_TOKENS at a time (llama.cpp's micro-batch), so that the
+    attention scores of a long prompt are [heads, PREFILL_TOKENS, context], not [heads, prompt,
+    prompt]; the logits of the last micro-batch."""
+    for start in range(0, len(ids), PREFILL_TOKENS):
+        logits = forward(model, torch.tensor(ids[start:start + PREFILL_TOKENS], device=model.device), cache)
+    return logits
+
+
 @torch.no_grad()
 def generate(ckpt: Checkpoint, prompt: str, max_tokens: int = 64, device: str = "auto") -> dict:
     try:
@@ -134,7 +144,7 @@ def generate(ckpt: Checkpoint, prompt: str, max_tokens: int = 64, device: str = 
     model = load_model(ckpt, dev)
     stops = {tokenizer.token_to_id(t) for t in STOP_TOKENS} - {None}
     cache = new_cache()
-    logits = forward(model, torch.tensor(ids, device=dev), cache)
+    logits = prefill(model, ids, cache)
     out = []
     for _ in range(max_tokens):
         nxt = int(logits[-1].argmax())
