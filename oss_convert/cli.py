@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import signal
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from click.core import ParameterSource
 from . import __version__
 from .errors import OssConvertError
 from .files.stream import reuse_freed_chunks
+from .memory.context import KV_TYPES as KV_CACHE_TYPES
 
 class UserError(click.ClickException):
     """One `Error: ...` line, with the exit status the command reserves for bad input."""
@@ -90,21 +92,51 @@ def cli():
     reuse_freed_chunks()
 
 
+def parse_bytes(value: str) -> int:
+    """'96GB', '80 GiB', '24g', '1.5T', '4096M' or a count of bytes; K/M/G/T count in powers of
+    1024, as GPU memory is specified (a "24 GB" card holds 24 GiB)."""
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?)(?:i?b)?\s*", value.lower())
+    if not m:
+        raise click.BadParameter(f"{value!r} is not a size such as 24GB, 80GiB or 96G")
+    return int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2) or " "))
+
+
 @cli.command("inspect")
 @click.argument("path", type=click.Path(path_type=Path))
 @json_option
 @click.option("--tensors", "show_tensors", is_flag=True, help="List every tensor, not a per-layer summary.")
+@click.option("--ctx", type=click.IntRange(1, 1 << 24), default=None,
+              help="Memory plan at this context (llama.cpp's -c: all sequences together). "
+                   "Default: 8192 and the model's maximum.")
+@click.option("--kv-type", type=click.Choice(KV_CACHE_TYPES), default="f16", show_default=True,
+              help="KV cache type (llama.cpp's -ctk/-ctv).")
+@click.option("--parallel", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Sequences sharing the context (llama.cpp's -np).")
+@click.option("--ubatch", type=click.IntRange(1, 1 << 16), default=512, show_default=True,
+              help="Micro-batch size (llama.cpp's -ub).")
+@click.option("--batch", type=click.IntRange(1, 1 << 16), default=2048, show_default=True,
+              help="Logical batch size (llama.cpp's -b).")
+@click.option("--swa-full", is_flag=True, help="Sliding-window layers cache the whole context (llama.cpp's --swa-full).")
+@click.option("--kv-unified", is_flag=True, help="One KV cache shared by all sequences (llama.cpp's --kv-unified).")
+@click.option("--gpu-memory", type=str, default=None,
+              help="GPU memory to fit into, such as 24GB or 80GiB (GB = GiB, as cards are specified): "
+                   "says what fits and the largest context that does.")
 @user_errors()
-def inspect_cmd(path: Path, as_json: bool, show_tensors: bool):
-    """Report which tensors of a checkpoint or GGUF are MXFP4, BF16, F32 or quantized.
+def inspect_cmd(path: Path, as_json: bool, show_tensors: bool, ctx: int | None, kv_type: str, parallel: int,
+                ubatch: int, batch: int, swa_full: bool, kv_unified: bool, gpu_memory: str | None):
+    """Report which tensors of a checkpoint or GGUF are MXFP4, BF16, F32 or quantized, and the
+    memory it takes at a context, in llama.cpp and in our runtime.
 
     PATH is a checkpoint folder (HF or original/ layout, sharded or not), a .safetensors
     file, a .gguf (split GGUFs: any part) or a Hub repo id. Reads headers only.
     """
     from .hub import open_headers
     from .inspect import inspect_report, render_report
+    from .memory.context import ContextOptions
 
-    doc = inspect_report(open_headers(path))
+    budget = parse_bytes(gpu_memory) if gpu_memory is not None else None
+    options = ContextOptions(ctx or 8192, kv_type, parallel, ubatch, batch, swa_full, kv_unified)
+    doc = inspect_report(open_headers(path), options, explicit_context=ctx is not None, gpu_memory=budget)
     if as_json:
         emit_json(doc)
     else:

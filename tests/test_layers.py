@@ -1,7 +1,7 @@
 """The package's layers look only down, and torch stays the runtime's.
 
 Containers (files) and codecs (formats) at the bottom, the checkpoint model above them, the
-plans above that, the Hub above the checkpoint model, the commands (inspect, convert,
+plans and memory plans above that, the Hub above the checkpoint model, the commands (inspect, convert,
 verify, runtime) above all of those, never importing each other, and the CLI on top.
 """
 
@@ -25,11 +25,12 @@ BELOW = {
     "formats": {"errors", "metrics"},
     "checkpoint": {"errors", "files", "formats"},
     "plan": BASE | {"files", "formats", "checkpoint"},
+    "memory": BASE | {"files", "formats", "checkpoint", "plan"},
     "hub": BASE | {"files", "checkpoint"},
 }
 COMMANDS = {"inspect", "convert", "verify", "runtime"}
 for command in COMMANDS:
-    BELOW[command] = BASE | {"files", "formats", "checkpoint", "plan"}
+    BELOW[command] = BASE | {"files", "formats", "checkpoint", "plan", "memory"}
 BELOW["cli"] = set(BELOW) | COMMANDS
 TORCH = {"torch", "triton"}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from ..text import human_bytes, human_count, shape_text, table
+from ..text import human_binary, human_bytes, human_count, shape_text, table
 
 
 def render_report(doc: dict, show_tensors: bool = False) -> str:
@@ -44,6 +44,8 @@ def render_report(doc: dict, show_tensors: bool = False) -> str:
         lines.append(f"GGUF sizes (tensor data): lossless MXFP4 {human_bytes(est['mxfp4_gguf_tensor_bytes'])}, "
                      f"Q4_K_M {human_bytes(est['q4_k_m_gguf_tensor_bytes'])} ({types})")
     lines.append(f"GPU memory for the weights: {human_bytes(s['gpu_memory_bytes'])} (as stored, MXFP4 packed)")
+    if "memory" in s:
+        lines += _memory_lines(s["memory"])
     if "gguf" in s:
         g = s["gguf"]
         lines.append(f"GGUF: architecture {g['architecture']!r} ({src['layout']}), file_type {g['file_type']}, "
@@ -79,3 +81,39 @@ def _per_layer(tensors: list[dict]) -> list[str]:
                 f"{t['name'].split('.', 3)[-1] if t['name'].startswith('model.') else t['name']} "
                 f"{t['format']} {shape_text(t['shape'])}" for t in experts))
     return out
+
+
+def _memory_lines(m: dict) -> list[str]:
+    if "unavailable" in m:
+        return ["", f"Memory plan: unavailable ({m['unavailable']})"]
+    o = m["options"]
+    settings = (f"KV cache {o['kv_type']}, {o['parallel']} sequence{'s' if o['parallel'] > 1 else ''}"
+                f"{' (unified cache)' if o['kv_unified'] and o['parallel'] > 1 else ''}, ubatch {o['ubatch']}, "
+                f"flash attention, sliding-window layers {'over the whole context' if o['swa_full'] else 'windowed'}")
+    out = ["", f"Memory plan ({settings}; model maximum {m['max_context']} tokens)"]
+    rows = []
+    for row in m["contexts"]:
+        ll, rt = row["llama_cpp"], row["runtime"]
+        rows.append([str(row["ctx"]), human_binary(ll["weights_bytes"]), human_binary(ll["kv_cache_bytes"]),
+                     human_binary(ll["compute_bytes"] + ll["output_bytes"]), human_binary(ll["total_bytes"]),
+                     human_binary(ll["gpu_bytes"]) + _fit(row.get("fits_llama_cpp")),
+                     human_binary(rt["total_bytes"]) + _fit(row.get("fits_runtime"))])
+    out += ["  " + r for r in table(rows, ["context", "weights", "KV cache", "compute+output", "llama.cpp total",
+                                          "on a GPU", "our runtime"])]
+    kv = m["contexts"][-1]["llama_cpp"]["kv_cache"]
+    out.append(f"  KV cells at {m['contexts'][-1]['ctx']}: {kv['cells']} per stream in full-attention layers, "
+               f"{kv['swa_cells']} in sliding-window layers, {kv['streams']} stream(s)")
+    if "largest_context" in m:
+        big = m["largest_context"]
+        def say(n):
+            if not n:
+                return "none: not even 256 tokens fit"
+            return f"{n} tokens" + (" (the model's maximum)" if n == m["max_context"] else "")
+        out.append(f"  Largest context on {human_binary(m['gpu_memory_bytes'])} of GPU memory: llama.cpp "
+                   f"{say(big['llama_cpp'])}; our runtime {say(big['runtime'])}")
+    out += ["  " + n for n in m["notes"]]
+    return out
+
+
+def _fit(fits: bool | None) -> str:
+    return "" if fits is None else (" fits" if fits else " no")

@@ -8,6 +8,8 @@ from collections import defaultdict
 from ..checkpoint import Checkpoint, Role, Tensor
 from ..errors import OssConvertError
 from ..files.gguf import tensor_nbytes
+from ..memory.context import ContextOptions
+from ..memory.plan import default_contexts, memory_plan, model_shape
 from ..plan.lossless import plan_lossless
 from ..plan.mixtures import plan_mixture
 
@@ -87,7 +89,18 @@ def size_estimates(ckpt: Checkpoint) -> dict:
             "note": "tensor data only; the header (tokenizer) adds a few MB"}
 
 
-def inspect_report(ckpt: Checkpoint) -> dict:
+def memory_summary(ckpt: Checkpoint, options: ContextOptions | None, explicit_context: bool,
+                   gpu_memory: int | None) -> dict:
+    try:
+        return memory_plan(ckpt, options if explicit_context else None,
+                           contexts=None if explicit_context else default_contexts(model_shape(ckpt)),
+                           gpu_memory=gpu_memory, base=options)
+    except OssConvertError as e:
+        return {"unavailable": str(e)}
+
+
+def inspect_report(ckpt: Checkpoint, memory: ContextOptions | None = None, *, explicit_context: bool = False,
+                   gpu_memory: int | None = None) -> dict:
     tensors = ckpt.tensors
     total_bytes = sum(t.nbytes for t in tensors)
     formats = format_summary(tensors)
@@ -106,6 +119,7 @@ def inspect_report(ckpt: Checkpoint) -> dict:
     }
     if ckpt.config:
         summary["estimated_sizes"] = size_estimates(ckpt)
+        summary["memory"] = memory_summary(ckpt, memory, explicit_context, gpu_memory)
     source = {"path": ckpt.where, "kind": ckpt.kind, "layout": ckpt.layout_description,
               "files": [str(f) for f in ckpt.files]}
     if ckpt.metadata:
