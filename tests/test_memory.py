@@ -31,6 +31,7 @@ CASES = [
     ("tiny", 4096, 1, "f16", 128, False, True),
     ("small", 512, 1, "f16", 512, False, False),
     ("small", 32768, 1, "q8_0", 512, False, False),
+    ("small", 4096, 1, "f16", 128, False, True),  # 2 layers: the window's mask dies after layer 0
     ("mid", 4096, 4, "f16", 512, True, False),
     ("mid", 1000, 1, "f16", 512, False, False),
     ("mid", 16384, 4, "f16", 256, False, False),

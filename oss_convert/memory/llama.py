@@ -77,21 +77,27 @@ def compute_buffer(shape: ModelShape, opts: ContextOptions) -> int:
     f16 = 2
     # inputs: token ids, positions, out ids (i32), cache row indices (i64, K and V, two caches),
     # and one f16 mask per cache [cells, tokens] (the tokens split between the streams)
-    masks = (cells["full"] + cells["swa"]) * t * f16
-    inputs = masks + 3 * t * 4 + 4 * t * 8
+    full_mask, swa_mask = cells["full"] * t * f16, cells["swa"] * t * f16
+    small_inputs = 3 * t * 4 + 4 * t * 8
     hidden = shape.hidden * t * F32
     q = shape.heads * shape.head_dim * t * F32
     kv = shape.kv_heads * shape.head_dim * t * F32
     ffn = shape.expert_ffn * shape.experts_per_token * t * F32
     per_expert_out = shape.hidden * shape.experts_per_token * t * F32
-    layer = max(
+    attention = max(
         2 * hidden + q + 2 * kv,  # the residual, the normed input, Q, K and V
         hidden + 2 * q,  # the residual, Q and the attention output
+    )
+    moe = max(
         2 * hidden + 3 * ffn,  # gate, up and their SwiGLU for every chosen expert
         hidden + ffn + 2 * per_expert_out,  # the down projection and its bias, per chosen expert
     )
+    # In the MoE of layer 0 the sliding-window mask is dead when no windowed layer follows (a
+    # 2-layer model); its space then goes to the MoE's tensors only if they fit in it.
+    swa_mask_at_moe = swa_mask if shape.layers >= 3 or swa_mask < ffn else 0
+    layers = max(full_mask + swa_mask + attention, full_mask + swa_mask_at_moe + moe) + small_inputs
     head = shape.vocab * t * F32 + 3 * hidden  # logits for every token of the micro-batch
-    return round(max(inputs + layer, head) * ALLOCATOR_SLACK)
+    return round(max(layers, head) * ALLOCATOR_SLACK)
 
 
 def llama_cpp_memory(shape: ModelShape, weights: int, opts: ContextOptions) -> dict:
