@@ -4,10 +4,20 @@ from __future__ import annotations
 
 
 def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
+    """Bytes in powers of 1000, as files are sized."""
+    return _scaled(n, 1000, ("B", "KB", "MB", "GB", "TB"))
+
+
+def human_binary(n: float) -> str:
+    """Bytes in powers of 1024, as llama.cpp logs them and GPU memory is specified."""
+    return _scaled(n, 1024, ("B", "KiB", "MiB", "GiB", "TiB"))
+
+
+def _scaled(n: float, step: int, units: tuple[str, ...]) -> str:
+    for unit in units:
+        if abs(n) < step or unit == units[-1]:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1000
+        n /= step
     return f"{n} B"
 
 
@@ -27,11 +37,3 @@ def table(rows: list[list[str]], header: list[str]) -> list[str]:
     fmt = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
     return [fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
 
-
-def human_binary(n: float) -> str:
-    """Bytes in powers of 1024, as llama.cpp logs them and GPU memory is specified."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return f"{n} B"
