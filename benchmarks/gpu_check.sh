@@ -33,6 +33,8 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 python3 -m pytest -q -p no:cacheprovider tests/test_runtime.py tests/test_kernel_variants.py \
     -k "(ragged or swiglu or variants_give or words or alignment or loaded_from) and not hopper" \
     2>&1 | tee "$out/tests.log" || status=1
+python3 -m pytest -q -p no:cacheprovider tests/test_memory.py -k runtime_peak_on_cuda \
+    2>&1 | tee -a "$out/tests.log" || status=1
 python3 benchmarks/bench_moe_gpu.py --models 20b 120b --tokens 1 8 64 512 2>&1 | tee "$out/bench.log" || status=1
 python3 benchmarks/profile_moe_gpu.py --tokens 1 8 2>&1 | tee "$out/profile.log" || status=1
 exit $status
