@@ -44,14 +44,14 @@ def render_report(doc: dict, show_tensors: bool = False) -> str:
         lines.append(f"GGUF sizes (tensor data): lossless MXFP4 {human_bytes(est['mxfp4_gguf_tensor_bytes'])}, "
                      f"Q4_K_M {human_bytes(est['q4_k_m_gguf_tensor_bytes'])} ({types})")
     lines.append(f"GPU memory for the weights: {human_bytes(s['gpu_memory_bytes'])} (as stored, MXFP4 packed)")
-    if "memory" in s:
-        lines += _memory_lines(s["memory"])
     if "gguf" in s:
         g = s["gguf"]
         lines.append(f"GGUF: architecture {g['architecture']!r} ({src['layout']}), file_type {g['file_type']}, "
                      f"tokenizer {g['tokenizer_model']}/{g['tokenizer_pre']} with {g['tokens']} tokens, "
                      f"chat template {'present' if g['chat_template'] else 'absent'}; "
                      f"{g['expert_tensors_mxfp4']}/{g['expert_tensors']} expert tensors MXFP4")
+    if "memory" in s:
+        lines += _memory_lines(s["memory"])
     return "\n".join(lines)
 
 
