@@ -91,10 +91,10 @@ def size_estimates(ckpt: Checkpoint) -> dict:
 
 def memory_summary(ckpt: Checkpoint, options: ContextOptions | None, explicit_context: bool,
                    gpu_memory: int | None) -> dict:
+    """The plan at options.ctx, or, unless a context was asked for, at the default contexts."""
     try:
-        return memory_plan(ckpt, options if explicit_context else None,
-                           contexts=None if explicit_context else default_contexts(model_shape(ckpt)),
-                           gpu_memory=gpu_memory, base=options)
+        return memory_plan(ckpt, options or ContextOptions(8192), gpu_memory=gpu_memory,
+                           contexts=None if explicit_context else default_contexts(model_shape(ckpt)))
     except OssConvertError as e:
         return {"unavailable": str(e)}
 

@@ -53,16 +53,15 @@ def default_contexts(shape: ModelShape) -> list[int]:
     return sorted({min(8192, shape.max_context), shape.max_context})
 
 
-def memory_plan(ckpt: Checkpoint, opts: ContextOptions | None = None, *, contexts: list[int] | None = None,
-                gpu_memory: int | None = None, base: ContextOptions | None = None) -> dict:
-    """The plan at `opts.ctx`, or at each of `contexts` with the other settings of `base`."""
+def memory_plan(ckpt: Checkpoint, opts: ContextOptions, *, contexts: list[int] | None = None,
+                gpu_memory: int | None = None) -> dict:
+    """The plan at each of `contexts` (by default opts.ctx alone) with the other settings of `opts`."""
     shape = model_shape(ckpt)
     weights, embedding = gguf_weight_bytes(ckpt)
     ours = runtime_weight_bytes(ckpt)
-    base = opts or base or ContextOptions(8192)
     rows = []
-    for ctx in ([opts.ctx] if opts else contexts or default_contexts(shape)):
-        o = base.with_ctx(ctx)
+    for ctx in contexts or [opts.ctx]:
+        o = opts.with_ctx(ctx)
         llama = llama_cpp_memory(shape, weights, o)
         llama["gpu_bytes"] = llama_gpu_bytes(llama, embedding)
         row = {"ctx": ctx, "llama_cpp": llama, "runtime": runtime_memory(shape, ours, ctx)}
@@ -70,13 +69,13 @@ def memory_plan(ckpt: Checkpoint, opts: ContextOptions | None = None, *, context
             row["fits_llama_cpp"] = llama["gpu_bytes"] <= gpu_memory
             row["fits_runtime"] = row["runtime"]["total_bytes"] <= gpu_memory
         rows.append(row)
-    doc = {"options": {k: v for k, v in asdict(base).items() if k != "ctx"}, "max_context": shape.max_context,
+    doc = {"options": {k: v for k, v in asdict(opts).items() if k != "ctx"}, "max_context": shape.max_context,
            "contexts": rows, "notes": NOTES}
     if gpu_memory is not None:
         doc["gpu_memory_bytes"] = gpu_memory
         doc["largest_context"] = {
             "llama_cpp": largest_context(
-                lambda c: llama_gpu_bytes(llama_cpp_memory(shape, weights, base.with_ctx(c)), embedding),
+                lambda c: llama_gpu_bytes(llama_cpp_memory(shape, weights, opts.with_ctx(c)), embedding),
                 gpu_memory, shape.max_context),
             "runtime": largest_context(lambda c: runtime_memory(shape, ours, c)["total_bytes"],
                                        gpu_memory, shape.max_context),
