@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 from gguf import quants as gguf_quants
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from oss_convert.formats import mxfp4
-from oss_convert.formats.registry import QUANTIZERS
+from oss_convert.formats.registry import QUANTIZERS, decode
 from tests.conftest import need_reference
 
 TYPES = list(QUANTIZERS)
@@ -88,6 +89,40 @@ def test_dequantizers_agree_with_gguf_py(qtype):
     np.testing.assert_array_equal(ours, theirs.reshape(ours.shape))
     # and the round trip is close: every format keeps the values to its precision
     assert np.abs(ours - x).max() < 0.35
+
+
+# what llama-quantize writes without an importance matrix besides TYPES, and the IQ and TQ
+# types that imatrix ("dynamic") mixes use
+DECODED_ONLY = [T.Q4_1, T.Q2_K, T.Q3_K, T.IQ4_NL, T.IQ4_XS, T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ3_XXS, T.IQ3_S,
+                T.IQ1_S, T.IQ1_M, T.TQ1_0, T.TQ2_0]
+NEEDS_IMATRIX = {T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ1_S, T.IQ1_M}
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("qtype", TYPES + DECODED_ONLY, ids=lambda t: t.name)
+def test_every_type_decodes_as_libggml_does(ggml, qtype):
+    """decode() against ggml's own to_float, bit for bit (NaN for NaN): on rows ggml quantized
+    (zeros, a spike, extreme scales) and on random bytes, whose scales hit every float16 value
+    class (denormal, infinity, NaN)."""
+    block, size = GGML_QUANT_SIZES[qtype]
+    rng = np.random.default_rng(int(qtype))
+    data = [rng.integers(0, 256, (16, 1024 // block * size), dtype=np.uint8)]
+    if qtype not in NEEDS_IMATRIX:
+        x = rng.standard_normal((6, 1024)).astype(np.float32)
+        x[1] = 0
+        x[2, 100] = 1e4
+        x[3] *= 1e-30
+        x[4] *= 1e30 if qtype not in (T.IQ3_XXS, T.IQ3_S) else 1e3  # ggml's IQ3 search asserts on 1e30
+        data.append(ggml.quantize(qtype, x))
+    for raw in data:
+        ours, ref = decode(raw, qtype).reshape(raw.shape[0], -1), ggml.dequantize(qtype, raw)
+        same = (ours.view(np.uint32) == ref.view(np.uint32)) | (np.isnan(ours) & np.isnan(ref))
+        assert same.all(), f"{qtype.name}: {np.count_nonzero(~same)} values differ"
+
+
+def test_a_type_no_decoder_knows_is_refused():
+    with pytest.raises(NotImplementedError):
+        decode(np.zeros((1, 292), np.uint8), T.Q8_K)
 
 
 def test_mxfp4_layouts_are_inverse():

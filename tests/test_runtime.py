@@ -268,22 +268,22 @@ def test_block_experts_expand_in_torch_as_the_numpy_codecs_do(qtype):
 
 
 def test_experts_in_a_type_the_runtime_cannot_run_are_refused_in_one_line(small_lossless, tmp_path):
+    """Q8_K (ggml's intermediate type for K-quant dot products, never a weight type) has no
+    dequantizer anywhere; every type a port can hold runs (tests/test_port_kinds.py)."""
     from oss_convert.files.gguf import GGUFWriteTensor, write_gguf
     src = read_gguf(small_lossless)
-    q2_k = "blk.0.ffn_down_exps.weight"
-    port = tmp_path / "q2_k.gguf"
+    q8_k = "blk.0.ffn_down_exps.weight"
+    port = tmp_path / "q8_k.gguf"
 
-    def zeros_q2_k(t):  # 84 bytes per 256 values
-        return lambda: np.zeros((t.shape[2], t.shape[1], t.shape[0] // 256 * 84), np.uint8)
+    def zeros_q8_k(t):  # 292 bytes per 256 values
+        return lambda: np.zeros((t.shape[2], t.shape[1], t.shape[0] // 256 * 292), np.uint8)
     with open(port, "wb") as f:
-        write_gguf(f, src.metadata, [GGUFWriteTensor(n, int(T.Q2_K), t.shape, zeros_q2_k(t)) if n == q2_k else
+        write_gguf(f, src.metadata, [GGUFWriteTensor(n, int(T.Q8_K), t.shape, zeros_q8_k(t)) if n == q8_k else
                                      GGUFWriteTensor(n, t.type, t.shape, lambda t=t: t.raw())
                                      for n, t in src.tensors.items()])
     result = CliRunner().invoke(cli, ["compare", str(small_lossless), str(port), "--layers", "0"])
     assert result.exit_code == 1
-    assert result.output.strip().splitlines() == [
-        f"Error: {port}: {q2_k} is Q2_K; the runtime runs experts in MXFP4, Q4_0, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, "
-        "Q6_K, F16, BF16 or F32"]
+    assert result.output.strip().splitlines() == [f"Error: {port}: {q8_k} is Q8_K, which has no dequantizer here"]
 
 
 def test_ollama_layout_loads_the_same_layer(checkpoints, small_lossless, tmp_path):

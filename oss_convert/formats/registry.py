@@ -1,9 +1,14 @@
-"""ggml type -> codec module (quantize / dequantize of whole rows), registered by type code."""
+"""ggml type -> codec module (quantize / dequantize of whole rows), registered by type code;
+every other type ggml knows is decoded by gguf-py."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
+from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
+from gguf import quants as gguf_quants
 
 from . import floats, mxfp4, q4_0, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0
 
@@ -24,6 +29,17 @@ def encode(values: np.ndarray, qtype: T) -> np.ndarray:
     return QUANTIZERS[qtype].quantize(values)
 
 
+@functools.cache
+def decodable(qtype: int) -> bool:
+    """Whether `decode` knows ggml type `qtype` (tried on one block of zeros)."""
+    try:
+        block_bytes = 17 if qtype == OLLAMA_MXFP4 else GGML_QUANT_SIZES[T(qtype)][1]
+        decode(np.zeros((1, block_bytes), np.uint8), qtype)
+    except (ValueError, KeyError, NotImplementedError):
+        return False
+    return True
+
+
 def decode(raw: np.ndarray, qtype: int) -> np.ndarray:
     """Stored bytes of ggml type `qtype`, rows along the last axis -> float32 values."""
     raw = np.asarray(raw)
@@ -39,4 +55,7 @@ def decode(raw: np.ndarray, qtype: int) -> np.ndarray:
         return mxfp4.decode_hf(*mxfp4.ggml_to_hf(raw))
     if qtype == OLLAMA_MXFP4:
         return mxfp4.decode_hf(*mxfp4.ollama_to_hf(raw))
-    raise ValueError(f"no decoder for ggml type {qtype}")
+    # Every other type (Q4_1, Q2_K, Q3_K, the IQ and TQ families, ...): gguf-py's dequantizers,
+    # bit for bit what libggml's to_float gives (tests/test_quantizers.py checks each one).
+    # It raises NotImplementedError for the few it lacks (Q8_1, Q8_K and the integer types).
+    return gguf_quants.dequantize(raw.view(np.uint8), T(qtype)).astype(np.float32, copy=False)

@@ -1,8 +1,8 @@
 """Expanding one packed expert to float32 on whatever device it lives.
 
-On a GPU every format an expert can take in a GPT-OSS port decodes in torch, so the packed
-expert never leaves the device: MXFP4, the 32-value ggml blocks (Q8_0, Q5_0, Q4_0, Q5_1) and
-the K-quants (Q4_K, Q5_K, Q6_K). Each does the float32 arithmetic of ggml's dequantizer in
+On a GPU the formats experts take in GPT-OSS ports decode in torch, so the packed expert never
+leaves the device: MXFP4, the 32-value ggml blocks (Q8_0, Q5_0, Q4_0, Q5_1) and the K-quants
+(Q4_K, Q5_K, Q6_K); any other ggml type is decoded on the host. Each does the float32 arithmetic of ggml's dequantizer in
 the same order, so the values match the numpy codecs bit for bit. On the CPU the numpy
 codecs themselves run: their table lookups are 2-7x faster than the same work in torch ops.
 """
@@ -20,7 +20,6 @@ from ..formats.registry import decode
 E2M1 = torch.from_numpy(E2M1_VALUES)
 LEGACY_BLOCK_TYPES = (T.Q4_0, T.Q5_0, T.Q5_1, T.Q8_0)
 K_BLOCK_TYPES = (T.Q4_K, T.Q5_K, T.Q6_K)
-DECODED_BLOCK_TYPES = LEGACY_BLOCK_TYPES + K_BLOCK_TYPES  # the ggml block types an expert may take here
 
 
 def mxfp4_to_float(codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
@@ -103,7 +102,10 @@ def expand_in_torch(packed, e: int) -> torch.Tensor:
         return _legacy_blocks(packed.data[e], qtype)
     if qtype in K_BLOCK_TYPES:
         return _k_blocks(packed.data[e], qtype)
-    raise ValueError(f"no expert decoder for {packed.format}")  # the loaders refuse other types
+    # no port ships its experts in the other types (IQ*, TQ*, Q2_K, Q3_K, Q4_1) at scale: they
+    # are decoded on the host and the values copied to the device
+    device = packed.data.device
+    return expand_in_numpy(packed.format, packed.shape[1:], packed.data[e].cpu().numpy(), None).to(device)
 
 
 def expand_in_numpy(format: str, shape: tuple[int, int], data: np.ndarray, scales: np.ndarray | None) -> torch.Tensor:

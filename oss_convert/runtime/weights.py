@@ -21,7 +21,8 @@ from ..checkpoint import Checkpoint, Tensor
 from ..checkpoint.config import DEFAULT_SWIGLU_ALPHA, DEFAULT_SWIGLU_LIMIT
 from ..checkpoint.tensor import FLOAT_FORMATS
 from ..errors import OssConvertError
-from .dequant import DECODED_BLOCK_TYPES, dequantize_expert, expand_in_numpy
+from ..formats.registry import decodable
+from .dequant import dequantize_expert, expand_in_numpy
 
 
 @dataclass
@@ -124,9 +125,8 @@ def mapped_experts(t: Tensor) -> MappedExperts:
         return MappedExperts("MXFP4", t.shape, t.nbytes, packed)
     if t.format in FLOAT_FORMATS:
         return MappedExperts("F32", t.shape, t.nbytes, lambda e: (t.decode(t.view(e)).reshape(N, K), None))
-    if t.ggml_type not in DECODED_BLOCK_TYPES:
-        raise OssConvertError(f"{t.where}: {t.stored_name} is {t.format}; the runtime runs experts in MXFP4, "
-                              f"{', '.join(q.name for q in DECODED_BLOCK_TYPES)}, F16, BF16 or F32")
+    if not decodable(t.ggml_type):
+        raise OssConvertError(f"{t.where}: {t.stored_name} is {t.format}, which has no dequantizer here")
     return MappedExperts(t.format, t.shape, t.nbytes, lambda e: (t.view(e), None))
 
 
