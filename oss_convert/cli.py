@@ -130,17 +130,39 @@ def inspect_cmd(path: Path, as_json: bool, show_tensors: bool, ctx: int | None, 
     PATH is a checkpoint folder (HF or original/ layout, sharded or not), a .safetensors
     file, a .gguf (split GGUFs: any part) or a Hub repo id. Reads headers only.
     """
-    from .hub import open_headers
+    from .hub import gguf_models, open_headers
     from .inspect import inspect_report, render_report
+    from .inspect.survey import render_survey
     from .memory.context import ContextOptions
 
     budget = parse_bytes(gpu_memory) if gpu_memory is not None else None
+    collection = gguf_models(path)
+    if collection is not None:
+        doc = survey(*collection)
+        if as_json:
+            emit_json(doc)
+        else:
+            click.echo(render_survey(doc))
+        return
     options = ContextOptions(ctx or 8192, kv_type, parallel, ubatch, batch, swa_full, kv_unified)
     doc = inspect_report(open_headers(path), options, explicit_context=ctx is not None, gpu_memory=budget)
     if as_json:
         emit_json(doc)
     else:
         click.echo(render_report(doc, show_tensors))
+
+
+def survey(ref, first_parts: list[str]) -> dict:
+    """Each GGUF model of a Hub repo from its headers, with a progress bar on a terminal."""
+    from tqdm import tqdm
+
+    from .hub import open_remote_gguf
+    from .inspect.survey import survey_report, survey_row
+    rows = []
+    for name in tqdm(first_parts, desc="headers", unit="file", disable=not sys.stderr.isatty()):
+        ckpt, parts = open_remote_gguf(ref, name)
+        rows.append(survey_row(name, ckpt, sum(p.size for p in parts), sum(p.bytes_read for p in parts), len(parts)))
+    return survey_report(str(ref), rows)
 
 
 CONVERT_TYPES = ["mxfp4", "q4_k_m", "q4_k_s", "q4_k", "q5_k_m", "q5_k_s", "q6_k", "q8_0", "q4_0", "q5_0", "q5_1",

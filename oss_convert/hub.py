@@ -102,12 +102,13 @@ def repo_files(ref: HubRef) -> list[str]:
 
 
 def _ggufs(files: list[str], ref: HubRef) -> list[str]:
+    """The GGUF models of the repo (a split model once, by its first part), or the one named."""
     ggufs = [f for f in files if f.endswith(".gguf")]
     if ref.path and ref.path.endswith(".gguf"):
         if ref.path not in ggufs:
             raise OssConvertError(f"{ref}: no such file in the repo")
-        return [ref.path]
-    return ggufs
+        return [split_names(ref.path)[0]]
+    return sorted({split_names(f)[0] for f in ggufs})
 
 
 # ------------------------------------------------------------------------------ downloads
@@ -151,9 +152,10 @@ def download(spec, local_dir: Path | None = None) -> Path:
 class RemoteFile:
     """Byte ranges of a file in a Hub repo, fetched with HTTP range requests."""
 
-    first_read = 1 << 20
+    first_read = 64 << 10  # a GGUF's header grows from here by 4x; gpt-oss's tokenizer makes it a few MB
 
     def __init__(self, ref: HubRef, path: str):
+        self.bytes_read = 0
         from huggingface_hub import get_hf_file_metadata, hf_hub_url
         self.ref, self.path_in_repo = ref, path
         self.name = f"{ref.repo_id}/{path}"
@@ -169,6 +171,7 @@ class RemoteFile:
         with hub_errors(self.ref):
             response = get_session().get(self.url, headers=headers, follow_redirects=True)
             response.raise_for_status()
+        self.bytes_read += len(response.content)
         return response.content[:n]
 
 
@@ -190,8 +193,8 @@ def open_remote(spec) -> Checkpoint:
     ggufs = _ggufs(files, ref)
     if ggufs and (ref.path or not any(f.endswith(".safetensors") for f in files)):
         if len(ggufs) != 1:
-            raise OssConvertError(f"{ref}: the repo has {len(ggufs)} GGUF files; name one as {ref.repo_id}:FILE.gguf")
-        return gguf_checkpoint(str(ref), read_gguf(ggufs[0], open_part=lambda p: RemoteFile(ref, str(p))))
+            raise OssConvertError(f"{ref}: the repo has {len(ggufs)} GGUF models; name one as {ref.repo_id}:FILE.gguf")
+        return open_remote_gguf(ref, ggufs[0])[0]
     folder = ref.path or ""
     prefix = f"{folder}/" if folder else ""
     shards = sorted(f for f in files if f.startswith(prefix) and f.endswith(".safetensors")
@@ -204,3 +207,27 @@ def open_remote(spec) -> Checkpoint:
         with hub_errors(ref):
             config = Path(hf_hub_download(ref.repo_id, prefix + "config.json", revision=ref.revision))
     return open_safetensors_files(str(ref), PurePosixPath(str(ref)), [RemoteFile(ref, s) for s in shards], config)
+
+
+def open_remote_gguf(ref: HubRef, first_part: str) -> tuple[Checkpoint, list[RemoteFile]]:
+    """A GGUF model of a repo (every part of a split one) from its headers, and the remote parts
+    (their sizes, and the bytes their headers took)."""
+    parts: list[RemoteFile] = []
+
+    def open_part(path) -> RemoteFile:
+        parts.append(RemoteFile(ref, str(path)))
+        return parts[-1]
+    return gguf_checkpoint(f"{ref.repo_id}:{first_part}", read_gguf(first_part, open_part=open_part)), parts
+
+
+def gguf_models(spec) -> tuple[HubRef, list[str]] | None:
+    """For a Hub repo id that names no file and holds several GGUF models (each quantization a
+    file, a split one counted once): the repo and the first part of each. None otherwise."""
+    ref = parse(spec)
+    if ref is None or ref.path:
+        return None
+    files = repo_files(ref)
+    if any(f.endswith(".safetensors") for f in files):
+        return None
+    models = _ggufs(files, ref)
+    return (ref, models) if len(models) > 1 else None

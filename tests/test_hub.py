@@ -119,3 +119,45 @@ def test_no_network(monkeypatch, tmp_path):
     monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "cache"))
     out = run("inspect", "openai/gpt-oss-20b", code=1).output
     assert out.startswith("Error: ") and "Hub" in out and len(out.splitlines()) == 1
+
+
+def test_inspect_surveys_a_repo_of_quantizations_by_their_headers(hub, tmp_path, bundled):
+    """A GGUF repo as the Hub's quantizers publish them: one file per quantization, one split
+    in parts. One row per model, from headers read by range requests, bytes counted."""
+    from tests import gguf_edit
+    repo = tmp_path / "gguf-repo"
+    repo.mkdir()
+    lossless = repo / "gpt-oss-tiny-MXFP4.gguf"
+    run("convert", bundled, "-o", lossless)
+    run("convert", bundled, "-o", repo / "gpt-oss-tiny-Q4_K_M.gguf", "--type", "q4_k_m")
+    run("convert", bundled, "-o", tmp_path / "q8.gguf", "--type", "q8_0")
+    for part in gguf_edit.split(tmp_path / "q8.gguf", repo, 3):  # model-0000i-of-00003.gguf
+        part.rename(repo / part.name.replace("model-", "gpt-oss-tiny-Q8_0-"))
+    hub.state.add("someone/gpt-oss-tiny-GGUF", repo)
+
+    doc = json.loads(run("inspect", "someone/gpt-oss-tiny-GGUF", "--json").stdout)
+    rows = {r["file"]: r for r in doc["models"]}
+    assert set(rows) == {"gpt-oss-tiny-MXFP4.gguf", "gpt-oss-tiny-Q4_K_M.gguf", "gpt-oss-tiny-Q8_0-00001-of-00003.gguf"}
+    mxfp4, q4, q8 = rows["gpt-oss-tiny-MXFP4.gguf"], rows["gpt-oss-tiny-Q4_K_M.gguf"], \
+        rows["gpt-oss-tiny-Q8_0-00001-of-00003.gguf"]
+    assert mxfp4["experts_mxfp4"] and list(mxfp4["expert_types"]) == ["MXFP4"]
+    assert mxfp4["bytes"] == lossless.stat().st_size
+    assert not q4["experts_mxfp4"] and "MXFP4" not in q4["expert_types"] and q4["fp4_bits"].startswith("lost")
+    assert q8["parts"] == 3 and q8["bytes"] == sum(p.stat().st_size for p in repo.glob("*Q8_0*"))
+    assert set(q8["expert_types"]) == {"Q8_0"} and q8["tensors"] == mxfp4["tensors"]
+    from oss_convert.checkpoint import open_checkpoint
+    local = open_checkpoint(lossless).tensors
+    assert mxfp4["bits_per_weight"] == 8 * sum(t.nbytes for t in local) / sum(t.n_params for t in local)
+    assert q4["bits_per_weight"] < q8["bits_per_weight"]
+    # headers only: what was transferred is what the survey says, and far less than the files
+    sent = hub.state.content_bytes("someone/gpt-oss-tiny-GGUF")
+    assert sent == doc["bytes_transferred"]
+    assert sent < sum(p.stat().st_size for p in repo.iterdir()) / 2
+    print(f"survey of {len(rows)} models: {sent} bytes transferred")
+
+    human = run("inspect", "someone/gpt-oss-tiny-GGUF").stdout
+    assert "3 GGUF models" in human and "(3 parts)" in human and "lost (experts requantized)" in human
+    # one model named in the repo is inspected as before
+    doc = json.loads(run("inspect", "someone/gpt-oss-tiny-GGUF:gpt-oss-tiny-Q8_0-00002-of-00003.gguf",
+                         "--json").stdout)
+    assert doc["summary"]["gguf"]["expert_types"] == {"Q8_0": 12}

@@ -202,7 +202,7 @@ def _read_one(source) -> tuple[int, dict[str, Value], list[GGUFTensor]]:
         except OssConvertError:
             if len(data) >= size:
                 raise
-            data = source.read(0, min(size, len(data) * 4))
+            data += source.read(len(data), min(size, len(data) * 4) - len(data))
 
 
 def _parse(path: Path, data: bytes, size: int) -> tuple[int, dict[str, Value], list[GGUFTensor]]:
