@@ -40,7 +40,8 @@ def quantized_reference(tmp_path_factory):
 
 @pytest.mark.reference
 @pytest.mark.parametrize("name", ["tiny", "small", "mid-sharded"])
-@pytest.mark.parametrize("mixture", ["q4_k_m", "q4_k_s", "q4_k"])
+@pytest.mark.parametrize("mixture", ["q4_k_m", "q4_k_s", "q4_k"] + [
+    m for m in MIXTURES if m not in ("q4_k_m", "q4_k_s", "q4_k")])
 def test_identical_to_llama_quantize(checkpoints, llama_convert, llama_cpp, quantized_reference, tmp_path,
                                      name, mixture):
     reference = quantized_reference(llama_convert(checkpoints[name]), mixture)

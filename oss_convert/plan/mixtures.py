@@ -36,6 +36,7 @@ MIXTURES = {
     "q4_0": Mixture("Q4_0", 2, T.Q4_0),
     "q5_0": Mixture("Q5_0", 8, T.Q5_0),
     "q5_1": Mixture("Q5_1", 9, T.Q5_1),
+    "q4_1": Mixture("Q4_1", 3, T.Q4_1),
     "mxfp4_moe": Mixture("MXFP4_MOE", 38, T.MXFP4),
 }
 FALLBACKS = {T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0, T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0}
