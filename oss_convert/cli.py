@@ -165,8 +165,8 @@ def survey(ref, first_parts: list[str]) -> dict:
     return survey_report(str(ref), rows)
 
 
-CONVERT_TYPES = ["mxfp4", "q4_k_m", "q4_k_s", "q4_k", "q5_k_m", "q5_k_s", "q6_k", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1",
-                 "mxfp4_moe"]
+CONVERT_TYPES = ["mxfp4", "q4_k_m", "q4_k_s", "q4_k", "q5_k_m", "q5_k_s", "q6_k", "q8_0", "q4_0", "q4_1", "q5_0",
+                 "q5_1", "iq4_nl", "iq4_xs", "mxfp4_moe"]
 
 
 @cli.command("convert")

@@ -9,11 +9,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from gguf import GGMLQuantizationType as T
 from click.testing import CliRunner
 
 from oss_convert.checkpoint import open_checkpoint
 from oss_convert.cli import cli
 from oss_convert.convert.to_gguf import convert_lossless
+from oss_convert.formats.registry import QUANTIZERS
 from oss_convert.runtime.model import forward, load_model
 from tests.reference.llama_quantize import llama_quantize
 
@@ -66,6 +68,9 @@ def test_inspect_and_verify_account_for_every_tensor(ports, model, kind):
     # every tensor of the port is a tensor of the model, kept or requantized, with its error measured
     assert {t["status"] for t in report["tensors"]} <= {"bit-identical", "reference-requantized", "lossy"}
     assert all("snr_db" in t for t in report["tensors"] if t["status"] != "bit-identical")
+    # where we have every quantizer the port used, it is recognised as exactly llama-quantize's
+    if {t.ggml_type for t in stored} <= set(QUANTIZERS) | {T.F32, T.F16, T.BF16, T.MXFP4}:
+        assert {t["status"] for t in report["tensors"]} <= {"bit-identical", "reference-requantized"}
 
 
 def mean_kl(p_logits: np.ndarray, q_logits: np.ndarray) -> float:

@@ -93,8 +93,8 @@ def test_dequantizers_agree_with_gguf_py(qtype):
 
 # what llama-quantize writes without an importance matrix besides TYPES, and the IQ and TQ
 # types that imatrix ("dynamic") mixes use
-DECODED_ONLY = [T.Q4_1, T.Q2_K, T.Q3_K, T.IQ4_NL, T.IQ4_XS, T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ3_XXS, T.IQ3_S,
-                T.IQ1_S, T.IQ1_M, T.TQ1_0, T.TQ2_0]
+DECODED_ONLY = [t for t in (T.Q4_1, T.Q2_K, T.Q3_K, T.IQ4_NL, T.IQ4_XS, T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ3_XXS,
+                            T.IQ3_S, T.IQ1_S, T.IQ1_M, T.TQ1_0, T.TQ2_0) if t not in QUANTIZERS]
 NEEDS_IMATRIX = {T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ1_S, T.IQ1_M}
 
 

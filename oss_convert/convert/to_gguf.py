@@ -69,7 +69,7 @@ def plan_conversion(ckpt: Checkpoint, qtype: str = LOSSLESS, *, outtype: str = "
     if qtype == LOSSLESS:
         return Conversion(ckpt, f"lossless MXFP4 ({outtype} elsewhere)", base, metadata, lossless_chunks)
     cfg = ckpt.config
-    tensors = plan_mixture(base, qtype, cfg.num_layers, cfg.num_experts, keep_mxfp4_experts)
+    tensors = plan_mixture(base, qtype, cfg, keep_mxfp4_experts)
     check_encoders(tensors)
     requant = RequantPlan(qtype, tensors)
     threads = threads or os.cpu_count() or 1

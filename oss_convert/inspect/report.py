@@ -79,7 +79,7 @@ def size_estimates(ckpt: Checkpoint) -> dict:
         lossless = plan_lossless(ckpt)
     except OssConvertError as e:
         return {"unavailable": str(e)}
-    q4_k_m = plan_mixture(lossless, "q4_k_m", cfg.num_layers, cfg.num_experts)
+    q4_k_m = plan_mixture(lossless, "q4_k_m", cfg)
     types = defaultdict(int)
     for p in q4_k_m:
         types[p.type.name] += 1

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 
+from ..checkpoint.config import GptOssConfig
 from .lossless import PlannedTensor
 
 
@@ -37,9 +38,13 @@ MIXTURES = {
     "q5_0": Mixture("Q5_0", 8, T.Q5_0),
     "q5_1": Mixture("Q5_1", 9, T.Q5_1),
     "q4_1": Mixture("Q4_1", 3, T.Q4_1),
+    "iq4_nl": Mixture("IQ4_NL", 25, T.IQ4_NL),
+    "iq4_xs": Mixture("IQ4_XS", 30, T.IQ4_XS),
     "mxfp4_moe": Mixture("MXFP4_MOE", 38, T.MXFP4),
 }
-FALLBACKS = {T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0, T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0}
+FALLBACKS = {T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0, T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0, T.IQ4_XS: T.IQ4_NL}
+# the mixtures whose attn_output an 8-expert model raises to Q5_K
+ATTN_OUTPUT_Q5_K_ON_8_EXPERTS = {"Q2_K", "Q3_K_S", "Q3_K_M", "IQ4_NL", "Q4_K_S", "Q4_K_M", "IQ4_XS"}
 
 
 def block_size(t: T) -> int:
@@ -88,9 +93,9 @@ class Choice:
 class MixturePlanner:
     """Chooses types tensor by tensor, in llama-quantize's order (see `quantize_order`)."""
 
-    def __init__(self, mixture: Mixture, names: list[str], n_layers: int, n_experts: int,
+    def __init__(self, mixture: Mixture, names: list[str], n_layers: int, n_experts: int, n_gqa: int,
                  overrides: list[tuple[re.Pattern, T]] | None = None):
-        self.mixture, self.n_layers, self.n_experts = mixture, n_layers, n_experts
+        self.mixture, self.n_layers, self.n_experts, self.n_gqa = mixture, n_layers, n_experts, n_gqa
         self.overrides = overrides or []
         self.n_attn_v = sum(category(n) in ("attn_v", "attn_qkv") for n in names)
         self.i_attn_v = 0
@@ -133,16 +138,18 @@ class MixturePlanner:
                 return T.Q6_K, f"{m.name}: attn_v of layer {i} gets more bits (Q6_K)"
             if m.name == "Q4_K_S" and i < 4:
                 return T.Q5_K, f"{m.name}: attn_v of the first 4 layers gets Q5_K"
+            if m.name in ("IQ4_NL", "IQ4_XS") and self.n_gqa >= 4:
+                return T.Q5_K, f"{m.name} with {self.n_gqa} query heads per KV head: attn_v gets Q5_K"
             return new, reason
         if cat == "attn_k" and self.n_experts == 8:
             return T.Q8_0, "8-expert models keep attn_k at Q8_0"
-        if cat == "attn_output" and self.n_experts == 8 and m.name in ("Q4_K_M", "Q4_K_S"):
+        if cat == "attn_output" and self.n_experts == 8 and m.name in ATTN_OUTPUT_Q5_K_ON_8_EXPERTS:
             return T.Q5_K, f"{m.name} on an 8-expert model: attn_output gets Q5_K"
         if cat == "ffn_down":
             layer = int(re.match(r"blk\.(\d+)\.", name)[1])
             if m.name in ("Q4_K_M", "Q5_K_M") and _use_more_bits(layer, self.n_layers):
                 return T.Q6_K, f"{m.name}: ffn_down of layer {layer} gets more bits (Q6_K)"
-            if m.name == "Q4_K_S" and layer < self.n_layers // 8:
+            if m.name in ("Q4_K_S", "IQ4_NL", "IQ4_XS") and layer < self.n_layers // 8:
                 return T.Q5_K, f"{m.name}: ffn_down of the first n_layer/8 layers gets Q5_K"
         return new, reason
 
@@ -170,13 +177,14 @@ def quantize_order(names: list[str]) -> list[str]:
 EXPERT_WEIGHTS = re.compile(r"_exps\.weight$")
 
 
-def plan_mixture(base: list[PlannedTensor], mixture_key: str, n_layers: int, n_experts: int,
+def plan_mixture(base: list[PlannedTensor], mixture_key: str, cfg: GptOssConfig,
                  keep_mxfp4_experts: bool = False) -> list[PlannedTensor]:
     """The lossless plan as llama-quantize rewrites it with a mixture: its types and its order,
     each tensor with the type it had and why it has its new one."""
     by_name = {p.name: p for p in base}
     overrides = [(EXPERT_WEIGHTS, T.MXFP4)] if keep_mxfp4_experts else []
-    planner = MixturePlanner(MIXTURES[mixture_key], list(by_name), n_layers, n_experts, overrides)
+    planner = MixturePlanner(MIXTURES[mixture_key], list(by_name), cfg.num_layers, cfg.num_experts,
+                             cfg.num_heads // cfg.num_kv_heads, overrides)
     plan = []
     for name in quantize_order(list(by_name)):
         src = by_name[name]

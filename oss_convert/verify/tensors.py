@@ -16,7 +16,7 @@ from gguf import GGMLQuantizationType as T
 from ..checkpoint import Checkpoint, Tensor
 from ..checkpoint.names import gguf_names
 from ..formats import mxfp4
-from ..formats.registry import QUANTIZERS
+from ..formats.registry import QUANTIZERS, encode
 from ..metrics import ErrorStats
 from ..plan.layout import Target, chunk_ranges, rows_of
 
@@ -64,7 +64,9 @@ class _Comparison:
     def __init__(self, target: Target, port: Tensor):
         self.target, self.port = target, port
         self.identical = True
-        self.reference_equal = port.ggml_type in QUANTIZERS
+        # what llama-quantize writes can be remade here: every type with a quantizer of ours, and
+        # the float types (round to nearest even, as ggml converts)
+        self.reference_equal = port.ggml_type in QUANTIZERS or port.ggml_type in (T.F16, T.BF16, T.F32)
         self.stats = ErrorStats()
         self.blocks = self.blocks_differ = self.codes = self.codes_differ = 0
         self.first_diff = None
@@ -79,13 +81,11 @@ class _Comparison:
                 return  # kept as BF16: equal words, no need to look at values
         values = self.target.source.decode(source)
         restored = self.port.decode(port_piece).reshape(values.shape)
-        if self.port.ggml_type in QUANTIZERS:
+        if self.port.ggml_type in QUANTIZERS or (self.identical and not np.array_equal(values, restored)):
             self.identical = False
-            if self.reference_equal:
-                expected = QUANTIZERS[self.port.ggml_type].quantize(values)
-                self.reference_equal = expected.tobytes() == np.ascontiguousarray(port_piece).tobytes()
-        elif self.identical and not np.array_equal(values, restored):
-            self.identical = False
+        if self.reference_equal and not self.identical:
+            expected = np.ascontiguousarray(encode(values, self.port.ggml_type))
+            self.reference_equal = expected.tobytes() == np.ascontiguousarray(port_piece).tobytes()
         self.stats.add(values, restored)
 
     def _add_fp4(self, start: int, source, port_piece) -> None:

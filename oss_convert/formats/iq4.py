@@ -1,0 +1,143 @@
+"""IQ4_NL (ggml type 20) and IQ4_XS (type 23): 4-bit indices into a non-linear table of 16
+int8 levels, per block of 32 values.
+
+- IQ4_NL: blocks of 32: fp16 d, then 16 bytes of indices (x[j] low nibble, x[j+16] high);
+  x = d * LEVELS[i].
+- IQ4_XS: super-blocks of 256: fp16 d, scales_h (u16: the high 2 bits of each block's 6-bit
+  scale), scales_l[4] (their low 4 bits, two blocks a byte), then 128 bytes of indices laid
+  out per block as in IQ4_NL; x = d * (scale - 32) * LEVELS[i].
+
+Quantizer: ggml's `quantize_row_iq4_nl_impl` as llama-quantize calls it without an importance
+matrix (`quantize_iq4_nl` / `quantize_iq4_xs`, ntry = 7): per block, weights x^2, a first
+scale from the value of largest magnitude, then 15 trial scales; the best by weighted least
+squares. All in float32 with the C loop's summation order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .kquant_search import F32, fp16_bits, fp16_value, seq_sum_rows
+from .rounding import nearest_int
+
+LEVELS = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.int8)
+LEVELS_F = LEVELS.astype(F32)
+BLOCK = 32
+SUPER = 256
+NL_BYTES = 18
+XS_BYTES = 136
+NTRY = 7
+GROUP_MAX_EPS = F32(1e-15)
+
+
+def best_index(x: np.ndarray) -> np.ndarray:
+    """ggml's best_index_int8 over LEVELS: the nearest level, the upper one on a tie or a NaN."""
+    mu = np.clip(np.searchsorted(LEVELS_F, x, side="right"), 1, 15)
+    lower = mu - 1
+    with np.errstate(invalid="ignore"):
+        index = np.where(x - LEVELS_F[lower] < LEVELS_F[mu] - x, lower, mu)
+        index = np.where(x <= LEVELS_F[0], 0, np.where(x >= LEVELS_F[15], 15, index))
+    return index.astype(np.uint8)
+
+
+def _weighted_fit(x: np.ndarray, weight: np.ndarray, inverse_scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sum w q x, sum w q^2) over each block [32, G] for the levels nearest to x * inverse_scale."""
+    q = LEVELS_F[best_index(x * inverse_scale)]
+    wq = weight * q
+    return seq_sum_rows(wq * x), seq_sum_rows(wq * q)
+
+
+@np.errstate(all="ignore")  # inf/NaN from extreme inputs follow the C reference's IEEE semantics
+def block_scales(blocks: np.ndarray) -> np.ndarray:
+    """The fitted scale of each block of 32 (float32 [G]); 0 where the block is (near) zero."""
+    x = np.ascontiguousarray(blocks.T)  # [32, G]: sums run row after row, as the C loop
+    weight = x * x
+    a = np.abs(x)
+    first = np.where(np.isnan(a), -np.inf, a).argmax(axis=0)
+    big = x[first, np.arange(x.shape[1])]  # the first value of largest magnitude
+    amax = np.where(np.isnan(np.abs(big)), F32(0), np.abs(big))
+    d = (-big / LEVELS_F[0]).astype(F32)
+    sumqx, sumq2 = _weighted_fit(x, weight, (F32(1) / d).astype(F32))
+    d = np.where(sumq2 > 0, sumqx / sumq2, F32(0)).astype(F32)
+    best = (d * sumqx).astype(F32)
+    for itry in range(-NTRY, NTRY + 1):
+        inverse = (F32(itry + int(LEVELS[0])) / big).astype(F32)
+        sumqx, sumq2 = _weighted_fit(x, weight, inverse)
+        better = (sumq2 > 0) & (sumqx * sumqx > best * sumq2)
+        d = np.where(better, sumqx / sumq2, d).astype(F32)
+        best = np.where(better, d * sumqx, best).astype(F32)
+    return np.where(amax < GROUP_MAX_EPS, F32(0), d).astype(F32)
+
+
+def _inverse(d: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore"):
+        return np.where(d == 0, F32(0), F32(1) / d).astype(F32)
+
+
+def _pack_indices(indices: np.ndarray) -> np.ndarray:
+    """Indices [N, 32k] -> bytes [N, 16k]: per block of 32, x[j] low nibble, x[j+16] high."""
+    b = indices.reshape(indices.shape[0], -1, 2, 16)
+    return (b[:, :, 0] | (b[:, :, 1] << 4)).reshape(indices.shape[0], -1)
+
+
+def _unpack_indices(packed: np.ndarray) -> np.ndarray:
+    b = packed.reshape(packed.shape[0], -1, 16)
+    return np.concatenate([b & 0xF, b >> 4], axis=2).reshape(packed.shape[0], -1)
+
+
+@np.errstate(all="ignore")
+def quantize_nl(values: np.ndarray) -> np.ndarray:
+    x = np.asarray(values, F32)
+    blocks = x.reshape(-1, BLOCK)
+    d = block_scales(blocks)
+    indices = best_index(blocks * _inverse(d)[:, None])
+    out = np.empty((blocks.shape[0], NL_BYTES), np.uint8)
+    out[:, 0:2] = fp16_bits(d).reshape(-1, 1).view(np.uint8)
+    out[:, 2:] = _pack_indices(indices)
+    return out.reshape(x.shape[:-1] + (-1,))
+
+
+def dequantize_nl(data: np.ndarray) -> np.ndarray:
+    blocks = np.asarray(data, np.uint8).reshape(-1, NL_BYTES)
+    d = fp16_value(blocks[:, 0:2].copy().view(np.uint16)).reshape(-1, 1)
+    return (d * LEVELS_F[_unpack_indices(blocks[:, 2:])]).reshape(data.shape[:-1] + (-1,))
+
+
+@np.errstate(all="ignore")
+def quantize_xs(values: np.ndarray) -> np.ndarray:
+    x = np.asarray(values, F32)
+    supers = x.reshape(-1, SUPER)
+    n = supers.shape[0]
+    scales = block_scales(supers.reshape(-1, BLOCK)).reshape(n, SUPER // BLOCK)
+    # the block scale of largest magnitude, the first one on a tie
+    first = np.where(np.isnan(scales), -np.inf, np.abs(scales)).argmax(axis=1)
+    max_scale = scales[np.arange(n), first]
+    max_scale = np.where(np.abs(max_scale) > 0, max_scale, F32(0)).astype(F32)
+    d = (-max_scale / F32(32)).astype(F32)
+    levels = np.clip(nearest_int(_inverse(d)[:, None] * scales), -32, 31)
+    dl = (d[:, None] * levels.astype(F32)).astype(F32)
+    blocks = supers.reshape(n, SUPER // BLOCK, BLOCK)
+    indices = best_index(_inverse(dl)[:, :, None] * blocks).reshape(n, SUPER)
+    biased = (levels + 32).astype(np.uint16)
+    scales_h = np.zeros(n, np.uint16)
+    for ib in range(SUPER // BLOCK):
+        scales_h |= (biased[:, ib] >> 4) << (2 * ib)
+    low = (biased & 0xF).astype(np.uint8)
+    out = np.empty((n, XS_BYTES), np.uint8)
+    out[:, 0:2] = fp16_bits(d).reshape(-1, 1).view(np.uint8)
+    out[:, 2:4] = scales_h.reshape(-1, 1).view(np.uint8)
+    out[:, 4:8] = low[:, 0::2] | (low[:, 1::2] << 4)
+    out[:, 8:] = _pack_indices(indices)
+    return out.reshape(x.shape[:-1] + (-1,))
+
+
+def dequantize_xs(data: np.ndarray) -> np.ndarray:
+    blocks = np.asarray(data, np.uint8).reshape(-1, XS_BYTES)
+    n = blocks.shape[0]
+    d = fp16_value(blocks[:, 0:2].copy().view(np.uint16)).reshape(n)
+    scales_h = blocks[:, 2:4].copy().view(np.uint16).reshape(n)
+    low = np.stack([blocks[:, 4:8] & 0xF, blocks[:, 4:8] >> 4], axis=2).reshape(n, 8)
+    high = np.stack([(scales_h >> (2 * ib)) & 3 for ib in range(8)], axis=1)
+    dl = d[:, None] * ((low | (high << 4)).astype(F32) - 32)
+    q = LEVELS_F[_unpack_indices(blocks[:, 8:])].reshape(n, 8, BLOCK)
+    return (dl[:, :, None] * q).reshape(data.shape[:-1] + (-1,))
