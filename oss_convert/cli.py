@@ -166,7 +166,7 @@ def survey(ref, first_parts: list[str]) -> dict:
 
 
 CONVERT_TYPES = ["mxfp4", "q4_k_m", "q4_k_s", "q4_k", "q5_k_m", "q5_k_s", "q6_k", "q8_0", "q4_0", "q4_1", "q5_0",
-                 "q5_1", "iq4_nl", "iq4_xs", "mxfp4_moe"]
+                 "q5_1", "q3_k_l", "q3_k_m", "q3_k_s", "q2_k", "iq4_nl", "iq4_xs", "mxfp4_moe"]
 
 
 @cli.command("convert")

@@ -87,8 +87,9 @@ def test_dequantizers_agree_with_gguf_py(qtype):
     ours = QUANTIZERS[qtype].dequantize(data)
     theirs = gguf_quants.dequantize(data, qtype)
     np.testing.assert_array_equal(ours, theirs.reshape(ours.shape))
-    # and the round trip is close: every format keeps the values to its precision
-    assert np.abs(ours - x).max() < 0.35
+    # and the round trip is close: every format keeps the values to its precision (Q2_K and Q3_K
+    # have four and eight levels a group)
+    assert np.abs(ours - x).max() < (1.2 if qtype in (T.Q2_K, T.Q3_K) else 0.35)
 
 
 # what llama-quantize writes without an importance matrix besides TYPES, and the IQ and TQ

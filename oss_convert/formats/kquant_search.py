@@ -60,8 +60,9 @@ class _Levels:
 
 @np.errstate(all="ignore")  # inf/NaN from extreme inputs follow the C reference's IEEE semantics
 def make_qkx2_quants(x: np.ndarray, weights: np.ndarray, nmax: int, rmin: float, rdelta: float,
-                     nstep: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """x, weights: float32 [G, n]. Returns (scale [G], the_min [G] = -min, L uint8 [G, n])."""
+                     nstep: int, use_mad: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x, weights: float32 [G, n]. Returns (scale [G], the_min [G] = -min, L uint8 [G, n]).
+    The error is weighted squared differences, or with `use_mad` (Q2_K) absolute ones."""
     x = np.ascontiguousarray(x.T, dtype=F32)  # [n, G]: a group per column
     w = np.ascontiguousarray(weights.T, dtype=F32)
     levels = _Levels(x.shape)
@@ -71,7 +72,10 @@ def make_qkx2_quants(x: np.ndarray, weights: np.ndarray, nmax: int, rmin: float,
         diff = np.multiply(lf, scale, out=scratch)  # scale * L + min - x, then w * diff^2
         diff += offset
         diff -= x
-        diff *= diff
+        if use_mad:
+            np.abs(diff, out=diff)
+        else:
+            diff *= diff
         diff *= w
         return seq_sum_rows(diff)
 

@@ -10,12 +10,13 @@ from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 from gguf import quants as gguf_quants
 
-from . import floats, iq4_nl, iq4_xs, mxfp4, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0
+from . import floats, iq4_nl, iq4_xs, mxfp4, q2_k, q3_k, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0
 
 OLLAMA_MXFP4 = 4  # Ollama's older gpt-oss GGUFs: MXFP4 blocks with the HF nibble order
 
 QUANTIZERS = {T.Q4_0: q4_0, T.Q4_1: q4_1, T.Q5_0: q5_0, T.Q5_1: q5_1, T.Q8_0: q8_0, T.Q4_K: q4_k, T.Q5_K: q5_k, T.Q6_K: q6_k,
-              T.IQ4_NL: iq4_nl, T.IQ4_XS: iq4_xs}
+              T.IQ4_NL: iq4_nl, T.IQ4_XS: iq4_xs, T.Q2_K: q2_k,
+              T.Q3_K: q3_k}
 
 
 def encode(values: np.ndarray, qtype: T) -> np.ndarray:

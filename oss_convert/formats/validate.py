@@ -10,7 +10,7 @@ from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 
 # Byte offsets of the fp16 scales in each block: d, and m or dmin where the type has one.
-FP16_SCALES = {T.Q4_0: (0,), T.Q4_1: (0, 2), T.IQ4_NL: (0,), T.IQ4_XS: (0,), T.Q5_0: (0,), T.Q8_0: (0,), T.Q5_1: (0, 2), T.Q4_K: (0, 2), T.Q5_K: (0, 2),
+FP16_SCALES = {T.Q4_0: (0,), T.Q4_1: (0, 2), T.IQ4_NL: (0,), T.IQ4_XS: (0,), T.Q2_K: (80, 82), T.Q3_K: (108,), T.Q5_0: (0,), T.Q8_0: (0,), T.Q5_1: (0, 2), T.Q4_K: (0, 2), T.Q5_K: (0, 2),
                T.Q6_K: (208,)}
 
 

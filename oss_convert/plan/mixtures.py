@@ -38,6 +38,10 @@ MIXTURES = {
     "q5_0": Mixture("Q5_0", 8, T.Q5_0),
     "q5_1": Mixture("Q5_1", 9, T.Q5_1),
     "q4_1": Mixture("Q4_1", 3, T.Q4_1),
+    "q2_k": Mixture("Q2_K", 10, T.Q2_K),
+    "q3_k_s": Mixture("Q3_K_S", 11, T.Q3_K),
+    "q3_k_m": Mixture("Q3_K_M", 12, T.Q3_K),
+    "q3_k_l": Mixture("Q3_K_L", 13, T.Q3_K),
     "iq4_nl": Mixture("IQ4_NL", 25, T.IQ4_NL),
     "iq4_xs": Mixture("IQ4_XS", 30, T.IQ4_XS),
     "mxfp4_moe": Mixture("MXFP4_MOE", 38, T.MXFP4),
@@ -45,6 +49,8 @@ MIXTURES = {
 FALLBACKS = {T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0, T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0, T.IQ4_XS: T.IQ4_NL}
 # the mixtures whose attn_output an 8-expert model raises to Q5_K
 ATTN_OUTPUT_Q5_K_ON_8_EXPERTS = {"Q2_K", "Q3_K_S", "Q3_K_M", "IQ4_NL", "Q4_K_S", "Q4_K_M", "IQ4_XS"}
+# and what the others give it
+ATTN_OUTPUT_MORE_BITS = {"Q2_K": T.Q3_K, "Q3_K_M": T.Q4_K, "Q3_K_L": T.Q5_K}
 
 
 def block_size(t: T) -> int:
@@ -140,17 +146,36 @@ class MixturePlanner:
                 return T.Q5_K, f"{m.name}: attn_v of the first 4 layers gets Q5_K"
             if m.name in ("IQ4_NL", "IQ4_XS") and self.n_gqa >= 4:
                 return T.Q5_K, f"{m.name} with {self.n_gqa} query heads per KV head: attn_v gets Q5_K"
+            if m.name == "Q2_K":
+                return (T.Q4_K, f"Q2_K with {self.n_gqa} query heads per KV head: attn_v gets Q4_K") \
+                    if self.n_gqa >= 4 else (T.Q3_K, "Q2_K: attn_v gets Q3_K")
+            if m.name == "Q3_K_M":
+                return (T.Q5_K, "Q3_K_M: attn_v of the first 2 layers gets Q5_K") if i < 2 else \
+                    (T.Q4_K, "Q3_K_M: attn_v gets Q4_K")
+            if m.name == "Q3_K_L":
+                return T.Q5_K, "Q3_K_L: attn_v gets Q5_K"
             return new, reason
         if cat == "attn_k" and self.n_experts == 8:
             return T.Q8_0, "8-expert models keep attn_k at Q8_0"
-        if cat == "attn_output" and self.n_experts == 8 and m.name in ATTN_OUTPUT_Q5_K_ON_8_EXPERTS:
-            return T.Q5_K, f"{m.name} on an 8-expert model: attn_output gets Q5_K"
+        if cat == "attn_output" and self.n_experts == 8:
+            if m.name in ATTN_OUTPUT_Q5_K_ON_8_EXPERTS:
+                return T.Q5_K, f"{m.name} on an 8-expert model: attn_output gets Q5_K"
+        elif cat == "attn_output" and m.name in ATTN_OUTPUT_MORE_BITS:
+            more = ATTN_OUTPUT_MORE_BITS[m.name]
+            return more, f"{m.name}: attn_output gets {more.name}"
         if cat == "ffn_down":
             layer = int(re.match(r"blk\.(\d+)\.", name)[1])
             if m.name in ("Q4_K_M", "Q5_K_M") and _use_more_bits(layer, self.n_layers):
                 return T.Q6_K, f"{m.name}: ffn_down of layer {layer} gets more bits (Q6_K)"
             if m.name in ("Q4_K_S", "IQ4_NL", "IQ4_XS") and layer < self.n_layers // 8:
                 return T.Q5_K, f"{m.name}: ffn_down of the first n_layer/8 layers gets Q5_K"
+            if m.name == "Q2_K":
+                return T.Q3_K, "Q2_K: ffn_down gets Q3_K"
+            if m.name == "Q3_K_M":
+                return (T.Q5_K, "Q3_K_M: ffn_down of the first n_layer/16 layers gets Q5_K") \
+                    if layer < self.n_layers // 16 else (T.Q4_K, "Q3_K_M: ffn_down gets Q4_K")
+            if m.name == "Q3_K_L":
+                return T.Q5_K, "Q3_K_L: ffn_down gets Q5_K"
         return new, reason
 
     @staticmethod
