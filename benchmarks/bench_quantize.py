@@ -1,7 +1,8 @@
-"""Q4_K_M of a full-size random GPT-OSS checkpoint: oss-convert against llama-quantize,
-the same number of threads, each in its own process (wall time with a final sync, peak RSS).
+"""A llama-quantize mixture (Q4_K_M by default) of a full-size random GPT-OSS checkpoint:
+oss-convert against llama-quantize, the same number of threads, each in its own process (wall
+time with a final sync, peak RSS).
 
-usage: python benchmarks/bench_quantize.py WORKDIR [--preset 20b] [--threads 2] [--repeat 1] [--check]
+usage: python benchmarks/bench_quantize.py WORKDIR [--preset 20b] [--type q4_k_m] [--threads 2] [--repeat 1] [--check]
 
 llama-quantize (libllama through llama-cpp-python) starts from the lossless MXFP4 GGUF that
 llama.cpp's converter writes (made here by oss-convert, which writes the same file);
@@ -22,26 +23,31 @@ from pathlib import Path
 
 from common import ROOT, ensure_fixture, fair_start, fmt_row, run_measured
 
+sys.path.insert(0, str(ROOT))
+from oss_convert.plan.mixtures import MIXTURES  # noqa: E402
+
 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("workdir", type=Path)
     p.add_argument("--preset", default="20b")
+    p.add_argument("--type", dest="mixture", default="q4_k_m", choices=sorted(MIXTURES))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--check", action="store_true")
     args = p.parse_args()
     work = args.workdir
     src = ensure_fixture(work / f"gpt-oss-{args.preset}", args.preset)
-    lossless, ref, ours = work / "lossless.gguf", work / "llama-q4km.gguf", work / "ours-q4km.gguf"
+    mixture = MIXTURES[args.mixture]
+    lossless, ref, ours = work / "lossless.gguf", work / f"llama-{args.mixture}.gguf", work / f"ours-{args.mixture}.gguf"
     run_measured([sys.executable, "-m", "oss_convert.cli", "convert", str(src), "-o", str(lossless), "--force"])
     tools = {
-        "llama-quantize Q4_K_M (from MXFP4 GGUF)": (
+        f"llama-quantize {mixture.name} (from MXFP4 GGUF)": (
             lossless, ref, [sys.executable, str(ROOT / "tests/reference/llama_quantize.py"), str(lossless), str(ref),
-                            "15", "mixture", str(args.threads)]),
-        "oss-convert --type q4_k_m (from safetensors)": (
+                            str(mixture.file_type), "pure" if mixture.pure else "mixture", str(args.threads)]),
+        f"oss-convert --type {args.mixture} (from safetensors)": (
             src, ours, [sys.executable, "-m", "oss_convert.cli", "convert", str(src), "-o", str(ours),
-                        "--type", "q4_k_m", "--threads", str(args.threads), "--force"]),
+                        "--type", args.mixture, "--threads", str(args.threads), "--force"]),
     }
     runs: dict[str, list[tuple[float, int]]] = {name: [] for name in tools}
     for _ in range(args.repeat):
