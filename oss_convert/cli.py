@@ -133,7 +133,7 @@ def inspect_cmd(path: Path, as_json: bool, show_tensors: bool, ctx: int | None, 
     from .hub import gguf_models, open_headers
     from .inspect import inspect_report, render_report
     from .inspect.survey import render_survey
-    from .memory.context import ContextOptions
+    from .memory.context import DEFAULT_CONTEXT, ContextOptions
 
     budget = parse_bytes(gpu_memory) if gpu_memory is not None else None
     collection = gguf_models(path)
@@ -144,7 +144,7 @@ def inspect_cmd(path: Path, as_json: bool, show_tensors: bool, ctx: int | None, 
         else:
             click.echo(render_survey(doc))
         return
-    options = ContextOptions(ctx or 8192, kv_type, parallel, ubatch, batch, swa_full, kv_unified)
+    options = ContextOptions(ctx or DEFAULT_CONTEXT, kv_type, parallel, ubatch, batch, swa_full, kv_unified)
     doc = inspect_report(open_headers(path), options, explicit_context=ctx is not None, gpu_memory=budget)
     if as_json:
         emit_json(doc)

@@ -155,9 +155,9 @@ class RemoteFile:
     first_read = 64 << 10  # a GGUF's header grows from here by 4x; gpt-oss's tokenizer makes it a few MB
 
     def __init__(self, ref: HubRef, path: str):
-        self.bytes_read = 0
         from huggingface_hub import get_hf_file_metadata, hf_hub_url
         self.ref, self.path_in_repo = ref, path
+        self.bytes_read = 0  # what the range requests transferred
         self.name = f"{ref.repo_id}/{path}"
         self.url = hf_hub_url(ref.repo_id, path, revision=ref.revision)
         with hub_errors(HubRef(ref.repo_id, ref.revision, path)):

@@ -18,7 +18,8 @@ from __future__ import annotations
 import numpy as np
 
 from .kquant_search import F32, fp16_bits, fp16_value, seq_sum_rows
-from .rounding import nearest_int
+from .q4_0 import inverse
+from .rounding import nearest_int, signed_absmax
 
 LEVELS = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.int8)
 LEVELS_F = LEVELS.astype(F32)
@@ -50,12 +51,9 @@ def _weighted_fit(x: np.ndarray, weight: np.ndarray, inverse_scale: np.ndarray) 
 @np.errstate(all="ignore")  # inf/NaN from extreme inputs follow the C reference's IEEE semantics
 def block_scales(blocks: np.ndarray) -> np.ndarray:
     """The fitted scale of each block of 32 (float32 [G]); 0 where the block is (near) zero."""
+    big = signed_absmax(blocks)  # the first value of largest magnitude (+0 for a block of zeros)
     x = np.ascontiguousarray(blocks.T)  # [32, G]: sums run row after row, as the C loop
     weight = x * x
-    a = np.abs(x)
-    first = np.where(np.isnan(a), -np.inf, a).argmax(axis=0)
-    big = x[first, np.arange(x.shape[1])]  # the first value of largest magnitude
-    amax = np.where(np.isnan(np.abs(big)), F32(0), np.abs(big))
     d = (-big / LEVELS_F[0]).astype(F32)
     sumqx, sumq2 = _weighted_fit(x, weight, (F32(1) / d).astype(F32))
     d = np.where(sumq2 > 0, sumqx / sumq2, F32(0)).astype(F32)
@@ -66,12 +64,7 @@ def block_scales(blocks: np.ndarray) -> np.ndarray:
         better = (sumq2 > 0) & (sumqx * sumqx > best * sumq2)
         d = np.where(better, sumqx / sumq2, d).astype(F32)
         best = np.where(better, d * sumqx, best).astype(F32)
-    return np.where(amax < GROUP_MAX_EPS, F32(0), d).astype(F32)
-
-
-def _inverse(d: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore"):
-        return np.where(d == 0, F32(0), F32(1) / d).astype(F32)
+    return np.where(np.abs(big) < GROUP_MAX_EPS, F32(0), d).astype(F32)
 
 
 def _pack_indices(indices: np.ndarray) -> np.ndarray:
@@ -90,7 +83,7 @@ def quantize_nl(values: np.ndarray) -> np.ndarray:
     x = np.asarray(values, F32)
     blocks = x.reshape(-1, BLOCK)
     d = block_scales(blocks)
-    indices = best_index(blocks * _inverse(d)[:, None])
+    indices = best_index(blocks * inverse(d)[:, None])
     out = np.empty((blocks.shape[0], NL_BYTES), np.uint8)
     out[:, 0:2] = fp16_bits(d).reshape(-1, 1).view(np.uint8)
     out[:, 2:] = _pack_indices(indices)
@@ -109,15 +102,12 @@ def quantize_xs(values: np.ndarray) -> np.ndarray:
     supers = x.reshape(-1, SUPER)
     n = supers.shape[0]
     scales = block_scales(supers.reshape(-1, BLOCK)).reshape(n, SUPER // BLOCK)
-    # the block scale of largest magnitude, the first one on a tie
-    first = np.where(np.isnan(scales), -np.inf, np.abs(scales)).argmax(axis=1)
-    max_scale = scales[np.arange(n), first]
-    max_scale = np.where(np.abs(max_scale) > 0, max_scale, F32(0)).astype(F32)
+    max_scale = signed_absmax(scales)  # the block scale of largest magnitude, the first on a tie
     d = (-max_scale / F32(32)).astype(F32)
-    levels = np.clip(nearest_int(_inverse(d)[:, None] * scales), -32, 31)
+    levels = np.clip(nearest_int(inverse(d)[:, None] * scales), -32, 31)
     dl = (d[:, None] * levels.astype(F32)).astype(F32)
     blocks = supers.reshape(n, SUPER // BLOCK, BLOCK)
-    indices = best_index(_inverse(dl)[:, :, None] * blocks).reshape(n, SUPER)
+    indices = best_index(inverse(dl)[:, :, None] * blocks).reshape(n, SUPER)
     biased = (levels + 32).astype(np.uint16)
     scales_h = np.zeros(n, np.uint16)
     for ib in range(SUPER // BLOCK):

@@ -9,7 +9,7 @@ from ..checkpoint import Checkpoint, Role
 from ..errors import OssConvertError
 from ..files.gguf import DEFAULT_ALIGNMENT, tensor_nbytes
 from ..plan.lossless import plan_lossless
-from .context import ContextOptions, ModelShape
+from .context import DEFAULT_CONTEXT, ContextOptions, ModelShape
 from .llama import CELL_PAD, llama_cpp_memory
 from .runtime import runtime_memory, runtime_weight_bytes
 
@@ -50,7 +50,7 @@ def model_shape(ckpt: Checkpoint) -> ModelShape:
 
 
 def default_contexts(shape: ModelShape) -> list[int]:
-    return sorted({min(8192, shape.max_context), shape.max_context})
+    return sorted({min(DEFAULT_CONTEXT, shape.max_context), shape.max_context})
 
 
 def memory_plan(ckpt: Checkpoint, opts: ContextOptions, *, contexts: list[int] | None = None,

@@ -2,9 +2,10 @@
 
 On a GPU the formats experts take in GPT-OSS ports decode in torch, so the packed expert never
 leaves the device: MXFP4, the 32-value ggml blocks (Q8_0, Q5_0, Q4_0, Q5_1) and the K-quants
-(Q4_K, Q5_K, Q6_K); any other ggml type is decoded on the host. Each does the float32 arithmetic of ggml's dequantizer in
-the same order, so the values match the numpy codecs bit for bit. On the CPU the numpy
-codecs themselves run: their table lookups are 2-7x faster than the same work in torch ops.
+(Q4_K, Q5_K, Q6_K), each with the float32 arithmetic of ggml's dequantizer in the same order,
+so the values match the numpy codecs bit for bit; any other ggml type is decoded on the host.
+On the CPU the numpy codecs themselves run: their table lookups are 2-7x faster than the same
+work in torch ops.
 """
 
 from __future__ import annotations
