@@ -103,6 +103,31 @@ def test_one_flipped_nibble_is_located(src, lossless, tmp_path):
     assert all(x["status"] == "bit-identical" for x in others)
 
 
+def test_a_changed_expert_is_named_and_the_tensor_error_counts_every_expert(src, lossless, tmp_path, monkeypatch):
+    """One expert per chunk, so the unchanged experts are settled by their bytes alone; their
+    signal must still count in the tensor's SNR, which gguf-py's own dequantizer checks."""
+    from gguf import GGMLQuantizationType, GGUFReader, quants
+
+    from oss_convert.verify import tensors
+    monkeypatch.setattr(tensors, "VERIFY_CHUNK_BYTES", 1)
+    name = "blk.1.ffn_up_exps.weight"
+    port = gguf_edit.rewrite(lossless, tmp_path / "p.gguf", edit={name: _flip_nibble(2, 17, 5, 3)})
+    code, doc = verify(src, port)
+    t = by_port(doc, name)
+    assert code == 1 and [e["expert"] for e in t["per_expert"]] == list(range(len(t["per_expert"])))
+    changed = [e for e in t["per_expert"] if e["snr_db"] != float("inf")]
+    assert [e["expert"] for e in changed] == [2] and changed[0]["max_abs_error"] == t["max_abs_error"]
+    assert all(e["relative_error"] == 0 for e in t["per_expert"] if e["expert"] != 2)
+
+    def values(path):
+        t = next(t for t in GGUFReader(path).tensors if t.name == name)
+        return quants.dequantize(np.asarray(t.data), GGMLQuantizationType.MXFP4).astype(np.float64)
+    x, y = values(lossless), values(port)
+    assert t["snr_db"] == pytest.approx(10 * np.log10((x * x).sum() / ((x - y) ** 2).sum()), rel=1e-6)
+    assert changed[0]["snr_db"] == pytest.approx(
+        10 * np.log10((x[2] * x[2]).sum() / ((x[2] - y[2]) ** 2).sum()), rel=1e-6)
+
+
 def test_changed_scale_byte_is_located(src, lossless, tmp_path):
     def edit(raw):
         raw[3, 200, 2 * 17] += 1  # byte 0 of block 2: the E8M0 exponent

@@ -90,6 +90,9 @@ def render(doc: dict) -> str:
             detail = ""
             if "snr_db" in t:
                 detail = f"SNR {t['snr_db']:.1f} dB, max err {t['max_abs_error']:.3g}, rel {t['relative_error']:.3g}"
+            if len(t.get("per_expert", ())) > 1:
+                worst = min(t["per_expert"], key=lambda e: e["snr_db"])
+                detail += f"; worst expert {worst['expert']} ({worst['snr_db']:.1f} dB)"
             if t.get("first_differing_block"):
                 fb = t["first_differing_block"]
                 detail += (f"; {100 * t['fraction_blocks_differ']:.3g}% of blocks differ, first at expert "

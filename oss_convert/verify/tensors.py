@@ -68,6 +68,9 @@ class _Comparison:
         # the float types (round to nearest even, as ggml converts)
         self.reference_equal = port.ggml_type in QUANTIZERS or port.ggml_type in (T.F16, T.BF16, T.F32)
         self.stats = ErrorStats()
+        # expert tensors: the error of each expert too (an expert absent here came back unchanged)
+        self.per_expert: dict[int, ErrorStats] | None = {} if target.source.role.is_expert_weight else None
+        self.unchanged: list[tuple[int, int]] = []  # chunks settled by comparing bytes, not values
         self.blocks = self.blocks_differ = self.codes = self.codes_differ = 0
         self.first_diff = None
 
@@ -78,6 +81,7 @@ class _Comparison:
             return
         if self.identical and source_format == "BF16" and self.port.format == "BF16":
             if np.array_equal(np.asarray(source).reshape(-1), np.asarray(port_piece).reshape(-1)):
+                self.unchanged.append((start, start + len(source)))
                 return  # kept as BF16: equal words, no need to look at values
         values = self.target.source.decode(source)
         restored = self.port.decode(port_piece).reshape(values.shape)
@@ -86,7 +90,21 @@ class _Comparison:
         if self.reference_equal and not self.identical:
             expected = np.ascontiguousarray(encode(values, self.port.ggml_type))
             self.reference_equal = expected.tobytes() == np.ascontiguousarray(port_piece).tobytes()
-        self.stats.add(values, restored)
+        self._add_error(start, values, restored)
+
+    def _add_error(self, start: int, values: np.ndarray, restored: np.ndarray) -> None:
+        if self.per_expert is None:
+            self.stats.add(values, restored)
+            return
+        for i in range(values.shape[0]):  # a chunk holds whole experts, each in one chunk only
+            expert = self.per_expert[start + i] = ErrorStats()
+            expert.add(values[i], restored[i])
+            self.stats.merge(expert)
+
+    def add_unchanged(self, start: int, source) -> None:
+        """A chunk that came back bit for bit still counts in the tensor's signal (its error is 0)."""
+        values = self.target.source.decode(source)
+        self._add_error(start, values, values)
 
     def _add_fp4(self, start: int, source, port_piece) -> None:
         """Both sides as HF blocks and scales, whatever layout the port stores them in."""
@@ -95,9 +113,11 @@ class _Comparison:
         self.codes += scales.size * 32
         if self.port.ggml_type == T.MXFP4 and np.array_equal(mxfp4.hf_to_ggml(blocks, scales).reshape(-1),
                                                              np.asarray(port_piece).reshape(-1)):
+            self.unchanged.append((start, start + len(scales)))
             return  # the common case, settled by one repack and a byte comparison
         pb, ps = (a.reshape(b.shape) for a, b in zip(self.port.hf_mxfp4(port_piece), (blocks, scales)))
         if np.array_equal(pb, blocks) and np.array_equal(ps, scales):
+            self.unchanged.append((start, start + len(scales)))
             return
         self.identical = False
         code_diff = mxfp4.hf_codes(pb) != mxfp4.hf_codes(blocks)
@@ -108,7 +128,7 @@ class _Comparison:
             e, row, block = (int(i) for i in np.argwhere(block_diff)[0])
             self.first_diff = {"expert": start + e, "row": row, "block": block,
                                "source_scale": int(scales[e, row, block]), "port_scale": int(ps[e, row, block])}
-        self.stats.add(mxfp4.decode_hf(blocks, scales), mxfp4.decode_hf(pb, ps))
+        self._add_error(start, mxfp4.decode_hf(blocks, scales), mxfp4.decode_hf(pb, ps))
 
     def result(self) -> TensorCheck:
         t, p = self.target, self.port
@@ -121,6 +141,10 @@ class _Comparison:
         details = {}
         if status != "bit-identical":
             details.update(self.stats.report())
+            if self.per_expert is not None:
+                unchanged = ErrorStats()
+                details["per_expert"] = [{"expert": e, **self.per_expert.get(e, unchanged).report()}
+                                         for e in range(t.source.shape[0])]
         if self.blocks:
             details.update({"blocks": self.blocks, "blocks_differ": self.blocks_differ,
                             "fraction_blocks_differ": self.blocks_differ / self.blocks,
@@ -137,4 +161,7 @@ def compare_pair(target: Target, port: Tensor) -> TensorCheck:
     cmp = _Comparison(target, port)
     for start, stop in chunk_ranges(target, VERIFY_CHUNK_BYTES):
         cmp.add(start, rows_of(target, target.source.read(start, stop)), port.read(start, stop))
+    if not cmp.identical:  # rare (a partly changed tensor): read its unchanged chunks again for their signal
+        for start, stop in cmp.unchanged:
+            cmp.add_unchanged(start, rows_of(target, target.source.read(start, stop)))
     return cmp.result()
