@@ -242,6 +242,8 @@ def convert_cmd(src: Path, out: Path | None, target: str, qtype: str, outtype: s
 @click.option("--seed", default=0, show_default=True, type=int, help="MoE mode: seed of the hidden states.")
 @click.option("--prompt", help="--full: the text to evaluate (tokenized with A's tokenizer).")
 @click.option("--tokens-file", type=click.Path(path_type=Path), help="--full: whitespace-separated token ids.")
+@click.option("--text-file", type=click.Path(path_type=Path),
+              help="--full: a text file to evaluate whole, in windows of --ctx (as llama-perplexity -f).")
 @click.option("--ctx", default=512, show_default=True, type=click.IntRange(1, 1 << 20),
               help="--full: evaluate in windows of this many tokens.")
 @click.option("--save-logits", type=click.Path(path_type=Path), help="--full: write both artifacts' logits here.")
@@ -250,8 +252,8 @@ def convert_cmd(src: Path, out: Path | None, target: str, qtype: str, outtype: s
 @local_dir_option
 @user_errors()
 def compare_cmd(a: Path, b: Path, full: bool, layers: str, tokens: int, seed: int, prompt: str | None,
-                tokens_file: Path | None, ctx: int, save_logits: Path | None, device: str, as_json: bool,
-                local_dir: Path | None):
+                tokens_file: Path | None, text_file: Path | None, ctx: int, save_logits: Path | None, device: str,
+                as_json: bool, local_dir: Path | None):
     """Compare two artifacts (any GPT-OSS checkpoint or GGUF) by running them.
 
     Default: the MoE block of chosen layers on the same hidden states (identical weights
@@ -259,15 +261,17 @@ def compare_cmd(a: Path, b: Path, full: bool, layers: str, tokens: int, seed: in
     agreement, logit differences and each one's perplexity.
     """
     refuse_unless(not full, "layers", "tokens", "seed", where="to the MoE comparison, not to --full")
-    refuse_unless(full, "prompt", "tokens_file", "ctx", "save_logits", where="with --full only")
-    if full and (prompt is None) == (tokens_file is None):
-        raise click.UsageError("--full takes one of --prompt or --tokens-file")
+    refuse_unless(full, "prompt", "tokens_file", "text_file", "ctx", "save_logits", where="with --full only")
+    if full and sum(x is not None for x in (prompt, tokens_file, text_file)) != 1:
+        raise click.UsageError("--full takes one of --prompt, --text-file or --tokens-file")
     require_runtime("compare")
     from .hub import open_downloaded
 
     if full:
-        from .runtime.full_compare import compare_full, read_tokens_file, render_full
+        from .runtime.full_compare import compare_full, read_text_file, read_tokens_file, render_full
         ids = read_tokens_file(tokens_file) if tokens_file else None
+        if text_file:
+            prompt = read_text_file(text_file)
         ckpt_a, ckpt_b = open_downloaded(a, local_dir), open_downloaded(b, local_dir)
         doc = compare_full(ckpt_a, ckpt_b, tokens=ids, prompt=prompt, ctx=ctx, device=device,
                            save_logits=save_logits)

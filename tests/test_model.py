@@ -165,6 +165,25 @@ def test_compare_full_with_a_prompt_and_generate(bundled, tmp_path):
     assert 0 < len(outs[0]["tokens"]) <= 12
 
 
+def test_compare_full_evaluates_a_text_file_in_windows(bundled, tmp_path):
+    """--text-file is the whole file as --prompt would tokenize it, in windows of --ctx, each
+    position labelled with its window; a file that is not UTF-8 text is one error line."""
+    pytest.importorskip("tokenizers")
+    q = tmp_path / "q.gguf"
+    CliRunner().invoke(cli, ["convert", str(bundled), "-o", str(q), "--type", "q8_0"])
+    text = "The quick brown fox jumps over the lazy dog.\nPack my box with five dozen liquor jugs.\n" * 3
+    (tmp_path / "t.txt").write_text(text)
+    from_file = compare_full(bundled, q, "--text-file", tmp_path / "t.txt", "--ctx", "32")
+    from_prompt = compare_full(bundled, q, "--prompt", text, "--ctx", "32")
+    assert from_file["tokens"] == from_prompt["tokens"] and len(from_file["tokens"]) > 64
+    assert from_file["summary"] == from_prompt["summary"] and from_file["summary"]["kl_mean"] > 0
+    assert [p["window"] for p in from_file["per_position"]] == [i // 32 for i in range(len(from_file["tokens"]))]
+    (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00bad")
+    result = CliRunner().invoke(cli, ["compare", str(bundled), str(q), "--full", "--text-file", str(tmp_path / "bin.txt")])
+    assert result.exit_code == 1 and result.output.startswith(f"Error: {tmp_path / 'bin.txt'}: not a readable UTF-8")
+    assert len(result.output.strip().splitlines()) == 1
+
+
 def test_text_without_its_packages_is_one_error_line(bundled, monkeypatch):
     """Without the 'text' extra each command says which package it lacks, and offers only what it
     has: compare --full takes token ids instead, generate has no such option."""

@@ -46,6 +46,13 @@ def read_tokens_file(path: Path) -> list[int]:
         raise OssConvertError(f"{path}: expected whitespace-separated token ids ({e})") from None
 
 
+def read_text_file(path: Path) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise OssConvertError(f"{path}: not a readable UTF-8 text file ({e})") from None
+
+
 @torch.no_grad()
 def check_tokens(ckpt: Checkpoint, tokens: list[int]) -> None:
     vocab_size = ckpt.require_config().vocab_size or ckpt.tensor("model.embed_tokens.weight").shape[0]
@@ -64,7 +71,7 @@ def model_logits(ckpt: Checkpoint, tokens: list[int], ctx: int, device) -> np.nd
     return np.concatenate([t.cpu().numpy() for t in logits])
 
 
-def logit_metrics(a: np.ndarray, b: np.ndarray, tokens: list[int]) -> dict:
+def logit_metrics(a: np.ndarray, b: np.ndarray, tokens: list[int], ctx: int) -> dict:
     la, lb = torch.from_numpy(a).double(), torch.from_numpy(b).double()
     pa, pb = torch.log_softmax(la, -1), torch.log_softmax(lb, -1)
     kl = (pa.exp() * (pa - pb)).sum(-1).clamp(min=0)
@@ -78,7 +85,8 @@ def logit_metrics(a: np.ndarray, b: np.ndarray, tokens: list[int]) -> dict:
         "max_logit_diff": float((la - lb).abs().max()),
         "perplexity_a": float(nll_a.mean().exp()) if len(nxt) else None,
         "perplexity_b": float(nll_b.mean().exp()) if len(nxt) else None,
-        "per_position": [{"position": i, "token": tokens[i], "kl": float(kl[i]), "top1_same": bool(top1[i]),
+        "per_position": [{"position": i, "window": i // ctx, "token": tokens[i], "kl": float(kl[i]),
+                          "top1_same": bool(top1[i]),
                           "max_logit_diff": float((la[i] - lb[i]).abs().max())} for i in range(len(tokens))],
     }
 
@@ -95,7 +103,7 @@ def compare_full(a: Checkpoint, b: Checkpoint, *, tokens: list[int] | None = Non
         check_tokens(ckpt, tokens)
     logits_a = model_logits(a, tokens, ctx, dev)
     logits_b = model_logits(b, tokens, ctx, dev)
-    metrics = logit_metrics(logits_a, logits_b, tokens)
+    metrics = logit_metrics(logits_a, logits_b, tokens, ctx)
     if save_logits:
         save_logits.mkdir(parents=True, exist_ok=True)
         np.save(save_logits / "logits_a.npy", logits_a)
