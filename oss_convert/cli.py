@@ -328,6 +328,73 @@ def verify_cmd(src: Path, port: Path, as_json: bool, require_fp4: bool, local_di
     sys.exit(exit_status(doc, require_fp4))
 
 
+@cli.command("report")
+@click.argument("src", type=click.Path(path_type=Path))
+@click.argument("port", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path), required=True,
+              help="The HTML file to write (self-contained: open it anywhere, attach it anywhere).")
+@click.option("--text-file", type=click.Path(path_type=Path),
+              help="Also run the whole model over this text, in windows of --ctx.")
+@click.option("--prompt", help="Also run the whole model over this text.")
+@click.option("--tokens-file", type=click.Path(path_type=Path), help="Also run the whole model over these token ids.")
+@click.option("--ctx", default=512, show_default=True, type=click.IntRange(1, 1 << 20),
+              help="Window of the whole-model run, in tokens.")
+@click.option("--layers", default="all", show_default=True, help="MoE comparison: 'all' or a list like 0,3,5.")
+@click.option("--tokens", default=64, show_default=True, type=click.IntRange(1, 1 << 20),
+              help="MoE comparison: hidden states per layer.")
+@click.option("--seed", default=0, show_default=True, type=int, help="MoE comparison: seed of the hidden states.")
+@device_option
+@click.option("--json", "as_json", is_flag=True, help="Also write the report's data as JSON beside it (OUT with the suffix .json).")
+@click.option("--force", is_flag=True, help="Overwrite OUT (and its .json) if they exist.")
+@local_dir_option
+@user_errors(exit_code=2)  # as verify: 1 is a finding
+def report_cmd(src: Path, port: Path, out: Path, text_file: Path | None, prompt: str | None, tokens_file: Path | None,
+               ctx: int, layers: str, tokens: int, seed: int, device: str, as_json: bool, force: bool,
+               local_dir: Path | None):
+    """A self-contained HTML page on PORT against SRC, with plots.
+
+    verify's verdict and figures, the error per layer, tensor and expert, the MoE blocks
+    compared, and with a text the whole model's KL per position and perplexities. Exits as
+    verify does: 0, 1 for a finding, 2 for bad input."""
+    if sum(x is not None for x in (prompt, tokens_file, text_file)) > 1:
+        raise click.UsageError("report takes at most one of --prompt, --text-file or --tokens-file")
+    refuse_unless(any(x is not None for x in (prompt, tokens_file, text_file)), "ctx",
+                  where="with a text (--text-file, --prompt or --tokens-file)")
+    require_runtime("report")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise OssConvertError("report draws its plots with matplotlib, which is not installed: "
+                              "pip install 'oss-convert[report]'") from None
+    from .files.atomic import atomic_path, check_target
+    from .hub import open_downloaded
+    from .report import build_report, render_page
+
+    json_out = out.with_suffix(".json") if as_json else None
+    for target in (out, json_out):
+        if target is not None:
+            check_target(target, force)
+    if text_file is not None:
+        from .runtime.full_compare import read_text_file
+        prompt = read_text_file(text_file)
+    ids = None
+    if tokens_file is not None:
+        from .runtime.full_compare import read_tokens_file
+        ids = read_tokens_file(tokens_file)
+    source, port_ckpt = open_downloaded(src, local_dir), open_downloaded(port, local_dir)
+    doc = build_report(source, port_ckpt, prompt=prompt, tokens=ids, ctx=ctx, layers=layers, moe_tokens=tokens,
+                       seed=seed, device=device)
+    page = render_page(doc)
+    with atomic_path(out, force) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    if json_out is not None:
+        with atomic_path(json_out, force) as tmp:
+            tmp.write_text(json.dumps(doc, indent=1, default=str))
+    click.echo(doc["verify"]["summary"]["verdict"])
+    click.echo(f"wrote {out} ({len(page.encode()):,} bytes)" + (f" and {json_out}" if json_out else ""), err=True)
+    sys.exit(doc["exit_status"])
+
+
 def main():
     cli(prog_name="oss-convert")
 

@@ -97,7 +97,7 @@ def test_verify_reports_unreadable_input_with_status_2_in_one_line(bundled, tmp_
     assert result.output.strip().splitlines() == [f"Error: {tmp_path / 'nope.gguf'}: no such file"]
 
 
-@pytest.mark.parametrize("command", ["inspect", "convert", "verify", "compare", "generate"])
+@pytest.mark.parametrize("command", ["inspect", "convert", "verify", "compare", "generate", "report"])
 def test_every_command_has_help(command):
     result = run(command, "--help")
     assert result.exit_code == 0 and "Usage:" in result.output

@@ -2,7 +2,8 @@
 
 Containers (files) and codecs (formats) at the bottom, the checkpoint model above them, the
 plans and memory plans above that, the Hub above the checkpoint model, the commands (inspect, convert,
-verify, runtime) above all of those, never importing each other, and the CLI on top.
+verify, runtime) above all of those, never importing each other, the report above the commands
+(it puts their documents on one page), and the CLI on top.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ BELOW = {
 COMMANDS = {"inspect", "convert", "verify", "runtime"}
 for command in COMMANDS:
     BELOW[command] = BASE | {"files", "formats", "checkpoint", "plan", "memory"}
+BELOW["report"] = BELOW["verify"] | COMMANDS  # the port report puts the commands' documents together
 BELOW["cli"] = set(BELOW) | COMMANDS
 TORCH = {"torch", "triton"}
 
@@ -155,8 +157,9 @@ def test_inspect_convert_and_verify_run_without_torch(bundled, tmp_path):
         assert result.returncode == 0, (step, result.stderr)
 
 
-def test_compare_without_torch_says_how_to_install_it(bundled):
-    result = run_without_torch("compare", bundled, bundled)
-    assert result.returncode == 1
+@pytest.mark.parametrize("command, status", [("compare", 1), ("report", 2)])
+def test_the_runtimes_commands_without_torch_say_how_to_install_it(bundled, tmp_path, command, status):
+    result = run_without_torch(command, bundled, bundled, *(["-o", tmp_path / "r.html"] if command == "report" else []))
+    assert result.returncode == status
     assert result.stderr.strip().splitlines() == [
-        "Error: compare runs the model on torch, which is not installed: pip install 'oss-convert[runtime]'"]
+        f"Error: {command} runs the model on torch, which is not installed: pip install 'oss-convert[runtime]'"]
