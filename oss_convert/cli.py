@@ -130,22 +130,22 @@ def inspect_cmd(path: Path, as_json: bool, show_tensors: bool, ctx: int | None, 
     PATH is a checkpoint folder (HF or original/ layout, sharded or not), a .safetensors
     file, a .gguf (split GGUFs: any part) or a Hub repo id. Reads headers only.
     """
-    from .hub import gguf_models, open_headers
+    from .hub import open_headers_or_models
     from .inspect import inspect_report, render_report
     from .inspect.survey import render_survey
     from .memory.context import DEFAULT_CONTEXT, ContextOptions
 
     budget = parse_bytes(gpu_memory) if gpu_memory is not None else None
-    collection = gguf_models(path)
-    if collection is not None:
-        doc = survey(*collection)
+    opened = open_headers_or_models(path)
+    if isinstance(opened, tuple):  # a Hub repo of several GGUF models
+        doc = survey(*opened)
         if as_json:
             emit_json(doc)
         else:
             click.echo(render_survey(doc))
         return
     options = ContextOptions(ctx or DEFAULT_CONTEXT, kv_type, parallel, ubatch, batch, swa_full, kv_unified)
-    doc = inspect_report(open_headers(path), options, explicit_context=ctx is not None, gpu_memory=budget)
+    doc = inspect_report(opened, options, explicit_context=ctx is not None, gpu_memory=budget)
     if as_json:
         emit_json(doc)
     else:

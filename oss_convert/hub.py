@@ -175,10 +175,17 @@ class RemoteFile:
         return response.content[:n]
 
 
-def open_headers(spec) -> Checkpoint:
-    """A checkpoint at a local path or in a Hub repo, headers only: nothing of the weights is
-    read, and nothing of a remote repo downloaded but its config.json."""
-    return open_checkpoint(spec) if parse(spec) is None else open_remote(spec)
+def open_headers_or_models(spec) -> Checkpoint | tuple[HubRef, list[str]]:
+    """What `inspect` looks at, headers only (nothing of the weights is read, nothing of a
+    remote repo downloaded but its config.json), from one listing of a remote repo: the
+    checkpoint, or for a repo of several GGUF models (each quantization a file, a split one
+    counted once) the repo and each model's first part."""
+    ref = parse(spec)
+    if ref is None:
+        return open_checkpoint(spec)
+    files = repo_files(ref)
+    models = _gguf_models(ref, files)
+    return models if models is not None else open_remote(spec, files)
 
 
 def open_downloaded(spec, local_dir: Path | None = None) -> Checkpoint:
@@ -186,10 +193,11 @@ def open_downloaded(spec, local_dir: Path | None = None) -> Checkpoint:
     return open_checkpoint(download(spec, local_dir))
 
 
-def open_remote(spec) -> Checkpoint:
-    """A header-only checkpoint for a Hub repo: nothing of the weights is downloaded."""
+def open_remote(spec, files: list[str] | None = None) -> Checkpoint:
+    """A header-only checkpoint for a Hub repo: nothing of the weights is downloaded. `files`:
+    the repo's listing, where the caller has it already."""
     ref = parse(spec)
-    files = repo_files(ref)
+    files = repo_files(ref) if files is None else files
     ggufs = _ggufs(files, ref)
     if ggufs and (ref.path or not any(f.endswith(".safetensors") for f in files)):
         if len(ggufs) != 1:
@@ -220,14 +228,9 @@ def open_remote_gguf(ref: HubRef, first_part: str) -> tuple[Checkpoint, list[Rem
     return gguf_checkpoint(f"{ref.repo_id}:{first_part}", read_gguf(first_part, open_part=open_part)), parts
 
 
-def gguf_models(spec) -> tuple[HubRef, list[str]] | None:
-    """For a Hub repo id that names no file and holds several GGUF models (each quantization a
-    file, a split one counted once): the repo and the first part of each. None otherwise."""
-    ref = parse(spec)
-    if ref is None or ref.path:
-        return None
-    files = repo_files(ref)
-    if any(f.endswith(".safetensors") for f in files):
+def _gguf_models(ref: HubRef, files: list[str]) -> tuple[HubRef, list[str]] | None:
+    """A repo (not a file in it) without safetensors and with several GGUF models, or None."""
+    if ref.path or any(f.endswith(".safetensors") for f in files):
         return None
     models = _ggufs(files, ref)
     return (ref, models) if len(models) > 1 else None

@@ -24,6 +24,7 @@ class HubState:
         self.repos: dict[str, dict[str, Path]] = {}  # repo id -> revision -> folder
         self.gated: dict[str, str] = {}  # repo id -> the token that opens it
         self.bytes_sent: dict[str, int] = defaultdict(int)  # "repo/path" -> content bytes served
+        self.listings: dict[str, int] = defaultdict(int)  # repo id -> file listings served
         self.lock = threading.Lock()
 
     def add(self, repo_id: str, folder: Path, revision: str = "main", gated_token: str | None = None) -> None:
@@ -99,6 +100,8 @@ class _Handler(BaseHTTPRequestHandler):
             found = self._repo(m[1], m[2] or "main")
             if found:
                 folder, commit = found
+                with self.state.lock:
+                    self.state.listings[m[1]] += 1
                 self._json({"id": m[1], "modelId": m[1], "sha": commit, "private": False,
                             "gated": bool(self.state.gated.get(m[1])), "disabled": False, "tags": [],
                             "siblings": [{"rfilename": f} for f in _files(folder)]})
@@ -108,6 +111,8 @@ class _Handler(BaseHTTPRequestHandler):
             found = self._repo(m[1], m[2])
             if found:
                 folder, _ = found
+                with self.state.lock:
+                    self.state.listings[m[1]] += 1
                 prefix = (m[3] or "").strip("/")
                 entries = [{"type": "file", "path": f, "size": (folder / f).stat().st_size,
                             "oid": hashlib.sha1(f.encode()).hexdigest()}

@@ -44,6 +44,7 @@ def test_inspect_reads_only_headers(hub, tmp_path):
     assert doc["summary"]["tensors"] == 411 and doc["summary"]["formats"]["MXFP4"]["tensors"] == 48
     weights = sum(n for key, n in hub.state.bytes_sent.items() if key.endswith(".safetensors"))
     assert 0 < weights < 3 * 200_000, weights  # three headers' worth of bytes, not 13.8 GB
+    assert hub.state.listings["openai/gpt-oss-20b"] == 1  # the repo's files are listed once
 
 
 def test_inspect_a_revision_and_the_original_folder(hub):
@@ -136,6 +137,7 @@ def test_inspect_surveys_a_repo_of_quantizations_by_their_headers(hub, tmp_path,
     hub.state.add("someone/gpt-oss-tiny-GGUF", repo)
 
     doc = json.loads(run("inspect", "someone/gpt-oss-tiny-GGUF", "--json").stdout)
+    assert hub.state.listings["someone/gpt-oss-tiny-GGUF"] == 1
     rows = {r["file"]: r for r in doc["models"]}
     assert set(rows) == {"gpt-oss-tiny-MXFP4.gguf", "gpt-oss-tiny-Q4_K_M.gguf", "gpt-oss-tiny-Q8_0-00001-of-00003.gguf"}
     mxfp4, q4, q8 = rows["gpt-oss-tiny-MXFP4.gguf"], rows["gpt-oss-tiny-Q4_K_M.gguf"], \
