@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+
 import torch
+from tqdm import tqdm
 
 from ..checkpoint import Checkpoint
 from ..text import table
@@ -56,7 +59,7 @@ def compare_moe(a: Checkpoint, b: Checkpoint, layers: str = "all", tokens: int =
         raise OssConvertError(f"{a.where} and {b.where} are different models (layers, hidden size or experts differ)")
     dev = pick_device(device)
     results = []
-    for n in parse_layers(layers, ca.num_layers):
+    for n in tqdm(parse_layers(layers, ca.num_layers), desc="MoE layers", unit="layer", disable=not sys.stderr.isatty()):
         la, lb = load_layer(a, n).to(dev), load_layer(b, n).to(dev)
         x = hidden_states(la.norm_w, tokens, seed, n, dev)
         with torch.no_grad():

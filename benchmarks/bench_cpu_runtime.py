@@ -1,0 +1,117 @@
+"""The runtime on the CPU against llama.cpp on the same work, threads and artifacts, in one run.
+
+    python benchmarks/bench_cpu_runtime.py WORKDIR [--tokens 128 512] [--threads 2] [--decode 16]
+
+WORKDIR gets the full-size 20b fixture (random weights, 13.8 GB), its lossless GGUF and its
+Q4_K_M port, made once. Then, for each token count:
+- ours: `oss-convert compare --full ORIGINAL Q4_K_M --tokens-file F --ctx N` in a child process
+  (both artifacts loaded and run, as a user runs it);
+- llama.cpp: libllama (llama-cpp-python) in a child process evaluating the same tokens, logits
+  for every position, on the lossless GGUF and then on the Q4_K_M port, loading included;
+and the ratio (ours / llama.cpp: below 1.0 is faster). Then decode: tokens per second of greedy
+steps after a 32-token prompt, our `generate` path against llama.cpp's, on the lossless GGUF.
+Wall time and peak RSS of each child.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, ensure_fixture, fmt_row, run_measured  # noqa: E402
+
+LLAMA_EVAL = """
+import sys, time, llama_cpp
+path, n_threads, ids = sys.argv[1], int(sys.argv[2]), [int(t) for t in open(sys.argv[3]).read().split()]
+llm = llama_cpp.Llama(model_path=path, n_ctx=max(512, len(ids)), n_batch=len(ids), n_ubatch=512,
+                      logits_all=True, n_threads=n_threads, n_threads_batch=n_threads, verbose=False)
+llm.eval(ids)
+assert len(llm.scores) >= len(ids)
+"""
+
+LLAMA_DECODE = """
+import sys, time, json, numpy as np, llama_cpp
+path, n_threads, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+prompt = [(i * 37 + 11) % 350 for i in range(32)]
+llm = llama_cpp.Llama(model_path=path, n_ctx=512, n_threads=n_threads, n_threads_batch=n_threads, verbose=False)
+llm.eval(prompt)
+start = time.perf_counter()
+for _ in range(steps):
+    llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
+print(json.dumps({"tokens_per_s": steps / (time.perf_counter() - start)}))
+"""
+
+OURS_DECODE = """
+import sys, time, json, torch
+from oss_convert.checkpoint import open_checkpoint
+from oss_convert.runtime.full_compare import prefill
+from oss_convert.runtime.model import forward, load_model, new_cache
+torch.set_num_threads(int(sys.argv[2]))
+path, steps = sys.argv[1], int(sys.argv[3])
+prompt = [(i * 37 + 11) % 350 for i in range(32)]
+with torch.no_grad():
+    model = load_model(open_checkpoint(path), torch.device("cpu"))
+    cache = new_cache()
+    logits = prefill(model, prompt, cache)
+    start = time.perf_counter()
+    for _ in range(steps):
+        logits = forward(model, torch.tensor([int(logits[-1].argmax())]), cache)
+print(json.dumps({"tokens_per_s": steps / (time.perf_counter() - start)}))
+"""
+
+
+def oss_convert(*args) -> list[str]:
+    return [sys.executable, "-c", "from oss_convert.cli import main; main()", *map(str, args)]
+
+
+def python_json(code: str, *args) -> dict:
+    out = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, cwd=ROOT)
+    if out.returncode != 0:
+        sys.exit(out.stderr[-3000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("workdir", type=Path)
+    ap.add_argument("--tokens", type=int, nargs="+", default=[128, 512])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--decode", type=int, default=16, help="greedy decode steps to time (0: skip)")
+    args = ap.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    original = ensure_fixture(args.workdir / "gpt-oss-20b", "20b")
+    lossless, port = args.workdir / "20b-mxfp4.gguf", args.workdir / "20b-q4_k_m.gguf"
+    for out, extra in ((lossless, []), (port, ["--type", "q4_k_m"])):
+        if not out.exists():
+            print(f"writing {out.name} ...", flush=True)
+            subprocess.run(oss_convert("convert", original, "-o", out, *extra), check=True, cwd=ROOT)
+    env = {"OMP_NUM_THREADS": str(args.threads)}
+    widths = (10, 22, 22, 8)
+    print(fmt_row(["tokens", "oss-convert (s, RSS)", "llama.cpp (s, RSS)", "ratio"], widths))
+    for n in args.tokens:
+        with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+            f.write(" ".join(str((i * 37 + 11) % 350) for i in range(n)))
+        ids = f.name
+        ours, ours_rss = run_measured(oss_convert("compare", original, port, "--full", "--tokens-file", ids,
+                                                  "--ctx", n, "--device", "cpu"), env)
+        theirs, theirs_rss = 0.0, 0
+        for gguf in (lossless, port):
+            wall, rss = run_measured([sys.executable, "-c", LLAMA_EVAL, str(gguf), str(args.threads), ids], env)
+            theirs, theirs_rss = theirs + wall, max(theirs_rss, rss)
+        Path(ids).unlink()
+        print(fmt_row([n, f"{ours:.1f} s, {ours_rss / 1e9:.1f} GB", f"{theirs:.1f} s, {theirs_rss / 1e9:.1f} GB",
+                       f"{ours / theirs:.2f}"], widths), flush=True)
+    if args.decode:
+        mine = python_json(OURS_DECODE, lossless, args.threads, args.decode)["tokens_per_s"]
+        llama = python_json(LLAMA_DECODE, lossless, args.threads, args.decode)["tokens_per_s"]
+        print(f"decode, lossless GGUF, {args.threads} threads: oss-convert {mine:.2f} tok/s, llama.cpp "
+              f"{llama:.2f} tok/s ({mine / llama:.2f}x)")
+
+
+if __name__ == "__main__":
+    main()
