@@ -371,6 +371,9 @@ def report_cmd(src: Path, port: Path, out: Path, text_file: Path | None, prompt:
     from .report import build_report, render_page
 
     json_out = out.with_suffix(".json") if as_json else None
+    if json_out == out:
+        raise click.UsageError(f"-o {out}: with --json the data goes beside the page as {out.name}; "
+                               "name the page .html")
     for target in (out, json_out):
         if target is not None:
             check_target(target, force)

@@ -207,6 +207,9 @@ def test_report_refuses_bad_input_before_any_work(bundled, ports, tmp_path):
         assert len(result.output.strip().splitlines()) == 1 and not fresh.exists()
     result = CliRunner().invoke(cli, ["report", str(bundled), str(ports["lossless"]), "-o", str(fresh), "--ctx", "8"])
     assert result.exit_code == 2 and "--ctx: applies with a text" in result.output
+    result = CliRunner().invoke(cli, ["report", str(bundled), str(ports["lossless"]), "-o", str(tmp_path / "r.json"),
+                                      "--json"])
+    assert result.exit_code == 2 and "name the page .html" in result.output and not (tmp_path / "r.json").exists()
 
 
 def test_report_without_matplotlib_says_how_to_install_it(bundled, ports, tmp_path, monkeypatch):
