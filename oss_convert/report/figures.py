@@ -107,8 +107,7 @@ def expert_heatmap(kind: str, per_layer: dict[int, list[dict]], n_layers: int, n
     for layer, experts in per_layer.items():
         for e in experts:
             grid[layer, e["expert"]] = e["snr_db"]
-    cmap = matplotlib.colormaps[SNR_CMAP].copy()
-    cmap.set_bad(IDENTICAL_COLOR)
+    cmap = matplotlib.colormaps[SNR_CMAP].with_extremes(bad=IDENTICAL_COLOR)
     shown = np.ma.masked_invalid(np.where(np.isinf(grid), np.nan, grid))
     fig, ax = plt.subplots(figsize=(min(12, 2.5 + 0.2 * n_experts), 1 + 0.18 * n_layers))
     image = ax.imshow(shown, cmap=cmap, vmin=SNR_RANGE[0], vmax=SNR_RANGE[1], aspect="auto",
