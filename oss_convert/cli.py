@@ -268,10 +268,8 @@ def compare_cmd(a: Path, b: Path, full: bool, layers: str, tokens: int, seed: in
     from .hub import open_downloaded
 
     if full:
-        from .runtime.full_compare import compare_full, read_text_file, read_tokens_file, render_full
-        ids = read_tokens_file(tokens_file) if tokens_file else None
-        if text_file:
-            prompt = read_text_file(text_file)
+        from .runtime.full_compare import compare_full, read_text_inputs, render_full
+        prompt, ids = read_text_inputs(prompt, text_file, tokens_file)
         ckpt_a, ckpt_b = open_downloaded(a, local_dir), open_downloaded(b, local_dir)
         doc = compare_full(ckpt_a, ckpt_b, tokens=ids, prompt=prompt, ctx=ctx, device=device,
                            save_logits=save_logits)
@@ -377,13 +375,8 @@ def report_cmd(src: Path, port: Path, out: Path, text_file: Path | None, prompt:
     for target in (out, json_out):
         if target is not None:
             check_target(target, force)
-    if text_file is not None:
-        from .runtime.full_compare import read_text_file
-        prompt = read_text_file(text_file)
-    ids = None
-    if tokens_file is not None:
-        from .runtime.full_compare import read_tokens_file
-        ids = read_tokens_file(tokens_file)
+    from .runtime.full_compare import read_text_inputs
+    prompt, ids = read_text_inputs(prompt, text_file, tokens_file)
     source, port_ckpt = open_downloaded(src, local_dir), open_downloaded(port, local_dir)
     doc = build_report(source, port_ckpt, prompt=prompt, tokens=ids, ctx=ctx, layers=layers, moe_tokens=tokens,
                        seed=seed, device=device)

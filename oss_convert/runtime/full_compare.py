@@ -53,6 +53,14 @@ def read_text_file(path: Path) -> str:
         raise OssConvertError(f"{path}: not a readable UTF-8 text file ({e})") from None
 
 
+def read_text_inputs(prompt: str | None, text_file: Path | None,
+                     tokens_file: Path | None) -> tuple[str | None, list[int] | None]:
+    """(text, token ids) from whichever of --prompt, --text-file and --tokens-file was given."""
+    if text_file is not None:
+        prompt = read_text_file(text_file)
+    return prompt, read_tokens_file(tokens_file) if tokens_file is not None else None
+
+
 @torch.no_grad()
 def check_tokens(ckpt: Checkpoint, tokens: list[int]) -> None:
     vocab_size = ckpt.require_config().vocab_size or ckpt.tensor("model.embed_tokens.weight").shape[0]
