@@ -18,7 +18,7 @@ from oss_convert.convert.to_gguf import convert_lossless
 from oss_convert.memory.context import ContextOptions
 from oss_convert.memory.llama import llama_cpp_memory
 from oss_convert.memory.plan import gguf_weight_bytes, memory_plan, model_shape
-from oss_convert.memory.runtime import runtime_kv_bytes, runtime_weight_bytes
+from oss_convert.memory.runtime import STORED_DENSE_FORMATS, runtime_kv_bytes, runtime_weight_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 MiB = 1 << 20
@@ -110,21 +110,25 @@ def test_runtime_plan_is_what_the_runtime_holds(bundled, tmp_path):
     torch = pytest.importorskip("torch")
     from oss_convert.runtime.full_compare import prefill
     from oss_convert.runtime.model import load_model, new_cache
-    from oss_convert.runtime.weights import MappedExperts, PackedExperts
+    from oss_convert.runtime import native
+    from oss_convert.runtime.weights import MappedExperts, PackedExperts, StoredMatrix
 
     q8 = tmp_path / "q8.gguf"
     assert CliRunner().invoke(cli, ["convert", str(bundled), "-o", str(q8), "--type", "q8_0"]).exit_code == 0
+    assert set(STORED_DENSE_FORMATS) == set(native.FORMATS) - {"MXFP4", "MXFP4_GGML"}
     for path in (bundled, q8):
         ckpt = open_checkpoint(path)
         model = load_model(ckpt, torch.device("cpu"))
         held = 0
         for obj in [model.embed, model.final_norm, model.lm_head, *model.attention, *model.moe]:
-            for value in (vars(obj).values() if not isinstance(obj, torch.Tensor) else [obj]):
+            for value in (vars(obj).values() if not isinstance(obj, (torch.Tensor, StoredMatrix)) else [obj]):
                 if isinstance(value, torch.Tensor):
                     held += value.numel() * value.element_size()
                 elif isinstance(value, (MappedExperts, PackedExperts)):
                     held += value.nbytes
-        assert held == runtime_weight_bytes(ckpt)
+                elif isinstance(value, StoredMatrix):
+                    held += value.data.nbytes
+        assert held == runtime_weight_bytes(ckpt, stored_dense=native.library() is not None)
         cache = new_cache()
         tokens = [(i * 7) % 300 for i in range(600)]
         with torch.no_grad():
@@ -147,7 +151,7 @@ def test_runtime_peak_on_cuda(bundled):
     tokens = [(i * 7) % 300 for i in range(2048)]
     with torch.no_grad():
         prefill(model, tokens, new_cache())
-    plan = runtime_memory(model_shape(ckpt), runtime_weight_bytes(ckpt), len(tokens))
+    plan = runtime_memory(model_shape(ckpt), runtime_weight_bytes(ckpt, stored_dense=False), len(tokens))
     assert torch.cuda.max_memory_allocated() == pytest.approx(plan["total_bytes"], rel=0.10)
 
 

@@ -68,6 +68,7 @@ class Tensor:
     viewer: Callable[[int], Stored]  # row i of axis 0 (an expert), memory-mapped
     ggml_type: int | None = None  # the type code, for tensors stored in a GGUF
     stored_name: str = ""  # the name in the file, where it differs (for messages)
+    interleaved: tuple["Tensor", "Tensor"] | None = None  # the gate and up this gate_up's rows alternate
 
     def __post_init__(self):
         self.stored_name = self.stored_name or self.name
@@ -151,7 +152,7 @@ def fused_gate_up(name: str, role: Role, layer: int, gate: Tensor, up: Tensor) -
     return Tensor(name, role, layer, gate.format, shape, gate.nbytes + up.nbytes, gate.where,
                   lambda start, stop: interleave_rows(gate.read(start, stop), up.read(start, stop)),
                   lambda i: interleave_rows(gate.view(i), up.view(i), axis=0), gate.ggml_type,
-                  f"{gate.name} and {up.name}")
+                  f"{gate.name} and {up.name}", (gate, up))
 
 
 def row_slice(name: str, t: Tensor, start: int, rows: int) -> Tensor:

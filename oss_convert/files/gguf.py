@@ -8,6 +8,7 @@ Type codes and block sizes come from the `gguf` package, the reference for them.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import struct
@@ -111,6 +112,12 @@ class GGUFTensor:
 
     def raw(self) -> np.ndarray:
         """The stored bytes as a read-only uint8 view, one row of blocks per ggml row."""
+        return self._mapped
+
+    @functools.cached_property
+    def _mapped(self) -> np.ndarray:
+        # mapped once: a fresh mapping per use would fault every page in again (an expert used by
+        # each decoded token, 1.3 GB a token on the 20b)
         if self.nbytes == 0:
             return np.zeros(0, np.uint8)
         flat = np.memmap(self.path, dtype=np.uint8, mode="r", offset=self.offset, shape=(self.nbytes,))

@@ -9,6 +9,7 @@ header never touches tensor data.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import struct
@@ -52,6 +53,10 @@ class StoredTensor:
 
     def array(self) -> np.ndarray:
         """A read-only, zero-copy view of the tensor (BF16 as uint16 words)."""
+        return self._mapped
+
+    @functools.cached_property
+    def _mapped(self) -> np.ndarray:  # mapped once, not once per use (see GGUFTensor.raw)
         count = math.prod(self.shape)
         if count == 0:
             return np.zeros(self.shape, NUMPY_DTYPES[self.dtype])

@@ -19,7 +19,8 @@ import torch
 from ..checkpoint import Checkpoint
 from ..checkpoint.config import GptOssConfig
 from .moe import moe_forward, rms_norm
-from .weights import MoELayer, as_float32, load_layer
+from . import native
+from .weights import MoELayer, StoredMatrix, as_float32, load_layer, stored_matrix
 
 # ------------------------------------------------------------------------------ RoPE
 
@@ -54,16 +55,31 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 # ------------------------------------------------------------------------------ weights
 
+Matrix = torch.Tensor | StoredMatrix  # float32 on the device, or in its stored form on the CPU
+
+
+def linear(x: torch.Tensor, w: Matrix, b: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ w.T (+ b)."""
+    if isinstance(w, StoredMatrix):
+        y = w.matmul(x)
+        return y if b is None else y + b
+    return x @ w.T if b is None else torch.addmm(b, x, w.T)
+
+
+def embedding(w: Matrix, tokens: torch.Tensor) -> torch.Tensor:
+    return w.rows(tokens) if isinstance(w, StoredMatrix) else w[tokens].float()
+
+
 @dataclass
 class AttentionWeights:
     norm: torch.Tensor
-    q_w: torch.Tensor
+    q_w: Matrix
     q_b: torch.Tensor
-    k_w: torch.Tensor
+    k_w: Matrix
     k_b: torch.Tensor
-    v_w: torch.Tensor
+    v_w: Matrix
     v_b: torch.Tensor
-    o_w: torch.Tensor
+    o_w: Matrix
     o_b: torch.Tensor
     sinks: torch.Tensor
 
@@ -71,11 +87,11 @@ class AttentionWeights:
 @dataclass
 class Model:
     config: GptOssConfig
-    embed: torch.Tensor
+    embed: Matrix
     attention: list[AttentionWeights]
     moe: list[MoELayer]
     final_norm: torch.Tensor
-    lm_head: torch.Tensor
+    lm_head: Matrix
     inv_freq: torch.Tensor  # RoPE inverse frequencies, YaRN-blended
     rope_scale: float  # YaRN's attention factor on cos and sin
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -105,27 +121,31 @@ def _widened(shape: tuple[int, ...], read_rows) -> torch.Tensor:
     return out
 
 
-def _dense_reader(ckpt: Checkpoint):
-    """HF name -> float32 tensor, for the non-expert weights."""
-    def read(hf_name: str) -> torch.Tensor:
+def _dense_reader(ckpt: Checkpoint, device: torch.device):
+    """HF name -> the non-expert weight on `device`: on the CPU, with the native kernels built,
+    a matrix stays in its stored form; otherwise float32 values."""
+    keep_stored = device.type == "cpu" and native.library() is not None
+
+    def read(hf_name: str) -> Matrix:
         t = ckpt.tensor(hf_name)
-        return _widened(t.shape, t.values)
+        stored = stored_matrix(t) if keep_stored else None
+        return stored if stored is not None else _widened(t.shape, t.values).to(device)
     return read
 
 
-def _attention_weights(read, layer: int, device) -> AttentionWeights:
-    return AttentionWeights(**{k: read(f"model.layers.{layer}.{v}").to(device) for k, v in _ATTN.items()})
+def _attention_weights(read, layer: int) -> AttentionWeights:
+    return AttentionWeights(**{k: read(f"model.layers.{layer}.{v}") for k, v in _ATTN.items()})
 
 
 def load_model(ckpt, device: torch.device) -> Model:
     """Every weight at once, for generation (a KV cache needs all layers at every step)."""
     cfg = ckpt.require_config()
-    read = _dense_reader(ckpt)
+    read = _dense_reader(ckpt, device)
     attention, moe = [], []
     for n in range(cfg.num_layers):
-        attention.append(_attention_weights(read, n, device))
+        attention.append(_attention_weights(read, n))
         moe.append(load_layer(ckpt, n).to(device))
-    g = {k: read(v).to(device) for k, v in _GLOBAL.items()}
+    g = {k: read(v) for k, v in _GLOBAL.items()}
     inv_freq, rope_scale = yarn_frequencies(cfg)
     return Model(cfg, g["embed"], attention, moe, g["final_norm"], g["lm_head"], inv_freq.to(device),
                  rope_scale, device)
@@ -168,9 +188,9 @@ def attention(w: AttentionWeights, x: torch.Tensor, cfg: GptOssConfig, layer: in
     T = x.shape[0]
     hd, nh, nkv = cfg.head_dim, cfg.num_heads, cfg.num_kv_heads
     h = rms_norm(x, w.norm, cfg.rms_norm_eps)
-    q = torch.addmm(w.q_b, h, w.q_w.T).view(T, nh, hd)
-    k = torch.addmm(w.k_b, h, w.k_w.T).view(T, nkv, hd)
-    v = torch.addmm(w.v_b, h, w.v_w.T).view(T, nkv, hd)
+    q = linear(h, w.q_w, w.q_b).view(T, nh, hd)
+    k = linear(h, w.k_w, w.k_b).view(T, nkv, hd)
+    v = linear(h, w.v_w, w.v_b).view(T, nkv, hd)
     q, k = apply_rope(q, step.cos, step.sin), apply_rope(k, step.cos, step.sin)
     if cache is not None:
         if len(cache.keys) > layer:
@@ -191,7 +211,7 @@ def attention(w: AttentionWeights, x: torch.Tensor, cfg: GptOssConfig, layer: in
     probs = torch.softmax(logits - logits.amax(dim=-1, keepdim=True), dim=-1)[..., :-1]
     probs = probs.view(nkv, nh // nkv, T, -1)
     out = torch.einsum("gjqk,kgd->qgjd", probs, v).reshape(T, nh * hd)
-    return torch.addmm(w.o_b, out, w.o_w.T)
+    return linear(out, w.o_w, w.o_b)
 
 
 def block_forward(attn: AttentionWeights, moe: MoELayer, x: torch.Tensor, cfg: GptOssConfig, layer: int,
@@ -206,10 +226,10 @@ def forward(model: Model, tokens: torch.Tensor, cache: KVCache | None = None, ba
     start = cache.length if cache is not None else 0
     positions = torch.arange(start, start + tokens.shape[0], device=model.device)
     step = step_inputs(cfg, model.inv_freq, model.rope_scale, positions, start + tokens.shape[0])
-    x = model.embed[tokens.to(model.device)].float()
+    x = embedding(model.embed, tokens.to(model.device))
     for n in range(cfg.num_layers):
         x = block_forward(model.attention[n], model.moe[n], x, cfg, n, step, cache, backend)
-    return rms_norm(x, model.final_norm, cfg.rms_norm_eps) @ model.lm_head.T
+    return linear(rms_norm(x, model.final_norm, cfg.rms_norm_eps), model.lm_head)
 
 
 def streamed_logits(ckpt, windows: list[torch.Tensor], device: torch.device, backend: str = "auto",
@@ -220,21 +240,21 @@ def streamed_logits(ckpt, windows: list[torch.Tensor], device: torch.device, bac
     operations in the same order as `forward` without a cache, so the same floats.
     `progress(layer)` is called as each layer is done."""
     cfg = ckpt.require_config()
-    read = _dense_reader(ckpt)
+    read = _dense_reader(ckpt, device)
     inv_freq, rope_scale = yarn_frequencies(cfg)
     inv_freq = inv_freq.to(device)
     steps = [step_inputs(cfg, inv_freq, rope_scale, torch.arange(len(w), device=device), len(w)) for w in windows]
     embed = read(_GLOBAL["embed"])
-    xs = [embed[w.cpu()].to(device) for w in windows]
+    xs = [embedding(embed, w.to(device)) for w in windows]
     del embed
     for n in range(cfg.num_layers):
-        attn, moe = _attention_weights(read, n, device), load_layer(ckpt, n).to(device)
+        attn, moe = _attention_weights(read, n), load_layer(ckpt, n).to(device)
         xs = [block_forward(attn, moe, x, cfg, n, step, None, backend) for x, step in zip(xs, steps)]
         del attn, moe  # before the next layer is read
         if progress is not None:
             progress(n)
-    final_norm, lm_head = read(_GLOBAL["final_norm"]).to(device), read(_GLOBAL["lm_head"]).to(device)
-    return [rms_norm(x, final_norm, cfg.rms_norm_eps) @ lm_head.T for x in xs]
+    final_norm, lm_head = read(_GLOBAL["final_norm"]), read(_GLOBAL["lm_head"])
+    return [linear(rms_norm(x, final_norm, cfg.rms_norm_eps), lm_head) for x in xs]
 
 
 def new_cache() -> KVCache:

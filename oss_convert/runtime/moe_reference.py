@@ -40,6 +40,12 @@ def moe_reference(x: torch.Tensor, router_w: torch.Tensor, router_b: torch.Tenso
     return mix_experts(x, experts, weights, w1, b1, w2, b2, limit, alpha)
 
 
+def expert_product(w, e: int, x: torch.Tensor) -> torch.Tensor:
+    """x @ w[e].T: by w's own product where it has one (packed experts: from the stored form)."""
+    matmul = getattr(w, "matmul", None)
+    return matmul(e, x) if matmul is not None else x @ w[e].float().T
+
+
 def mix_experts(x: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor,
                 w1, b1: torch.Tensor, w2, b2: torch.Tensor,
                 limit: float = SWIGLU_LIMIT, alpha: float = SWIGLU_ALPHA) -> torch.Tensor:
@@ -48,7 +54,7 @@ def mix_experts(x: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor,
     out = torch.zeros_like(x)
     for e in experts.unique().tolist():
         tokens, slots = torch.nonzero(experts == e, as_tuple=True)
-        h = x[tokens] @ w1[e].float().T + b1[e].float()
-        y = swiglu(h, limit, alpha) @ w2[e].float().T + b2[e].float()
+        h = expert_product(w1, e, x[tokens]) + b1[e].float()
+        y = expert_product(w2, e, swiglu(h, limit, alpha)) + b2[e].float()
         out.index_add_(0, tokens, y * weights[tokens, slots, None])
     return out

@@ -16,12 +16,14 @@ from typing import Callable
 
 import numpy as np
 import torch
+from gguf import GGMLQuantizationType as T
 
 from ..checkpoint import Checkpoint, Tensor
 from ..checkpoint.config import DEFAULT_SWIGLU_ALPHA, DEFAULT_SWIGLU_LIMIT
 from ..checkpoint.tensor import FLOAT_FORMATS
 from ..errors import OssConvertError
 from ..formats.registry import decodable
+from . import native
 from .dequant import dequantize_expert, expand_in_numpy
 
 
@@ -46,6 +48,21 @@ class PackedExperts:
         """Expert e as float32 [N, K], on the tensors' device: expanded only when used."""
         return dequantize_expert(self, e)
 
+    def matmul(self, e: int, x: torch.Tensor) -> torch.Tensor:
+        """x [T, K] @ expert e's matrix.T, float32 [T, N]."""
+        lib = native.for_format(self.format) if self.data.device.type == "cpu" else None
+        if lib is None:
+            return x.float() @ self[e].T
+        return native.matmul(lib, self.format, self.data[e], None if self.scales is None else self.scales[e],
+                             self.shape[1:], x)
+
+
+@dataclass
+class StoredRows:
+    """A matrix's rows as its file stores them, in a format the native kernels read."""
+    format: str
+    data: np.ndarray
+
 
 class MappedExperts:
     """The same stack left in its file: `packed(e)` puts expert e into the packed form of
@@ -55,12 +72,27 @@ class MappedExperts:
     experts into PackedExperts there, one expert at a time through host memory."""
 
     def __init__(self, format: str, shape: tuple[int, int, int], nbytes: int,
-                 packed: Callable[[int], tuple[np.ndarray, np.ndarray | None]]):
+                 packed: Callable[[int], tuple[np.ndarray, np.ndarray | None]],
+                 in_place: Callable[[int], list[StoredRows]] | None = None):
         self.format, self.shape, self.packed = format, shape, packed
         self.nbytes = nbytes  # as stored in the file
+        self.in_place = in_place
 
     def __getitem__(self, e: int) -> torch.Tensor:
         return expand_in_numpy(self.format, self.shape[1:], *self.packed(e))
+
+    def matmul(self, e: int, x: torch.Tensor) -> torch.Tensor:
+        """x [T, K] @ expert e's matrix.T, float32 [T, N], from the mapped pages: where the
+        native kernels read the file's layout, in place, one product per interleaved part."""
+        parts = self.in_place(e) if self.in_place is not None and native.library() is not None else None
+        if parts is not None:
+            n, k = self.shape[1] // len(parts), self.shape[2]
+            products = [native.matmul(native.library(), p.format, p.data, None, (n, k), x) for p in parts]
+            return products[0] if len(products) == 1 else torch.stack(products, dim=-1).flatten(-2)
+        lib = native.for_format(self.format)
+        if lib is None:
+            return x.float() @ self[e].T
+        return native.matmul(lib, self.format, *self.packed(e), self.shape[1:], x)
 
     def to(self, device) -> "MappedExperts | PackedExperts":
         device = torch.device(device)
@@ -105,6 +137,37 @@ class MoELayer:
                         self.swiglu_limit, self.swiglu_alpha)
 
 
+class StoredMatrix:
+    """A 2-D weight [N, K] kept in host memory in its stored form (BF16 words, ggml blocks...),
+    for the CPU: multiplied and row-gathered by the native kernels, never widened whole, so a
+    resident 20b holds its dense weights in 2.6 GB, not 7."""
+
+    def __init__(self, format: str, shape: tuple[int, int], data: np.ndarray):
+        self.format, self.shape, self.data = format, shape, data
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """x [T, K] @ W.T, float32 [T, N]."""
+        return native.matmul(native.library(), self.format, self.data, None, self.shape, x)
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """W[ids] as float32 [len(ids), K] (the embedding's lookup)."""
+        picked = self.data[ids.cpu().numpy()]
+        return native.expand(native.library(), self.format, picked, None, (len(picked), self.shape[1]))
+
+
+def stored_matrix(t: Tensor) -> StoredMatrix | None:
+    """`t` as a StoredMatrix, where the native kernels take its format on this machine."""
+    fmt = {"F32": "F32", "F16": "F16", "BF16": "BF16"}.get(t.format, t.format if t.ggml_type is not None else None)
+    if len(t.shape) != 2 or fmt == "MXFP4" or native.for_format(fmt) is None:
+        return None
+    data = np.ascontiguousarray(t.read())
+    expected = native.row_bytes(fmt, t.shape[1])
+    if data.nbytes != expected * t.shape[0]:
+        raise OssConvertError(f"{t.where}: {t.stored_name} holds {data.nbytes} bytes, not {t.shape[0]} rows of "
+                              f"{expected}")
+    return StoredMatrix(fmt, t.shape, data.view(np.uint8).reshape(t.shape[0], expected))
+
+
 def as_float32(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
 
@@ -122,12 +185,29 @@ def mapped_experts(t: Tensor) -> MappedExperts:
         def packed(e: int):
             blocks, scales = t.hf_mxfp4(t.view(e))
             return blocks.reshape(N, K // 2), scales
-        return MappedExperts("MXFP4", t.shape, t.nbytes, packed)
+        return MappedExperts("MXFP4", t.shape, t.nbytes, packed, in_place(t))
     if t.format in FLOAT_FORMATS:
         return MappedExperts("F32", t.shape, t.nbytes, lambda e: (t.decode(t.view(e)).reshape(N, K), None))
     if not decodable(t.ggml_type):
         raise OssConvertError(f"{t.where}: {t.stored_name} is {t.format}, which has no dequantizer here")
-    return MappedExperts(t.format, t.shape, t.nbytes, lambda e: (t.view(e), None))
+    return MappedExperts(t.format, t.shape, t.nbytes, lambda e: (t.view(e), None), in_place(t))
+
+
+def _in_place_format(t: Tensor) -> str | None:
+    if t.ggml_type == T.MXFP4:
+        return "MXFP4_GGML"
+    # (Ollama's MXFP4 layout is neither: it goes through HF's)
+    return t.format if t.ggml_type is not None and t.format in native.FORMATS and t.format != "MXFP4" else None
+
+
+def in_place(t: Tensor) -> Callable[[int], list[StoredRows]] | None:
+    """Expert e of a GGUF tensor as the rows its file holds, for the native kernels: ggml's MXFP4
+    blocks without HF's reordering, GGUF's gate and up apart instead of copied interleaved."""
+    parts = t.interleaved or (t,)
+    formats = [_in_place_format(p) for p in parts]
+    if None in formats:
+        return None
+    return lambda e: [StoredRows(f, p.view(e)) for f, p in zip(formats, parts)]
 
 
 def load_layer(ckpt: Checkpoint, layer: int) -> MoELayer:

@@ -1,0 +1,169 @@
+"""The CPU runtime's matrix products on weights in their stored form (packed_matmul.c).
+
+The C source ships with the package and is compiled on first use with the machine's own C
+compiler for the machine's own CPU (`-march=native`: AVX-512 where it has it), the way Triton
+builds its launchers; the library is cached under ~/.cache/oss-convert/native, keyed by the
+source, the compiler and the CPU. Without a compiler, or with OSS_CONVERT_NATIVE=0, `library()`
+is None and the runtime keeps its numpy-and-torch path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SOURCE = Path(__file__).with_name("packed_matmul.c")
+# MXFP4: HF's layout, codes and scales apart; MXFP4_GGML: ggml's 17-byte blocks, read in place
+FORMATS = {"F32": 0, "BF16": 1, "F16": 2, "MXFP4": 3, "Q8_0": 4, "Q5_0": 5, "Q4_0": 6, "Q5_1": 7, "MXFP4_GGML": 8}
+# -ffp-contract=off: the codecs' separate multiply and add must not become one fused operation
+FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fPIC", "-shared"]
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or platform.machine()
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "oss-convert" / "native"
+
+
+def build(extra_flags: tuple[str, ...] = ()) -> Path | None:
+    """The compiled library (built now if the cache lacks it), or None where it cannot be built."""
+    cc = _compiler()
+    if cc is None:
+        return None
+    try:
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), cc, version, _cpu_flags(), *extra_flags]).encode()).hexdigest()[:16]
+    target = _cache_dir() / f"packed_matmul-{key}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for threads in (["-fopenmp"], []):  # a compiler without OpenMP still builds it, one thread
+        with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".so", delete=False) as tmp:
+            partial = Path(tmp.name)
+        try:
+            done = subprocess.run([cc, *FLAGS, *threads, *extra_flags, str(SOURCE), "-o", str(partial), "-lm"],
+                                  capture_output=True, text=True, timeout=300)
+            if done.returncode == 0:
+                os.replace(partial, target)  # whole or not at all, for processes building at once
+                return target
+        except (OSError, subprocess.SubprocessError):
+            pass
+        finally:
+            partial.unlink(missing_ok=True)
+    return None
+
+
+def load(path: Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(path))
+    lib.oss_packed_matmul.restype = ctypes.c_int
+    lib.oss_packed_matmul.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+                                      ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
+    lib.oss_row_bytes.restype = ctypes.c_int64
+    lib.oss_row_bytes.argtypes = [ctypes.c_int, ctypes.c_int64]
+    lib.oss_expand.restype = None
+    lib.oss_expand.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+                               ctypes.c_void_p, ctypes.c_int]
+    return lib
+
+
+@cache
+def library() -> ctypes.CDLL | None:
+    if os.environ.get("OSS_CONVERT_NATIVE", "1") == "0":
+        return None
+    path = build()
+    if path is None:
+        print("note: no C compiler found; the CPU runtime runs on numpy and torch (slower)", file=sys.stderr)
+        return None
+    return load(path)
+
+
+def for_format(format: str) -> ctypes.CDLL | None:
+    """The library, where it is built and multiplies `format` in its stored form."""
+    return library() if format in FORMATS else None
+
+
+def row_bytes(format: str, k: int) -> int:
+    """Bytes of one stored row of k values."""
+    return {"F32": 4 * k, "BF16": 2 * k, "F16": 2 * k, "MXFP4": k // 2}.get(format) or k // 32 * {
+        "Q8_0": 34, "Q5_0": 22, "Q4_0": 18, "Q5_1": 24, "MXFP4_GGML": 17}[format]
+
+
+def _pointer(a: np.ndarray | torch.Tensor | None) -> int | None:
+    if a is None:
+        return None
+    return a.data_ptr() if isinstance(a, torch.Tensor) else a.ctypes.data
+
+
+# Up to this many tokens the product runs in C straight from the stored form; above it the
+# matrix is expanded into a reused float32 buffer and torch's GEMM (near the CPU's peak) multiplies.
+FUSED_MAX_TOKENS = 8
+
+_scratch = torch.empty(0)
+
+
+def _contiguous(a):
+    if a is None:
+        return None
+    return a.contiguous() if isinstance(a, torch.Tensor) else np.ascontiguousarray(a)
+
+
+def packed_matmul(lib: ctypes.CDLL, format: str, data: np.ndarray | torch.Tensor, scales, shape: tuple[int, int],
+                  x: torch.Tensor) -> torch.Tensor:
+    """x [T, K] float32 @ W.T in C, W [N, K] in its stored form (`data`: its rows as stored;
+    `scales`: MXFP4's E8M0 bytes [N, K/32]). Returns [T, N] float32."""
+    n, k = shape
+    x, data, scales = x.float().contiguous(), _contiguous(data), _contiguous(scales)
+    y = torch.empty((x.shape[0], n), dtype=torch.float32)
+    status = lib.oss_packed_matmul(FORMATS[format], _pointer(data), _pointer(scales), n, k, x.data_ptr(), x.shape[0],
+                                   y.data_ptr(), torch.get_num_threads())
+    if status != 0:
+        raise MemoryError(f"packed_matmul: status {status} for {format} [{n}, {k}]")
+    return y
+
+
+def expand(lib: ctypes.CDLL, format: str, data, scales, shape: tuple[int, int], out: torch.Tensor | None = None) -> torch.Tensor:
+    """W [N, K] as float32, expanded in C (into `out` when given)."""
+    n, k = shape
+    data, scales = _contiguous(data), _contiguous(scales)
+    out = torch.empty((n, k), dtype=torch.float32) if out is None else out
+    lib.oss_expand(FORMATS[format], _pointer(data), _pointer(scales), n, k, out.data_ptr(), torch.get_num_threads())
+    return out
+
+
+def matmul(lib: ctypes.CDLL, format: str, data, scales, shape: tuple[int, int], x: torch.Tensor) -> torch.Tensor:
+    """x [T, K] @ W.T for W [N, K] in its stored form: in C for a few tokens, else expanded
+    once into the reused buffer and multiplied by torch."""
+    if x.shape[0] <= FUSED_MAX_TOKENS:
+        return packed_matmul(lib, format, data, scales, shape, x)
+    global _scratch
+    n, k = shape
+    if _scratch.numel() < n * k:
+        _scratch = torch.empty(n * k, dtype=torch.float32)
+    w = expand(lib, format, data, scales, shape, _scratch[:n * k].view(n, k))
+    return x.float() @ w.T

@@ -1,0 +1,361 @@
+/* y[t, n] = sum_k x[t, k] * W[n, k] with W in its stored form (float, MXFP4 or a 32-value ggml
+ * block type), for the runtime on the CPU.
+ *
+ * W is expanded 16 rows at a time into a float32 tile that stays in cache, so a packed expert is
+ * never written out whole; every token of the call is multiplied against the tile before the next
+ * one is expanded. Expansion uses the arithmetic of the numpy codecs (ggml's dequantizers), so the
+ * tile holds exactly the values they give.
+ *
+ * Every output is summed in one fixed order that depends on nothing but K: lane j of a 16-lane
+ * accumulator takes k = j, j + 16, j + 32, ... by fused multiply-add, then the lanes are added
+ * as a fixed tree. A token's result is therefore the same whichever format held the values,
+ * whichever other tokens share the call, however many threads run, and with or without AVX-512
+ * (the portable loop does the same operations lane by lane).
+ *
+ * Built by oss_convert/runtime/native/__init__.py with -ffp-contract=off: the compiler must not
+ * fuse the codecs' separate multiply and add (Q5_1: d * q + m).
+ */
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+/* MXFP4: HF's layout (codes [K/2], byte j = values 2j and 2j + 1; E8M0 scales apart);
+ * MXFP4_GGML: ggml's blocks of 17 bytes (the E8M0 byte, then byte j = values j and j + 16) */
+enum { F32 = 0, BF16 = 1, F16 = 2, MXFP4 = 3, Q8_0 = 4, Q5_0 = 5, Q4_0 = 6, Q5_1 = 7, MXFP4_GGML = 8 };
+
+#define LANES 16
+#define TILE_ROWS 16
+
+static const float E2M1[16] = {0.f, .5f, 1.f, 1.5f, 2.f, 3.f, 4.f, 6.f,
+                               -0.f, -.5f, -1.f, -1.5f, -2.f, -3.f, -4.f, -6.f};
+
+static float from_bits(uint32_t bits) {
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+static float half_to_float(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exponent = (h >> 10) & 0x1f, mantissa = h & 0x3ff;
+    if (exponent == 0) {  /* zero or subnormal: mantissa * 2^-24, exact in float32 */
+        float magnitude = (float)mantissa * 5.9604644775390625e-8f;
+        uint32_t bits;
+        memcpy(&bits, &magnitude, 4);
+        return from_bits(sign | bits);
+    }
+    if (exponent == 31)
+        return from_bits(sign | 0x7f800000u | (mantissa << 13));
+    return from_bits(sign | ((exponent + 112) << 23) | (mantissa << 13));
+}
+
+/* 2^(s - 127) for the E8M0 byte s; 255 is NaN */
+static float e8m0(uint8_t s) {
+    if (s == 255) return from_bits(0x7fc00000u);
+    if (s == 0) return from_bits(0x00400000u);
+    return from_bits((uint32_t)s << 23);
+}
+
+static uint16_t read16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+static uint32_t read32(const uint8_t *p) { return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24); }
+
+int64_t oss_row_bytes(int format, int64_t k) {
+    switch (format) {
+    case F32: return 4 * k;
+    case BF16: case F16: return 2 * k;
+    case MXFP4: return k / 2;
+    case Q8_0: return k / 32 * 34;
+    case Q5_0: return k / 32 * 22;
+    case Q4_0: return k / 32 * 18;
+    case Q5_1: return k / 32 * 24;
+    case MXFP4_GGML: return k / 32 * 17;
+    }
+    return -1;
+}
+
+static void expand_mxfp4(const uint8_t *codes, const uint8_t *scales, int64_t k, float *out) {
+    for (int64_t b = 0; b < k / 32; b++) {
+        const uint8_t *q = codes + 16 * b;
+        float factor = e8m0(scales[b]);
+        float *o = out + 32 * b;
+#if defined(__AVX512F__)
+        __m512 lut = _mm512_loadu_ps(E2M1), f = _mm512_set1_ps(factor);
+        __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)q));
+        __m512i low = _mm512_and_si512(bytes, _mm512_set1_epi32(15)), high = _mm512_srli_epi32(bytes, 4);
+        /* byte j holds value 2j in its low nibble and 2j + 1 in its high one */
+        __m512i first = _mm512_permutex2var_epi32(low, _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23), high);
+        __m512i second = _mm512_permutex2var_epi32(low, _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31), high);
+        _mm512_storeu_ps(o, _mm512_mul_ps(_mm512_permutexvar_ps(first, lut), f));
+        _mm512_storeu_ps(o + 16, _mm512_mul_ps(_mm512_permutexvar_ps(second, lut), f));
+#else
+        for (int j = 0; j < 16; j++) {
+            o[2 * j] = E2M1[q[j] & 15] * factor;
+            o[2 * j + 1] = E2M1[q[j] >> 4] * factor;
+        }
+#endif
+    }
+}
+
+static void expand_mxfp4_ggml(const uint8_t *row, int64_t k, float *out) {
+    for (int64_t b = 0; b < k / 32; b++) {
+        const uint8_t *q = row + 17 * b + 1;
+        float factor = e8m0(row[17 * b]), *o = out + 32 * b;
+        for (int j = 0; j < 16; j++) {
+            o[j] = E2M1[q[j] & 15] * factor;
+            o[j + 16] = E2M1[q[j] >> 4] * factor;
+        }
+    }
+}
+
+/* Q8_0 / Q5_0 / Q4_0 / Q5_1: value j of a 32-value block has a low part from nibble or byte j,
+ * and for Q5_* a fifth bit j of the 32-bit qh */
+static void expand_legacy(int format, const uint8_t *row, int64_t k, float *out) {
+    int64_t size = oss_row_bytes(format, 32);
+    for (int64_t b = 0; b < k / 32; b++) {
+        const uint8_t *block = row + size * b;
+        float *o = out + 32 * b;
+        float d = half_to_float(read16(block));
+        if (format == Q8_0) {
+            const int8_t *q = (const int8_t *)(block + 2);
+            for (int j = 0; j < 32; j++) o[j] = d * (float)q[j];
+        } else if (format == Q4_0) {
+            const uint8_t *q = block + 2;
+            for (int j = 0; j < 16; j++) {
+                o[j] = d * (float)((q[j] & 15) - 8);
+                o[j + 16] = d * (float)((q[j] >> 4) - 8);
+            }
+        } else {
+            int offset = format == Q5_0 ? 2 : 4;
+            uint32_t qh = read32(block + offset);
+            const uint8_t *q = block + offset + 4;
+            if (format == Q5_0) {
+                for (int j = 0; j < 16; j++) {
+                    o[j] = d * (float)((int)((q[j] & 15) | (((qh >> j) & 1) << 4)) - 16);
+                    o[j + 16] = d * (float)((int)((q[j] >> 4) | (((qh >> (j + 16)) & 1) << 4)) - 16);
+                }
+            } else {
+                float m = half_to_float(read16(block + 2));
+                for (int j = 0; j < 16; j++) {
+                    o[j] = d * (float)((q[j] & 15) | (((qh >> j) & 1) << 4)) + m;
+                    o[j + 16] = d * (float)((q[j] >> 4) | (((qh >> (j + 16)) & 1) << 4)) + m;
+                }
+            }
+        }
+    }
+}
+
+/* row n of W as k float32 values, followed by zeros up to `padded` */
+static void expand_row(int format, const uint8_t *w, const uint8_t *scales, int64_t n, int64_t k, int64_t padded, float *out) {
+    const uint8_t *row = w + n * oss_row_bytes(format, k);
+    switch (format) {
+    case F32: memcpy(out, row, 4 * k); break;
+    case BF16:
+        for (int64_t i = 0; i < k; i++) out[i] = from_bits((uint32_t)read16(row + 2 * i) << 16);
+        break;
+    case F16:
+        for (int64_t i = 0; i < k; i++) out[i] = half_to_float(read16(row + 2 * i));
+        break;
+    case MXFP4: expand_mxfp4(row, scales + n * (k / 32), k, out); break;
+    case MXFP4_GGML: expand_mxfp4_ggml(row, k, out); break;
+    default: expand_legacy(format, row, k, out);
+    }
+    memset(out + k, 0, 4 * (padded - k));
+}
+
+void oss_expand(int format, const uint8_t *w, const uint8_t *scales, int64_t rows, int64_t k, float *out, int threads) {
+#pragma omp parallel for num_threads(threads > 0 ? threads : 1) schedule(static)
+    for (int64_t n = 0; n < rows; n++) expand_row(format, w, scales, n, k, k, out + n * k);
+}
+
+static float add_lanes(float *lanes) {
+    for (int width = LANES / 2; width > 0; width /= 2)
+        for (int j = 0; j < width; j++) lanes[j] += lanes[j + width];
+    return lanes[0];
+}
+
+/* R rows of the tile (stride `padded`) times TT tokens of x (stride k): y[t * n_out + row] */
+#if defined(__AVX512F__)
+#define DEFINE_BLOCK(R, TT)                                                                            \
+    static void block_##R##x##TT(const float *w, int64_t padded, const float *x, int64_t k,            \
+                                 float *y, int64_t n_out) {                                            \
+        __m512 acc[R][TT];                                                                             \
+        for (int i = 0; i < R; i++)                                                                    \
+            for (int j = 0; j < TT; j++) acc[i][j] = _mm512_setzero_ps();                              \
+        for (int64_t c = 0; c < padded; c += LANES) {                                                  \
+            __mmask16 mask = k - c >= LANES ? 0xffff : (__mmask16)((1u << (k - c)) - 1);               \
+            __m512 xv[TT];                                                                             \
+            for (int j = 0; j < TT; j++) xv[j] = _mm512_maskz_loadu_ps(mask, x + j * k + c);           \
+            for (int i = 0; i < R; i++) {                                                              \
+                __m512 wv = _mm512_load_ps(w + i * padded + c);                                        \
+                for (int j = 0; j < TT; j++) acc[i][j] = _mm512_fmadd_ps(wv, xv[j], acc[i][j]);        \
+            }                                                                                          \
+        }                                                                                              \
+        float lanes[LANES] __attribute__((aligned(64)));                                               \
+        for (int i = 0; i < R; i++)                                                                    \
+            for (int j = 0; j < TT; j++) {                                                             \
+                _mm512_store_ps(lanes, acc[i][j]);                                                     \
+                y[j * n_out + i] = add_lanes(lanes);                                                   \
+            }                                                                                          \
+    }
+#else
+#define DEFINE_BLOCK(R, TT)                                                                            \
+    static void block_##R##x##TT(const float *w, int64_t padded, const float *x, int64_t k,            \
+                                 float *y, int64_t n_out) {                                            \
+        for (int i = 0; i < R; i++)                                                                    \
+            for (int j = 0; j < TT; j++) {                                                             \
+                float lanes[LANES] = {0};                                                              \
+                for (int64_t c = 0; c < padded; c += LANES)                                            \
+                    for (int l = 0; l < LANES; l++) {                                                  \
+                        float xv = c + l < k ? x[j * k + c + l] : 0.f;                                 \
+                        lanes[l] = fmaf(w[i * padded + c + l], xv, lanes[l]);                          \
+                    }                                                                                  \
+                y[j * n_out + i] = add_lanes(lanes);                                                   \
+            }                                                                                          \
+    }
+#endif
+
+DEFINE_BLOCK(4, 4)
+DEFINE_BLOCK(4, 2)
+DEFINE_BLOCK(4, 1)
+DEFINE_BLOCK(1, 4)
+DEFINE_BLOCK(1, 2)
+DEFINE_BLOCK(1, 1)
+
+static void tile_times_tokens(const float *tile, int64_t rows, int64_t padded, const float *x, int64_t k,
+                              int64_t tokens, float *y, int64_t n_out) {
+    for (int64_t t = 0; t < tokens;) {
+        int64_t step = tokens - t >= 4 ? 4 : tokens - t >= 2 ? 2 : 1;
+        const float *xt = x + t * k;
+        float *yt = y + t * n_out;
+        int64_t r = 0;
+        for (; r + 4 <= rows; r += 4) {
+            const float *w = tile + r * padded;
+            if (step == 4) block_4x4(w, padded, xt, k, yt + r, n_out);
+            else if (step == 2) block_4x2(w, padded, xt, k, yt + r, n_out);
+            else block_4x1(w, padded, xt, k, yt + r, n_out);
+        }
+        for (; r < rows; r++) {
+            const float *w = tile + r * padded;
+            if (step == 4) block_1x4(w, padded, xt, k, yt + r, n_out);
+            else if (step == 2) block_1x2(w, padded, xt, k, yt + r, n_out);
+            else block_1x1(w, padded, xt, k, yt + r, n_out);
+        }
+        t += step;
+    }
+}
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define HAVE_DIRECT 1
+/* Few tokens (decode): each row is expanded 16 values at a time in registers and multiplied at
+ * once, never stored; the same lanes, the same fused multiply-adds in the same order as the tile
+ * path, so the same floats. F32, BF16, both MXFP4 layouts and Q8_0 (the lossless GGUF's and the common
+ * dense types); the others take the tile path. */
+#define DIRECT_MAX_TOKENS 4
+
+static int direct_format(int format) {
+    return format == F32 || format == BF16 || format == MXFP4 || format == MXFP4_GGML || format == Q8_0;
+}
+
+
+/* 16 values of row `row` starting at value c (a multiple of 16) as float32 lanes */
+static inline __m512 direct_values(int format, const uint8_t *row, const uint8_t *scales, int64_t k, int64_t c) {
+    __mmask16 mask = k - c >= LANES ? 0xffff : (__mmask16)((1u << (k - c)) - 1);
+    if (format == F32) return _mm512_maskz_loadu_ps(mask, (const float *)row + c);
+    if (format == BF16)
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(
+            _mm256_maskz_loadu_epi16(mask, (const uint16_t *)row + c)), 16));
+    int64_t b = c / 32, upper = (c / 16) & 1;
+    if (format == Q8_0) {
+        const uint8_t *block = row + 34 * b;
+        __m512 q = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(block + 2 + 16 * upper))));
+        return _mm512_mul_ps(_mm512_set1_ps(half_to_float(read16(block))), q);
+    }
+    __m512 lut = _mm512_loadu_ps(E2M1);
+    if (format == MXFP4_GGML) {
+        const uint8_t *block = row + 17 * b;
+        __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(block + 1)));
+        __m512i codes = upper ? _mm512_srli_epi32(bytes, 4) : _mm512_and_si512(bytes, _mm512_set1_epi32(15));
+        return _mm512_mul_ps(_mm512_permutexvar_ps(codes, lut), _mm512_set1_ps(e8m0(block[0])));
+    }
+    /* MXFP4 (HF): byte j holds value 2j in its low nibble and 2j + 1 in its high one */
+    __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(row + 16 * b)));
+    __m512i low = _mm512_and_si512(bytes, _mm512_set1_epi32(15)), high = _mm512_srli_epi32(bytes, 4);
+    __m512i order = upper ? _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31)
+                          : _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    return _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_permutex2var_epi32(low, order, high), lut),
+                         _mm512_set1_ps(e8m0(scales[b])));
+}
+
+/* rows [first, first + R) against `tokens` tokens: R independent chains per token, so the
+ * fused multiply-adds' latency overlaps */
+#define DIRECT_ROWS 4
+static void direct_rows(int format, const uint8_t *w, const uint8_t *scales, int64_t first, int64_t rows, int64_t k,
+                        const float *x, int64_t tokens, float *y, int64_t n_out) {
+    __m512 acc[DIRECT_ROWS][DIRECT_MAX_TOKENS];
+    const uint8_t *row[DIRECT_ROWS], *scale_row[DIRECT_ROWS];
+    for (int i = 0; i < DIRECT_ROWS; i++) {
+        int64_t n = first + (i < rows ? i : 0);
+        row[i] = w + n * oss_row_bytes(format, k);
+        scale_row[i] = scales ? scales + n * (k / 32) : NULL;
+        for (int t = 0; t < DIRECT_MAX_TOKENS; t++) acc[i][t] = _mm512_setzero_ps();
+    }
+    for (int64_t c = 0; c < k; c += LANES) {
+        __mmask16 mask = k - c >= LANES ? 0xffff : (__mmask16)((1u << (k - c)) - 1);
+        __m512 xv[DIRECT_MAX_TOKENS];
+        for (int64_t t = 0; t < tokens; t++) xv[t] = _mm512_maskz_loadu_ps(mask, x + t * k + c);
+        for (int i = 0; i < DIRECT_ROWS; i++) {
+            if (i >= rows) break;
+            __m512 v = direct_values(format, row[i], scale_row[i], k, c);
+            for (int64_t t = 0; t < tokens; t++) acc[i][t] = _mm512_fmadd_ps(v, xv[t], acc[i][t]);
+        }
+    }
+    float lanes[LANES] __attribute__((aligned(64)));
+    for (int i = 0; i < rows; i++)
+        for (int64_t t = 0; t < tokens; t++) {
+            _mm512_store_ps(lanes, acc[i][t]);
+            y[t * n_out + first + i] = add_lanes(lanes);
+        }
+}
+#endif
+
+/* y [tokens, n] = x [tokens, k] @ W[n, k]^T. Returns 0, or -1 for a format or k it cannot take. */
+int oss_packed_matmul(int format, const uint8_t *w, const uint8_t *scales, int64_t n, int64_t k,
+                      const float *x, int64_t tokens, float *y, int threads) {
+    if (oss_row_bytes(format, k) < 0 || (format >= MXFP4 && k % 32 != 0)) return -1;
+    int64_t padded = (k + LANES - 1) / LANES * LANES, tiles = (n + TILE_ROWS - 1) / TILE_ROWS;
+    int failed = 0;
+#if defined(HAVE_DIRECT)
+    if (tokens <= DIRECT_MAX_TOKENS && direct_format(format)) {
+        int64_t groups = (n + DIRECT_ROWS - 1) / DIRECT_ROWS;
+#pragma omp parallel for num_threads(threads > 0 ? threads : 1) schedule(dynamic, 16)
+        for (int64_t g = 0; g < groups; g++) {
+            int64_t first = g * DIRECT_ROWS;
+            direct_rows(format, w, scales, first, n - first < DIRECT_ROWS ? n - first : DIRECT_ROWS, k, x, tokens, y, n);
+        }
+        return 0;
+    }
+#endif
+#pragma omp parallel num_threads(threads > 0 ? threads : 1)
+    {
+        float *tile = aligned_alloc(64, (size_t)(TILE_ROWS * padded * 4));
+        if (tile == NULL) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(dynamic, 4)
+        for (int64_t i = 0; i < tiles; i++) {
+            if (tile == NULL) continue;
+            int64_t first = i * TILE_ROWS, rows = n - first < TILE_ROWS ? n - first : TILE_ROWS;
+            for (int64_t r = 0; r < rows; r++)
+                expand_row(format, w, scales, first + r, k, padded, tile + r * padded);
+            tile_times_tokens(tile, rows, padded, x, k, tokens, y + first, n);
+        }
+        free(tile);
+    }
+    return failed ? -2 : 0;
+}

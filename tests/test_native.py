@@ -1,0 +1,179 @@
+"""The CPU runtime's C kernels (runtime/native): the values they expand are the numpy codecs'
+bit for bit, and each product is the same floats however it is computed (one token or many,
+one thread or two, from the stored form or from the values, with AVX-512 or without), and
+within float32 rounding of a float64 product."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from gguf import GGMLQuantizationType as T
+
+from oss_convert.checkpoint import open_checkpoint
+from oss_convert.formats import mxfp4, q4_0, q5_0, q5_1, q8_0
+from oss_convert.formats.registry import decode
+from oss_convert.runtime import native
+
+lib = native.library()
+pytestmark = pytest.mark.skipif(lib is None, reason="no C compiler: the runtime's numpy path runs")
+
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """The same float32 values, NaNs and signed zeros included."""
+    return a.shape == b.shape and torch.equal(a.contiguous().view(torch.int32), b.contiguous().view(torch.int32))
+
+
+QUANTIZERS = {"Q8_0": q8_0.quantize, "Q5_0": q5_0.quantize, "Q4_0": q4_0.quantize, "Q5_1": q5_1.quantize}
+
+
+def rows_to_test(n: int, k: int, rng) -> np.ndarray:
+    """Random rows, a row of zeros, a row with one outlier, tiny and huge rows."""
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    w[1] = 0
+    w[2, 5] = 1e4
+    w[3] *= 1e-30
+    w[4] *= 6e4
+    return w
+
+
+def stored_forms(n: int, k: int, rng):
+    """(format, data, scales, float32 values by the numpy codecs) for every native format."""
+    w = rows_to_test(n, k, rng)
+    yield "F32", w, None, w
+    bf16 = (w.view(np.uint32) >> 16).astype(np.uint16)
+    yield "BF16", bf16, None, (bf16.astype(np.uint32) << 16).view(np.float32)
+    with np.errstate(over="ignore"):
+        f16 = w.astype(np.float16)  # the huge row overflows to infinity
+    yield "F16", f16, None, f16.astype(np.float32)
+    codes = rng.integers(0, 256, (n, k // 2), dtype=np.uint8)
+    scales = rng.integers(100, 150, (n, k // 32), dtype=np.uint8)
+    scales[:4, 0] = [0, 1, 254, 255]  # E8M0's extremes: 2^-127 (subnormal in float32), 2^127, NaN
+    values = mxfp4.decode_hf(codes.reshape(n, -1, 16), scales).reshape(n, k)
+    yield "MXFP4", codes, scales, values
+    yield "MXFP4_GGML", mxfp4.hf_to_ggml(codes.reshape(n, -1, 16), scales).reshape(n, -1), None, values
+    for name, quantize in QUANTIZERS.items():
+        data = quantize(w)
+        yield name, data, None, decode(data, T[name]).reshape(n, k)
+
+
+@pytest.mark.parametrize("fmt", list(native.FORMATS))
+def test_expansion_is_the_numpy_codecs_bit_for_bit(fmt):
+    rng = np.random.default_rng(0)
+    for name, data, scales, want in stored_forms(24, 96, rng):
+        if name == fmt:
+            got = native.expand(lib, fmt, data, scales, (24, 96)).numpy()
+            assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+def test_ggml_blocks_with_extreme_scales_expand_as_the_codecs_do():
+    """Raw random blocks: any fp16 scale, subnormal, infinite or NaN included."""
+    rng = np.random.default_rng(1)
+    for name in QUANTIZERS:
+        data = rng.integers(0, 256, (16, native.row_bytes(name, 64)), dtype=np.uint8)
+        data[0, :2] = [0x01, 0x00]  # the smallest fp16 subnormal
+        data[1, :2] = [0x00, 0x7c]  # +inf
+        data[2, :2] = [0x01, 0xfe]  # a NaN
+        want = decode(data, T[name]).reshape(16, 64)
+        got = native.expand(lib, name, data, None, (16, 64)).numpy()
+        assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), name
+
+
+@pytest.mark.parametrize("fmt", list(native.FORMATS))
+def test_a_product_is_the_same_floats_however_it_is_computed(fmt):
+    rng = np.random.default_rng(2)
+    n, k = 37, 160  # a partial tile of rows
+    x = torch.from_numpy(rng.standard_normal((11, k)).astype(np.float32))
+    for name, data, scales, values in stored_forms(n, k, rng):
+        if name != fmt:
+            continue
+        values = torch.from_numpy(values)
+        whole = native.packed_matmul(lib, fmt, data, scales, (n, k), x)
+        finite = torch.isfinite(values).all(dim=1)
+        want = (x.double() @ values.double().T)[:, finite]
+        scale = (x.double().abs() @ values.double().abs().T)[:, finite]
+        assert ((whole[:, finite].double() - want).abs() <= 1e-6 * scale + 1e-30).all()
+        # each token alone (the few-token path), in other groupings, from the float32 values
+        for t in range(11):
+            assert same_bits(native.packed_matmul(lib, fmt, data, scales, (n, k), x[t:t + 1]), whole[t:t + 1])
+        for start, stop in ((0, 4), (3, 5), (4, 11)):
+            assert same_bits(native.packed_matmul(lib, fmt, data, scales, (n, k), x[start:stop]), whole[start:stop])
+        same_values = native.packed_matmul(lib, "F32", values.numpy(), None, (n, k), x)
+        assert same_bits(same_values, whole)
+
+
+def test_threads_do_not_change_a_product(monkeypatch):
+    rng = np.random.default_rng(3)
+    codes = rng.integers(0, 256, (200, 48), dtype=np.uint8)
+    scales = rng.integers(110, 130, (200, 3), dtype=np.uint8)
+    x = torch.randn(6, 96)
+    results = []
+    for threads in (1, 2, 3):
+        monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+        results += [native.packed_matmul(lib, "MXFP4", codes, scales, (200, 96), x[:1]),
+                    native.packed_matmul(lib, "MXFP4", codes, scales, (200, 96), x)]
+    for a, b in zip(results, results[2:]):
+        assert same_bits(a, b)
+
+
+def test_rows_not_a_multiple_of_the_vector_width():
+    rng = np.random.default_rng(4)
+    for k in (1, 15, 17, 40):
+        w = rng.standard_normal((9, k)).astype(np.float32)
+        bf16 = (w.view(np.uint32) >> 16).astype(np.uint16)
+        values = torch.from_numpy((bf16.astype(np.uint32) << 16).view(np.float32))
+        x = torch.randn(7, k)
+        for fmt, data in (("F32", values.numpy()), ("BF16", bf16)):
+            many = native.packed_matmul(lib, fmt, data, None, (9, k), x)
+            assert torch.allclose(many, x @ values.T, rtol=1e-5, atol=1e-6)
+            assert same_bits(native.packed_matmul(lib, fmt, data, None, (9, k), x[2:3]), many[2:3])
+
+
+def test_the_portable_build_gives_the_same_floats_as_the_vector_one():
+    """Without AVX-512 the C loop runs lane by lane in the same order: the same bits."""
+    portable = native.build(("-mno-avx512f",))
+    if portable is None:
+        pytest.skip("the compiler cannot build without AVX-512")
+    plain = native.load(portable)
+    rng = np.random.default_rng(5)
+    x = torch.from_numpy(rng.standard_normal((6, 96)).astype(np.float32))
+    for fmt, data, scales, _ in stored_forms(20, 96, rng):
+        for tokens in (1, 6):
+            a = native.packed_matmul(lib, fmt, data, scales, (20, 96), x[:tokens])
+            b = native.packed_matmul(plain, fmt, data, scales, (20, 96), x[:tokens])
+            assert same_bits(a, b), (fmt, tokens)
+
+
+def test_more_tokens_expand_once_and_multiply_in_torch():
+    rng = np.random.default_rng(6)
+    codes = rng.integers(0, 256, (64, 48), dtype=np.uint8)
+    scales = rng.integers(110, 130, (64, 3), dtype=np.uint8)
+    values = torch.from_numpy(mxfp4.decode_hf(codes.reshape(64, -1, 16), scales).reshape(64, 96))
+    x = torch.randn(native.FUSED_MAX_TOKENS + 5, 96)
+    assert same_bits(native.matmul(lib, "MXFP4", codes, scales, (64, 96), x), x @ values.T)
+
+
+def test_without_the_kernels_the_runtime_gives_the_same_logits_within_rounding(bundled, monkeypatch):
+    from oss_convert.runtime.model import forward, load_model
+    from oss_convert.runtime.weights import StoredMatrix
+    tokens = torch.tensor([(i * 37 + 11) % 300 for i in range(24)])
+    with torch.no_grad():
+        model = load_model(open_checkpoint(bundled), torch.device("cpu"))
+        assert isinstance(model.lm_head, StoredMatrix) and isinstance(model.attention[0].q_w, StoredMatrix)
+        fast = forward(model, tokens)
+        monkeypatch.setattr(native, "library", lambda: None)
+        model = load_model(open_checkpoint(bundled), torch.device("cpu"))
+        assert isinstance(model.lm_head, torch.Tensor)
+        slow = forward(model, tokens)
+    torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-4)
+
+
+def test_no_compiler_means_no_library_and_one_note(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert native.build() is None
+    native.library.cache_clear()
+    try:
+        assert native.library() is None
+        assert capsys.readouterr().err.count("note: no C compiler") == 1
+    finally:
+        native.library.cache_clear()
