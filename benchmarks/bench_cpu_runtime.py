@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, ensure_fixture, fmt_row, run_measured  # noqa: E402
+from common import ROOT, ensure_fixture, fmt_row, run_sampled  # noqa: E402
 
 LLAMA_EVAL = """
 import sys, time, llama_cpp
@@ -91,20 +91,22 @@ def main() -> None:
             print(f"writing {out.name} ...", flush=True)
             subprocess.run(oss_convert("convert", original, "-o", out, *extra), check=True, cwd=ROOT)
     env = {"OMP_NUM_THREADS": str(args.threads)}
-    widths = (10, 22, 22, 8)
-    print(fmt_row(["tokens", "oss-convert (s, RSS)", "llama.cpp (s, RSS)", "ratio"], widths))
+    widths = (10, 30, 30, 8)
+    print("(s, peak RSS / peak anonymous memory: RSS counts the mapped file pages the experts are read from)")
+    print(fmt_row(["tokens", "oss-convert", "llama.cpp", "ratio"], widths))
     for n in args.tokens:
         with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
             f.write(" ".join(str((i * 37 + 11) % 350) for i in range(n)))
         ids = f.name
-        ours, ours_rss = run_measured(oss_convert("compare", original, port, "--full", "--tokens-file", ids,
-                                                  "--ctx", n, "--device", "cpu"), env)
-        theirs, theirs_rss = 0.0, 0
+        ours, ours_rss, ours_anon = run_sampled(oss_convert("compare", original, port, "--full", "--tokens-file", ids,
+                                                            "--ctx", n, "--device", "cpu"), env)
+        theirs, theirs_rss, theirs_anon = 0.0, 0, 0
         for gguf in (lossless, port):
-            wall, rss = run_measured([sys.executable, "-c", LLAMA_EVAL, str(gguf), str(args.threads), ids], env)
-            theirs, theirs_rss = theirs + wall, max(theirs_rss, rss)
+            wall, rss, anon = run_sampled([sys.executable, "-c", LLAMA_EVAL, str(gguf), str(args.threads), ids], env)
+            theirs, theirs_rss, theirs_anon = theirs + wall, max(theirs_rss, rss), max(theirs_anon, anon)
         Path(ids).unlink()
-        print(fmt_row([n, f"{ours:.1f} s, {ours_rss / 1e9:.1f} GB", f"{theirs:.1f} s, {theirs_rss / 1e9:.1f} GB",
+        print(fmt_row([n, f"{ours:.1f} s, {ours_rss / 1e9:.1f} / {ours_anon / 1e9:.1f} GB",
+                       f"{theirs:.1f} s, {theirs_rss / 1e9:.1f} / {theirs_anon / 1e9:.1f} GB",
                        f"{ours / theirs:.2f}"], widths), flush=True)
     if args.decode:
         mine = python_json(OURS_DECODE, lossless, args.threads, args.decode)["tokens_per_s"]

@@ -27,6 +27,34 @@ def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, int]:
     return wall, usage.ru_maxrss * 1024
 
 
+def run_sampled(cmd: list[str], env: dict | None = None) -> tuple[float, int, int]:
+    """(wall seconds, peak RSS, peak anonymous memory) of `cmd`, which must succeed. RSS counts the
+    file pages a process maps (llama.cpp's and our experts); anonymous memory is what it
+    allocates, sampled from /proc every 50 ms (0 where there is no /proc)."""
+    with tempfile.TemporaryFile() as log:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=log)
+        anon = 0
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            try:
+                for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+                    if line.startswith("RssAnon:"):
+                        anon = max(anon, int(line.split()[1]) * 1024)
+            except OSError:
+                pass
+            time.sleep(0.05)
+        os.sync()
+        log.seek(0)
+        stderr = log.read().decode(errors="replace")
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"failed: {' '.join(cmd)}\n{stderr[-3000:]}")
+    return wall, usage.ru_maxrss * 1024, anon
+
+
 def fair_start(inputs: list[Path]) -> str:
     """Give the next measured run the same start as any other: dirty pages written out, the
     page cache emptied where we may (root on Linux), then the run's inputs read once, so

@@ -174,6 +174,21 @@ def test_no_compiler_means_no_library_and_one_note(monkeypatch, tmp_path, capsys
     native.library.cache_clear()
     try:
         assert native.library() is None
-        assert capsys.readouterr().err.count("note: no C compiler") == 1
+        assert capsys.readouterr().err.count("note: the CPU kernels could not be built") == 1
+    finally:
+        native.library.cache_clear()
+
+
+def test_an_unwritable_cache_or_a_broken_library_is_no_traceback(monkeypatch, tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))  # a file where the cache folder would be
+    assert native.build() is None
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    built = native.build()
+    built.write_bytes(b"not a library")
+    native.library.cache_clear()
+    try:
+        assert native.library() is not None  # rebuilt
     finally:
         native.library.cache_clear()

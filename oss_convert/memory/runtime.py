@@ -27,8 +27,9 @@ STORED_DENSE_FORMATS = ("F32", "BF16", "F16", "Q8_0", "Q5_0", "Q4_0", "Q5_1")
 DENSE_MATRICES = (Role.EMBEDDING, Role.ATTENTION, Role.OUTPUT)  # the router is widened: it is small
 
 
-def runtime_weight_bytes(ckpt: Checkpoint, stored_dense: bool = True) -> int:
-    """Bytes of weights the runtime holds; `stored_dense`: the native kernels are built."""
+def runtime_weight_bytes(ckpt: Checkpoint, stored_dense: bool = False) -> int:
+    """Bytes of weights the runtime holds: on CUDA (the plan's case), or with `stored_dense` on
+    a CPU where the native kernels are built."""
     total = 0
     for t in ckpt.model_tensors:
         if t.role.is_expert_weight and t.format not in ("F16", "BF16", "F32"):

@@ -4,8 +4,9 @@ On a GPU the formats experts take in GPT-OSS ports decode in torch, so the packe
 leaves the device: MXFP4, the 32-value ggml blocks (Q8_0, Q5_0, Q4_0, Q5_1) and the K-quants
 (Q4_K, Q5_K, Q6_K), each with the float32 arithmetic of ggml's dequantizer in the same order,
 so the values match the numpy codecs bit for bit; any other ggml type is decoded on the host.
-On the CPU the numpy codecs themselves run: their table lookups are 2-7x faster than the same
-work in torch ops.
+On the CPU, products are taken from the stored form by the C kernels of runtime/native where
+they are built and take the type; otherwise the numpy codecs expand the expert (their table
+lookups are 2-7x faster than the same work in torch ops).
 """
 
 from __future__ import annotations

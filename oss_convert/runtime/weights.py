@@ -1,12 +1,14 @@
 """Loading one MoE layer from any checkpoint into one in-memory form.
 
 Expert matrices stay packed as stored (MXFP4 as HF blocks + scales, ggml block formats as
-their rows of blocks) and are expanded one expert at a time when used; only the router,
-biases and norm weight are widened to float32. On the CPU the experts are not even read:
-they stay in the file's memory-mapped pages until an expert is used, so the OS, not this
-process, holds them (a 120b layer is 1.7 GB, the model 61 GB). GGUF's split gate/up tensors
-are re-interleaved row by row (ggml quantizes each row on its own, so rows move intact),
-giving the HF [E, 2I, H] order for every source.
+their rows of blocks) and are multiplied from that form when used (runtime/native; where it
+cannot, expanded one expert at a time); only the router, biases and norm weight are widened
+to float32. On the CPU the experts are not even read: they stay in the file's memory-mapped
+pages until an expert is used, so the OS, not this process, holds them (a 120b layer is
+1.7 GB, the model 61 GB). GGUF's split gate/up tensors are re-interleaved row by row where
+they are expanded (ggml quantizes each row on its own, so rows move intact), giving the HF
+[E, 2I, H] order for every source; the native kernels instead multiply gate and up in place
+and interleave the products.
 """
 
 from __future__ import annotations

@@ -62,10 +62,13 @@ def build(extra_flags: tuple[str, ...] = ()) -> Path | None:
     target = _cache_dir() / f"packed_matmul-{key}.so"
     if target.exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
     for threads in (["-fopenmp"], []):  # a compiler without OpenMP still builds it, one thread
-        with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".so", delete=False) as tmp:
-            partial = Path(tmp.name)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".so", delete=False) as tmp:
+                partial = Path(tmp.name)
+        except OSError:  # no writable cache: no library, not a traceback
+            return None
         try:
             done = subprocess.run([cc, *FLAGS, *threads, *extra_flags, str(SOURCE), "-o", str(partial), "-lm"],
                                   capture_output=True, text=True, timeout=300)
@@ -80,7 +83,16 @@ def build(extra_flags: tuple[str, ...] = ()) -> Path | None:
 
 
 def load(path: Path) -> ctypes.CDLL:
-    lib = ctypes.CDLL(str(path))
+    # Our OpenMP runtime must not spin between calls: its idle threads would take the cores from
+    # torch's GEMM, which runs next (torch has its own copy, already set up). Passive waiting, for
+    # this library's copy only, unless the user chose a policy.
+    chosen = os.environ.get("OMP_WAIT_POLICY")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    try:
+        lib = ctypes.CDLL(str(path))
+    finally:
+        if chosen is None:
+            del os.environ["OMP_WAIT_POLICY"]
     lib.oss_packed_matmul.restype = ctypes.c_int
     lib.oss_packed_matmul.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
                                       ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
@@ -97,10 +109,19 @@ def library() -> ctypes.CDLL | None:
     if os.environ.get("OSS_CONVERT_NATIVE", "1") == "0":
         return None
     path = build()
-    if path is None:
-        print("note: no C compiler found; the CPU runtime runs on numpy and torch (slower)", file=sys.stderr)
-        return None
-    return load(path)
+    if path is not None:
+        try:
+            return load(path)
+        except OSError:  # a cached library that does not load (truncated, another libc): build anew
+            path.unlink(missing_ok=True)
+            path = build()
+            try:
+                return load(path) if path is not None else None
+            except OSError:
+                pass
+    print("note: the CPU kernels could not be built (no C compiler, or no writable ~/.cache); the CPU "
+          "runtime runs on numpy and torch, slower", file=sys.stderr)
+    return None
 
 
 def for_format(format: str) -> ctypes.CDLL | None:
@@ -122,7 +143,7 @@ def _pointer(a: np.ndarray | torch.Tensor | None) -> int | None:
 
 # Up to this many tokens the product runs in C straight from the stored form; above it the
 # matrix is expanded into a reused float32 buffer and torch's GEMM (near the CPU's peak) multiplies.
-FUSED_MAX_TOKENS = 8
+FUSED_MAX_TOKENS = 32
 
 _scratch = torch.empty(0)
 
@@ -156,14 +177,28 @@ def expand(lib: ctypes.CDLL, format: str, data, scales, shape: tuple[int, int], 
     return out
 
 
+# the expansion buffer's size in values (64 MB): an expert fits whole, the 201088-row output
+# matrix goes through it in slices
+SCRATCH_VALUES = 1 << 24
+
+
 def matmul(lib: ctypes.CDLL, format: str, data, scales, shape: tuple[int, int], x: torch.Tensor) -> torch.Tensor:
     """x [T, K] @ W.T for W [N, K] in its stored form: in C for a few tokens, else expanded
-    once into the reused buffer and multiplied by torch."""
+    (a slice of rows at a time) into the reused buffer and multiplied by torch."""
     if x.shape[0] <= FUSED_MAX_TOKENS:
         return packed_matmul(lib, format, data, scales, shape, x)
     global _scratch
     n, k = shape
-    if _scratch.numel() < n * k:
-        _scratch = torch.empty(n * k, dtype=torch.float32)
-    w = expand(lib, format, data, scales, shape, _scratch[:n * k].view(n, k))
-    return x.float() @ w.T
+    step = max(1, SCRATCH_VALUES // k)
+    if _scratch.numel() < min(n, step) * k:
+        _scratch = torch.empty(min(n, step) * k, dtype=torch.float32)
+    x = x.float()
+    if n <= step:
+        return x @ expand(lib, format, data, scales, shape, _scratch[:n * k].view(n, k)).T
+    y = torch.empty((x.shape[0], n), dtype=torch.float32)
+    for first in range(0, n, step):
+        rows = min(step, n - first)
+        w = expand(lib, format, data[first:first + rows], None if scales is None else scales[first:first + rows],
+                   (rows, k), _scratch[:rows * k].view(rows, k))
+        y[:, first:first + rows] = x @ w.T
+    return y

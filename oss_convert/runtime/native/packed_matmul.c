@@ -55,11 +55,19 @@ static float half_to_float(uint16_t h) {
 }
 
 /* 2^(s - 127) for the E8M0 byte s; 255 is NaN */
-static float e8m0(uint8_t s) {
+static float e8m0_value(int s) {
     if (s == 255) return from_bits(0x7fc00000u);
     if (s == 0) return from_bits(0x00400000u);
     return from_bits((uint32_t)s << 23);
 }
+
+static float E8M0[256];
+
+__attribute__((constructor)) static void fill_e8m0(void) {
+    for (int s = 0; s < 256; s++) E8M0[s] = e8m0_value(s);
+}
+
+static inline float e8m0(uint8_t s) { return E8M0[s]; }
 
 static uint16_t read16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
 static uint32_t read32(const uint8_t *p) { return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24); }
@@ -178,15 +186,16 @@ static float add_lanes(float *lanes) {
     return lanes[0];
 }
 
-/* R rows of the tile (stride `padded`) times TT tokens of x (stride k): y[t * n_out + row] */
+/* R rows of the tile (stride `padded`) times TT tokens of x (stride k) over values [c0, c1):
+ * their 16-lane accumulators (acc, `tokens` apart per row) are read, advanced and written back */
 #if defined(__AVX512F__)
 #define DEFINE_BLOCK(R, TT)                                                                            \
     static void block_##R##x##TT(const float *w, int64_t padded, const float *x, int64_t k,            \
-                                 float *y, int64_t n_out) {                                            \
+                                 int64_t c0, int64_t c1, float *acc_mem, int64_t tokens) {             \
         __m512 acc[R][TT];                                                                             \
         for (int i = 0; i < R; i++)                                                                    \
-            for (int j = 0; j < TT; j++) acc[i][j] = _mm512_setzero_ps();                              \
-        for (int64_t c = 0; c < padded; c += LANES) {                                                  \
+            for (int j = 0; j < TT; j++) acc[i][j] = _mm512_load_ps(acc_mem + (i * tokens + j) * LANES); \
+        for (int64_t c = c0; c < c1; c += LANES) {                                                     \
             __mmask16 mask = k - c >= LANES ? 0xffff : (__mmask16)((1u << (k - c)) - 1);               \
             __m512 xv[TT];                                                                             \
             for (int j = 0; j < TT; j++) xv[j] = _mm512_maskz_loadu_ps(mask, x + j * k + c);           \
@@ -195,26 +204,21 @@ static float add_lanes(float *lanes) {
                 for (int j = 0; j < TT; j++) acc[i][j] = _mm512_fmadd_ps(wv, xv[j], acc[i][j]);        \
             }                                                                                          \
         }                                                                                              \
-        float lanes[LANES] __attribute__((aligned(64)));                                               \
         for (int i = 0; i < R; i++)                                                                    \
-            for (int j = 0; j < TT; j++) {                                                             \
-                _mm512_store_ps(lanes, acc[i][j]);                                                     \
-                y[j * n_out + i] = add_lanes(lanes);                                                   \
-            }                                                                                          \
+            for (int j = 0; j < TT; j++) _mm512_store_ps(acc_mem + (i * tokens + j) * LANES, acc[i][j]); \
     }
 #else
 #define DEFINE_BLOCK(R, TT)                                                                            \
     static void block_##R##x##TT(const float *w, int64_t padded, const float *x, int64_t k,            \
-                                 float *y, int64_t n_out) {                                            \
+                                 int64_t c0, int64_t c1, float *acc_mem, int64_t tokens) {             \
         for (int i = 0; i < R; i++)                                                                    \
             for (int j = 0; j < TT; j++) {                                                             \
-                float lanes[LANES] = {0};                                                              \
-                for (int64_t c = 0; c < padded; c += LANES)                                            \
+                float *lanes = acc_mem + (i * tokens + j) * LANES;                                     \
+                for (int64_t c = c0; c < c1; c += LANES)                                               \
                     for (int l = 0; l < LANES; l++) {                                                  \
                         float xv = c + l < k ? x[j * k + c + l] : 0.f;                                 \
                         lanes[l] = fmaf(w[i * padded + c + l], xv, lanes[l]);                          \
                     }                                                                                  \
-                y[j * n_out + i] = add_lanes(lanes);                                                   \
             }                                                                                          \
     }
 #endif
@@ -226,27 +230,37 @@ DEFINE_BLOCK(1, 4)
 DEFINE_BLOCK(1, 2)
 DEFINE_BLOCK(1, 1)
 
+/* values per pass over the tile: a pass's rows and tokens stay in the first-level cache */
+#define K_CHUNK 256
+
 static void tile_times_tokens(const float *tile, int64_t rows, int64_t padded, const float *x, int64_t k,
-                              int64_t tokens, float *y, int64_t n_out) {
-    for (int64_t t = 0; t < tokens;) {
-        int64_t step = tokens - t >= 4 ? 4 : tokens - t >= 2 ? 2 : 1;
-        const float *xt = x + t * k;
-        float *yt = y + t * n_out;
-        int64_t r = 0;
-        for (; r + 4 <= rows; r += 4) {
-            const float *w = tile + r * padded;
-            if (step == 4) block_4x4(w, padded, xt, k, yt + r, n_out);
-            else if (step == 2) block_4x2(w, padded, xt, k, yt + r, n_out);
-            else block_4x1(w, padded, xt, k, yt + r, n_out);
+                              int64_t tokens, float *y, int64_t n_out, float *acc) {
+    memset(acc, 0, (size_t)(rows * tokens * LANES * 4));
+    for (int64_t c0 = 0; c0 < padded; c0 += K_CHUNK) {
+        int64_t c1 = padded - c0 < K_CHUNK ? padded : c0 + K_CHUNK;
+        for (int64_t t = 0; t < tokens;) {
+            int64_t step = tokens - t >= 4 ? 4 : tokens - t >= 2 ? 2 : 1;
+            const float *xt = x + t * k;
+            int64_t r = 0;
+            for (; r + 4 <= rows; r += 4) {
+                const float *w = tile + r * padded;
+                float *a = acc + (r * tokens + t) * LANES;
+                if (step == 4) block_4x4(w, padded, xt, k, c0, c1, a, tokens);
+                else if (step == 2) block_4x2(w, padded, xt, k, c0, c1, a, tokens);
+                else block_4x1(w, padded, xt, k, c0, c1, a, tokens);
+            }
+            for (; r < rows; r++) {
+                const float *w = tile + r * padded;
+                float *a = acc + (r * tokens + t) * LANES;
+                if (step == 4) block_1x4(w, padded, xt, k, c0, c1, a, tokens);
+                else if (step == 2) block_1x2(w, padded, xt, k, c0, c1, a, tokens);
+                else block_1x1(w, padded, xt, k, c0, c1, a, tokens);
+            }
+            t += step;
         }
-        for (; r < rows; r++) {
-            const float *w = tile + r * padded;
-            if (step == 4) block_1x4(w, padded, xt, k, yt + r, n_out);
-            else if (step == 2) block_1x2(w, padded, xt, k, yt + r, n_out);
-            else block_1x1(w, padded, xt, k, yt + r, n_out);
-        }
-        t += step;
     }
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t t = 0; t < tokens; t++) y[t * n_out + r] = add_lanes(acc + (r * tokens + t) * LANES);
 }
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
@@ -263,7 +277,7 @@ static int direct_format(int format) {
 
 
 /* 16 values of row `row` starting at value c (a multiple of 16) as float32 lanes */
-static inline __m512 direct_values(int format, const uint8_t *row, const uint8_t *scales, int64_t k, int64_t c) {
+static inline __attribute__((always_inline)) __m512 direct_values(int format, const uint8_t *row, const uint8_t *scales, int64_t k, int64_t c) {
     __mmask16 mask = k - c >= LANES ? 0xffff : (__mmask16)((1u << (k - c)) - 1);
     if (format == F32) return _mm512_maskz_loadu_ps(mask, (const float *)row + c);
     if (format == BF16)
@@ -294,7 +308,7 @@ static inline __m512 direct_values(int format, const uint8_t *row, const uint8_t
 /* rows [first, first + R) against `tokens` tokens: R independent chains per token, so the
  * fused multiply-adds' latency overlaps */
 #define DIRECT_ROWS 4
-static void direct_rows(int format, const uint8_t *w, const uint8_t *scales, int64_t first, int64_t rows, int64_t k,
+static inline __attribute__((always_inline)) void direct_rows(int format, const uint8_t *w, const uint8_t *scales, int64_t first, int64_t rows, int64_t k,
                         const float *x, int64_t tokens, float *y, int64_t n_out) {
     __m512 acc[DIRECT_ROWS][DIRECT_MAX_TOKENS];
     const uint8_t *row[DIRECT_ROWS], *scale_row[DIRECT_ROWS];
@@ -334,8 +348,21 @@ int oss_packed_matmul(int format, const uint8_t *w, const uint8_t *scales, int64
         int64_t groups = (n + DIRECT_ROWS - 1) / DIRECT_ROWS;
 #pragma omp parallel for num_threads(threads > 0 ? threads : 1) schedule(dynamic, 16)
         for (int64_t g = 0; g < groups; g++) {
-            int64_t first = g * DIRECT_ROWS;
-            direct_rows(format, w, scales, first, n - first < DIRECT_ROWS ? n - first : DIRECT_ROWS, k, x, tokens, y, n);
+            int64_t first = g * DIRECT_ROWS, rows = n - first < DIRECT_ROWS ? n - first : DIRECT_ROWS;
+            /* one loop compiled per format and token count, both constants inside it, so the
+             * accumulators stay in registers */
+#define DIRECT_CASES(T)                                                                                \
+    switch (format) {                                                                                  \
+    case F32: direct_rows(F32, w, scales, first, rows, k, x, T, y, n); break;                          \
+    case BF16: direct_rows(BF16, w, scales, first, rows, k, x, T, y, n); break;                        \
+    case MXFP4: direct_rows(MXFP4, w, scales, first, rows, k, x, T, y, n); break;                      \
+    case MXFP4_GGML: direct_rows(MXFP4_GGML, w, scales, first, rows, k, x, T, y, n); break;            \
+    default: direct_rows(Q8_0, w, scales, first, rows, k, x, T, y, n);                                 \
+    }
+            if (tokens == 1) DIRECT_CASES(1)
+            else if (tokens == 2) DIRECT_CASES(2)
+            else if (tokens == 3) DIRECT_CASES(3)
+            else DIRECT_CASES(4)
         }
         return 0;
     }
@@ -343,19 +370,21 @@ int oss_packed_matmul(int format, const uint8_t *w, const uint8_t *scales, int64
 #pragma omp parallel num_threads(threads > 0 ? threads : 1)
     {
         float *tile = aligned_alloc(64, (size_t)(TILE_ROWS * padded * 4));
-        if (tile == NULL) {
+        float *acc = aligned_alloc(64, (size_t)(TILE_ROWS * tokens * LANES * 4));
+        if (tile == NULL || acc == NULL) {
 #pragma omp atomic write
             failed = 1;
         }
 #pragma omp for schedule(dynamic, 4)
         for (int64_t i = 0; i < tiles; i++) {
-            if (tile == NULL) continue;
+            if (tile == NULL || acc == NULL) continue;
             int64_t first = i * TILE_ROWS, rows = n - first < TILE_ROWS ? n - first : TILE_ROWS;
             for (int64_t r = 0; r < rows; r++)
                 expand_row(format, w, scales, first + r, k, padded, tile + r * padded);
-            tile_times_tokens(tile, rows, padded, x, k, tokens, y + first, n);
+            tile_times_tokens(tile, rows, padded, x, k, tokens, y + first, n, acc);
         }
         free(tile);
+        free(acc);
     }
     return failed ? -2 : 0;
 }
