@@ -61,7 +61,9 @@ with torch.no_grad():
     start = time.perf_counter()
     for _ in range(steps):
         logits = forward(model, torch.tensor([int(logits[-1].argmax())]), cache)
-print(json.dumps({"tokens_per_s": steps / (time.perf_counter() - start)}))
+rate = steps / (time.perf_counter() - start)
+anon = [int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("RssAnon:")]
+print(json.dumps({"tokens_per_s": rate, "anon_bytes": anon[0] if anon else 0}))
 """
 
 
@@ -109,10 +111,12 @@ def main() -> None:
                        f"{theirs:.1f} s, {theirs_rss / 1e9:.1f} / {theirs_anon / 1e9:.1f} GB",
                        f"{ours / theirs:.2f}"], widths), flush=True)
     if args.decode:
-        mine = python_json(OURS_DECODE, lossless, args.threads, args.decode)["tokens_per_s"]
+        ours = python_json(OURS_DECODE, lossless, args.threads, args.decode)
+        mine = ours["tokens_per_s"]
         llama = python_json(LLAMA_DECODE, lossless, args.threads, args.decode)["tokens_per_s"]
-        print(f"decode, lossless GGUF, {args.threads} threads: oss-convert {mine:.2f} tok/s, llama.cpp "
-              f"{llama:.2f} tok/s ({mine / llama:.2f}x)")
+        print(f"decode, lossless GGUF, {args.threads} threads: oss-convert {mine:.2f} tok/s "
+              f"({ours['anon_bytes'] / 1e9:.1f} GB anonymous at the end), llama.cpp {llama:.2f} tok/s "
+              f"({mine / llama:.2f}x)")
 
 
 if __name__ == "__main__":

@@ -79,23 +79,32 @@ def model_logits(ckpt: Checkpoint, tokens: list[int], ctx: int, device) -> np.nd
     return np.concatenate([t.cpu().numpy() for t in logits])
 
 
+METRIC_ROWS = 32  # positions whose float64 log-probabilities exist at once (26 MB each on a 201k vocabulary)
+
+
 def logit_metrics(a: np.ndarray, b: np.ndarray, tokens: list[int], ctx: int) -> dict:
-    la, lb = torch.from_numpy(a).double(), torch.from_numpy(b).double()
-    pa, pb = torch.log_softmax(la, -1), torch.log_softmax(lb, -1)
-    kl = (pa.exp() * (pa - pb)).sum(-1).clamp(min=0)
-    top1 = (la.argmax(-1) == lb.argmax(-1)).double()
-    nxt = torch.tensor(tokens[1:])
-    nll_a, nll_b = -pa[:-1].gather(1, nxt[:, None]).squeeze(1), -pb[:-1].gather(1, nxt[:, None]).squeeze(1)
+    kl, top1, max_diff, nll_a, nll_b = [], [], [], [], []
+    for start in range(0, len(tokens), METRIC_ROWS):
+        stop = min(start + METRIC_ROWS, len(tokens))
+        la, lb = torch.from_numpy(a[start:stop]).double(), torch.from_numpy(b[start:stop]).double()
+        pa, pb = torch.log_softmax(la, -1), torch.log_softmax(lb, -1)
+        kl.append((pa.exp() * (pa - pb)).sum(-1).clamp(min=0))
+        top1.append((la.argmax(-1) == lb.argmax(-1)).double())
+        max_diff.append((la - lb).abs().amax(-1))
+        nxt = torch.tensor(tokens[start + 1:stop + 1])  # the token each position predicts, where there is one
+        nll_a.append(-pa[:len(nxt)].gather(1, nxt[:, None]).squeeze(1))
+        nll_b.append(-pb[:len(nxt)].gather(1, nxt[:, None]).squeeze(1))
+    kl, top1, max_diff, nll_a, nll_b = (torch.cat(v) for v in (kl, top1, max_diff, nll_a, nll_b))
     return {
         "positions": len(tokens),
         "kl_mean": float(kl.mean()), "kl_p99": float(torch.quantile(kl, 0.99)), "kl_max": float(kl.max()),
         "top1_agreement": float(top1.mean()),
-        "max_logit_diff": float((la - lb).abs().max()),
-        "perplexity_a": float(nll_a.mean().exp()) if len(nxt) else None,
-        "perplexity_b": float(nll_b.mean().exp()) if len(nxt) else None,
+        "max_logit_diff": float(max_diff.max()),
+        "perplexity_a": float(nll_a.mean().exp()) if len(nll_a) else None,
+        "perplexity_b": float(nll_b.mean().exp()) if len(nll_b) else None,
         "per_position": [{"position": i, "window": i // ctx, "token": tokens[i], "kl": float(kl[i]),
                           "top1_same": bool(top1[i]),
-                          "max_logit_diff": float((la[i] - lb[i]).abs().max())} for i in range(len(tokens))],
+                          "max_logit_diff": float(max_diff[i])} for i in range(len(tokens))],
     }
 
 

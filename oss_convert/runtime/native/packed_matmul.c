@@ -276,64 +276,114 @@ static int direct_format(int format) {
 }
 
 
-/* 16 values of row `row` starting at value c (a multiple of 16) as float32 lanes */
-static inline __attribute__((always_inline)) __m512 direct_values(int format, const uint8_t *row, const uint8_t *scales, int64_t k, int64_t c) {
+/* 16 float values of an F32 or BF16 row from value c on (zeros past k) */
+static inline __attribute__((always_inline)) __m512 float_values(int format, const uint8_t *row, int64_t k, int64_t c) {
     __mmask16 mask = k - c >= LANES ? 0xffff : (__mmask16)((1u << (k - c)) - 1);
     if (format == F32) return _mm512_maskz_loadu_ps(mask, (const float *)row + c);
-    if (format == BF16)
-        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(
-            _mm256_maskz_loadu_epi16(mask, (const uint16_t *)row + c)), 16));
-    int64_t b = c / 32, upper = (c / 16) & 1;
-    if (format == Q8_0) {
-        const uint8_t *block = row + 34 * b;
-        __m512 q = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(block + 2 + 16 * upper))));
-        return _mm512_mul_ps(_mm512_set1_ps(half_to_float(read16(block))), q);
-    }
-    __m512 lut = _mm512_loadu_ps(E2M1);
-    if (format == MXFP4_GGML) {
-        const uint8_t *block = row + 17 * b;
-        __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(block + 1)));
-        __m512i codes = upper ? _mm512_srli_epi32(bytes, 4) : _mm512_and_si512(bytes, _mm512_set1_epi32(15));
-        return _mm512_mul_ps(_mm512_permutexvar_ps(codes, lut), _mm512_set1_ps(e8m0(block[0])));
-    }
-    /* MXFP4 (HF): byte j holds value 2j in its low nibble and 2j + 1 in its high one */
-    __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(row + 16 * b)));
-    __m512i low = _mm512_and_si512(bytes, _mm512_set1_epi32(15)), high = _mm512_srli_epi32(bytes, 4);
-    __m512i order = upper ? _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31)
-                          : _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-    return _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_permutex2var_epi32(low, order, high), lut),
-                         _mm512_set1_ps(e8m0(scales[b])));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(
+        _mm256_maskz_loadu_epi16(mask, (const uint16_t *)row + c)), 16));
 }
 
-/* rows [first, first + R) against `tokens` tokens: R independent chains per token, so the
- * fused multiply-adds' latency overlaps */
+/* the 32 values of block b of a row as two vectors (values 0-15, 16-31). The E2M1 table is
+ * scaled once per block and then looked up: each value is the same product as the codec's */
+static inline __attribute__((always_inline)) void block_values(int format, const uint8_t *row, const uint8_t *scales,
+                                                               int64_t b, __m512 *first, __m512 *second) {
+    if (format == Q8_0) {
+        const uint8_t *block = row + 34 * b;
+        __m512 d = _mm512_set1_ps(half_to_float(read16(block)));
+        *first = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(block + 2)))));
+        *second = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(block + 18)))));
+        return;
+    }
+    const uint8_t *codes = format == MXFP4_GGML ? row + 17 * b + 1 : row + 16 * b;
+    uint8_t scale = format == MXFP4_GGML ? row[17 * b] : scales[b];
+    __m512 lut = _mm512_mul_ps(_mm512_loadu_ps(E2M1), _mm512_set1_ps(e8m0(scale)));
+    __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)codes));
+    __m512i low = _mm512_and_si512(bytes, _mm512_set1_epi32(15)), high = _mm512_srli_epi32(bytes, 4);
+    if (format == MXFP4_GGML) {  /* byte j holds values j and j + 16 */
+        *first = _mm512_permutexvar_ps(low, lut);
+        *second = _mm512_permutexvar_ps(high, lut);
+    } else {  /* HF: byte j holds values 2j and 2j + 1 */
+        *first = _mm512_permutexvar_ps(_mm512_permutex2var_epi32(
+            low, _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23), high), lut);
+        *second = _mm512_permutexvar_ps(_mm512_permutex2var_epi32(
+            low, _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31), high), lut);
+    }
+}
+
+/* R rows from `first` against TT tokens: R independent chains per token, so the fused
+ * multiply-adds' latency overlaps. R and TT are constants where it is inlined. */
 #define DIRECT_ROWS 4
-static inline __attribute__((always_inline)) void direct_rows(int format, const uint8_t *w, const uint8_t *scales, int64_t first, int64_t rows, int64_t k,
-                        const float *x, int64_t tokens, float *y, int64_t n_out) {
+static inline __attribute__((always_inline)) void direct_rows(int format, int R, int TT, const uint8_t *w,
+                                                              const uint8_t *scales, int64_t first, int64_t k,
+                                                              const float *x, float *y, int64_t n_out) {
     __m512 acc[DIRECT_ROWS][DIRECT_MAX_TOKENS];
     const uint8_t *row[DIRECT_ROWS], *scale_row[DIRECT_ROWS];
-    for (int i = 0; i < DIRECT_ROWS; i++) {
-        int64_t n = first + (i < rows ? i : 0);
-        row[i] = w + n * oss_row_bytes(format, k);
-        scale_row[i] = scales ? scales + n * (k / 32) : NULL;
-        for (int t = 0; t < DIRECT_MAX_TOKENS; t++) acc[i][t] = _mm512_setzero_ps();
+    for (int i = 0; i < R; i++) {
+        row[i] = w + (first + i) * oss_row_bytes(format, k);
+        scale_row[i] = scales ? scales + (first + i) * (k / 32) : NULL;
+        for (int t = 0; t < TT; t++) acc[i][t] = _mm512_setzero_ps();
     }
-    for (int64_t c = 0; c < k; c += LANES) {
-        __mmask16 mask = k - c >= LANES ? 0xffff : (__mmask16)((1u << (k - c)) - 1);
-        __m512 xv[DIRECT_MAX_TOKENS];
-        for (int64_t t = 0; t < tokens; t++) xv[t] = _mm512_maskz_loadu_ps(mask, x + t * k + c);
-        for (int i = 0; i < DIRECT_ROWS; i++) {
-            if (i >= rows) break;
-            __m512 v = direct_values(format, row[i], scale_row[i], k, c);
-            for (int64_t t = 0; t < tokens; t++) acc[i][t] = _mm512_fmadd_ps(v, xv[t], acc[i][t]);
+    if (format == F32 || format == BF16) {
+        for (int64_t c = 0; c < k; c += LANES) {
+            __mmask16 mask = k - c >= LANES ? 0xffff : (__mmask16)((1u << (k - c)) - 1);
+            __m512 xv[DIRECT_MAX_TOKENS];
+            for (int t = 0; t < TT; t++) xv[t] = _mm512_maskz_loadu_ps(mask, x + t * k + c);
+            for (int i = 0; i < R; i++) {
+                __m512 v = float_values(format, row[i], k, c);
+                for (int t = 0; t < TT; t++) acc[i][t] = _mm512_fmadd_ps(v, xv[t], acc[i][t]);
+            }
+        }
+    } else {  /* blocks of 32: k is a multiple of 32 */
+        for (int64_t b = 0; b < k / 32; b++) {
+            __m512 x_first[DIRECT_MAX_TOKENS], x_second[DIRECT_MAX_TOKENS];
+            for (int t = 0; t < TT; t++) {
+                x_first[t] = _mm512_loadu_ps(x + t * k + 32 * b);
+                x_second[t] = _mm512_loadu_ps(x + t * k + 32 * b + 16);
+            }
+            for (int i = 0; i < R; i++) {
+                __m512 v_first, v_second;
+                block_values(format, row[i], scale_row[i], b, &v_first, &v_second);
+                for (int t = 0; t < TT; t++) acc[i][t] = _mm512_fmadd_ps(v_first, x_first[t], acc[i][t]);
+                for (int t = 0; t < TT; t++) acc[i][t] = _mm512_fmadd_ps(v_second, x_second[t], acc[i][t]);
+            }
         }
     }
     float lanes[LANES] __attribute__((aligned(64)));
-    for (int i = 0; i < rows; i++)
-        for (int64_t t = 0; t < tokens; t++) {
+    for (int i = 0; i < R; i++)
+        for (int t = 0; t < TT; t++) {
             _mm512_store_ps(lanes, acc[i][t]);
             y[t * n_out + first + i] = add_lanes(lanes);
         }
+}
+
+/* rows [first, first + R) with the format and the token count made constants (inside the
+ * parallel loop's body, where OpenMP outlines it, or they would arrive as variables) */
+#define DIRECT_FORMATS(R, TT)                                                                          \
+    switch (format) {                                                                                  \
+    case F32: direct_rows(F32, R, TT, w, scales, first, k, x, y, n); break;                            \
+    case BF16: direct_rows(BF16, R, TT, w, scales, first, k, x, y, n); break;                          \
+    case MXFP4: direct_rows(MXFP4, R, TT, w, scales, first, k, x, y, n); break;                        \
+    case MXFP4_GGML: direct_rows(MXFP4_GGML, R, TT, w, scales, first, k, x, y, n); break;              \
+    default: direct_rows(Q8_0, R, TT, w, scales, first, k, x, y, n);                                   \
+    }
+#define DIRECT_TOKENS(R)                                                                               \
+    if (tokens == 1) DIRECT_FORMATS(R, 1)                                                              \
+    else if (tokens == 2) DIRECT_FORMATS(R, 2)                                                         \
+    else if (tokens == 3) DIRECT_FORMATS(R, 3)                                                         \
+    else DIRECT_FORMATS(R, 4)
+
+static void direct(int format, const uint8_t *w, const uint8_t *scales, int64_t n, int64_t k, const float *x,
+                   int64_t tokens, float *y, int threads) {
+    int64_t groups = n / DIRECT_ROWS;
+#pragma omp parallel for num_threads(threads > 0 ? threads : 1) schedule(dynamic, 16)
+    for (int64_t g = 0; g < groups; g++) {
+        int64_t first = g * DIRECT_ROWS;
+        DIRECT_TOKENS(DIRECT_ROWS)
+    }
+    for (int64_t first = groups * DIRECT_ROWS; first < n; first++) {
+        DIRECT_TOKENS(1)
+    }
 }
 #endif
 
@@ -345,25 +395,7 @@ int oss_packed_matmul(int format, const uint8_t *w, const uint8_t *scales, int64
     int failed = 0;
 #if defined(HAVE_DIRECT)
     if (tokens <= DIRECT_MAX_TOKENS && direct_format(format)) {
-        int64_t groups = (n + DIRECT_ROWS - 1) / DIRECT_ROWS;
-#pragma omp parallel for num_threads(threads > 0 ? threads : 1) schedule(dynamic, 16)
-        for (int64_t g = 0; g < groups; g++) {
-            int64_t first = g * DIRECT_ROWS, rows = n - first < DIRECT_ROWS ? n - first : DIRECT_ROWS;
-            /* one loop compiled per format and token count, both constants inside it, so the
-             * accumulators stay in registers */
-#define DIRECT_CASES(T)                                                                                \
-    switch (format) {                                                                                  \
-    case F32: direct_rows(F32, w, scales, first, rows, k, x, T, y, n); break;                          \
-    case BF16: direct_rows(BF16, w, scales, first, rows, k, x, T, y, n); break;                        \
-    case MXFP4: direct_rows(MXFP4, w, scales, first, rows, k, x, T, y, n); break;                      \
-    case MXFP4_GGML: direct_rows(MXFP4_GGML, w, scales, first, rows, k, x, T, y, n); break;            \
-    default: direct_rows(Q8_0, w, scales, first, rows, k, x, T, y, n);                                 \
-    }
-            if (tokens == 1) DIRECT_CASES(1)
-            else if (tokens == 2) DIRECT_CASES(2)
-            else if (tokens == 3) DIRECT_CASES(3)
-            else DIRECT_CASES(4)
-        }
+        direct(format, w, scales, n, k, x, tokens, y, threads);
         return 0;
     }
 #endif
