@@ -76,6 +76,8 @@ def model_logits(ckpt: Checkpoint, tokens: list[int], ctx: int, device) -> np.nd
     with tqdm(total=ckpt.config.num_layers, unit="layer", desc=Path(ckpt.where).name,
               disable=not sys.stderr.isatty()) as bar:
         logits = streamed_logits(ckpt, windows, device, progress=lambda _: bar.update())
+    if len(logits) == 1:  # not copied: [positions, vocab] float32 is 412 MB at 512 positions
+        return logits[0].cpu().numpy()
     return np.concatenate([t.cpu().numpy() for t in logits])
 
 

@@ -161,6 +161,8 @@ def packed_matmul(lib: ctypes.CDLL, format: str, data: np.ndarray | torch.Tensor
     n, k = shape
     x, data, scales = x.float().contiguous(), _contiguous(data), _contiguous(scales)
     y = torch.empty((x.shape[0], n), dtype=torch.float32)
+    if x.shape[0] == 0:
+        return y
     status = lib.oss_packed_matmul(FORMATS[format], _pointer(data), _pointer(scales), n, k, x.data_ptr(), x.shape[0],
                                    y.data_ptr(), torch.get_num_threads())
     if status != 0:
