@@ -14,37 +14,37 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, int]:
     """(wall seconds including a final sync, peak RSS in bytes) of `cmd`, which must succeed."""
-    with tempfile.TemporaryFile() as log:  # a file, not a pipe: a chatty child must never block
-        start = time.perf_counter()
-        proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=log)
-        _, status, usage = os.wait4(proc.pid, 0)
-        os.sync()
-        log.seek(0)
-        stderr = log.read().decode(errors="replace")
-    wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"failed: {' '.join(cmd)}\n{stderr[-3000:]}")
-    return wall, usage.ru_maxrss * 1024
+    wall, rss, _ = _run(cmd, env, sample_anonymous=False)
+    return wall, rss
 
 
 def run_sampled(cmd: list[str], env: dict | None = None) -> tuple[float, int, int]:
     """(wall seconds, peak RSS, peak anonymous memory) of `cmd`, which must succeed. RSS counts the
     file pages a process maps (llama.cpp's and our experts); anonymous memory is what it
     allocates, sampled from /proc every 50 ms (0 where there is no /proc)."""
-    with tempfile.TemporaryFile() as log:
+    return _run(cmd, env, sample_anonymous=True)
+
+
+def _anonymous_bytes(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _run(cmd: list[str], env: dict | None, sample_anonymous: bool) -> tuple[float, int, int]:
+    with tempfile.TemporaryFile() as log:  # a file, not a pipe: a chatty child must never block
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=log)
-        anon = 0
+        anonymous = 0
         while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG if sample_anonymous else 0)
             if pid:
                 break
-            try:
-                for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
-                    if line.startswith("RssAnon:"):
-                        anon = max(anon, int(line.split()[1]) * 1024)
-            except OSError:
-                pass
+            anonymous = max(anonymous, _anonymous_bytes(proc.pid))
             time.sleep(0.05)
         os.sync()
         log.seek(0)
@@ -52,7 +52,7 @@ def run_sampled(cmd: list[str], env: dict | None = None) -> tuple[float, int, in
     wall = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"failed: {' '.join(cmd)}\n{stderr[-3000:]}")
-    return wall, usage.ru_maxrss * 1024, anon
+    return wall, usage.ru_maxrss * 1024, anonymous
 
 
 def fair_start(inputs: list[Path]) -> str:
