@@ -86,10 +86,11 @@ class MappedExperts:
     def matmul(self, e: int, x: torch.Tensor) -> torch.Tensor:
         """x [T, K] @ expert e's matrix.T, float32 [T, N], from the mapped pages: where the
         native kernels read the file's layout, in place, one product per interleaved part."""
-        parts = self.in_place(e) if self.in_place is not None and native.library() is not None else None
+        lib = native.library()
+        parts = self.in_place(e) if self.in_place is not None and lib is not None else None
         if parts is not None:
             n, k = self.shape[1] // len(parts), self.shape[2]
-            products = [native.matmul(native.library(), p.format, p.data, None, (n, k), x) for p in parts]
+            products = [native.matmul(lib, p.format, p.data, None, (n, k), x) for p in parts]
             return products[0] if len(products) == 1 else torch.stack(products, dim=-1).flatten(-2)
         lib = native.for_format(self.format)
         if lib is None:
