@@ -70,7 +70,7 @@ def test_ggml_blocks_with_extreme_scales_expand_as_the_codecs_do():
     """Raw random blocks: any fp16 scale, subnormal, infinite or NaN included."""
     rng = np.random.default_rng(1)
     for name in QUANTIZERS:
-        data = rng.integers(0, 256, (16, native.row_bytes(name, 64)), dtype=np.uint8)
+        data = rng.integers(0, 256, (16, native.row_bytes(lib, name, 64)), dtype=np.uint8)
         data[0, :2] = [0x01, 0x00]  # the smallest fp16 subnormal
         data[1, :2] = [0x00, 0x7c]  # +inf
         data[2, :2] = [0x01, 0xfe]  # a NaN

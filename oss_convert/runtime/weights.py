@@ -160,11 +160,12 @@ class StoredMatrix:
 
 def stored_matrix(t: Tensor) -> StoredMatrix | None:
     """`t` as a StoredMatrix, where the native kernels take its format on this machine."""
-    fmt = {"F32": "F32", "F16": "F16", "BF16": "BF16"}.get(t.format, t.format if t.ggml_type is not None else None)
-    if len(t.shape) != 2 or fmt == "MXFP4" or native.for_format(fmt) is None:
+    fmt = t.format  # the kernels' names are the formats' own (MXFP4: only experts, in the HF layout)
+    lib = native.for_format(fmt) if len(t.shape) == 2 and fmt != "MXFP4" else None
+    if lib is None:
         return None
     data = np.ascontiguousarray(t.read())
-    expected = native.row_bytes(fmt, t.shape[1])
+    expected = native.row_bytes(lib, fmt, t.shape[1])
     if data.nbytes != expected * t.shape[0]:
         raise OssConvertError(f"{t.where}: {t.stored_name} holds {data.nbytes} bytes, not {t.shape[0]} rows of "
                               f"{expected}")

@@ -129,10 +129,9 @@ def for_format(format: str) -> ctypes.CDLL | None:
     return library() if format in FORMATS else None
 
 
-def row_bytes(format: str, k: int) -> int:
-    """Bytes of one stored row of k values."""
-    return {"F32": 4 * k, "BF16": 2 * k, "F16": 2 * k, "MXFP4": k // 2}.get(format) or k // 32 * {
-        "Q8_0": 34, "Q5_0": 22, "Q4_0": 18, "Q5_1": 24, "MXFP4_GGML": 17}[format]
+def row_bytes(lib: ctypes.CDLL, format: str, k: int) -> int:
+    """Bytes of one stored row of k values, as the kernels read it."""
+    return lib.oss_row_bytes(FORMATS[format], k)
 
 
 def _pointer(a: np.ndarray | torch.Tensor | None) -> int | None:

@@ -86,26 +86,64 @@ int64_t oss_row_bytes(int format, int64_t k) {
     return -1;
 }
 
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define HAVE_DIRECT 1
+/* Few tokens (decode): each row is expanded 16 values at a time in registers and multiplied at
+ * once, never stored; the same lanes, the same fused multiply-adds in the same order as the tile
+ * path, so the same floats. F32, BF16, both MXFP4 layouts and Q8_0 (the lossless GGUF's and the common
+ * dense types); the others take the tile path. */
+#define DIRECT_MAX_TOKENS 4
+
+static int direct_format(int format) {
+    return format == F32 || format == BF16 || format == MXFP4 || format == MXFP4_GGML || format == Q8_0;
+}
+
+
+/* 16 float values of an F32 or BF16 row from value c on (zeros past k) */
+static inline __attribute__((always_inline)) __m512 float_values(int format, const uint8_t *row, int64_t k, int64_t c) {
+    __mmask16 mask = k - c >= LANES ? 0xffff : (__mmask16)((1u << (k - c)) - 1);
+    if (format == F32) return _mm512_maskz_loadu_ps(mask, (const float *)row + c);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(
+        _mm256_maskz_loadu_epi16(mask, (const uint16_t *)row + c)), 16));
+}
+
+/* the 32 values of block b of a row as two vectors (values 0-15, 16-31). The E2M1 table is
+ * scaled once per block and then looked up: each value is the same product as the codec's */
+static inline __attribute__((always_inline)) void block_values(int format, const uint8_t *row, const uint8_t *scales,
+                                                               int64_t b, __m512 *first, __m512 *second) {
+    if (format == Q8_0) {
+        const uint8_t *block = row + 34 * b;
+        __m512 d = _mm512_set1_ps(half_to_float(read16(block)));
+        *first = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(block + 2)))));
+        *second = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(block + 18)))));
+        return;
+    }
+    const uint8_t *codes = format == MXFP4_GGML ? row + 17 * b + 1 : row + 16 * b;
+    uint8_t scale = format == MXFP4_GGML ? row[17 * b] : scales[b];
+    __m512 lut = _mm512_mul_ps(_mm512_loadu_ps(E2M1), _mm512_set1_ps(e8m0(scale)));
+    __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)codes));
+    __m512i low = _mm512_and_si512(bytes, _mm512_set1_epi32(15)), high = _mm512_srli_epi32(bytes, 4);
+    if (format == MXFP4_GGML) {  /* byte j holds values j and j + 16 */
+        *first = _mm512_permutexvar_ps(low, lut);
+        *second = _mm512_permutexvar_ps(high, lut);
+    } else {  /* HF: byte j holds values 2j and 2j + 1 */
+        *first = _mm512_permutexvar_ps(_mm512_permutex2var_epi32(
+            low, _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23), high), lut);
+        *second = _mm512_permutexvar_ps(_mm512_permutex2var_epi32(
+            low, _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31), high), lut);
+    }
+}
+#endif
+
 static void expand_mxfp4(const uint8_t *codes, const uint8_t *scales, int64_t k, float *out) {
     for (int64_t b = 0; b < k / 32; b++) {
         const uint8_t *q = codes + 16 * b;
         float factor = e8m0(scales[b]);
         float *o = out + 32 * b;
-#if defined(__AVX512F__)
-        __m512 lut = _mm512_loadu_ps(E2M1), f = _mm512_set1_ps(factor);
-        __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)q));
-        __m512i low = _mm512_and_si512(bytes, _mm512_set1_epi32(15)), high = _mm512_srli_epi32(bytes, 4);
-        /* byte j holds value 2j in its low nibble and 2j + 1 in its high one */
-        __m512i first = _mm512_permutex2var_epi32(low, _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23), high);
-        __m512i second = _mm512_permutex2var_epi32(low, _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31), high);
-        _mm512_storeu_ps(o, _mm512_mul_ps(_mm512_permutexvar_ps(first, lut), f));
-        _mm512_storeu_ps(o + 16, _mm512_mul_ps(_mm512_permutexvar_ps(second, lut), f));
-#else
         for (int j = 0; j < 16; j++) {
             o[2 * j] = E2M1[q[j] & 15] * factor;
             o[2 * j + 1] = E2M1[q[j] >> 4] * factor;
         }
-#endif
     }
 }
 
@@ -160,6 +198,18 @@ static void expand_legacy(int format, const uint8_t *row, int64_t k, float *out)
 /* row n of W as k float32 values, followed by zeros up to `padded` */
 static void expand_row(int format, const uint8_t *w, const uint8_t *scales, int64_t n, int64_t k, int64_t padded, float *out) {
     const uint8_t *row = w + n * oss_row_bytes(format, k);
+#if defined(HAVE_DIRECT)
+    if (format == MXFP4 || format == MXFP4_GGML || format == Q8_0) {  /* the decode loop's own expansion */
+        for (int64_t b = 0; b < k / 32; b++) {
+            __m512 first, second;
+            block_values(format, row, scales ? scales + n * (k / 32) : NULL, b, &first, &second);
+            _mm512_storeu_ps(out + 32 * b, first);
+            _mm512_storeu_ps(out + 32 * b + 16, second);
+        }
+        memset(out + k, 0, 4 * (padded - k));
+        return;
+    }
+#endif
     switch (format) {
     case F32: memcpy(out, row, 4 * k); break;
     case BF16:
@@ -263,54 +313,7 @@ static void tile_times_tokens(const float *tile, int64_t rows, int64_t padded, c
         for (int64_t t = 0; t < tokens; t++) y[t * n_out + r] = add_lanes(acc + (r * tokens + t) * LANES);
 }
 
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
-#define HAVE_DIRECT 1
-/* Few tokens (decode): each row is expanded 16 values at a time in registers and multiplied at
- * once, never stored; the same lanes, the same fused multiply-adds in the same order as the tile
- * path, so the same floats. F32, BF16, both MXFP4 layouts and Q8_0 (the lossless GGUF's and the common
- * dense types); the others take the tile path. */
-#define DIRECT_MAX_TOKENS 4
-
-static int direct_format(int format) {
-    return format == F32 || format == BF16 || format == MXFP4 || format == MXFP4_GGML || format == Q8_0;
-}
-
-
-/* 16 float values of an F32 or BF16 row from value c on (zeros past k) */
-static inline __attribute__((always_inline)) __m512 float_values(int format, const uint8_t *row, int64_t k, int64_t c) {
-    __mmask16 mask = k - c >= LANES ? 0xffff : (__mmask16)((1u << (k - c)) - 1);
-    if (format == F32) return _mm512_maskz_loadu_ps(mask, (const float *)row + c);
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(
-        _mm256_maskz_loadu_epi16(mask, (const uint16_t *)row + c)), 16));
-}
-
-/* the 32 values of block b of a row as two vectors (values 0-15, 16-31). The E2M1 table is
- * scaled once per block and then looked up: each value is the same product as the codec's */
-static inline __attribute__((always_inline)) void block_values(int format, const uint8_t *row, const uint8_t *scales,
-                                                               int64_t b, __m512 *first, __m512 *second) {
-    if (format == Q8_0) {
-        const uint8_t *block = row + 34 * b;
-        __m512 d = _mm512_set1_ps(half_to_float(read16(block)));
-        *first = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(block + 2)))));
-        *second = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(block + 18)))));
-        return;
-    }
-    const uint8_t *codes = format == MXFP4_GGML ? row + 17 * b + 1 : row + 16 * b;
-    uint8_t scale = format == MXFP4_GGML ? row[17 * b] : scales[b];
-    __m512 lut = _mm512_mul_ps(_mm512_loadu_ps(E2M1), _mm512_set1_ps(e8m0(scale)));
-    __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)codes));
-    __m512i low = _mm512_and_si512(bytes, _mm512_set1_epi32(15)), high = _mm512_srli_epi32(bytes, 4);
-    if (format == MXFP4_GGML) {  /* byte j holds values j and j + 16 */
-        *first = _mm512_permutexvar_ps(low, lut);
-        *second = _mm512_permutexvar_ps(high, lut);
-    } else {  /* HF: byte j holds values 2j and 2j + 1 */
-        *first = _mm512_permutexvar_ps(_mm512_permutex2var_epi32(
-            low, _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23), high), lut);
-        *second = _mm512_permutexvar_ps(_mm512_permutex2var_epi32(
-            low, _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31), high), lut);
-    }
-}
-
+#if defined(HAVE_DIRECT)
 /* R rows from `first` against TT tokens: R independent chains per token, so the fused
  * multiply-adds' latency overlaps. R and TT are constants where it is inlined. */
 #define DIRECT_ROWS 4
