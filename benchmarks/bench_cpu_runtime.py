@@ -1,6 +1,7 @@
 """The runtime on the CPU against llama.cpp on the same work, threads and artifacts, in one run.
 
     python benchmarks/bench_cpu_runtime.py WORKDIR [--tokens 128 512] [--threads 2] [--decode 16]
+                                                   [--activations float32 q8]
 
 WORKDIR gets the full-size 20b fixture (random weights, 13.8 GB), its lossless GGUF and its
 Q4_K_M port, made once. Then, for each token count:
@@ -10,6 +11,8 @@ Q4_K_M port, made once. Then, for each token count:
   for every position, on the lossless GGUF and then on the Q4_K_M port, loading included;
 and the ratio (ours / llama.cpp: below 1.0 is faster). Then decode: tokens per second of greedy
 steps after a 32-token prompt, our `generate` path against llama.cpp's, on the lossless GGUF.
+Ours runs once per --activations: float32 (the default arithmetic) and q8 (activations rounded
+to Q8_0 for the expert products, as llama.cpp's CPU backend does).
 Wall time and peak RSS of each child.
 """
 
@@ -52,10 +55,10 @@ from oss_convert.checkpoint import open_checkpoint
 from oss_convert.runtime.full_compare import prefill
 from oss_convert.runtime.model import forward, load_model, new_cache
 torch.set_num_threads(int(sys.argv[2]))
-path, steps = sys.argv[1], int(sys.argv[3])
+path, steps, activations = sys.argv[1], int(sys.argv[3]), sys.argv[4]
 prompt = [(i * 37 + 11) % 350 for i in range(32)]
 with torch.no_grad():
-    model = load_model(open_checkpoint(path), torch.device("cpu"))
+    model = load_model(open_checkpoint(path), torch.device("cpu"), activations)
     cache = new_cache()
     logits = prefill(model, prompt, cache)
     start = time.perf_counter()
@@ -84,6 +87,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, nargs="+", default=[128, 512])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--decode", type=int, default=16, help="greedy decode steps to time (0: skip)")
+    ap.add_argument("--activations", nargs="+", default=["float32", "q8"], choices=["float32", "q8"],
+                    help="our arithmetic(s) to time: float32 (the default) and/or Q8_0 activations")
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     original = ensure_fixture(args.workdir / "gpt-oss-20b", "20b")
@@ -100,23 +105,26 @@ def main() -> None:
         with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
             f.write(" ".join(str((i * 37 + 11) % 350) for i in range(n)))
         ids = f.name
-        ours, ours_rss, ours_anon = run_sampled(oss_convert("compare", original, port, "--full", "--tokens-file", ids,
-                                                            "--ctx", n, "--device", "cpu"), env)
         theirs, theirs_rss, theirs_anon = 0.0, 0, 0
         for gguf in (lossless, port):
             wall, rss, anon = run_sampled([sys.executable, "-c", LLAMA_EVAL, str(gguf), str(args.threads), ids], env)
             theirs, theirs_rss, theirs_anon = theirs + wall, max(theirs_rss, rss), max(theirs_anon, anon)
+        for activations in args.activations:
+            ours, ours_rss, ours_anon = run_sampled(oss_convert("compare", original, port, "--full", "--tokens-file",
+                                                                ids, "--ctx", n, "--device", "cpu",
+                                                                "--activations", activations), env)
+            print(fmt_row([f"{n} {activations}", f"{ours:.1f} s, {ours_rss / 1e9:.1f} / {ours_anon / 1e9:.1f} GB",
+                           f"{theirs:.1f} s, {theirs_rss / 1e9:.1f} / {theirs_anon / 1e9:.1f} GB",
+                           f"{ours / theirs:.2f}"], widths), flush=True)
         Path(ids).unlink()
-        print(fmt_row([n, f"{ours:.1f} s, {ours_rss / 1e9:.1f} / {ours_anon / 1e9:.1f} GB",
-                       f"{theirs:.1f} s, {theirs_rss / 1e9:.1f} / {theirs_anon / 1e9:.1f} GB",
-                       f"{ours / theirs:.2f}"], widths), flush=True)
     if args.decode:
-        ours = python_json(OURS_DECODE, lossless, args.threads, args.decode)
-        mine = ours["tokens_per_s"]
         llama = python_json(LLAMA_DECODE, lossless, args.threads, args.decode)["tokens_per_s"]
-        print(f"decode, lossless GGUF, {args.threads} threads: oss-convert {mine:.2f} tok/s "
-              f"({ours['anon_bytes'] / 1e9:.1f} GB anonymous at the end), llama.cpp {llama:.2f} tok/s "
-              f"({mine / llama:.2f}x)")
+        for activations in args.activations:
+            ours = python_json(OURS_DECODE, lossless, args.threads, args.decode, activations)
+            mine = ours["tokens_per_s"]
+            print(f"decode, lossless GGUF, {args.threads} threads, {activations}: oss-convert {mine:.2f} tok/s "
+                  f"({ours['anon_bytes'] / 1e9:.1f} GB anonymous at the end), llama.cpp {llama:.2f} tok/s "
+                  f"({mine / llama:.2f}x)", flush=True)
 
 
 if __name__ == "__main__":

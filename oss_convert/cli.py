@@ -61,6 +61,11 @@ def refuse_unless(applies: bool, *names: str, where: str) -> None:
         raise click.UsageError(f"{', '.join(flags[n] for n in given)}: {verb} {where}")
 
 
+def refuse_cuda_q8(activations: str, device: str) -> None:
+    if activations == "q8" and device == "cuda":
+        raise click.UsageError("--activations q8 is the CPU kernels' arithmetic: it runs with --device cpu")
+
+
 def require_runtime(command: str) -> None:
     """The runtime's dependency, checked before anything is opened or downloaded."""
     try:
@@ -75,6 +80,11 @@ local_dir_option = click.option("--local-dir", type=click.Path(path_type=Path),
                                 help="Where to put files downloaded from the Hub (default: the Hugging Face cache).")
 device_option = click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto",
                              show_default=True)
+activations_option = click.option(
+    "--activations", type=click.Choice(["float32", "q8"]), default="float32", show_default=True,
+    help="How activations meet MXFP4/Q8_0/Q5_0/Q4_0 weights: float32, as transformers computes, or rounded to "
+         "Q8_0 first, as llama.cpp's CPU backend does (CPU only: faster, at a rounding cost of the order of "
+         "llama.cpp's own).")
 
 
 def emit_json(doc) -> None:
@@ -247,13 +257,14 @@ def convert_cmd(src: Path, out: Path | None, target: str, qtype: str, outtype: s
 @click.option("--ctx", default=512, show_default=True, type=click.IntRange(1, 1 << 20),
               help="--full: evaluate in windows of this many tokens.")
 @click.option("--save-logits", type=click.Path(path_type=Path), help="--full: write both artifacts' logits here.")
+@activations_option
 @device_option
 @json_option
 @local_dir_option
 @user_errors()
 def compare_cmd(a: Path, b: Path, full: bool, layers: str, tokens: int, seed: int, prompt: str | None,
-                tokens_file: Path | None, text_file: Path | None, ctx: int, save_logits: Path | None, device: str,
-                as_json: bool, local_dir: Path | None):
+                tokens_file: Path | None, text_file: Path | None, ctx: int, save_logits: Path | None,
+                activations: str, device: str, as_json: bool, local_dir: Path | None):
     """Compare two artifacts (any GPT-OSS checkpoint or GGUF) by running them.
 
     Default: the MoE block of chosen layers on the same hidden states (identical weights
@@ -261,9 +272,11 @@ def compare_cmd(a: Path, b: Path, full: bool, layers: str, tokens: int, seed: in
     agreement, logit differences and each one's perplexity.
     """
     refuse_unless(not full, "layers", "tokens", "seed", where="to the MoE comparison, not to --full")
-    refuse_unless(full, "prompt", "tokens_file", "text_file", "ctx", "save_logits", where="with --full only")
+    refuse_unless(full, "prompt", "tokens_file", "text_file", "ctx", "save_logits", "activations",
+                  where="with --full only")
     if full and sum(x is not None for x in (prompt, tokens_file, text_file)) != 1:
         raise click.UsageError("--full takes one of --prompt, --text-file or --tokens-file")
+    refuse_cuda_q8(activations, device)
     require_runtime("compare")
     from .hub import open_downloaded
 
@@ -272,7 +285,7 @@ def compare_cmd(a: Path, b: Path, full: bool, layers: str, tokens: int, seed: in
         prompt, ids = read_text_inputs(prompt, text_file, tokens_file)
         ckpt_a, ckpt_b = open_downloaded(a, local_dir), open_downloaded(b, local_dir)
         doc = compare_full(ckpt_a, ckpt_b, tokens=ids, prompt=prompt, ctx=ctx, device=device,
-                           save_logits=save_logits)
+                           save_logits=save_logits, activations=activations)
         return emit_json(doc) if as_json else click.echo(render_full(doc))
     from .runtime.compare import compare_moe, render_comparison
 
@@ -285,17 +298,21 @@ def compare_cmd(a: Path, b: Path, full: bool, layers: str, tokens: int, seed: in
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--prompt", required=True, help="The user message; the model's chat template frames it.")
 @click.option("--max-tokens", default=64, show_default=True, type=click.IntRange(1, 1 << 16))
+@activations_option
 @device_option
 @json_option
 @local_dir_option
 @user_errors()
-def generate_cmd(model: Path, prompt: str, max_tokens: int, device: str, as_json: bool, local_dir: Path | None):
+def generate_cmd(model: Path, prompt: str, max_tokens: int, activations: str, device: str, as_json: bool,
+                 local_dir: Path | None):
     """Greedy generation through the chat template, from a checkpoint or a GGUF."""
+    refuse_cuda_q8(activations, device)
     require_runtime("generate")
     from .hub import open_downloaded
     from .runtime.full_compare import generate
 
-    doc = generate(open_downloaded(model, local_dir), prompt, max_tokens=max_tokens, device=device)
+    doc = generate(open_downloaded(model, local_dir), prompt, max_tokens=max_tokens, device=device,
+                   activations=activations)
     return emit_json(doc) if as_json else click.echo(doc["text"])
 
 

@@ -66,6 +66,14 @@ def test_compare_refuses_options_of_the_other_mode(bundled, tiny_gguf):
                        "apply with --full only")
 
 
+def test_q8_activations_are_refused_where_they_cannot_run(bundled, tiny_gguf):
+    assert_usage_error(run("compare", bundled, tiny_gguf, "--activations", "q8"), "--activations", "with --full only")
+    assert_usage_error(run("generate", bundled, "--prompt", "hi", "--activations", "q8", "--device", "cuda"),
+                       "--activations q8", "--device cpu")
+    assert_usage_error(run("compare", bundled, tiny_gguf, "--full", "--prompt", "hi", "--activations", "q8",
+                           "--device", "cuda"), "--activations q8")
+
+
 def test_compare_opens_both_inputs_before_running_either(bundled, tmp_path, monkeypatch):
     """A missing B is said at once, not after A's forward pass."""
     pytest.importorskip("torch")

@@ -81,14 +81,36 @@ def test_the_configs_swiglu_settings_reach_the_runtime(checkpoints, tmp_path, fi
     assert mean_kl(reference, ours(checkpoints["tiny"])) > 1e-2
 
 
-def test_kv_cache_gives_the_same_logits(bundled):
-    model = load_model(open_checkpoint(bundled), torch.device("cpu"))
+@pytest.mark.parametrize("activations", ["float32", "q8"])
+def test_kv_cache_gives_the_same_logits(bundled, activations):
+    model = load_model(open_checkpoint(bundled), torch.device("cpu"), activations)
     with torch.no_grad():
         full = forward(model, torch.tensor(TOKENS[:150]))
         cache = new_cache()
         parts = [forward(model, torch.tensor(TOKENS[:100]), cache)]
         parts += [forward(model, torch.tensor([t]), cache) for t in TOKENS[100:150]]
     torch.testing.assert_close(torch.cat(parts), full, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.reference
+def test_q8_activations_cost_about_what_llama_cpps_rounding_costs(bundled, tmp_path, llama_cpp):
+    """--activations q8 rounds the expert products' activations as llama.cpp's CPU backend does:
+    the same logits from the safetensors and the lossless GGUF (the values decide, not the
+    layout); a bounded distance from transformers, of the order of llama.cpp's own."""
+    gguf = tmp_path / "t.gguf"
+    CliRunner().invoke(cli, ["convert", str(bundled), "-o", str(gguf)])
+    with torch.no_grad():
+        from_safetensors = forward(load_model(open_checkpoint(bundled), torch.device("cpu"), "q8"), torch.tensor(TOKENS))
+        from_gguf = forward(load_model(open_checkpoint(gguf), torch.device("cpu"), "q8"), torch.tensor(TOKENS))
+    assert torch.equal(from_safetensors, from_gguf)
+    hf, exact = hf_logits(bundled), ours(bundled)
+    llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=512, n_batch=512, verbose=False, logits_all=True, n_threads=2)
+    llm.eval(TOKENS)
+    llama = np.array(llm.scores[: len(TOKENS)])
+    rounded = from_safetensors.numpy()
+    assert 1e-5 < mean_kl(hf, rounded) < 5 * max(mean_kl(hf, llama), 1e-3)
+    assert mean_kl(hf, exact) < 1e-6  # the default stays transformers' arithmetic
+    assert (rounded.argmax(-1) == hf.argmax(-1)).mean() > 0.95
 
 
 @pytest.mark.parametrize("kind", ["safetensors", "q4_k_m"])

@@ -194,3 +194,108 @@ def test_an_unwritable_cache_or_a_broken_library_is_no_traceback(monkeypatch, tm
         assert native.library() is not None  # rebuilt
     finally:
         native.library.cache_clear()
+
+
+# ------------------------------------------------------------------ Q8_0 activations (llama.cpp's arithmetic)
+
+def integer_codes(fmt: str, data, scales, values: np.ndarray, k: int):
+    """(integer weight values [n, k], their block scales [n, k/32]) such that values = codes * scale:
+    MXFP4 as twice the E2M1 value under half the E8M0 scale, ggml types as q under d."""
+    n = values.shape[0]
+    if fmt.startswith("MXFP4"):
+        if scales is None:  # ggml's blocks: the E8M0 byte first
+            scales = data.reshape(n, k // 32, 17)[:, :, 0]
+        block_scale = np.where(scales == 255, np.nan, np.ldexp(np.float32(1), scales.astype(np.int32) - 128))
+        block_scale = block_scale.astype(np.float32)
+    else:
+        block_size = native.row_bytes(lib, fmt, 32)
+        d = data.reshape(n, k // 32, block_size)[:, :, :2].copy().view(np.float16)[:, :, 0]
+        block_scale = d.astype(np.float32)
+    per_value = np.repeat(block_scale, 32, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        codes = np.where(per_value != 0, values / per_value, 0)
+    return codes, block_scale
+
+
+def q8_reference(x: np.ndarray, codes: np.ndarray, block_scale: np.ndarray) -> np.ndarray:
+    """llama.cpp's Q8_0 product spelled out: per 32 values of a token, d = max|x| / 127 rounded
+    to fp16, q = x * (127 / max|x|) rounded half to even; the block's integer sum times both
+    scales (float32 product), summed in float64."""
+    t, k = x.shape
+    xb = x.reshape(t, k // 32, 32)
+    amax = np.abs(xb).max(-1, keepdims=True)
+    with np.errstate(divide="ignore"):
+        inverse = np.where(amax != 0, np.float32(127) / amax, np.float32(0)).astype(np.float32)
+    q = np.rint((xb * inverse).astype(np.float32))
+    d = (amax[..., 0] / np.float32(127)).astype(np.float16).astype(np.float32)
+    sums = np.einsum("tbj,nbj->tnb", q.astype(np.float64), codes.reshape(-1, k // 32, 32).astype(np.float64))
+    scale = (block_scale[None, :, :] * d[:, None, :]).astype(np.float32).astype(np.float64)
+    return (sums * scale).sum(-1), (np.abs(sums) * np.abs(scale)).sum(-1)
+
+
+Q8_FORMATS = sorted(native.Q8_FORMATS)
+
+
+@pytest.mark.parametrize("fmt", Q8_FORMATS)
+def test_q8_activations_are_llama_cpps_rounding_and_exact_integer_sums(fmt):
+    rng = np.random.default_rng(7)
+    n, k = 29, 288  # 9 blocks: a whole group of 8 and one more
+    x = rng.standard_normal((5, k)).astype(np.float32)
+    x[1, :32] = 0  # a block of zeros
+    x[2, 40] = 300  # one outlier
+    x[3, 64:96] = np.arange(32) - 15.5  # ties: 127 / max|x| is 1 here, so -15.5 ... 15.5 round to even
+    x[3, 64] = 127
+    for name, data, scales, values in stored_forms(n, k, rng):
+        if name != fmt:
+            continue
+        got = native.packed_matmul(lib, fmt, data, scales, (n, k), torch.from_numpy(x), "q8").double().numpy()
+        codes, block_scale = integer_codes(fmt, data, scales, values, k)
+        finite = np.isfinite(values).all(1) & np.isfinite(block_scale).all(1)
+        want, magnitude = q8_reference(x, codes, block_scale)
+        assert (np.abs(got - want)[:, finite] <= 1e-6 * magnitude[:, finite] + 1e-30).all()
+        # and it is not the float32 product: the activations' rounding shows
+        exact = (x.astype(np.float64) @ values.astype(np.float64).T)[:, finite]
+        assert np.abs(got[:, finite] - exact).max() > 1e-4 * np.abs(exact).max()
+
+
+def test_q8_products_depend_on_the_values_alone():
+    """The same values in another layout or format, one token or many, 1-3 threads: the same bits."""
+    rng = np.random.default_rng(8)
+    n, k = 40, 320
+    x = torch.randn(7, k)
+    codes = rng.integers(0, 256, (n, k // 2), dtype=np.uint8)
+    scales = rng.integers(110, 130, (n, k // 32), dtype=np.uint8)
+    hf = native.packed_matmul(lib, "MXFP4", codes, scales, (n, k), x, "q8")
+    ggml = mxfp4.hf_to_ggml(codes.reshape(n, -1, 16), scales).reshape(n, -1)
+    assert same_bits(native.packed_matmul(lib, "MXFP4_GGML", ggml, None, (n, k), x, "q8"), hf)
+    for t in range(7):
+        assert same_bits(native.packed_matmul(lib, "MXFP4", codes, scales, (n, k), x[t:t + 1], "q8"), hf[t:t + 1])
+    # Q4_0's and Q5_0's blocks rewritten as Q8_0 (the same d, q - 8 / q - 16 as bytes)
+    w = rows_to_test(n, k, rng)
+    for fmt, offset in (("Q4_0", 8), ("Q5_0", 16)):
+        data = QUANTIZERS[fmt](w)
+        ints, _ = integer_codes(fmt, data, None, decode(data, T[fmt]).reshape(n, k), k)
+        blocks = data.reshape(n, k // 32, -1)
+        as_q8 = np.concatenate([blocks[:, :, :2], np.rint(ints).astype(np.int8).reshape(n, k // 32, 32).view(np.uint8)],
+                               axis=2).reshape(n, -1)
+        assert same_bits(native.packed_matmul(lib, "Q8_0", as_q8, None, (n, k), x, "q8"),
+                         native.packed_matmul(lib, fmt, data, None, (n, k), x, "q8")), fmt
+    for threads in (1, 2, 3):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(torch, "get_num_threads", lambda: threads)
+            assert same_bits(native.packed_matmul(lib, "MXFP4", codes, scales, (n, k), x, "q8"), hf)
+
+
+def test_q8_portable_build_gives_the_same_floats_as_the_vnni_one():
+    portable = native.build(("-mno-avx512f",))
+    if portable is None:
+        pytest.skip("the compiler cannot build without AVX-512")
+    plain = native.load(portable)
+    rng = np.random.default_rng(9)
+    x = torch.from_numpy(rng.standard_normal((6, 288)).astype(np.float32))
+    for fmt, data, scales, _ in stored_forms(20, 288, rng):
+        if fmt in native.Q8_FORMATS:
+            for tokens in (1, 6):
+                a = native.packed_matmul(lib, fmt, data, scales, (20, 288), x[:tokens], "q8")
+                b = native.packed_matmul(plain, fmt, data, scales, (20, 288), x[:tokens], "q8")
+                assert same_bits(a, b), (fmt, tokens)

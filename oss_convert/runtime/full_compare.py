@@ -13,7 +13,7 @@ from ..checkpoint import Checkpoint
 from ..errors import OssConvertError
 from ..memory.runtime import PREFILL_TOKENS
 from .compare import pick_device
-from .model import forward, load_model, new_cache, streamed_logits
+from .model import check_activations, forward, load_model, new_cache, streamed_logits
 
 STOP_TOKENS = ("<|return|>", "<|end|>", "<|call|>", "<|endoftext|>")
 
@@ -68,14 +68,14 @@ def check_tokens(ckpt: Checkpoint, tokens: list[int]) -> None:
         raise OssConvertError(f"token id {max(tokens)} is outside the vocabulary of {ckpt.where} ({vocab_size})")
 
 
-def model_logits(ckpt: Checkpoint, tokens: list[int], ctx: int, device) -> np.ndarray:
+def model_logits(ckpt: Checkpoint, tokens: list[int], ctx: int, device, activations: str = "float32") -> np.ndarray:
     """Logits [len(tokens), V] float32, the text evaluated in windows of `ctx` tokens, one
     layer in memory at a time."""
     check_tokens(ckpt, tokens)
     windows = [torch.tensor(tokens[start:start + ctx]) for start in range(0, len(tokens), ctx)]
     with tqdm(total=ckpt.config.num_layers, unit="layer", desc=Path(ckpt.where).name,
               disable=not sys.stderr.isatty()) as bar:
-        logits = streamed_logits(ckpt, windows, device, progress=lambda _: bar.update())
+        logits = streamed_logits(ckpt, windows, device, progress=lambda _: bar.update(), activations=activations)
     if len(logits) == 1:  # not copied: [positions, vocab] float32 is 412 MB at 512 positions
         return logits[0].cpu().numpy()
     return np.concatenate([t.cpu().numpy() for t in logits])
@@ -111,8 +111,9 @@ def logit_metrics(a: np.ndarray, b: np.ndarray, tokens: list[int], ctx: int) -> 
 
 
 def compare_full(a: Checkpoint, b: Checkpoint, *, tokens: list[int] | None = None, prompt: str | None = None,
-                 ctx: int = 512, device: str = "auto", save_logits: Path | None = None) -> dict:
-    dev = pick_device(device)
+                 ctx: int = 512, device: str = "auto", save_logits: Path | None = None,
+                 activations: str = "float32") -> dict:
+    dev = runtime_device(device, activations)
     if tokens is None:
         tokenizer = load_tokenizer(a, "; or pass token ids with --tokens-file")
         tokens = tokenizer.encode(prompt or "").ids
@@ -120,8 +121,8 @@ def compare_full(a: Checkpoint, b: Checkpoint, *, tokens: list[int] | None = Non
         raise OssConvertError("nothing to evaluate: the prompt gives no tokens")
     for ckpt in (a, b):  # both checked before either runs
         check_tokens(ckpt, tokens)
-    logits_a = model_logits(a, tokens, ctx, dev)
-    logits_b = model_logits(b, tokens, ctx, dev)
+    logits_a = model_logits(a, tokens, ctx, dev, activations)
+    logits_b = model_logits(b, tokens, ctx, dev, activations)
     metrics = logit_metrics(logits_a, logits_b, tokens, ctx)
     if save_logits:
         save_logits.mkdir(parents=True, exist_ok=True)
@@ -132,14 +133,22 @@ def compare_full(a: Checkpoint, b: Checkpoint, *, tokens: list[int] | None = Non
     verdict = ("identical logits at every position" if same else
                f"KL mean {metrics['kl_mean']:.3g} (p99 {metrics['kl_p99']:.3g}), top-1 agreement "
                f"{100 * metrics['top1_agreement']:.1f}%, max logit difference {metrics['max_logit_diff']:.3g}")
-    return {"a": a.where, "b": b.where, "device": str(dev), "ctx": ctx, "tokens": tokens,
+    return {"a": a.where, "b": b.where, "device": str(dev), "activations": activations, "ctx": ctx, "tokens": tokens,
             "summary": {"verdict": verdict, **{k: v for k, v in metrics.items() if k != "per_position"}},
             "per_position": metrics["per_position"]}
 
 
+def runtime_device(device: str, activations: str) -> torch.device:
+    """The device to run on: Q8_0 activations are the CPU kernels', so "auto" means the CPU there."""
+    dev = pick_device("cpu" if activations == "q8" and device == "auto" else device)
+    check_activations(dev, activations)
+    return dev
+
+
 def render_full(doc: dict) -> str:
     s = doc["summary"]
-    lines = [s["verdict"], f"A {doc['a']}, B {doc['b']}; {s['positions']} positions on {doc['device']}"]
+    arithmetic = ", activations rounded to Q8_0" if doc.get("activations") == "q8" else ""
+    lines = [s["verdict"], f"A {doc['a']}, B {doc['b']}; {s['positions']} positions on {doc['device']}{arithmetic}"]
     if s["perplexity_a"] is not None:
         lines.append(f"perplexity on the text: A {s['perplexity_a']:.4g}, B {s['perplexity_b']:.4g}")
     lines.append(f"KL(A||B): mean {s['kl_mean']:.4g}, p99 {s['kl_p99']:.4g}, max {s['kl_max']:.4g}; "
@@ -157,7 +166,8 @@ def prefill(model, ids: list[int], cache) -> torch.Tensor:
 
 
 @torch.no_grad()
-def generate(ckpt: Checkpoint, prompt: str, max_tokens: int = 64, device: str = "auto") -> dict:
+def generate(ckpt: Checkpoint, prompt: str, max_tokens: int = 64, device: str = "auto",
+             activations: str = "float32") -> dict:
     try:
         import jinja2
     except ImportError:
@@ -167,8 +177,8 @@ def generate(ckpt: Checkpoint, prompt: str, max_tokens: int = 64, device: str = 
     text = jinja2.Environment().from_string(chat_template(ckpt)).render(
         messages=[{"role": "user", "content": prompt}], add_generation_prompt=True)
     ids = tokenizer.encode(text, add_special_tokens=False).ids
-    dev = pick_device(device)
-    model = load_model(ckpt, dev)
+    dev = runtime_device(device, activations)
+    model = load_model(ckpt, dev, activations)
     stops = {tokenizer.token_to_id(t) for t in STOP_TOKENS} - {None}
     cache = new_cache()
     logits = prefill(model, ids, cache)

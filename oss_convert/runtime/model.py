@@ -18,6 +18,7 @@ import torch
 
 from ..checkpoint import Checkpoint
 from ..checkpoint.config import GptOssConfig
+from ..errors import OssConvertError
 from .moe import moe_forward, rms_norm
 from . import native
 from .weights import MoELayer, StoredMatrix, as_float32, load_layer, stored_matrix
@@ -121,14 +122,23 @@ def _widened(shape: tuple[int, ...], read_rows) -> torch.Tensor:
     return out
 
 
-def _dense_reader(ckpt: Checkpoint, device: torch.device):
+def check_activations(device: torch.device, activations: str) -> None:
+    """Q8_0 activations are the CPU kernels' arithmetic: refused where those do not run."""
+    if activations not in native.ACTIVATIONS:
+        raise OssConvertError(f"activations {activations!r}: expected one of {', '.join(native.ACTIVATIONS)}")
+    if activations == "q8" and (device.type != "cpu" or native.library() is None):
+        raise OssConvertError("Q8_0 activations are the CPU kernels' arithmetic: they need --device cpu and the "
+                              "kernels built (a C compiler; OSS_CONVERT_NATIVE not 0)")
+
+
+def _dense_reader(ckpt: Checkpoint, device: torch.device, activations: str = "float32"):
     """HF name -> the non-expert weight on `device`: on the CPU, with the native kernels built,
     a matrix stays in its stored form; otherwise float32 values."""
     keep_stored = device.type == "cpu" and native.library() is not None
 
     def read(hf_name: str) -> Matrix:
         t = ckpt.tensor(hf_name)
-        stored = stored_matrix(t) if keep_stored else None
+        stored = stored_matrix(t, activations) if keep_stored else None
         return stored if stored is not None else _widened(t.shape, t.values).to(device)
     return read
 
@@ -137,14 +147,16 @@ def _attention_weights(read, layer: int) -> AttentionWeights:
     return AttentionWeights(**{k: read(f"model.layers.{layer}.{v}") for k, v in _ATTN.items()})
 
 
-def load_model(ckpt, device: torch.device) -> Model:
-    """Every weight at once, for generation (a KV cache needs all layers at every step)."""
+def load_model(ckpt, device: torch.device, activations: str = "float32") -> Model:
+    """Every weight at once, for generation (a KV cache needs all layers at every step).
+    `activations`: how they meet the weights on the CPU (native.ACTIVATIONS)."""
+    check_activations(device, activations)
     cfg = ckpt.require_config()
-    read = _dense_reader(ckpt, device)
+    read = _dense_reader(ckpt, device, activations)
     attention, moe = [], []
     for n in range(cfg.num_layers):
         attention.append(_attention_weights(read, n))
-        moe.append(load_layer(ckpt, n).to(device))
+        moe.append(load_layer(ckpt, n, activations).to(device))
     g = {k: read(v) for k, v in _GLOBAL.items()}
     inv_freq, rope_scale = yarn_frequencies(cfg)
     return Model(cfg, g["embed"], attention, moe, g["final_norm"], g["lm_head"], inv_freq.to(device),
@@ -233,14 +245,15 @@ def forward(model: Model, tokens: torch.Tensor, cache: KVCache | None = None, ba
 
 
 def streamed_logits(ckpt, windows: list[torch.Tensor], device: torch.device, backend: str = "auto",
-                    progress=None) -> list[torch.Tensor]:
+                    progress=None, activations: str = "float32") -> list[torch.Tensor]:
     """Logits [T, V] of each window of tokens, evaluated on its own (positions from 0), with one
     layer's weights in memory at a time: every window passes layer n before layer n + 1 is
     read, so a model larger than memory (120b: 61 GB of experts) runs in a few GB. The same
     operations in the same order as `forward` without a cache, so the same floats.
     `progress(layer)` is called as each layer is done."""
+    check_activations(device, activations)
     cfg = ckpt.require_config()
-    read = _dense_reader(ckpt, device)
+    read = _dense_reader(ckpt, device, activations)
     inv_freq, rope_scale = yarn_frequencies(cfg)
     inv_freq = inv_freq.to(device)
     steps = [step_inputs(cfg, inv_freq, rope_scale, torch.arange(len(w), device=device), len(w)) for w in windows]
@@ -248,7 +261,7 @@ def streamed_logits(ckpt, windows: list[torch.Tensor], device: torch.device, bac
     xs = [embedding(embed, w.to(device)) for w in windows]
     del embed
     for n in range(cfg.num_layers):
-        attn, moe = _attention_weights(read, n), load_layer(ckpt, n).to(device)
+        attn, moe = _attention_weights(read, n), load_layer(ckpt, n, activations).to(device)
         xs = [block_forward(attn, moe, x, cfg, n, step, None, backend) for x, step in zip(xs, steps)]
         del attn, moe  # before the next layer is read
         if progress is not None:

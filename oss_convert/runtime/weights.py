@@ -37,10 +37,11 @@ class PackedExperts:
     shape: tuple[int, int, int]
     data: torch.Tensor  # MXFP4: packed codes [E, N, K/2]; ggml: rows of blocks [E, N, bytes]; F32: values
     scales: torch.Tensor | None = None  # MXFP4: E8M0 bytes [E, N, K/32]
+    activations: str = "float32"  # on the CPU, "q8": rounded as llama.cpp does (native.ACTIVATIONS)
 
     def to(self, device) -> "PackedExperts":
         return PackedExperts(self.format, self.shape, self.data.to(device),
-                             None if self.scales is None else self.scales.to(device))
+                             None if self.scales is None else self.scales.to(device), self.activations)
 
     @property
     def nbytes(self) -> int:
@@ -56,7 +57,7 @@ class PackedExperts:
         if lib is None:
             return x.float() @ self[e].T
         return native.matmul(lib, self.format, self.data[e], None if self.scales is None else self.scales[e],
-                             self.shape[1:], x)
+                             self.shape[1:], x, self.activations)
 
 
 @dataclass
@@ -75,10 +76,11 @@ class MappedExperts:
 
     def __init__(self, format: str, shape: tuple[int, int, int], nbytes: int,
                  packed: Callable[[int], tuple[np.ndarray, np.ndarray | None]],
-                 in_place: Callable[[int], list[StoredRows]] | None = None):
+                 in_place: Callable[[int], list[StoredRows]] | None = None, activations: str = "float32"):
         self.format, self.shape, self.packed = format, shape, packed
         self.nbytes = nbytes  # as stored in the file
         self.in_place = in_place
+        self.activations = activations  # as PackedExperts.activations
 
     def __getitem__(self, e: int) -> torch.Tensor:
         return expand_in_numpy(self.format, self.shape[1:], *self.packed(e))
@@ -90,12 +92,12 @@ class MappedExperts:
         parts = self.in_place(e) if self.in_place is not None and lib is not None else None
         if parts is not None:
             n, k = self.shape[1] // len(parts), self.shape[2]
-            products = [native.matmul(lib, p.format, p.data, None, (n, k), x) for p in parts]
+            products = [native.matmul(lib, p.format, p.data, None, (n, k), x, self.activations) for p in parts]
             return products[0] if len(products) == 1 else torch.stack(products, dim=-1).flatten(-2)
         lib = native.for_format(self.format)
         if lib is None:
             return x.float() @ self[e].T
-        return native.matmul(lib, self.format, *self.packed(e), self.shape[1:], x)
+        return native.matmul(lib, self.format, *self.packed(e), self.shape[1:], x, self.activations)
 
     def to(self, device) -> "MappedExperts | PackedExperts":
         device = torch.device(device)
@@ -109,7 +111,7 @@ class MappedExperts:
             if out is None:
                 out = PackedExperts(self.format, self.shape, data.new_empty((self.shape[0],) + data.shape, device=device),
                                     None if scales is None else
-                                    scales.new_empty((self.shape[0],) + scales.shape, device=device))
+                                    scales.new_empty((self.shape[0],) + scales.shape, device=device), self.activations)
             out.data[e] = data
             if scales is not None:
                 out.scales[e] = scales
@@ -145,12 +147,12 @@ class StoredMatrix:
     for the CPU: multiplied and row-gathered by the native kernels, never widened whole, so a
     resident 20b holds its dense weights in 2.6 GB, not 7."""
 
-    def __init__(self, format: str, shape: tuple[int, int], data: np.ndarray):
-        self.format, self.shape, self.data = format, shape, data
+    def __init__(self, format: str, shape: tuple[int, int], data: np.ndarray, activations: str = "float32"):
+        self.format, self.shape, self.data, self.activations = format, shape, data, activations
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         """x [T, K] @ W.T, float32 [T, N]."""
-        return native.matmul(native.library(), self.format, self.data, None, self.shape, x)
+        return native.matmul(native.library(), self.format, self.data, None, self.shape, x, self.activations)
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         """W[ids] as float32 [len(ids), K] (the embedding's lookup)."""
@@ -158,7 +160,7 @@ class StoredMatrix:
         return native.expand(native.library(), self.format, picked, None, (len(picked), self.shape[1]))
 
 
-def stored_matrix(t: Tensor) -> StoredMatrix | None:
+def stored_matrix(t: Tensor, activations: str = "float32") -> StoredMatrix | None:
     """`t` as a StoredMatrix, where the native kernels take its format on this machine."""
     fmt = t.format  # the kernels' names are the formats' own (MXFP4: only experts, in the HF layout)
     lib = native.for_format(fmt) if len(t.shape) == 2 and fmt != "MXFP4" else None
@@ -169,7 +171,7 @@ def stored_matrix(t: Tensor) -> StoredMatrix | None:
     if data.nbytes != expected * t.shape[0]:
         raise OssConvertError(f"{t.where}: {t.stored_name} holds {data.nbytes} bytes, not {t.shape[0]} rows of "
                               f"{expected}")
-    return StoredMatrix(fmt, t.shape, data.view(np.uint8).reshape(t.shape[0], expected))
+    return StoredMatrix(fmt, t.shape, data.view(np.uint8).reshape(t.shape[0], expected), activations)
 
 
 def as_float32(a: np.ndarray) -> torch.Tensor:
@@ -180,7 +182,7 @@ def float_tensor(t: Tensor) -> torch.Tensor:
     return as_float32(t.values())
 
 
-def mapped_experts(t: Tensor) -> MappedExperts:
+def mapped_experts(t: Tensor, activations: str = "float32") -> MappedExperts:
     """An expert stack [E, N, K] left in its file, each expert put in its packed form when used."""
     if len(t.shape) != 3:
         raise OssConvertError(f"{t.where}: {t.stored_name} has shape {list(t.shape)}, not [experts, rows, columns]")
@@ -189,12 +191,12 @@ def mapped_experts(t: Tensor) -> MappedExperts:
         def packed(e: int):
             blocks, scales = t.hf_mxfp4(t.view(e))
             return blocks.reshape(N, K // 2), scales
-        return MappedExperts("MXFP4", t.shape, t.nbytes, packed, in_place(t))
+        return MappedExperts("MXFP4", t.shape, t.nbytes, packed, in_place(t), activations)
     if t.format in FLOAT_FORMATS:
         return MappedExperts("F32", t.shape, t.nbytes, lambda e: (t.decode(t.view(e)).reshape(N, K), None))
     if not decodable(t.ggml_type):
         raise OssConvertError(f"{t.where}: {t.stored_name} is {t.format}, which has no dequantizer here")
-    return MappedExperts(t.format, t.shape, t.nbytes, lambda e: (t.view(e), None), in_place(t))
+    return MappedExperts(t.format, t.shape, t.nbytes, lambda e: (t.view(e), None), in_place(t), activations)
 
 
 def _in_place_format(t: Tensor) -> str | None:
@@ -214,13 +216,15 @@ def in_place(t: Tensor) -> Callable[[int], list[StoredRows]] | None:
     return lambda e: [StoredRows(f, p.view(e)) for f, p in zip(formats, parts)]
 
 
-def load_layer(ckpt: Checkpoint, layer: int) -> MoELayer:
-    """Layer `layer`'s MoE block from any checkpoint, experts left in the file's pages."""
+def load_layer(ckpt: Checkpoint, layer: int, activations: str = "float32") -> MoELayer:
+    """Layer `layer`'s MoE block from any checkpoint, experts left in the file's pages (and
+    multiplied on the CPU with `activations`, native.ACTIVATIONS)."""
     cfg = ckpt.require_config()
     tensor = lambda name: ckpt.tensor(f"model.layers.{layer}.{name}")  # noqa: E731
     floats_of = lambda name: float_tensor(tensor(name))  # noqa: E731
     return MoELayer(layer, cfg.experts_per_token, floats_of("post_attention_layernorm.weight"),
                     floats_of("mlp.router.weight"), floats_of("mlp.router.bias"),
-                    mapped_experts(tensor("mlp.experts.gate_up_proj")), floats_of("mlp.experts.gate_up_proj_bias"),
-                    mapped_experts(tensor("mlp.experts.down_proj")), floats_of("mlp.experts.down_proj_bias"),
+                    mapped_experts(tensor("mlp.experts.gate_up_proj"), activations),
+                    floats_of("mlp.experts.gate_up_proj_bias"),
+                    mapped_experts(tensor("mlp.experts.down_proj"), activations), floats_of("mlp.experts.down_proj_bias"),
                     cfg.swiglu_limit, cfg.swiglu_alpha)

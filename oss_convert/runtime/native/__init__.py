@@ -25,6 +25,10 @@ import torch
 SOURCE = Path(__file__).with_name("packed_matmul.c")
 # MXFP4: HF's layout, codes and scales apart; MXFP4_GGML: ggml's 17-byte blocks, read in place
 FORMATS = {"F32": 0, "BF16": 1, "F16": 2, "MXFP4": 3, "Q8_0": 4, "Q5_0": 5, "Q4_0": 6, "Q5_1": 7, "MXFP4_GGML": 8}
+# How activations meet the weights. "float32": exactly, as transformers computes; "q8": rounded
+# to Q8_0 first (per 32 values), as llama.cpp's CPU backend multiplies these formats, in integers
+ACTIVATIONS = ("float32", "q8")
+Q8_FORMATS = frozenset({"MXFP4", "MXFP4_GGML", "Q8_0", "Q5_0", "Q4_0"})
 # -ffp-contract=off: the codecs' separate multiply and add must not become one fused operation
 FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fPIC", "-shared"]
 
@@ -96,6 +100,8 @@ def load(path: Path) -> ctypes.CDLL:
     lib.oss_packed_matmul.restype = ctypes.c_int
     lib.oss_packed_matmul.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
                                       ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
+    lib.oss_q8_matmul.restype = ctypes.c_int
+    lib.oss_q8_matmul.argtypes = lib.oss_packed_matmul.argtypes
     lib.oss_row_bytes.restype = ctypes.c_int64
     lib.oss_row_bytes.argtypes = [ctypes.c_int, ctypes.c_int64]
     lib.oss_expand.restype = None
@@ -154,16 +160,18 @@ def _contiguous(a):
 
 
 def packed_matmul(lib: ctypes.CDLL, format: str, data: np.ndarray | torch.Tensor, scales, shape: tuple[int, int],
-                  x: torch.Tensor) -> torch.Tensor:
+                  x: torch.Tensor, activations: str = "float32") -> torch.Tensor:
     """x [T, K] float32 @ W.T in C, W [N, K] in its stored form (`data`: its rows as stored;
-    `scales`: MXFP4's E8M0 bytes [N, K/32]). Returns [T, N] float32."""
+    `scales`: MXFP4's E8M0 bytes [N, K/32]). Returns [T, N] float32. With activations="q8" and
+    a format of Q8_FORMATS, x is rounded to Q8_0 first (any number of tokens)."""
     n, k = shape
     x, data, scales = x.float().contiguous(), _contiguous(data), _contiguous(scales)
     y = torch.empty((x.shape[0], n), dtype=torch.float32)
     if x.shape[0] == 0:
         return y
-    status = lib.oss_packed_matmul(FORMATS[format], _pointer(data), _pointer(scales), n, k, x.data_ptr(), x.shape[0],
-                                   y.data_ptr(), torch.get_num_threads())
+    product = lib.oss_q8_matmul if activations == "q8" and format in Q8_FORMATS else lib.oss_packed_matmul
+    status = product(FORMATS[format], _pointer(data), _pointer(scales), n, k, x.data_ptr(), x.shape[0],
+                     y.data_ptr(), torch.get_num_threads())
     if status != 0:
         raise MemoryError(f"packed_matmul: status {status} for {format} [{n}, {k}]")
     return y
@@ -183,11 +191,13 @@ def expand(lib: ctypes.CDLL, format: str, data, scales, shape: tuple[int, int], 
 SCRATCH_VALUES = 1 << 24
 
 
-def matmul(lib: ctypes.CDLL, format: str, data, scales, shape: tuple[int, int], x: torch.Tensor) -> torch.Tensor:
-    """x [T, K] @ W.T for W [N, K] in its stored form: in C for a few tokens, else expanded
-    (a slice of rows at a time) into the reused buffer and multiplied by torch."""
-    if x.shape[0] <= FUSED_MAX_TOKENS:
-        return packed_matmul(lib, format, data, scales, shape, x)
+def matmul(lib: ctypes.CDLL, format: str, data, scales, shape: tuple[int, int], x: torch.Tensor,
+           activations: str = "float32") -> torch.Tensor:
+    """x [T, K] @ W.T for W [N, K] in its stored form: in C for a few tokens (or any number with
+    Q8_0 activations, whose integer products outrun float32 GEMM), else expanded (a slice of
+    rows at a time) into the reused buffer and multiplied by torch."""
+    if x.shape[0] <= FUSED_MAX_TOKENS or (activations == "q8" and format in Q8_FORMATS):
+        return packed_matmul(lib, format, data, scales, shape, x, activations)
     global _scratch
     n, k = shape
     step = max(1, SCRATCH_VALUES // k)

@@ -423,3 +423,257 @@ int oss_packed_matmul(int format, const uint8_t *w, const uint8_t *scales, int64
     }
     return failed ? -2 : 0;
 }
+
+/* ------------------------------------------------------------------------------------------------
+ * Activations rounded to 8 bits, as ggml's CPU backend multiplies MXFP4, Q8_0, Q5_0 and Q4_0
+ * weights: each 32-value block of a token becomes Q8_0 (scale max|x|/127 rounded to fp16; values
+ * x * 127/max rounded to the nearest integer, ties to even), is multiplied by the weight block's
+ * integer codes exactly in 32-bit integers, and the block's integer sum is scaled by both block
+ * scales. Far fewer operations than float32 (the integer products are VNNI's four per lane), at
+ * the cost of the activations' rounding (relative 2^-8 per value, as llama.cpp has it).
+ *
+ * Codes are kept unsigned, value = u - offset (MXFP4: twice the E2M1 value + 12, with half the
+ * E8M0 scale; Q8_0: q + 128; Q5_0: q; Q4_0: q), so the products are VNNI's unsigned-by-signed
+ * ones; the offset comes back exactly through each activation block's sum.
+ *
+ * The result is fixed by the values alone: block sums are exact integers, whatever order the
+ * bytes come in (HF's and ggml's MXFP4 layouts give the same bits), and lane j of an 8-lane
+ * float accumulator takes blocks j, j + 8, ... by fused multiply-add, then the lanes are added
+ * as a fixed tree, in the vector loop and the portable one alike.
+ * ------------------------------------------------------------------------------------------------ */
+
+#define GROUP 8  /* blocks per step: one lane each */
+
+/* value = u - offset for the format's unsigned codes u; -1: not a format of this path */
+static int code_offset(int format) {
+    switch (format) {
+    case MXFP4: case MXFP4_GGML: return 12;
+    case Q8_0: return 128;
+    case Q5_0: return 16;  /* Q5_0 and Q4_0 store their codes unsigned already */
+    case Q4_0: return 8;
+    }
+    return -1;
+}
+
+/* HF's MXFP4 holds values 2j and 2j + 1 in byte j; the others (low nibble j, high nibble j + 16,
+ * or byte j) value j of the first half and j + 16 of the second. Position p of a block's codes,
+ * taken as 16 low nibbles then 16 high ones (bytes in order for Q8_0), holds this value: */
+static int value_at(int format, int p) {
+    if (format != MXFP4) return p;
+    return p < 16 ? 2 * p : 2 * (p - 16) + 1;
+}
+
+static uint16_t float_to_half(float f) {  /* round to nearest, ties to even */
+    uint32_t bits;
+    memcpy(&bits, &f, 4);
+    uint32_t sign = (bits >> 16) & 0x8000u, magnitude = bits & 0x7fffffffu;
+    if (magnitude >= 0x7f800000u)  /* inf, NaN */
+        return (uint16_t)(sign | 0x7c00u | (magnitude > 0x7f800000u ? 0x200u : 0));
+    if (magnitude >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u);  /* rounds past 65504 */
+    if (magnitude < 0x38800000u) {  /* below 2^-14: a subnormal half (or zero) */
+        float m;
+        memcpy(&m, &magnitude, 4);
+        return (uint16_t)(sign | (uint16_t)nearbyintf(m * 16777216.f));  /* units of 2^-24 */
+    }
+    uint32_t half = ((magnitude >> 13) - (112u << 10)), rest = magnitude & 0x1fffu;
+    if (rest > 0x1000u || (rest == 0x1000u && (half & 1))) half++;
+    return (uint16_t)(sign | half);
+}
+
+/* x [tokens, k] as Q8_0 blocks, codes in the weight format's positions: q [tokens, blocks, 32],
+ * scale d [tokens, padded] and offset * (sum of codes) [tokens, padded]; past the last block
+ * (up to `padded`, a multiple of GROUP) both are 0 */
+static void quantize_activations(int format, const float *x, int64_t tokens, int64_t k, int8_t *q, float *d,
+                                 int32_t *correction, int64_t padded) {
+    int64_t blocks = k / 32;
+    int offset = code_offset(format);
+    for (int64_t t = 0; t < tokens; t++)
+        for (int64_t b = 0; b < padded; b++) {
+            d[t * padded + b] = 0.f;
+            correction[t * padded + b] = 0;
+            if (b >= blocks) continue;
+            const float *v = x + t * k + 32 * b;
+            float amax = 0.f;
+            for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(v[j]));
+            float inverse = amax != 0.f ? 127.f / amax : 0.f;
+            int sum = 0;
+            int8_t *out = q + (t * blocks + b) * 32;
+            for (int p = 0; p < 32; p++) {
+                out[p] = (int8_t)nearbyintf(v[value_at(format, p)] * inverse);
+                sum += out[p];
+            }
+            d[t * padded + b] = half_to_float(float_to_half(amax / 127.f));
+            correction[t * padded + b] = offset * sum;
+        }
+}
+
+/* the scale of weight block b (by which u - offset is multiplied) */
+static inline float weight_scale(int format, const uint8_t *row, const uint8_t *scales, int64_t b) {
+    switch (format) {
+    case MXFP4: return e8m0(scales[b]) * 0.5f;  /* exact: the codes are twice the E2M1 values */
+    case MXFP4_GGML: return e8m0(row[17 * b]) * 0.5f;
+    default: return half_to_float(read16(row + oss_row_bytes(format, 32) * b));
+    }
+}
+
+/* MXFP4's codes: twice the E2M1 value, plus 12 */
+static const uint8_t MXFP4_CODES[16] = {12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0};
+
+static float add_group_lanes(float *lanes) {
+    for (int width = GROUP / 2; width > 0; width /= 2)
+        for (int j = 0; j < width; j++) lanes[j] += lanes[j + width];
+    return lanes[0];
+}
+
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__) && defined(__AVX512BW__)
+#define HAVE_VNNI 1
+static inline __m256i codes_vector(int format, const uint8_t *row, int64_t b) {
+    if (format == Q8_0)
+        return _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(row + 34 * b + 2)), _mm256_set1_epi8((char)0x80));
+    const uint8_t *codes = format == MXFP4 ? row + 16 * b : format == MXFP4_GGML ? row + 17 * b + 1
+                         : format == Q5_0 ? row + 22 * b + 6 : row + 18 * b + 2;
+    __m128i bytes = _mm_loadu_si128((const __m128i *)codes);
+    __m256i nibbles = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(bytes, 4), bytes), _mm256_set1_epi8(15));
+    if (format == MXFP4 || format == MXFP4_GGML) {
+        __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)MXFP4_CODES));
+        return _mm256_shuffle_epi8(table, nibbles);
+    }
+    if (format == Q5_0)
+        return _mm256_or_si256(nibbles, _mm256_maskz_mov_epi8((__mmask32)read32(row + 22 * b + 2), _mm256_set1_epi8(16)));
+    return nibbles;
+}
+
+/* eight vectors of 8 partial sums -> the 8 sums, one per lane (integers: any order is exact) */
+static inline __m256i sum_each(__m256i *v) {
+    __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+    __m256i b = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31));
+}
+
+/* blocks [g, g + GROUP) of one row (`full`: all of them exist) against TT tokens from t0,
+ * into their accumulators; the group's codes are decoded once, into registers */
+static inline __attribute__((always_inline)) void q8_group(int format, int TT, int full, const uint8_t *row,
+                                                           const uint8_t *scales, int64_t g, int64_t blocks,
+                                                           const int8_t *q, const float *d, const int32_t *correction,
+                                                           int64_t padded, int64_t t0, __m256 *acc) {
+    __m256i codes[GROUP];
+    float dw[GROUP] __attribute__((aligned(32)));
+    for (int j = 0; j < GROUP; j++) {
+        int live = full || g + j < blocks;
+        codes[j] = live ? codes_vector(format, row, g + j) : _mm256_setzero_si256();
+        dw[j] = live ? weight_scale(format, row, scales, g + j) : 0.f;
+    }
+    __m256 scale_w = _mm256_load_ps(dw);
+    for (int t = 0; t < TT; t++) {
+        const int8_t *qt = q + ((t0 + t) * blocks + g) * 32;
+        __m256i sums[GROUP];
+        for (int j = 0; j < GROUP; j++)
+            sums[j] = full || g + j < blocks
+                ? _mm256_dpbusd_epi32(_mm256_setzero_si256(), codes[j], _mm256_loadu_si256((const __m256i *)(qt + 32 * j)))
+                : _mm256_setzero_si256();
+        __m256i exact = _mm256_sub_epi32(sum_each(sums), _mm256_loadu_si256((const __m256i *)(correction + (t0 + t) * padded + g)));
+        __m256 scale = _mm256_mul_ps(scale_w, _mm256_loadu_ps(d + (t0 + t) * padded + g));
+        acc[t] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(exact), acc[t]);
+    }
+}
+
+/* one row against tokens [t0, t0 + TT) */
+static inline __attribute__((always_inline)) void q8_tokens(int format, int TT, const uint8_t *row, const uint8_t *scales,
+                                                            int64_t k, const int8_t *q, const float *d,
+                                                            const int32_t *correction, int64_t padded, int64_t t0,
+                                                            float *y, int64_t n_out) {
+    __m256 acc[4];
+    for (int t = 0; t < TT; t++) acc[t] = _mm256_setzero_ps();
+    int64_t blocks = k / 32, whole = blocks / GROUP * GROUP;
+    for (int64_t g = 0; g < whole; g += GROUP)
+        q8_group(format, TT, 1, row, scales, g, blocks, q, d, correction, padded, t0, acc);
+    if (whole < blocks)
+        q8_group(format, TT, 0, row, scales, whole, blocks, q, d, correction, padded, t0, acc);
+    float lanes[GROUP] __attribute__((aligned(32)));
+    for (int t = 0; t < TT; t++) {
+        _mm256_store_ps(lanes, acc[t]);
+        y[(t0 + t) * n_out] = add_group_lanes(lanes);
+    }
+}
+
+#define Q8_TOKENS(F)                                                                                   \
+    for (int64_t t0 = 0; t0 < tokens; t0 += 4) {                                                       \
+        int64_t left = tokens - t0;                                                                    \
+        if (left >= 4) q8_tokens(F, 4, row, scales, k, q, d, correction, padded, t0, y, n_out);        \
+        else if (left == 3) q8_tokens(F, 3, row, scales, k, q, d, correction, padded, t0, y, n_out);   \
+        else if (left == 2) q8_tokens(F, 2, row, scales, k, q, d, correction, padded, t0, y, n_out);   \
+        else q8_tokens(F, 1, row, scales, k, q, d, correction, padded, t0, y, n_out);                  \
+    }
+
+/* one row against every token, four at a time (the format made a constant for each) */
+static void q8_row(int format, const uint8_t *row, const uint8_t *scales, int64_t k, const int8_t *q, const float *d,
+                   const int32_t *correction, int64_t padded, int64_t tokens, float *y, int64_t n_out) {
+    switch (format) {
+    case MXFP4: Q8_TOKENS(MXFP4) break;
+    case MXFP4_GGML: Q8_TOKENS(MXFP4_GGML) break;
+    case Q8_0: Q8_TOKENS(Q8_0) break;
+    case Q5_0: Q8_TOKENS(Q5_0) break;
+    default: Q8_TOKENS(Q4_0)
+    }
+}
+#else
+/* the 32 unsigned codes of weight block b, by position (see value_at) */
+static void weight_codes(int format, const uint8_t *row, int64_t b, uint8_t *u) {
+    if (format == Q8_0) {
+        for (int p = 0; p < 32; p++) u[p] = row[34 * b + 2 + p] ^ 0x80;
+        return;
+    }
+    const uint8_t *codes = format == MXFP4 ? row + 16 * b : format == MXFP4_GGML ? row + 17 * b + 1
+                         : format == Q5_0 ? row + 22 * b + 6 : row + 18 * b + 2;
+    for (int p = 0; p < 16; p++) {
+        u[p] = codes[p] & 15;
+        u[p + 16] = codes[p] >> 4;
+    }
+    if (format == MXFP4 || format == MXFP4_GGML)
+        for (int p = 0; p < 32; p++) u[p] = MXFP4_CODES[u[p]];
+    if (format == Q5_0) {
+        uint32_t qh = read32(row + 22 * b + 2);
+        for (int p = 0; p < 32; p++) u[p] |= ((qh >> p) & 1) << 4;
+    }
+}
+
+static void q8_row(int format, const uint8_t *row, const uint8_t *scales, int64_t k, const int8_t *q, const float *d,
+                   const int32_t *correction, int64_t padded, int64_t tokens, float *y, int64_t n_out) {
+    int64_t blocks = k / 32;
+    uint8_t u[32];
+    for (int64_t t = 0; t < tokens; t++) {
+        float lanes[GROUP] = {0};
+        for (int64_t b = 0; b < padded; b++) {
+            int32_t sum = 0;
+            float dw = 0.f;
+            if (b < blocks) {
+                weight_codes(format, row, b, u);
+                dw = weight_scale(format, row, scales, b);
+                for (int p = 0; p < 32; p++) sum += (int32_t)u[p] * q[(t * blocks + b) * 32 + p];
+            }
+            lanes[b % GROUP] = fmaf(dw * d[t * padded + b], (float)(sum - correction[t * padded + b]), lanes[b % GROUP]);
+        }
+        y[t * n_out] = add_group_lanes(lanes);
+    }
+}
+#endif
+
+/* y [tokens, n] = Q8_0(x) [tokens, k] @ W[n, k]^T. Returns 0, -1 for a format or k it cannot
+ * take, -2 when out of memory. */
+int oss_q8_matmul(int format, const uint8_t *w, const uint8_t *scales, int64_t n, int64_t k, const float *x,
+                  int64_t tokens, float *y, int threads) {
+    if (code_offset(format) < 0 || k % 32 != 0 || k == 0) return -1;
+    int64_t blocks = k / 32, padded = (blocks + GROUP - 1) / GROUP * GROUP, row_bytes = oss_row_bytes(format, k);
+    int8_t *q = malloc((size_t)(tokens * k));
+    float *d = malloc((size_t)(tokens * padded * 4));
+    int32_t *correction = malloc((size_t)(tokens * padded * 4));
+    int failed = q == NULL || d == NULL || correction == NULL;
+    if (!failed) quantize_activations(format, x, tokens, k, q, d, correction, padded);
+#pragma omp parallel for num_threads(threads > 0 ? threads : 1) schedule(dynamic, 16) if (!failed)
+    for (int64_t r = 0; r < (failed ? 0 : n); r++)
+        q8_row(format, w + r * row_bytes, scales ? scales + r * blocks : NULL, k, q, d, correction, padded, tokens, y + r, n);
+    free(q);
+    free(d);
+    free(correction);
+    return failed ? -2 : 0;
+}
