@@ -255,3 +255,44 @@ def test_validation_rejects_what_ggml_rejects(ggml, qtype):
     for unit in units:
         assert (invalid_count(unit, qtype) == 0) == ggml.validates(qtype, unit), unit[:4]
     assert 0 < invalid_count(units, qtype) < len(units)
+
+
+@pytest.mark.parametrize("flags", [(), ("-mno-avx512f",)], ids=["native", "portable"])
+def test_compiled_iq4_search_is_the_numpy_codec_byte_for_byte(flags):
+    """iq4_search.c (16 blocks a vector, or block by block without AVX-512) against iq4.py's
+    numpy code, the fallback without a compiler, on the same hard cases as above."""
+    import ctypes
+    from pathlib import Path
+
+    from oss_convert import cbuild
+    from oss_convert.formats import iq4
+    path = cbuild.compiled(Path(iq4.__file__).with_name("iq4_search.c"), flags)
+    if path is None:
+        pytest.skip("no C compiler (or it cannot build without AVX-512)")
+    lib = ctypes.CDLL(str(path))
+    rng = np.random.default_rng(99)
+    cases = _cases(rng)
+    cases["NaN and inf"] = np.where(rng.random((4, 512)) < 0.05, np.nan, rng.standard_normal((4, 512)))
+    cases["NaN and inf"][2, 7] = np.inf
+    for name, x in cases.items():
+        x = np.ascontiguousarray(x, np.float32)
+        for function, block, size, numpy_codec in (("oss_quantize_iq4_nl", 32, 18, iq4.quantize_nl_numpy),
+                                                   ("oss_quantize_iq4_xs", 256, 136, iq4.quantize_xs_numpy)):
+            out = np.empty((x.size // block, size), np.uint8)
+            getattr(lib, function)(ctypes.c_void_p(x.ctypes.data), ctypes.c_int64(out.shape[0]),
+                                   ctypes.c_void_p(out.ctypes.data))
+            want = numpy_codec(x).reshape(-1, size)
+            bad = np.flatnonzero((out != want).any(axis=1))
+            assert bad.size == 0, f"{function} {flags} on {name}: blocks {bad[:5]} differ"
+
+
+def test_iq4_without_a_compiler_is_the_numpy_codec(monkeypatch, capsys):
+    from oss_convert.formats import iq4
+    x = np.random.default_rng(5).standard_normal((3, 512)).astype(np.float32)
+    fast = iq4.quantize_xs(x)
+    monkeypatch.setenv("OSS_CONVERT_NATIVE", "0")
+    iq4.compiled_search.cache_clear()
+    try:
+        assert np.array_equal(iq4.quantize_xs(x), fast)
+    finally:
+        iq4.compiled_search.cache_clear()

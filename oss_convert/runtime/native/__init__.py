@@ -1,26 +1,22 @@
 """The CPU runtime's matrix products on weights in their stored form (packed_matmul.c).
 
-The C source ships with the package and is compiled on first use with the machine's own C
-compiler for the machine's own CPU (`-march=native`: AVX-512 where it has it), the way Triton
-builds its launchers; the library is cached under ~/.cache/oss-convert/native, keyed by the
-source, the compiler and the CPU. Without a compiler, or with OSS_CONVERT_NATIVE=0, `library()`
-is None and the runtime keeps its numpy-and-torch path.
+The C source ships with the package and is compiled on first use for the machine's own CPU
+(oss_convert.cbuild: AVX-512 where it has it). Without a compiler, or with OSS_CONVERT_NATIVE=0,
+`library()` is None and the runtime keeps its numpy-and-torch path.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 from functools import cache
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from ... import cbuild
 
 SOURCE = Path(__file__).with_name("packed_matmul.c")
 # MXFP4: HF's layout, codes and scales apart; MXFP4_GGML: ggml's 17-byte blocks, read in place
@@ -29,61 +25,11 @@ FORMATS = {"F32": 0, "BF16": 1, "F16": 2, "MXFP4": 3, "Q8_0": 4, "Q5_0": 5, "Q4_
 # to Q8_0 first (per 32 values), as llama.cpp's CPU backend multiplies these formats, in integers
 ACTIVATIONS = ("float32", "q8")
 Q8_FORMATS = frozenset({"MXFP4", "MXFP4_GGML", "Q8_0", "Q5_0", "Q4_0"})
-# -ffp-contract=off: the codecs' separate multiply and add must not become one fused operation
-FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fPIC", "-shared"]
-
-
-def _cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line
-    except OSError:
-        pass
-    import platform
-    return platform.processor() or platform.machine()
-
-
-def _compiler() -> str | None:
-    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-
-
-def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "oss-convert" / "native"
 
 
 def build(extra_flags: tuple[str, ...] = ()) -> Path | None:
     """The compiled library (built now if the cache lacks it), or None where it cannot be built."""
-    cc = _compiler()
-    if cc is None:
-        return None
-    try:
-        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), cc, version, _cpu_flags(), *extra_flags]).encode()).hexdigest()[:16]
-    target = _cache_dir() / f"packed_matmul-{key}.so"
-    if target.exists():
-        return target
-    for threads in (["-fopenmp"], []):  # a compiler without OpenMP still builds it, one thread
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".so", delete=False) as tmp:
-                partial = Path(tmp.name)
-        except OSError:  # no writable cache: no library, not a traceback
-            return None
-        try:
-            done = subprocess.run([cc, *FLAGS, *threads, *extra_flags, str(SOURCE), "-o", str(partial), "-lm"],
-                                  capture_output=True, text=True, timeout=300)
-            if done.returncode == 0:
-                os.replace(partial, target)  # whole or not at all, for processes building at once
-                return target
-        except (OSError, subprocess.SubprocessError):
-            pass
-        finally:
-            partial.unlink(missing_ok=True)
-    return None
+    return cbuild.compiled(SOURCE, extra_flags, openmp=True)
 
 
 def load(path: Path) -> ctypes.CDLL:
@@ -114,20 +60,11 @@ def load(path: Path) -> ctypes.CDLL:
 def library() -> ctypes.CDLL | None:
     if os.environ.get("OSS_CONVERT_NATIVE", "1") == "0":
         return None
-    path = build()
-    if path is not None:
-        try:
-            return load(path)
-        except OSError:  # a cached library that does not load (truncated, another libc): build anew
-            path.unlink(missing_ok=True)
-            path = build()
-            try:
-                return load(path) if path is not None else None
-            except OSError:
-                pass
-    print("note: the CPU kernels could not be built (no C compiler, or no writable ~/.cache); the CPU "
-          "runtime runs on numpy and torch, slower", file=sys.stderr)
-    return None
+    lib = cbuild.library(SOURCE, openmp=True, load=load)
+    if lib is None:
+        print("note: the CPU kernels could not be built (no C compiler, or no writable ~/.cache); the CPU "
+              "runtime runs on numpy and torch, slower", file=sys.stderr)
+    return lib
 
 
 def for_format(format: str) -> ctypes.CDLL | None:
