@@ -13,7 +13,9 @@ and the ratio (ours / llama.cpp: below 1.0 is faster). Then decode: tokens per s
 steps after a 32-token prompt, our `generate` path against llama.cpp's, on the lossless GGUF.
 Ours runs once per --activations: float32 (the default arithmetic) and q8 (activations rounded
 to Q8_0 for the expert products, as llama.cpp's CPU backend does).
-Wall time and peak RSS of each child.
+Wall time and peak RSS of each child. The two artifacts of a run do not fit in this machine's
+page cache together, so which run came before would decide what each finds cached: the cache is
+emptied before every run (as root), and every run reads its inputs from disk.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, ensure_fixture, fmt_row, run_sampled  # noqa: E402
+from common import ROOT, cold_start, ensure_fixture, fair_start, fmt_row, run_sampled  # noqa: E402
 
 LLAMA_EVAL = """
 import sys, time, llama_cpp
@@ -99,7 +101,8 @@ def main() -> None:
             subprocess.run(oss_convert("convert", original, "-o", out, *extra), check=True, cwd=ROOT)
     env = {"OMP_NUM_THREADS": str(args.threads)}
     widths = (10, 30, 30, 8)
-    print("(s, peak RSS / peak anonymous memory: RSS counts the mapped file pages the experts are read from)")
+    print(f"(s, peak RSS / peak anonymous memory: RSS counts the mapped file pages the experts are read from; "
+          f"{cold_start()})")
     print(fmt_row(["tokens", "oss-convert", "llama.cpp", "ratio"], widths))
     for n in args.tokens:
         with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
@@ -107,9 +110,11 @@ def main() -> None:
         ids = f.name
         theirs, theirs_rss, theirs_anon = 0.0, 0, 0
         for gguf in (lossless, port):
+            cache = cold_start()
             wall, rss, anon = run_sampled([sys.executable, "-c", LLAMA_EVAL, str(gguf), str(args.threads), ids], env)
             theirs, theirs_rss, theirs_anon = theirs + wall, max(theirs_rss, rss), max(theirs_anon, anon)
         for activations in args.activations:
+            cold_start()
             ours, ours_rss, ours_anon = run_sampled(oss_convert("compare", original, port, "--full", "--tokens-file",
                                                                 ids, "--ctx", n, "--device", "cpu",
                                                                 "--activations", activations), env)
@@ -117,9 +122,11 @@ def main() -> None:
                            f"{theirs:.1f} s, {theirs_rss / 1e9:.1f} / {theirs_anon / 1e9:.1f} GB",
                            f"{ours / theirs:.2f}"], widths), flush=True)
         Path(ids).unlink()
-    if args.decode:
+    if args.decode:  # each decode run finds the lossless GGUF (13.8 GB) cached, and nothing else
+        fair_start([lossless])
         llama = python_json(LLAMA_DECODE, lossless, args.threads, args.decode)["tokens_per_s"]
         for activations in args.activations:
+            fair_start([lossless])
             ours = python_json(OURS_DECODE, lossless, args.threads, args.decode, activations)
             mine = ours["tokens_per_s"]
             print(f"decode, lossless GGUF, {args.threads} threads, {activations}: oss-convert {mine:.2f} tok/s "

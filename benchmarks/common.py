@@ -55,6 +55,18 @@ def _run(cmd: list[str], env: dict | None, sample_anonymous: bool) -> tuple[floa
     return wall, usage.ru_maxrss * 1024, anonymous
 
 
+def cold_start() -> str:
+    """Dirty pages written out and the page cache emptied where we may (root on Linux), so the
+    next run reads its inputs from disk as any other run does. For runs whose inputs do not fit
+    in the page cache together, where pre-reading them (fair_start) cannot work."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return "page cache dropped before each run"
+    except OSError:
+        return "page cache not dropped (no permission): runs may find earlier runs' pages"
+
+
 def fair_start(inputs: list[Path]) -> str:
     """Give the next measured run the same start as any other: dirty pages written out, the
     page cache emptied where we may (root on Linux), then the run's inputs read once, so

@@ -1,6 +1,6 @@
 """The package's layers look only down, and torch stays the runtime's.
 
-Containers (files) and codecs (formats) at the bottom, the checkpoint model above them, the
+Containers (files) and codecs (formats) at the bottom (with the C build helper, cbuild), the checkpoint model above them, the
 plans and memory plans above that, the Hub above the checkpoint model, the commands (inspect, convert,
 verify, runtime) above all of those, never importing each other, the report above the commands
 (it puts their documents on one page), and the CLI on top.
@@ -19,11 +19,11 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "oss_convert"
 
-BASE = {"errors", "text", "metrics"}
+BASE = {"errors", "text", "metrics", "cbuild"}
 BELOW = {
-    "errors": set(), "text": set(), "metrics": set(),
+    "errors": set(), "text": set(), "metrics": set(), "cbuild": set(),
     "files": {"errors"},
-    "formats": {"errors", "metrics"},
+    "formats": {"errors", "metrics", "cbuild"},
     "checkpoint": {"errors", "files", "formats"},
     "plan": BASE | {"files", "formats", "checkpoint"},
     "memory": BASE | {"files", "formats", "checkpoint", "plan"},
