@@ -131,18 +131,19 @@ def test_rows_not_a_multiple_of_the_vector_width():
 
 
 def test_the_portable_build_gives_the_same_floats_as_the_vector_one():
-    """Without AVX-512 the C loop runs lane by lane in the same order: the same bits."""
+    """Without AVX-512 (and VNNI) the C loops run lane by lane in the same order: the same bits."""
     portable = native.build(("-mno-avx512f",))
     if portable is None:
         pytest.skip("the compiler cannot build without AVX-512")
     plain = native.load(portable)
     rng = np.random.default_rng(5)
-    x = torch.from_numpy(rng.standard_normal((6, 96)).astype(np.float32))
-    for fmt, data, scales, _ in stored_forms(20, 96, rng):
-        for tokens in (1, 6):
-            a = native.packed_matmul(lib, fmt, data, scales, (20, 96), x[:tokens])
-            b = native.packed_matmul(plain, fmt, data, scales, (20, 96), x[:tokens])
-            assert same_bits(a, b), (fmt, tokens)
+    x = torch.from_numpy(rng.standard_normal((6, 288)).astype(np.float32))  # 9 blocks: a group of 8 and one
+    for fmt, data, scales, _ in stored_forms(20, 288, rng):
+        for activations in ("float32", "q8") if fmt in native.Q8_FORMATS else ("float32",):
+            for tokens in (1, 6):
+                a = native.packed_matmul(lib, fmt, data, scales, (20, 288), x[:tokens], activations)
+                b = native.packed_matmul(plain, fmt, data, scales, (20, 288), x[:tokens], activations)
+                assert same_bits(a, b), (fmt, activations, tokens)
 
 
 def test_more_tokens_expand_once_and_multiply_in_torch():
@@ -284,18 +285,3 @@ def test_q8_products_depend_on_the_values_alone():
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(torch, "get_num_threads", lambda: threads)
             assert same_bits(native.packed_matmul(lib, "MXFP4", codes, scales, (n, k), x, "q8"), hf)
-
-
-def test_q8_portable_build_gives_the_same_floats_as_the_vnni_one():
-    portable = native.build(("-mno-avx512f",))
-    if portable is None:
-        pytest.skip("the compiler cannot build without AVX-512")
-    plain = native.load(portable)
-    rng = np.random.default_rng(9)
-    x = torch.from_numpy(rng.standard_normal((6, 288)).astype(np.float32))
-    for fmt, data, scales, _ in stored_forms(20, 288, rng):
-        if fmt in native.Q8_FORMATS:
-            for tokens in (1, 6):
-                a = native.packed_matmul(lib, fmt, data, scales, (20, 288), x[:tokens], "q8")
-                b = native.packed_matmul(plain, fmt, data, scales, (20, 288), x[:tokens], "q8")
-                assert same_bits(a, b), (fmt, tokens)

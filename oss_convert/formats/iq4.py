@@ -97,7 +97,7 @@ def compiled_search() -> ctypes.CDLL | None:
 def _compiled(name: str, x: np.ndarray, block: int, block_bytes: int) -> np.ndarray | None:
     """x's rows quantized by iq4_search.c's `name` (blocks of `block` values), or None without it."""
     lib = compiled_search()
-    if lib is None:
+    if lib is None or x.shape[-1] % block:  # (numpy says what is wrong with the row length)
         return None
     flat = np.ascontiguousarray(x, F32).reshape(-1)
     out = np.empty((flat.size // block, block_bytes), np.uint8)

@@ -499,7 +499,8 @@ static void quantize_activations(int format, const float *x, int64_t tokens, int
             int sum = 0;
             int8_t *out = q + (t * blocks + b) * 32;
             for (int p = 0; p < 32; p++) {
-                out[p] = (int8_t)nearbyintf(v[value_at(format, p)] * inverse);
+                float rounded = nearbyintf(v[value_at(format, p)] * inverse);  /* within +-127 */
+                out[p] = rounded == rounded ? (int8_t)rounded : 0;  /* NaN (an infinite x): 0, defined */
                 sum += out[p];
             }
             d[t * padded + b] = half_to_float(float_to_half(amax / 127.f));
