@@ -131,9 +131,9 @@ def test_streaming_layers_gives_the_resident_models_logits(bundled, tmp_path, mo
         del resident
         alive, real_load = [], model_module.load_layer
 
-        def load_one_at_a_time(ckpt, n):
+        def load_one_at_a_time(ckpt, n, *args):
             assert not [ref for ref in alive if ref() is not None], f"layer {n} loaded while an earlier one is held"
-            layer = real_load(ckpt, n)
+            layer = real_load(ckpt, n, *args)
             alive.append(weakref.ref(layer.gate_up))
             return layer
         monkeypatch.setattr(model_module, "load_layer", load_one_at_a_time)
