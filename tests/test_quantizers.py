@@ -286,13 +286,47 @@ def test_compiled_iq4_search_is_the_numpy_codec_byte_for_byte(flags):
             assert bad.size == 0, f"{function} {flags} on {name}: blocks {bad[:5]} differ"
 
 
-def test_iq4_without_a_compiler_is_the_numpy_codec(monkeypatch, capsys):
-    from oss_convert.formats import iq4
+@pytest.mark.parametrize("flags", [(), ("-mno-avx512f",)], ids=["native", "portable"])
+def test_compiled_kquant_search_is_the_numpy_search(flags):
+    """kquant_search.c's make_qkx2_quants (16 groups a vector, or one by one without AVX-512)
+    against the numpy search, for Q4_K/Q5_K's groups of 32 and Q2_K's of 16 (absolute error)."""
+    import ctypes
+    from pathlib import Path
+
+    from oss_convert import cbuild
+    from oss_convert.formats import kquant_search
+    path = cbuild.compiled(Path(kquant_search.__file__).with_name("kquant_search.c"), flags)
+    if path is None:
+        pytest.skip("no C compiler (or it cannot build without AVX-512)")
+    lib = ctypes.CDLL(str(path))
+    rng = np.random.default_rng(98)
+    cases = _cases(rng)
+    cases["NaN and inf"] = np.where(rng.random((4, 512)) < 0.05, np.nan, rng.standard_normal((4, 512)))
+    cases["NaN and inf"][2, 7] = np.inf
+    for name, values in cases.items():
+        for n, nmax, rmin, rdelta, nstep, mad in ((32, 15, -1.0, 0.1, 20, False), (32, 31, -0.5, 0.1, 15, False),
+                                                  (16, 3, -0.5, 0.1, 15, True)):
+            x = np.ascontiguousarray(values, np.float32).reshape(-1, n)
+            w = (np.abs(x) + np.float32(0.25)).astype(np.float32)
+            scale, the_min = np.empty(len(x), np.float32), np.empty(len(x), np.float32)
+            codes = np.empty(x.shape, np.uint8)
+            lib.oss_make_qkx2_quants(*(ctypes.c_void_p(a.ctypes.data) for a in (x, w)), ctypes.c_int64(len(x)),
+                                     ctypes.c_int(n), ctypes.c_int(nmax), ctypes.c_float(rmin),
+                                     ctypes.c_float(rdelta), ctypes.c_int(nstep), ctypes.c_int(int(mad)),
+                                     *(ctypes.c_void_p(a.ctypes.data) for a in (scale, the_min, codes)))
+            want = kquant_search.make_qkx2_quants_numpy(x, w, nmax, rmin, rdelta, nstep, mad)
+            for got, expected in zip((scale, the_min, codes), want):
+                assert np.array_equal(got.view(np.uint8), expected.view(np.uint8)), (name, flags, n, nmax)
+
+
+def test_without_a_compiler_the_numpy_codecs_give_the_same_bytes(monkeypatch):
+    from oss_convert.formats import compiled, iq4, q4_k
     x = np.random.default_rng(5).standard_normal((3, 512)).astype(np.float32)
-    fast = iq4.quantize_xs(x)
+    fast = iq4.quantize_xs(x), q4_k.quantize(x)
     monkeypatch.setenv("OSS_CONVERT_NATIVE", "0")
-    iq4.compiled_search.cache_clear()
+    compiled.library.cache_clear()
     try:
-        assert np.array_equal(iq4.quantize_xs(x), fast)
+        assert compiled.library("iq4_search") is None
+        assert np.array_equal(iq4.quantize_xs(x), fast[0]) and np.array_equal(q4_k.quantize(x), fast[1])
     finally:
-        iq4.compiled_search.cache_clear()
+        compiled.library.cache_clear()

@@ -12,21 +12,17 @@ matrix (`quantize_iq4_nl` / `quantize_iq4_xs`, ntry = 7): per block, weights x^2
 scale from the value of largest magnitude, then 15 trial scales; the best by weighted least
 squares. All in float32 with the C loop's summation order.
 
-iq4_search.c does the same operations block by block, compiled (oss_convert.cbuild): the same
-bytes, about 100 times faster; this numpy code runs where no C compiler is at hand.
+iq4_search.c does the same operations block by block, compiled (formats/compiled.py): the same
+bytes, 35 times faster; this numpy code runs where no C compiler is at hand.
 """
 
 from __future__ import annotations
 
 import ctypes
-import functools
-import os
-import sys
-from pathlib import Path
 
 import numpy as np
 
-from .. import cbuild
+from . import compiled
 
 from .kquant_search import F32, fp16_bits, fp16_value, seq_sum_rows
 from .q4_0 import inverse
@@ -78,19 +74,13 @@ def block_scales(blocks: np.ndarray) -> np.ndarray:
     return np.where(np.abs(big) < GROUP_MAX_EPS, F32(0), d).astype(F32)
 
 
-@functools.cache
 def compiled_search() -> ctypes.CDLL | None:
     """iq4_search.c, built for this machine; None without a compiler (or OSS_CONVERT_NATIVE=0)."""
-    if os.environ.get("OSS_CONVERT_NATIVE", "1") == "0":
-        return None
-    lib = cbuild.library(Path(__file__).with_name("iq4_search.c"))
-    if lib is None:
-        print("note: the IQ4 quantizer could not be compiled (no C compiler, or no writable ~/.cache); it runs "
-              "in numpy, about 100 times slower", file=sys.stderr)
-        return None
-    for name in ("oss_quantize_iq4_nl", "oss_quantize_iq4_xs"):
-        getattr(lib, name).restype = None
-        getattr(lib, name).argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
+    lib = compiled.library("iq4_search")
+    if lib is not None:
+        for name in ("oss_quantize_iq4_nl", "oss_quantize_iq4_xs"):
+            getattr(lib, name).restype = None
+            getattr(lib, name).argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
     return lib
 
 

@@ -9,8 +9,11 @@ which is what makes the results bit-identical.
 
 from __future__ import annotations
 
+import ctypes
+
 import numpy as np
 
+from . import compiled
 from .rounding import MAGIC, first_absmax_index, nearest_int
 
 F32 = np.float32
@@ -58,11 +61,30 @@ class _Levels:
         return self.codes
 
 
-@np.errstate(all="ignore")  # inf/NaN from extreme inputs follow the C reference's IEEE semantics
 def make_qkx2_quants(x: np.ndarray, weights: np.ndarray, nmax: int, rmin: float, rdelta: float,
                      nstep: int, use_mad: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """x, weights: float32 [G, n]. Returns (scale [G], the_min [G] = -min, L uint8 [G, n]).
-    The error is weighted squared differences, or with `use_mad` (Q2_K) absolute ones."""
+    The error is weighted squared differences, or with `use_mad` (Q2_K) absolute ones.
+    Compiled (kquant_search.c, the same operations group by group) where a compiler is at hand."""
+    lib = compiled.library("kquant_search")
+    if lib is None or x.shape[-1] > 32:
+        return make_qkx2_quants_numpy(x, weights, nmax, rmin, rdelta, nstep, use_mad)
+    x = np.ascontiguousarray(x, F32)
+    weights = np.ascontiguousarray(weights, F32)
+    groups, n = x.shape
+    scale, the_min = np.empty(groups, F32), np.empty(groups, F32)
+    codes = np.empty((groups, n), np.uint8)
+    lib.oss_make_qkx2_quants(*(ctypes.c_void_p(a.ctypes.data) for a in (x, weights)), ctypes.c_int64(groups),
+                             ctypes.c_int(n), ctypes.c_int(nmax), ctypes.c_float(rmin), ctypes.c_float(rdelta),
+                             ctypes.c_int(nstep), ctypes.c_int(int(use_mad)),
+                             *(ctypes.c_void_p(a.ctypes.data) for a in (scale, the_min, codes)))
+    return scale, the_min, codes
+
+
+@np.errstate(all="ignore")  # inf/NaN from extreme inputs follow the C reference's IEEE semantics
+def make_qkx2_quants_numpy(x: np.ndarray, weights: np.ndarray, nmax: int, rmin: float, rdelta: float,
+                           nstep: int, use_mad: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """make_qkx2_quants in numpy, every group at once (the path without a compiler)."""
     x = np.ascontiguousarray(x.T, dtype=F32)  # [n, G]: a group per column
     w = np.ascontiguousarray(weights.T, dtype=F32)
     levels = _Levels(x.shape)

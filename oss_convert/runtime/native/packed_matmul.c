@@ -527,7 +527,6 @@ static float add_group_lanes(float *lanes) {
 }
 
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__) && defined(__AVX512BW__)
-#define HAVE_VNNI 1
 static inline __m256i codes_vector(int format, const uint8_t *row, int64_t b) {
     if (format == Q8_0)
         return _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(row + 34 * b + 2)), _mm256_set1_epi8((char)0x80));
