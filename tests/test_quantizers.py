@@ -257,24 +257,36 @@ def test_validation_rejects_what_ggml_rejects(ggml, qtype):
     assert 0 < invalid_count(units, qtype) < len(units)
 
 
+def _built_search(stem: str, flags: tuple[str, ...]):
+    """formats/<stem>.c built with `flags` and loaded (skips without a compiler that can)."""
+    import ctypes
+    from pathlib import Path
+
+    from oss_convert import cbuild
+    from oss_convert.formats import compiled
+    path = cbuild.compiled(Path(compiled.__file__).with_name(f"{stem}.c"), flags)
+    if path is None:
+        pytest.skip("no C compiler (or it cannot build without AVX-512)")
+    return ctypes.CDLL(str(path))
+
+
+def _cases_with_nan(rng) -> dict[str, np.ndarray]:
+    """_cases and rows with NaN and an infinity (the compiled searches follow numpy's IEEE path)."""
+    cases = _cases(rng)
+    cases["NaN and inf"] = np.where(rng.random((4, 512)) < 0.05, np.nan, rng.standard_normal((4, 512)))
+    cases["NaN and inf"][2, 7] = np.inf
+    return cases
+
+
 @pytest.mark.parametrize("flags", [(), ("-mno-avx512f",)], ids=["native", "portable"])
 def test_compiled_iq4_search_is_the_numpy_codec_byte_for_byte(flags):
     """iq4_search.c (16 blocks a vector, or block by block without AVX-512) against iq4.py's
     numpy code, the fallback without a compiler, on the same hard cases as above."""
     import ctypes
-    from pathlib import Path
 
-    from oss_convert import cbuild
     from oss_convert.formats import iq4
-    path = cbuild.compiled(Path(iq4.__file__).with_name("iq4_search.c"), flags)
-    if path is None:
-        pytest.skip("no C compiler (or it cannot build without AVX-512)")
-    lib = ctypes.CDLL(str(path))
-    rng = np.random.default_rng(99)
-    cases = _cases(rng)
-    cases["NaN and inf"] = np.where(rng.random((4, 512)) < 0.05, np.nan, rng.standard_normal((4, 512)))
-    cases["NaN and inf"][2, 7] = np.inf
-    for name, x in cases.items():
+    lib = _built_search("iq4_search", flags)
+    for name, x in _cases_with_nan(np.random.default_rng(99)).items():
         x = np.ascontiguousarray(x, np.float32)
         for function, block, size, numpy_codec in (("oss_quantize_iq4_nl", 32, 18, iq4.quantize_nl_numpy),
                                                    ("oss_quantize_iq4_xs", 256, 136, iq4.quantize_xs_numpy)):
@@ -291,19 +303,10 @@ def test_compiled_kquant_search_is_the_numpy_search(flags):
     """kquant_search.c's make_qkx2_quants (16 groups a vector, or one by one without AVX-512)
     against the numpy search, for Q4_K/Q5_K's groups of 32 and Q2_K's of 16 (absolute error)."""
     import ctypes
-    from pathlib import Path
 
-    from oss_convert import cbuild
     from oss_convert.formats import kquant_search
-    path = cbuild.compiled(Path(kquant_search.__file__).with_name("kquant_search.c"), flags)
-    if path is None:
-        pytest.skip("no C compiler (or it cannot build without AVX-512)")
-    lib = ctypes.CDLL(str(path))
-    rng = np.random.default_rng(98)
-    cases = _cases(rng)
-    cases["NaN and inf"] = np.where(rng.random((4, 512)) < 0.05, np.nan, rng.standard_normal((4, 512)))
-    cases["NaN and inf"][2, 7] = np.inf
-    for name, values in cases.items():
+    lib = _built_search("kquant_search", flags)
+    for name, values in _cases_with_nan(np.random.default_rng(98)).items():
         for n, nmax, rmin, rdelta, nstep, mad in ((32, 15, -1.0, 0.1, 20, False), (32, 31, -0.5, 0.1, 15, False),
                                                   (16, 3, -0.5, 0.1, 15, True)):
             x = np.ascontiguousarray(values, np.float32).reshape(-1, n)
