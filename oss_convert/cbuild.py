@@ -1,8 +1,8 @@
 """Compiling the package's C sources on first use, for this machine, the way Triton builds its
 launchers: the machine's own C compiler (`$CC`, else cc, gcc or clang) with -march=native, the
-library cached under ~/.cache/oss-convert/native keyed by the source, the flags, the compiler
-and the CPU. Without a compiler or a writable cache there is no library, and callers keep
-their numpy path. No torch here: the format codecs use it too.
+library cached under ~/.cache/oss-convert/native keyed by the source (and the local headers it
+includes), the flags, the compiler and the CPU. Without a compiler or a writable cache there is
+no library, and callers keep their numpy path. No torch here: the format codecs use it too.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import ctypes
 import hashlib
 import os
 import platform
+import re
 import shutil
 import subprocess
 import tempfile
@@ -29,6 +30,14 @@ def _cpu_flags() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def _text_with_headers(source: Path) -> str:
+    """The source and every header it includes by a quoted path (ours; they include no others).
+    A missing header reads as empty: the build then fails, and the caller keeps its numpy path."""
+    text = source.read_text()
+    headers = [source.parent / h for h in re.findall(r'^#include "([^"]+)"', text, flags=re.MULTILINE)]
+    return "\0".join([text, *(h.read_text() if h.is_file() else "" for h in headers)])
 
 
 def compiler() -> str | None:
@@ -50,7 +59,7 @@ def compiled(source: Path, extra_flags: tuple[str, ...] = (), openmp: bool = Fal
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
         return None
-    key = hashlib.sha256("\0".join([source.read_text(), cc, version, _cpu_flags(), str(openmp),
+    key = hashlib.sha256("\0".join([_text_with_headers(source), cc, version, _cpu_flags(), str(openmp),
                                     *extra_flags]).encode()).hexdigest()[:16]
     target = cache_dir() / f"{source.stem}-{key}.so"
     if target.exists():

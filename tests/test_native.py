@@ -5,6 +5,8 @@ within float32 rounding of a float64 product."""
 
 from __future__ import annotations
 
+import ctypes
+
 import numpy as np
 import pytest
 import torch
@@ -195,6 +197,22 @@ def test_an_unwritable_cache_or_a_broken_library_is_no_traceback(monkeypatch, tm
         assert native.library() is not None  # rebuilt
     finally:
         native.library.cache_clear()
+
+
+def test_a_changed_header_is_a_new_build(monkeypatch, tmp_path):
+    """The cache key covers the headers a source includes (formats/half.h is shared)."""
+    from oss_convert import cbuild
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    (tmp_path / "value.h").write_text("static int value(void) { return 1; }\n")
+    source = tmp_path / "probe.c"
+    source.write_text('#include "value.h"\nint probe(void) { return value(); }\n')
+    first = cbuild.compiled(source)
+    if first is None:
+        pytest.skip("no C compiler")
+    assert cbuild.compiled(source) == first
+    (tmp_path / "value.h").write_text("static int value(void) { return 2; }\n")
+    second = cbuild.compiled(source)
+    assert second != first and ctypes.CDLL(str(second)).probe() == 2
 
 
 # ------------------------------------------------------------------ Q8_0 activations (llama.cpp's arithmetic)

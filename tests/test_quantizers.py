@@ -212,6 +212,28 @@ def test_mxfp4_by_table_measures_the_error_of_its_bytes(qtype):
         assert stats.report()[key] == pytest.approx(value, rel=1e-5), key
 
 
+@pytest.mark.parametrize("qtype", MXFP4_TABLE_TYPES, ids=lambda t: t.name)
+def test_mxfp4_table_in_c_is_the_numpy_table(qtype):
+    """mxfp4_requant.c (block by block) against the numpy table path (column by column), the
+    fallback without a compiler: the same bytes, the same blocks left to the slow way, and the
+    same error sums up to the order of the float64 additions."""
+    from oss_convert.formats import mxfp4_requant
+    lib = mxfp4_requant.compiled_lookup()
+    if lib is None:
+        pytest.skip("no C compiler")
+    rng = np.random.default_rng(15)
+    blocks, scales = _mxfp4_blocks(rng, 4096 + 3)  # not a multiple of the C loop's group of 8
+    codec = QUANTIZERS[qtype]
+    want_out, want_regular, want = mxfp4_requant.table_requantize_numpy(blocks, scales, codec)
+    out, regular, got = mxfp4_requant._table_requantize_compiled(lib, blocks, scales, codec)
+    assert 0 < want_regular.sum() < len(blocks)  # both kinds of block are exercised
+    np.testing.assert_array_equal(regular, want_regular)
+    np.testing.assert_array_equal(out, want_out)
+    assert got.n == want.n and got.max_abs_err == want.max_abs_err
+    assert got.sum_sq_x == pytest.approx(want.sum_sq_x, rel=1e-12)
+    assert got.sum_sq_err == pytest.approx(want.sum_sq_err, rel=1e-12)
+
+
 def test_row_sums_add_rows_in_order():
     """The K-quant searches rely on numpy reducing a C-ordered [n, G] array along axis 0 one
     row after another (the C loop's float32 order), not pairwise; checked against a plain
@@ -323,13 +345,15 @@ def test_compiled_kquant_search_is_the_numpy_search(flags):
 
 
 def test_without_a_compiler_the_numpy_codecs_give_the_same_bytes(monkeypatch):
-    from oss_convert.formats import compiled, iq4, q4_k
+    from oss_convert.formats import compiled, iq4, mxfp4_requant, q4_k, q5_0
     x = np.random.default_rng(5).standard_normal((3, 512)).astype(np.float32)
-    fast = iq4.quantize_xs(x), q4_k.quantize(x)
+    blocks, scales = _mxfp4_blocks(np.random.default_rng(6), 512)
+    fast = iq4.quantize_xs(x), q4_k.quantize(x), mxfp4_requant.requantize(blocks, scales, q5_0)[0]
     monkeypatch.setenv("OSS_CONVERT_NATIVE", "0")
     compiled.library.cache_clear()
     try:
         assert compiled.library("iq4_search") is None
         assert np.array_equal(iq4.quantize_xs(x), fast[0]) and np.array_equal(q4_k.quantize(x), fast[1])
+        assert np.array_equal(mxfp4_requant.requantize(blocks, scales, q5_0)[0], fast[2])
     finally:
         compiled.library.cache_clear()

@@ -8,6 +8,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "half.h"
+
 #if defined(__F16C__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -37,26 +39,6 @@ static float signed_absmax(const float *v, int n) {
             found = v[j];
         }
     return found;
-}
-
-static uint16_t half_bits(float f) {  /* round to nearest even, as the codec's numpy cast */
-#if defined(__F16C__)
-    return (uint16_t)_cvtss_sh(f, 0);
-#else
-    uint32_t bits;
-    memcpy(&bits, &f, 4);
-    uint32_t sign = (bits >> 16) & 0x8000u, magnitude = bits & 0x7fffffffu;
-    if (magnitude > 0x7f800000u) return (uint16_t)(sign | 0x7e00u | ((magnitude >> 13) & 0x3ffu));
-    if (magnitude >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u);
-    if (magnitude < 0x38800000u) {
-        float m;
-        memcpy(&m, &magnitude, 4);
-        return (uint16_t)(sign | (uint16_t)nearbyintf(m * 16777216.f));
-    }
-    uint32_t half = (magnitude >> 13) - (112u << 10), rest = magnitude & 0x1fffu;
-    if (rest > 0x1000u || (rest == 0x1000u && (half & 1))) half++;
-    return (uint16_t)(sign | half);
-#endif
 }
 
 static int nearest_int(float x) {  /* ggml's: add 1.5 * 2^23 and read the mantissa */

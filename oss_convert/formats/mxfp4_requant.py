@@ -11,10 +11,14 @@ Tables made once per type, by running our ggml-exact quantizer on a unit-scale b
 every (m, c) pair, give the output for each (m, byte of two codes): one lookup per input
 byte. Blocks whose scale is too extreme for the argument (or NaN) are decoded and
 quantized the ordinary way.
+
+The lookups run in C where it is built (mxfp4_requant.c, block by block, the same float32
+operations), else in numpy (`table_requantize_numpy`, column by column).
 """
 
 from __future__ import annotations
 
+import ctypes
 from dataclasses import dataclass
 from functools import lru_cache
 from types import ModuleType
@@ -22,7 +26,7 @@ from types import ModuleType
 import numpy as np
 
 from ..metrics import ErrorStats
-from . import mxfp4, q4_0, q5_0, q8_0
+from . import compiled, mxfp4, q4_0, q5_0, q8_0
 from .kquant_search import fp16_bits, fp16_value
 
 # Scale bytes for which every float32 step above stays normal and finite: x = s * c with
@@ -154,14 +158,59 @@ def supports(codec: ModuleType) -> bool:
     return codec in LAYOUTS
 
 
+def compiled_lookup() -> ctypes.CDLL | None:
+    """mxfp4_requant.c, built for this machine; None without a compiler (or OSS_CONVERT_NATIVE=0)."""
+    lib = compiled.library("mxfp4_requant")
+    if lib is not None:
+        lib.oss_mxfp4_requant.restype = ctypes.c_int64
+        lib.oss_mxfp4_requant.argtypes = [ctypes.c_int, *[ctypes.c_void_p] * 2, ctypes.c_int64, *[ctypes.c_void_p] * 5,
+                                          ctypes.c_int, ctypes.c_int, *[ctypes.c_void_p] * 3]
+    return lib
+
+
+_KINDS = {q8_0: 0, q4_0: 1, q5_0: 2}  # mxfp4_requant.c's names for the codecs
+
+
 def requantize(blocks: np.ndarray, scales: np.ndarray, codec: ModuleType) -> tuple[np.ndarray, ErrorStats]:
     """HF MXFP4 blocks [N, 16] and scales [N] -> (the codec's bytes [N, BLOCK_BYTES], the
-    error of those bytes against the MXFP4 values).
+    error of those bytes against the MXFP4 values)."""
+    blocks = np.ascontiguousarray(blocks, np.uint8).reshape(-1, 16)
+    scales = np.ascontiguousarray(scales, np.uint8).reshape(-1)
+    lib = compiled_lookup()
+    if lib is None:
+        out, regular, stats = table_requantize_numpy(blocks, scales, codec)
+    else:
+        out, regular, stats = _table_requantize_compiled(lib, blocks, scales, codec)
+    irregular = np.flatnonzero(~regular)
+    if irregular.size:
+        values = mxfp4.decode_hf(blocks[irregular], scales[irregular]).reshape(-1, 32)
+        out[irregular] = codec.pack(*codec.scales_and_codes(values))
+        measured = ErrorStats()
+        measured.add(values, codec.dequantize(out[irregular]))
+        stats.merge(measured)
+    return out, stats
 
-    The blocks are worked on column-wise ([16, N]: byte j of every block), where numpy's
-    element-wise ops and per-block reductions run over contiguous rows."""
+
+def _table_requantize_compiled(lib: ctypes.CDLL, blocks: np.ndarray, scales: np.ndarray,
+                               codec: ModuleType) -> tuple[np.ndarray, np.ndarray, ErrorStats]:
+    t = tables(codec)
+    out = np.empty((blocks.shape[0], codec.BLOCK_BYTES), np.uint8)
+    regular = np.empty(blocks.shape[0], np.bool_)
+    sums = np.zeros(3, np.float64)
+    count = lib.oss_mxfp4_requant(_KINDS[codec], blocks.ctypes.data, scales.ctypes.data, blocks.shape[0],
+                                  t.words.ctypes.data, t.sums.ctypes.data, t.max_sq_err.ctypes.data,
+                                  t.d_unit.ctypes.data, t.d16_unit.ctypes.data, *SAFE_SCALES, out.ctypes.data,
+                                  regular.ctypes.data, sums.ctypes.data)  # ctypes lets the GIL go
+    return out, regular, ErrorStats(n=32 * int(count), sum_sq_x=float(sums[0]), sum_sq_err=float(sums[1]),
+                                    max_abs_err=float(np.sqrt(sums[2])))
+
+
+def table_requantize_numpy(blocks: np.ndarray, scales: np.ndarray,
+                           codec: ModuleType) -> tuple[np.ndarray, np.ndarray, ErrorStats]:
+    """The table's bytes for every block, which blocks they are right for (`regular`), and the
+    error figures of those. Worked on column-wise ([16, N]: byte j of every block), where
+    numpy's element-wise ops and per-block reductions run over contiguous rows."""
     layout, t = LAYOUTS[codec], tables(codec)
-    blocks, scales = blocks.reshape(-1, 16), scales.reshape(-1)
     columns = np.ascontiguousarray(blocks.T)
     pairs = mxfp4.hf_to_ggml_columns(columns) if layout.ggml_pairs else columns
     index = pairs.astype(np.intp)  # take() wants intp; any other index is converted per call
@@ -180,11 +229,4 @@ def requantize(blocks: np.ndarray, scales: np.ndarray, codec: ModuleType) -> tup
     worst_sq = np.maximum.reduce(t.max_sq_err.take(index, mode="wrap"), axis=0) * s2
     stats = ErrorStats(n=32 * int(regular.sum()), sum_sq_x=float(sums[:, 1] @ s2),
                        sum_sq_err=float(sums[:, 0] @ s2), max_abs_err=float(np.sqrt(worst_sq.max(initial=0.0))))
-    irregular = np.flatnonzero(~regular)
-    if irregular.size:
-        values = mxfp4.decode_hf(blocks[irregular], scales[irregular]).reshape(-1, 32)
-        out[irregular] = codec.pack(*codec.scales_and_codes(values))
-        measured = ErrorStats()
-        measured.add(values, codec.dequantize(out[irregular]))
-        stats.merge(measured)
-    return out, stats
+    return out, regular, stats

@@ -21,6 +21,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../../formats/half.h"
+
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -39,19 +41,6 @@ static float from_bits(uint32_t bits) {
     float f;
     memcpy(&f, &bits, 4);
     return f;
-}
-
-static float half_to_float(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exponent = (h >> 10) & 0x1f, mantissa = h & 0x3ff;
-    if (exponent == 0) {  /* zero or subnormal: mantissa * 2^-24, exact in float32 */
-        float magnitude = (float)mantissa * 5.9604644775390625e-8f;
-        uint32_t bits;
-        memcpy(&bits, &magnitude, 4);
-        return from_bits(sign | bits);
-    }
-    if (exponent == 31)
-        return from_bits(sign | 0x7f800000u | (mantissa << 13));
-    return from_bits(sign | ((exponent + 112) << 23) | (mantissa << 13));
 }
 
 /* 2^(s - 127) for the E8M0 byte s; 255 is NaN */
@@ -113,7 +102,7 @@ static inline __attribute__((always_inline)) void block_values(int format, const
                                                                int64_t b, __m512 *first, __m512 *second) {
     if (format == Q8_0) {
         const uint8_t *block = row + 34 * b;
-        __m512 d = _mm512_set1_ps(half_to_float(read16(block)));
+        __m512 d = _mm512_set1_ps(half_value(read16(block)));
         *first = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(block + 2)))));
         *second = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(block + 18)))));
         return;
@@ -165,7 +154,7 @@ static void expand_legacy(int format, const uint8_t *row, int64_t k, float *out)
     for (int64_t b = 0; b < k / 32; b++) {
         const uint8_t *block = row + size * b;
         float *o = out + 32 * b;
-        float d = half_to_float(read16(block));
+        float d = half_value(read16(block));
         if (format == Q8_0) {
             const int8_t *q = (const int8_t *)(block + 2);
             for (int j = 0; j < 32; j++) o[j] = d * (float)q[j];
@@ -185,7 +174,7 @@ static void expand_legacy(int format, const uint8_t *row, int64_t k, float *out)
                     o[j + 16] = d * (float)((int)((q[j] >> 4) | (((qh >> (j + 16)) & 1) << 4)) - 16);
                 }
             } else {
-                float m = half_to_float(read16(block + 2));
+                float m = half_value(read16(block + 2));
                 for (int j = 0; j < 16; j++) {
                     o[j] = d * (float)((q[j] & 15) | (((qh >> j) & 1) << 4)) + m;
                     o[j + 16] = d * (float)((q[j] >> 4) | (((qh >> (j + 16)) & 1) << 4)) + m;
@@ -216,7 +205,7 @@ static void expand_row(int format, const uint8_t *w, const uint8_t *scales, int6
         for (int64_t i = 0; i < k; i++) out[i] = from_bits((uint32_t)read16(row + 2 * i) << 16);
         break;
     case F16:
-        for (int64_t i = 0; i < k; i++) out[i] = half_to_float(read16(row + 2 * i));
+        for (int64_t i = 0; i < k; i++) out[i] = half_value(read16(row + 2 * i));
         break;
     case MXFP4: expand_mxfp4(row, scales + n * (k / 32), k, out); break;
     case MXFP4_GGML: expand_mxfp4_ggml(row, k, out); break;
@@ -463,23 +452,6 @@ static int value_at(int format, int p) {
     return p < 16 ? 2 * p : 2 * (p - 16) + 1;
 }
 
-static uint16_t float_to_half(float f) {  /* round to nearest, ties to even */
-    uint32_t bits;
-    memcpy(&bits, &f, 4);
-    uint32_t sign = (bits >> 16) & 0x8000u, magnitude = bits & 0x7fffffffu;
-    if (magnitude >= 0x7f800000u)  /* inf, NaN */
-        return (uint16_t)(sign | 0x7c00u | (magnitude > 0x7f800000u ? 0x200u : 0));
-    if (magnitude >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u);  /* rounds past 65504 */
-    if (magnitude < 0x38800000u) {  /* below 2^-14: a subnormal half (or zero) */
-        float m;
-        memcpy(&m, &magnitude, 4);
-        return (uint16_t)(sign | (uint16_t)nearbyintf(m * 16777216.f));  /* units of 2^-24 */
-    }
-    uint32_t half = ((magnitude >> 13) - (112u << 10)), rest = magnitude & 0x1fffu;
-    if (rest > 0x1000u || (rest == 0x1000u && (half & 1))) half++;
-    return (uint16_t)(sign | half);
-}
-
 /* x [tokens, k] as Q8_0 blocks, codes in the weight format's positions: q [tokens, blocks, 32],
  * scale d [tokens, padded] and offset * (sum of codes) [tokens, padded]; past the last block
  * (up to `padded`, a multiple of GROUP) both are 0 */
@@ -503,7 +475,7 @@ static void quantize_activations(int format, const float *x, int64_t tokens, int
                 out[p] = rounded == rounded ? (int8_t)rounded : 0;  /* NaN (an infinite x): 0, defined */
                 sum += out[p];
             }
-            d[t * padded + b] = half_to_float(float_to_half(amax / 127.f));
+            d[t * padded + b] = half_value(half_bits(amax / 127.f));
             correction[t * padded + b] = offset * sum;
         }
 }
@@ -513,7 +485,7 @@ static inline float weight_scale(int format, const uint8_t *row, const uint8_t *
     switch (format) {
     case MXFP4: return e8m0(scales[b]) * 0.5f;  /* exact: the codes are twice the E2M1 values */
     case MXFP4_GGML: return e8m0(row[17 * b]) * 0.5f;
-    default: return half_to_float(read16(row + oss_row_bytes(format, 32) * b));
+    default: return half_value(read16(row + oss_row_bytes(format, 32) * b));
     }
 }
 
