@@ -13,7 +13,7 @@ import torch
 from gguf import GGMLQuantizationType as T
 
 from oss_convert.checkpoint import open_checkpoint
-from oss_convert.formats import mxfp4, q4_0, q5_0, q5_1, q8_0
+from oss_convert.formats import mxfp4, q4_0, q4_k, q5_0, q5_1, q8_0
 from oss_convert.formats.registry import decode
 from oss_convert.runtime import native
 
@@ -25,7 +25,13 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.shape == b.shape and torch.equal(a.contiguous().view(torch.int32), b.contiguous().view(torch.int32))
 
 
-QUANTIZERS = {"Q8_0": q8_0.quantize, "Q5_0": q5_0.quantize, "Q4_0": q4_0.quantize, "Q5_1": q5_1.quantize}
+QUANTIZERS = {"Q8_0": q8_0.quantize, "Q5_0": q5_0.quantize, "Q4_0": q4_0.quantize, "Q5_1": q5_1.quantize,
+              "Q4_K": q4_k.quantize}
+
+
+def columns(fmt: str, k: int) -> int:
+    """k, or the nearest multiple of 256 for a K-quant (super-blocks of 256 values)."""
+    return -(-k // 256) * 256 if fmt.endswith("_K") else k
 
 
 def rows_to_test(n: int, k: int, rng) -> np.ndarray:
@@ -55,6 +61,8 @@ def stored_forms(n: int, k: int, rng):
     yield "MXFP4", codes, scales, values
     yield "MXFP4_GGML", mxfp4.hf_to_ggml(codes.reshape(n, -1, 16), scales).reshape(n, -1), None, values
     for name, quantize in QUANTIZERS.items():
+        if columns(name, k) != k:
+            continue
         data = quantize(w)
         yield name, data, None, decode(data, T[name]).reshape(n, k)
 
@@ -62,34 +70,40 @@ def stored_forms(n: int, k: int, rng):
 @pytest.mark.parametrize("fmt", list(native.FORMATS))
 def test_expansion_is_the_numpy_codecs_bit_for_bit(fmt):
     rng = np.random.default_rng(0)
-    for name, data, scales, want in stored_forms(24, 96, rng):
-        if name == fmt:
-            got = native.expand(lib, fmt, data, scales, (24, 96)).numpy()
-            assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    k = columns(fmt, 96)
+    forms = {name: form for name, *form in stored_forms(24, k, rng)}
+    data, scales, want = forms[fmt]
+    got = native.expand(lib, fmt, data, scales, (24, k)).numpy()
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
 
 
 def test_ggml_blocks_with_extreme_scales_expand_as_the_codecs_do():
     """Raw random blocks: any fp16 scale, subnormal, infinite or NaN included."""
     rng = np.random.default_rng(1)
     for name in QUANTIZERS:
-        data = rng.integers(0, 256, (16, native.row_bytes(lib, name, 64)), dtype=np.uint8)
+        k = columns(name, 64)
+        data = rng.integers(0, 256, (16, native.row_bytes(lib, name, k)), dtype=np.uint8)
         data[0, :2] = [0x01, 0x00]  # the smallest fp16 subnormal
         data[1, :2] = [0x00, 0x7c]  # +inf
         data[2, :2] = [0x01, 0xfe]  # a NaN
+        if name == "Q4_K":  # and the minimum's scale
+            data[3, 2:4], data[4, 2:4] = [0x00, 0x7c], [0x01, 0x00]
         with np.errstate(invalid="ignore", over="ignore"):  # infinite scales times zero codes
-            want = decode(data, T[name]).reshape(16, 64)
-        got = native.expand(lib, name, data, None, (16, 64)).numpy()
+            want = decode(data, T[name]).reshape(16, k)
+        got = native.expand(lib, name, data, None, (16, k)).numpy()
         assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), name
 
 
 @pytest.mark.parametrize("fmt", list(native.FORMATS))
 def test_a_product_is_the_same_floats_however_it_is_computed(fmt):
     rng = np.random.default_rng(2)
-    n, k = 37, 160  # a partial tile of rows
+    n, k = 37, columns(fmt, 160)  # a partial tile of rows
     x = torch.from_numpy(rng.standard_normal((11, k)).astype(np.float32))
+    tested = False
     for name, data, scales, values in stored_forms(n, k, rng):
         if name != fmt:
             continue
+        tested = True
         values = torch.from_numpy(values)
         whole = native.packed_matmul(lib, fmt, data, scales, (n, k), x)
         finite = torch.isfinite(values).all(dim=1)
@@ -103,6 +117,7 @@ def test_a_product_is_the_same_floats_however_it_is_computed(fmt):
             assert same_bits(native.packed_matmul(lib, fmt, data, scales, (n, k), x[start:stop]), whole[start:stop])
         same_values = native.packed_matmul(lib, "F32", values.numpy(), None, (n, k), x)
         assert same_bits(same_values, whole)
+    assert tested
 
 
 def test_threads_do_not_change_a_product(monkeypatch):
@@ -139,13 +154,17 @@ def test_the_portable_build_gives_the_same_floats_as_the_vector_one():
         pytest.skip("the compiler cannot build without AVX-512")
     plain = native.load(portable)
     rng = np.random.default_rng(5)
-    x = torch.from_numpy(rng.standard_normal((6, 288)).astype(np.float32))  # 9 blocks: a group of 8 and one
-    for fmt, data, scales, _ in stored_forms(20, 288, rng):
-        for activations in ("float32", "q8") if fmt in native.Q8_FORMATS else ("float32",):
-            for tokens in (1, 6):
-                a = native.packed_matmul(lib, fmt, data, scales, (20, 288), x[:tokens], activations)
-                b = native.packed_matmul(plain, fmt, data, scales, (20, 288), x[:tokens], activations)
-                assert same_bits(a, b), (fmt, activations, tokens)
+    tested = set()
+    for k in (288, 512):  # 288: 9 blocks, a group of 8 and one; 512: two K-quant super-blocks
+        x = torch.from_numpy(rng.standard_normal((6, k)).astype(np.float32))
+        for fmt, data, scales, _ in stored_forms(20, k, rng):
+            for activations in ("float32", "q8") if fmt in native.Q8_FORMATS else ("float32",):
+                for tokens in (1, 6):
+                    a = native.packed_matmul(lib, fmt, data, scales, (20, k), x[:tokens], activations)
+                    b = native.packed_matmul(plain, fmt, data, scales, (20, k), x[:tokens], activations)
+                    assert same_bits(a, b), (fmt, activations, tokens)
+            tested.add(fmt)
+    assert tested == set(native.FORMATS)
 
 
 def test_more_tokens_expand_once_and_multiply_in_torch():

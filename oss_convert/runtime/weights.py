@@ -24,6 +24,7 @@ from ..checkpoint import Checkpoint, Tensor
 from ..checkpoint.config import DEFAULT_SWIGLU_ALPHA, DEFAULT_SWIGLU_LIMIT
 from ..checkpoint.tensor import FLOAT_FORMATS
 from ..errors import OssConvertError
+from ..files.stream import map_in
 from ..formats.registry import decodable
 from . import native
 from .dequant import dequantize_expert, expand_in_numpy
@@ -81,6 +82,12 @@ class MappedExperts:
         self.nbytes = nbytes  # as stored in the file
         self.in_place = in_place
         self.activations = activations  # as PackedExperts.activations
+        self._mapped_in: set[int] = set()  # experts whose pages are mapped into the process
+
+    def _first_use(self, e: int, arrays) -> None:
+        if e not in self._mapped_in:
+            map_in(arrays)
+            self._mapped_in.add(e)
 
     def __getitem__(self, e: int) -> torch.Tensor:
         return expand_in_numpy(self.format, self.shape[1:], *self.packed(e))
@@ -91,13 +98,16 @@ class MappedExperts:
         lib = native.library()
         parts = self.in_place(e) if self.in_place is not None and lib is not None else None
         if parts is not None:
+            self._first_use(e, [p.data for p in parts])
             n, k = self.shape[1] // len(parts), self.shape[2]
             products = [native.matmul(lib, p.format, p.data, None, (n, k), x, self.activations) for p in parts]
             return products[0] if len(products) == 1 else torch.stack(products, dim=-1).flatten(-2)
         lib = native.for_format(self.format)
         if lib is None:
             return x.float() @ self[e].T
-        return native.matmul(lib, self.format, *self.packed(e), self.shape[1:], x, self.activations)
+        packed = self.packed(e)
+        self._first_use(e, packed)
+        return native.matmul(lib, self.format, *packed, self.shape[1:], x, self.activations)
 
     def to(self, device) -> "MappedExperts | PackedExperts":
         device = torch.device(device)
@@ -164,10 +174,10 @@ def stored_matrix(t: Tensor, activations: str = "float32") -> StoredMatrix | Non
     """`t` as a StoredMatrix, where the native kernels take its format on this machine."""
     fmt = t.format  # the kernels' names are the formats' own (MXFP4: only experts, in the HF layout)
     lib = native.for_format(fmt) if len(t.shape) == 2 and fmt != "MXFP4" else None
-    if lib is None:
+    expected = native.row_bytes(lib, fmt, t.shape[1]) if lib is not None else -1
+    if expected < 0:  # (a row length the format cannot have: the numpy path says so)
         return None
     data = np.ascontiguousarray(t.read())
-    expected = native.row_bytes(lib, fmt, t.shape[1])
     if data.nbytes != expected * t.shape[0]:
         raise OssConvertError(f"{t.where}: {t.stored_name} holds {data.nbytes} bytes, not {t.shape[0]} rows of "
                               f"{expected}")

@@ -20,7 +20,8 @@ from ... import cbuild
 
 SOURCE = Path(__file__).with_name("packed_matmul.c")
 # MXFP4: HF's layout, codes and scales apart; MXFP4_GGML: ggml's 17-byte blocks, read in place
-FORMATS = {"F32": 0, "BF16": 1, "F16": 2, "MXFP4": 3, "Q8_0": 4, "Q5_0": 5, "Q4_0": 6, "Q5_1": 7, "MXFP4_GGML": 8}
+FORMATS = {"F32": 0, "BF16": 1, "F16": 2, "MXFP4": 3, "Q8_0": 4, "Q5_0": 5, "Q4_0": 6, "Q5_1": 7, "MXFP4_GGML": 8,
+           "Q4_K": 9}
 # How activations meet the weights. "float32": exactly, as transformers computes; "q8": rounded
 # to Q8_0 first (per 32 values), as llama.cpp's CPU backend multiplies these formats, in integers
 ACTIVATIONS = ("float32", "q8")

@@ -29,7 +29,7 @@
 
 /* MXFP4: HF's layout (codes [K/2], byte j = values 2j and 2j + 1; E8M0 scales apart);
  * MXFP4_GGML: ggml's blocks of 17 bytes (the E8M0 byte, then byte j = values j and j + 16) */
-enum { F32 = 0, BF16 = 1, F16 = 2, MXFP4 = 3, Q8_0 = 4, Q5_0 = 5, Q4_0 = 6, Q5_1 = 7, MXFP4_GGML = 8 };
+enum { F32 = 0, BF16 = 1, F16 = 2, MXFP4 = 3, Q8_0 = 4, Q5_0 = 5, Q4_0 = 6, Q5_1 = 7, MXFP4_GGML = 8, Q4_K = 9 };
 
 #define LANES 16
 #define TILE_ROWS 16
@@ -70,9 +70,28 @@ int64_t oss_row_bytes(int format, int64_t k) {
     case Q5_0: return k / 32 * 22;
     case Q4_0: return k / 32 * 18;
     case Q5_1: return k / 32 * 24;
+    case Q4_K: return k % 256 ? -1 : k / 256 * 144;
     case MXFP4_GGML: return k / 32 * 17;
     }
     return -1;
+}
+
+/* Q4_K: super-blocks of 256 values (fp16 d, fp16 dmin, 12 bytes of 6-bit scales and mins, 128
+ * bytes of nibbles); sub-block j (32 values) is d * scale_j * q - dmin * min_j, its nibbles the
+ * low (j even) or high (j odd) halves of bytes 32 * (j / 2) to 32 * (j / 2) + 31. The two
+ * products and the difference are rounded one by one, as the codec computes them. */
+static void q4_k_sub_block(const uint8_t *super, int j, float *scale, float *min) {
+    const uint8_t *s = super + 4;
+    int sc, m;
+    if (j < 4) {
+        sc = s[j] & 63;
+        m = s[j + 4] & 63;
+    } else {
+        sc = (s[j + 4] & 15) | ((s[j - 4] >> 6) << 4);
+        m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+    }
+    *scale = half_value(read16(super)) * (float)sc;
+    *min = half_value(read16(super + 2)) * (float)m;
 }
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
@@ -104,6 +123,22 @@ static inline __attribute__((always_inline)) void block_values(int format, const
         __m512 d = _mm512_set1_ps(half_value(read16(block)));
         *first = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(block + 2)))));
         *second = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(block + 18)))));
+        return;
+    }
+    if (format == Q4_K) {
+        const uint8_t *super = row + 144 * (b / 8);
+        int j = (int)(b % 8);
+        float scale, min;
+        q4_k_sub_block(super, j, &scale, &min);
+        const uint8_t *q = super + 16 + 32 * (j / 2);
+        __m512i low = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)q));
+        __m512i high = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(q + 16)));
+        __m512i nibble = _mm512_set1_epi32(15);
+        low = j & 1 ? _mm512_srli_epi32(low, 4) : _mm512_and_si512(low, nibble);
+        high = j & 1 ? _mm512_srli_epi32(high, 4) : _mm512_and_si512(high, nibble);
+        __m512 d = _mm512_set1_ps(scale), m = _mm512_set1_ps(min);
+        *first = _mm512_sub_ps(_mm512_mul_ps(d, _mm512_cvtepi32_ps(low)), m);
+        *second = _mm512_sub_ps(_mm512_mul_ps(d, _mm512_cvtepi32_ps(high)), m);
         return;
     }
     if (format == Q4_0 || format == Q5_0 || format == Q5_1) {  /* nibble j: values j and j + 16 */
@@ -170,6 +205,15 @@ static void expand_mxfp4_ggml(const uint8_t *row, int64_t k, float *out) {
 
 /* Q8_0 / Q5_0 / Q4_0 / Q5_1: value j of a 32-value block has a low part from nibble or byte j,
  * and for Q5_* a fifth bit j of the 32-bit qh */
+static void expand_q4_k(const uint8_t *row, int64_t k, float *out) {
+    for (int64_t b = 0; b < k / 32; b++) {
+        const uint8_t *super = row + 144 * (b / 8), *q = super + 16 + 32 * (b % 8 / 2);
+        float scale, min;
+        q4_k_sub_block(super, (int)(b % 8), &scale, &min);
+        for (int l = 0; l < 32; l++) out[32 * b + l] = scale * (float)(b % 2 ? q[l] >> 4 : q[l] & 15) - min;
+    }
+}
+
 static void expand_legacy(int format, const uint8_t *row, int64_t k, float *out) {
     int64_t size = oss_row_bytes(format, 32);
     for (int64_t b = 0; b < k / 32; b++) {
@@ -230,6 +274,7 @@ static void expand_row(int format, const uint8_t *w, const uint8_t *scales, int6
         break;
     case MXFP4: expand_mxfp4(row, scales + n * (k / 32), k, out); break;
     case MXFP4_GGML: expand_mxfp4_ggml(row, k, out); break;
+    case Q4_K: expand_q4_k(row, k, out); break;
     default: expand_legacy(format, row, k, out);
     }
     memset(out + k, 0, 4 * (padded - k));
@@ -409,6 +454,7 @@ static inline __attribute__((always_inline)) void direct_rows(int format, int R,
     case Q5_0: direct_rows(Q5_0, R, TT, w, scales, first, k, x, y, n); break;                          \
     case Q4_0: direct_rows(Q4_0, R, TT, w, scales, first, k, x, y, n); break;                          \
     case Q5_1: direct_rows(Q5_1, R, TT, w, scales, first, k, x, y, n); break;                          \
+    case Q4_K: direct_rows(Q4_K, R, TT, w, scales, first, k, x, y, n); break;                          \
     default: direct_rows(Q8_0, R, TT, w, scales, first, k, x, y, n);                                   \
     }
 #define DIRECT_TOKENS(R)                                                                               \
