@@ -381,3 +381,30 @@ def check_compiled_for_hopper(launches) -> None:
                 assert k["ops"]["HMUL2"] == values_per_thread // 2, (launch, k)
     for name, helper in report["helpers"].items():  # the expert sort, split-K's SwiGLU pass
         assert helper["instructions"] > 0 and helper["spills"] == 0, (name, helper)
+
+
+def _mapped_kb(path) -> int:
+    """Kilobytes of `path`'s mappings resident in this process (/proc/self/smaps)."""
+    total, ours = 0, False
+    for line in open("/proc/self/smaps"):
+        fields = line.split()
+        if fields and "-" in fields[0] and len(fields) >= 5:  # a mapping's first line
+            ours = len(fields) >= 6 and fields[5] == str(path)
+        elif ours and fields[0] == "Rss:":
+            total += int(fields[1])
+    return total
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="smaps and MADV_POPULATE_READ are Linux's")
+def test_an_experts_pages_are_mapped_in_at_first_use_in_one_call(tmp_path):
+    from oss_convert.files.stream import map_in
+    path = tmp_path / "expert.bin"
+    path.write_bytes(np.arange(64 * 4096, dtype=np.uint8).tobytes())
+    mapped = np.memmap(path, dtype=np.uint8, mode="r", offset=4096, shape=(32 * 4096,))
+    before = _mapped_kb(path)
+    map_in([mapped[100:], None])
+    release = tuple(int(part) for part in os.uname().release.split("-")[0].split(".")[:2])
+    if _mapped_kb(path) == before and release < (5, 14):
+        pytest.skip("the kernel has no MADV_POPULATE_READ (Linux 5.14)")
+    assert before == 0 and _mapped_kb(path) == 32 * 4  # every page of the array, its first one too
+    assert np.array_equal(mapped, np.arange(64 * 4096, dtype=np.uint8)[4096:33 * 4096])
