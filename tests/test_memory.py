@@ -104,19 +104,23 @@ def test_the_kv_cache_follows_llama_cpps_cells():
     assert kv_cache(shape, ContextOptions(300))["swa_cells"] == 512  # min(512, 640) cells, padded
 
 
-def test_runtime_plan_is_what_the_runtime_holds(bundled, tmp_path):
+def test_runtime_plan_is_what_the_runtime_holds(bundled, checkpoints, tmp_path):
     """Weights and KV cache of our runtime, counted from the tensors it holds after a prompt
-    longer than a prefill micro-batch, for the original and for a GGUF with ggml-typed experts."""
+    longer than a prefill micro-batch, for the original, for a GGUF with ggml-typed experts and
+    for a Q4_K_M port whose rows of 256 take K-quants."""
     torch = pytest.importorskip("torch")
     from oss_convert.runtime.full_compare import prefill
     from oss_convert.runtime.model import load_model, new_cache
     from oss_convert.runtime import native
     from oss_convert.runtime.weights import MappedExperts, PackedExperts, StoredMatrix
 
-    q8 = tmp_path / "q8.gguf"
+    q8, k_quants = tmp_path / "q8.gguf", tmp_path / "q4_k_m.gguf"
     assert CliRunner().invoke(cli, ["convert", str(bundled), "-o", str(q8), "--type", "q8_0"]).exit_code == 0
+    assert CliRunner().invoke(cli, ["convert", str(checkpoints["small"]), "-o", str(k_quants),
+                                    "--type", "q4_k_m"]).exit_code == 0
+    assert "Q4_K" in {t.format for t in open_checkpoint(k_quants).model_tensors}
     assert set(STORED_DENSE_FORMATS) == set(native.FORMATS) - {"MXFP4", "MXFP4_GGML"}
-    for path in (bundled, q8):
+    for path in (bundled, q8, k_quants):
         ckpt = open_checkpoint(path)
         model = load_model(ckpt, torch.device("cpu"))
         held = 0

@@ -23,7 +23,7 @@ F32 = 4
 SCORE_COPIES = 4
 PREFILL_TOKENS = 512  # generate feeds the prompt in micro-batches of this size, as llama.cpp's -ub
 # the types runtime/native multiplies from their stored form (its FORMATS, MXFP4 aside)
-STORED_DENSE_FORMATS = ("F32", "BF16", "F16", "Q8_0", "Q5_0", "Q4_0", "Q5_1")
+STORED_DENSE_FORMATS = ("F32", "BF16", "F16", "Q8_0", "Q5_0", "Q4_0", "Q5_1", "Q4_K")
 DENSE_MATRICES = (Role.EMBEDDING, Role.ATTENTION, Role.OUTPUT)  # the router is widened: it is small
 
 
