@@ -59,7 +59,8 @@ def _tensor(t: GGUFTensor, layout: str) -> Tensor:
         whole = stored(t.read())
         return whole if (start, stop) == (0, shape[0]) else whole[start:stop]
 
-    return Tensor(t.name, role, layer, fmt, shape, t.nbytes, str(t.path), read, lambda i: stored(t.raw()[i]), t.type)
+    return Tensor(t.name, role, layer, fmt, shape, t.nbytes, str(t.path), read, lambda i: stored(t.raw()[i]), t.type,
+                  mapper=lambda: stored(t.raw()))
 
 
 def _stored_form(type_code: int, raw: np.ndarray):

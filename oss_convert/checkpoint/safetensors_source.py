@@ -158,7 +158,8 @@ def _logical_tensors(stored: dict[str, StoredTensor], layout: str) -> list[Tenso
 
 def _plain_tensor(name: str, t: StoredTensor, layout: str) -> Tensor:
     role, layer = classify(name, layout)
-    return Tensor(name, role, layer, t.dtype, t.shape, t.nbytes, str(t.path), t.read, lambda i: t.array()[i])
+    return Tensor(name, role, layer, t.dtype, t.shape, t.nbytes, str(t.path), t.read, lambda i: t.array()[i],
+                  mapper=t.array)
 
 
 def _mxfp4_tensor(base: str, blocks: StoredTensor, scales: StoredTensor, layout: str) -> Tensor:

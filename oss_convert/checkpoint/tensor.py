@@ -69,6 +69,7 @@ class Tensor:
     ggml_type: int | None = None  # the type code, for tensors stored in a GGUF
     stored_name: str = ""  # the name in the file, where it differs (for messages)
     interleaved: tuple["Tensor", "Tensor"] | None = None  # the gate and up this gate_up's rows alternate
+    mapper: Callable[[], Stored] | None = None  # the whole stored form, memory-mapped (where it is one piece)
 
     def __post_init__(self):
         self.stored_name = self.stored_name or self.name
@@ -91,6 +92,10 @@ class Tensor:
 
     def view(self, i: int) -> Stored:
         return self.viewer(i)
+
+    def mapped(self) -> Stored:
+        """The whole stored form as a read-only view of the file's pages (else read into memory)."""
+        return self.mapper() if self.mapper is not None else self.read()
 
     def hf_mxfp4(self, stored: Stored) -> tuple[np.ndarray, np.ndarray]:
         """HF blocks and scales of (part of) an MXFP4 tensor's stored form, from any layout."""
@@ -160,4 +165,5 @@ def row_slice(name: str, t: Tensor, start: int, rows: int) -> Tensor:
     per_row = t.nbytes // t.shape[0]
     return Tensor(name, t.role, t.layer, t.format, (rows,) + t.shape[1:], per_row * rows, t.where,
                   lambda a, b: t.read(start + a, start + b), lambda i: t.view(start + i), t.ggml_type,
-                  f"rows {start}-{start + rows - 1} of {t.stored_name}")
+                  f"rows {start}-{start + rows - 1} of {t.stored_name}",
+                  mapper=None if t.mapper is None else lambda: t.mapper()[start:start + rows])

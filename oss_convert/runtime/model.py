@@ -141,14 +141,15 @@ def check_activations(device: torch.device, activations: str) -> None:
                               "kernels built (a C compiler; OSS_CONVERT_NATIVE not 0)")
 
 
-def _dense_reader(ckpt: Checkpoint, device: torch.device, activations: str = "float32"):
+def _dense_reader(ckpt: Checkpoint, device: torch.device, activations: str = "float32", mapped: bool = False):
     """HF name -> the non-expert weight on `device`: on the CPU, with the native kernels built,
-    a matrix stays in its stored form; otherwise float32 values."""
+    a matrix stays in its stored form (with `mapped`, in the file's pages); otherwise float32
+    values."""
     keep_stored = device.type == "cpu" and native.library() is not None
 
     def read(hf_name: str) -> Matrix:
         t = ckpt.tensor(hf_name)
-        stored = stored_matrix(t, activations) if keep_stored else None
+        stored = stored_matrix(t, activations, mapped) if keep_stored else None
         return stored if stored is not None else _widened(t.shape, t.values).to(device)
     return read
 
@@ -263,7 +264,7 @@ def streamed_logits(ckpt, windows: list[torch.Tensor], device: torch.device, bac
     `progress(layer)` is called as each layer is done."""
     check_activations(device, activations)
     cfg = ckpt.require_config()
-    read = _dense_reader(ckpt, device, activations)
+    read = _dense_reader(ckpt, device, activations, mapped=True)  # each matrix is used once a window
     inv_freq, rope_scale = yarn_frequencies(cfg)
     inv_freq = inv_freq.to(device)
     steps = [step_inputs(cfg, inv_freq, rope_scale, torch.arange(len(w), device=device), len(w)) for w in windows]

@@ -170,14 +170,17 @@ class StoredMatrix:
         return native.expand(native.library(), self.format, picked, None, (len(picked), self.shape[1]))
 
 
-def stored_matrix(t: Tensor, activations: str = "float32") -> StoredMatrix | None:
-    """`t` as a StoredMatrix, where the native kernels take its format on this machine."""
+def stored_matrix(t: Tensor, activations: str = "float32", mapped: bool = False) -> StoredMatrix | None:
+    """`t` as a StoredMatrix, where the native kernels take its format on this machine: read into
+    memory, or with `mapped` left in the file's pages (for a matrix used once, not worth a copy)."""
     fmt = t.format  # the kernels' names are the formats' own (MXFP4: only experts, in the HF layout)
     lib = native.for_format(fmt) if len(t.shape) == 2 and fmt != "MXFP4" else None
     expected = native.row_bytes(lib, fmt, t.shape[1]) if lib is not None else -1
     if expected < 0:  # (a row length the format cannot have: the numpy path says so)
         return None
-    data = np.ascontiguousarray(t.read())
+    data = np.ascontiguousarray(t.mapped() if mapped else t.read())
+    if mapped:
+        map_in([data])
     if data.nbytes != expected * t.shape[0]:
         raise OssConvertError(f"{t.where}: {t.stored_name} holds {data.nbytes} bytes, not {t.shape[0]} rows of "
                               f"{expected}")
