@@ -203,8 +203,6 @@ static void expand_mxfp4_ggml(const uint8_t *row, int64_t k, float *out) {
     }
 }
 
-/* Q8_0 / Q5_0 / Q4_0 / Q5_1: value j of a 32-value block has a low part from nibble or byte j,
- * and for Q5_* a fifth bit j of the 32-bit qh */
 static void expand_q4_k(const uint8_t *row, int64_t k, float *out) {
     for (int64_t b = 0; b < k / 32; b++) {
         const uint8_t *super = row + 144 * (b / 8), *q = super + 16 + 32 * (b % 8 / 2);
@@ -214,6 +212,8 @@ static void expand_q4_k(const uint8_t *row, int64_t k, float *out) {
     }
 }
 
+/* Q8_0 / Q5_0 / Q4_0 / Q5_1: value j of a 32-value block has a low part from nibble or byte j,
+ * and for Q5_* a fifth bit j of the 32-bit qh */
 static void expand_legacy(int format, const uint8_t *row, int64_t k, float *out) {
     int64_t size = oss_row_bytes(format, 32);
     for (int64_t b = 0; b < k / 32; b++) {
