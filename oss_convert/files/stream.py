@@ -2,7 +2,8 @@
 
 Tensor producers return either one array or an iterable of consecutive chunks; reads use
 positioned reads into fresh buffers rather than mmap, so that streaming a 65 GB model
-does not pile file pages into the process's resident set.
+does not pile file pages into the process's resident set. The runtime, which does multiply
+from mapped pages, maps a used tensor's pages in at once (`map_in`).
 """
 
 from __future__ import annotations
