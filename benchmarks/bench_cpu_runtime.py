@@ -110,7 +110,7 @@ def main() -> None:
         ids = f.name
         theirs, theirs_rss, theirs_anon = 0.0, 0, 0
         for gguf in (lossless, port):
-            cache = cold_start()
+            cold_start()
             wall, rss, anon = run_sampled([sys.executable, "-c", LLAMA_EVAL, str(gguf), str(args.threads), ids], env)
             theirs, theirs_rss, theirs_anon = theirs + wall, max(theirs_rss, rss), max(theirs_anon, anon)
         for activations in args.activations:

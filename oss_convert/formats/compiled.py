@@ -1,6 +1,7 @@
-"""The codecs' C searches (iq4_search.c, kquant_search.c), built for this machine on first use
-(oss_convert.cbuild). Each does the float32 operations of its numpy twin in the same order, so
-the bytes are the same; without a compiler, or with OSS_CONVERT_NATIVE=0, the numpy code runs."""
+"""The codecs' C code (iq4_search.c, kquant_search.c, mxfp4_requant.c), built for this machine on
+first use (oss_convert.cbuild). Each does the float32 operations of its numpy twin in the same
+order, so the bytes are the same; without a compiler, or with OSS_CONVERT_NATIVE=0, the numpy
+code runs."""
 
 from __future__ import annotations
 
