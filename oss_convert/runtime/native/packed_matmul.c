@@ -285,6 +285,17 @@ void oss_expand(int format, const uint8_t *w, const uint8_t *scales, int64_t row
     for (int64_t n = 0; n < rows; n++) expand_row(format, w, scales, n, k, k, out + n * k);
 }
 
+/* A few tokens make a product memory-bound, and its rows are streams of a few kilobytes each: too
+ * short for the hardware prefetcher to learn before they end. So while rows are multiplied, the
+ * `span` bytes that come next (the next rows, contiguous) are requested ahead, a share at each of
+ * the `steps` steps, one cache line at a time. */
+static inline __attribute__((always_inline)) void prefetch_share(const uint8_t *next, int64_t span, int64_t step,
+                                                                 int64_t steps) {
+    int64_t lines = (span + 63) / 64, per_step = (lines + steps - 1) / steps;
+    for (int64_t l = step * per_step; l < (step + 1) * per_step && l < lines; l++)
+        __builtin_prefetch(next + 64 * l, 0, 3);
+}
+
 static float add_lanes(float *lanes) {
     for (int width = LANES / 2; width > 0; width /= 2)
         for (int j = 0; j < width; j++) lanes[j] += lanes[j + width];
@@ -313,7 +324,11 @@ static float add_lanes(float *lanes) {
             for (int j = 0; j < TT; j++) _mm512_store_ps(acc_mem + (i * tokens + j) * LANES, acc[i][j]); \
     }
 /* The same for four rows, with the accumulators named one by one: GCC keeps an array of 8 or 16
- * of them on the stack and stores them all at every step, which took two thirds of the time */
+ * of them on the stack and stores them all at every step, which took two thirds of the time. And
+ * GCC folds each use of a loaded row into its multiply-add as a memory operand: 16 loads a step
+ * instead of 4, which bound the loop on loads (a fifth of the time at 16 and 64 tokens); an
+ * empty asm that claims to change them keeps them in registers. */
+#define KEEP_IN_REGISTERS(a, b, c, d) __asm__("" : "+v"(a), "+v"(b), "+v"(c), "+v"(d));
 #define TOKENS_1(M, i) M(i, 0)
 #define TOKENS_2(M, i) M(i, 0) M(i, 1)
 #define TOKENS_4(M, i) M(i, 0) M(i, 1) M(i, 2) M(i, 3)
@@ -331,6 +346,7 @@ static float add_lanes(float *lanes) {
             TOKENS_##TT(X_LOAD, 0)                                                                     \
             __m512 w0 = _mm512_load_ps(w + c), w1 = _mm512_load_ps(w + padded + c);                   \
             __m512 w2 = _mm512_load_ps(w + 2 * padded + c), w3 = _mm512_load_ps(w + 3 * padded + c);   \
+            KEEP_IN_REGISTERS(w0, w1, w2, w3)                                                          \
             FOUR_ROWS(ACC_FMA, TT)                                                                     \
         }                                                                                              \
         FOUR_ROWS(ACC_STORE, TT)                                                                       \
@@ -400,6 +416,7 @@ static void tile_times_tokens(const float *tile, int64_t rows, int64_t padded, c
 /* R rows from `first` against TT tokens: R independent chains per token, so the fused
  * multiply-adds' latency overlaps. R and TT are constants where it is inlined. */
 #define DIRECT_ROWS 4
+
 static inline __attribute__((always_inline)) void direct_rows(int format, int R, int TT, const uint8_t *w,
                                                               const uint8_t *scales, int64_t first, int64_t k,
                                                               const float *x, float *y, int64_t n_out) {
@@ -410,11 +427,17 @@ static inline __attribute__((always_inline)) void direct_rows(int format, int R,
         scale_row[i] = scales ? scales + (first + i) * (k / 32) : NULL;
         for (int t = 0; t < TT; t++) acc[i][t] = _mm512_setzero_ps();
     }
+    int64_t row_bytes = oss_row_bytes(format, k), span = R * row_bytes;
+    const uint8_t *next = w + (first + R) * row_bytes, *next_scales = scales ? scales + (first + R) * (k / 32) : NULL;
     if (format == F32 || format == BF16) {
         for (int64_t c = 0; c < k; c += LANES) {
+            prefetch_share(next, span, c / LANES, (k + LANES - 1) / LANES);
             __mmask16 mask = k - c >= LANES ? 0xffff : (__mmask16)((1u << (k - c)) - 1);
             __m512 xv[DIRECT_MAX_TOKENS];
-            for (int t = 0; t < TT; t++) xv[t] = _mm512_maskz_loadu_ps(mask, x + t * k + c);
+            for (int t = 0; t < TT; t++) {
+                xv[t] = _mm512_maskz_loadu_ps(mask, x + t * k + c);
+                __asm__("" : "+v"(xv[t]));  /* loaded once, not at each row's multiply-add */
+            }
             for (int i = 0; i < R; i++) {
                 __m512 v = float_values(format, row[i], k, c);
                 for (int t = 0; t < TT; t++) acc[i][t] = _mm512_fmadd_ps(v, xv[t], acc[i][t]);
@@ -422,10 +445,13 @@ static inline __attribute__((always_inline)) void direct_rows(int format, int R,
         }
     } else {  /* blocks of 32: k is a multiple of 32 */
         for (int64_t b = 0; b < k / 32; b++) {
+            prefetch_share(next, span, b, k / 32);
+            if (next_scales) prefetch_share(next_scales, R * (k / 32), b, k / 32);
             __m512 x_first[DIRECT_MAX_TOKENS], x_second[DIRECT_MAX_TOKENS];
             for (int t = 0; t < TT; t++) {
                 x_first[t] = _mm512_loadu_ps(x + t * k + 32 * b);
                 x_second[t] = _mm512_loadu_ps(x + t * k + 32 * b + 16);
+                __asm__("" : "+v"(x_first[t]), "+v"(x_second[t]));
             }
             for (int i = 0; i < R; i++) {
                 __m512 v_first, v_second;
@@ -647,16 +673,20 @@ static inline __attribute__((always_inline)) void q8_group(int format, int TT, i
     }
 }
 
-/* one row against tokens [t0, t0 + TT) */
+/* one row against tokens [t0, t0 + TT), the row this many after it requested meanwhile */
+#define Q8_AHEAD 4
 static inline __attribute__((always_inline)) void q8_tokens(int format, int TT, const uint8_t *row, const uint8_t *scales,
                                                             int64_t k, const int8_t *q, const float *d,
                                                             const int32_t *correction, int64_t padded, int64_t t0,
                                                             float *y, int64_t n_out) {
     __m256 acc[4];
     for (int t = 0; t < TT; t++) acc[t] = _mm256_setzero_ps();
-    int64_t blocks = k / 32, whole = blocks / GROUP * GROUP;
-    for (int64_t g = 0; g < whole; g += GROUP)
+    int64_t blocks = k / 32, whole = blocks / GROUP * GROUP, row_bytes = oss_row_bytes(format, k);
+    for (int64_t g = 0; g < whole; g += GROUP) {
+        prefetch_share(row + Q8_AHEAD * row_bytes, row_bytes, g / GROUP, whole / GROUP);
+        if (scales) prefetch_share(scales + Q8_AHEAD * blocks, blocks, g / GROUP, whole / GROUP);
         q8_group(format, TT, 1, row, scales, g, blocks, q, d, correction, padded, t0, acc);
+    }
     if (whole < blocks)
         q8_group(format, TT, 0, row, scales, whole, blocks, q, d, correction, padded, t0, acc);
     float lanes[GROUP] __attribute__((aligned(32)));
