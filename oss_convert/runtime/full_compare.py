@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from ..checkpoint import Checkpoint
 from ..errors import OssConvertError
+from ..files.stream import release_freed_memory
 from ..memory.runtime import PREFILL_TOKENS
 from .compare import pick_device
 from .model import forward, load_model, new_cache, streamed_logits
@@ -96,6 +97,8 @@ def logit_metrics(a: np.ndarray, b: np.ndarray, tokens: list[int], ctx: int) -> 
         nxt = torch.tensor(tokens[start + 1:stop + 1])  # the token each position predicts, where there is one
         nll_a.append(-pa[:len(nxt)].gather(1, nxt[:, None]).squeeze(1))
         nll_b.append(-pb[:len(nxt)].gather(1, nxt[:, None]).squeeze(1))
+        del la, lb, pa, pb
+        release_freed_memory()
     kl, top1, max_diff, nll_a, nll_b = (torch.cat(v) for v in (kl, top1, max_diff, nll_a, nll_b))
     return {
         "positions": len(tokens),

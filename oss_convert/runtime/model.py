@@ -19,6 +19,7 @@ import torch
 from ..checkpoint import Checkpoint
 from ..checkpoint.config import GptOssConfig
 from ..errors import OssConvertError
+from ..files.stream import release_freed_memory
 from .moe import moe_forward, rms_norm
 from . import native
 from .weights import MoELayer, StoredMatrix, as_float32, load_layer, stored_matrix
@@ -273,6 +274,7 @@ def streamed_logits(ckpt, windows: list[torch.Tensor], device: torch.device, bac
         attn, moe = _attention_weights(read, n), load_layer(ckpt, n, activations).to(device)
         xs = [block_forward(attn, moe, x, cfg, n, step, None, backend) for x, step in zip(xs, steps)]
         del attn, moe  # before the next layer is read
+        release_freed_memory()
         if progress is not None:
             progress(n)
     final_norm, lm_head = read(_GLOBAL["final_norm"]), read(_GLOBAL["lm_head"])
