@@ -169,7 +169,10 @@ def load_model(ckpt, device: torch.device, activations: str = "float32") -> Mode
     for n in range(cfg.num_layers):
         attention.append(_attention_weights(read, n))
         moe.append(load_layer(ckpt, n, activations).to(device))
-    g = {k: read(v) for k, v in _GLOBAL.items()}
+    g = {k: read(v) for k, v in _GLOBAL.items() if k != "embed"}
+    # a token's row at a time: the 1.2 GB embedding stays in the file's pages (the matrices that
+    # every token multiplies by are copied in: numpy puts them on huge pages, 15% faster decode)
+    g["embed"] = _dense_reader(ckpt, device, activations, mapped=True)(_GLOBAL["embed"])
     inv_freq, rope_scale = yarn_frequencies(cfg)
     return Model(cfg, g["embed"], attention, moe, g["final_norm"], g["lm_head"], inv_freq.to(device),
                  rope_scale, device)
