@@ -716,6 +716,94 @@ static void q8_row(int format, const uint8_t *row, const uint8_t *scales, int64_
     default: Q8_TOKENS(Q4_0)
     }
 }
+
+/* Two tokens or more: eight rows at a time, lane i of every vector row r0 + i. Each block's codes
+ * are transposed once (8x8 lanes of four bytes), so that eight VNNI steps leave each row's block
+ * sum whole in its own lane: no horizontal adds per token, which dominate q8_group. The same
+ * block sums, scales and fused multiply-adds as q8_group, in the same order (accumulator j takes
+ * the blocks b = j mod GROUP, then the same tree), so the same floats. */
+#define HAVE_Q8_ROWS 1
+#define Q8_ROWS 8
+#define Q8_TOKEN_CHUNK 64  /* tokens per pass over the rows: their accumulators stay in cache */
+
+static inline void transpose_lanes(__m256i *v) {  /* v[m] lane i <- v[i] lane m */
+    __m256i t0 = _mm256_unpacklo_epi32(v[0], v[1]), t1 = _mm256_unpackhi_epi32(v[0], v[1]);
+    __m256i t2 = _mm256_unpacklo_epi32(v[2], v[3]), t3 = _mm256_unpackhi_epi32(v[2], v[3]);
+    __m256i t4 = _mm256_unpacklo_epi32(v[4], v[5]), t5 = _mm256_unpackhi_epi32(v[4], v[5]);
+    __m256i t6 = _mm256_unpacklo_epi32(v[6], v[7]), t7 = _mm256_unpackhi_epi32(v[6], v[7]);
+    __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
+    __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
+    __m256i u4 = _mm256_unpacklo_epi64(t4, t6), u5 = _mm256_unpackhi_epi64(t4, t6);
+    __m256i u6 = _mm256_unpacklo_epi64(t5, t7), u7 = _mm256_unpackhi_epi64(t5, t7);
+    v[0] = _mm256_permute2x128_si256(u0, u4, 0x20);
+    v[1] = _mm256_permute2x128_si256(u1, u5, 0x20);
+    v[2] = _mm256_permute2x128_si256(u2, u6, 0x20);
+    v[3] = _mm256_permute2x128_si256(u3, u7, 0x20);
+    v[4] = _mm256_permute2x128_si256(u0, u4, 0x31);
+    v[5] = _mm256_permute2x128_si256(u1, u5, 0x31);
+    v[6] = _mm256_permute2x128_si256(u2, u6, 0x31);
+    v[7] = _mm256_permute2x128_si256(u3, u7, 0x31);
+}
+
+/* rows [r0, r0 + 8) against tokens [t0, t1) into acc [t1 - t0][GROUP] */
+static inline __attribute__((always_inline)) void q8_rows(int format, const uint8_t *w, const uint8_t *scales,
+                                                          int64_t r0, int64_t k, const int8_t *q, const float *d,
+                                                          const int32_t *correction, int64_t padded, int64_t t0,
+                                                          int64_t t1, __m256 *acc) {
+    int64_t blocks = k / 32, row_bytes = oss_row_bytes(format, k);
+    for (int64_t b = 0; b < blocks; b++) {
+        prefetch_share(w + (r0 + Q8_ROWS) * row_bytes, Q8_ROWS * row_bytes, b, blocks);
+        __m256i codes[Q8_ROWS];
+        float dw[Q8_ROWS] __attribute__((aligned(32)));
+        for (int i = 0; i < Q8_ROWS; i++) {
+            const uint8_t *row = w + (r0 + i) * row_bytes;
+            codes[i] = codes_vector(format, row, b);
+            dw[i] = weight_scale(format, row, scales ? scales + (r0 + i) * blocks : NULL, b);
+        }
+        transpose_lanes(codes);
+        __m256 scale_w = _mm256_load_ps(dw);
+        for (int64_t t = t0; t < t1; t++) {
+            const int8_t *qt = q + (t * blocks + b) * 32;
+            __m256i sums = _mm256_setzero_si256();
+            for (int m = 0; m < Q8_ROWS; m++) {
+                int32_t four;
+                memcpy(&four, qt + 4 * m, 4);
+                sums = _mm256_dpbusd_epi32(sums, codes[m], _mm256_set1_epi32(four));
+            }
+            __m256i exact = _mm256_sub_epi32(sums, _mm256_set1_epi32(correction[t * padded + b]));
+            __m256 scale = _mm256_mul_ps(scale_w, _mm256_set1_ps(d[t * padded + b]));
+            __m256 *a = acc + (t - t0) * GROUP + b % GROUP;
+            *a = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(exact), *a);
+        }
+    }
+    for (int64_t b = blocks; b < padded; b++)  /* past the last block: fma(0, 0, acc), as q8_group */
+        for (int64_t t = t0; t < t1; t++) {
+            __m256 *a = acc + (t - t0) * GROUP + b % GROUP;
+            *a = _mm256_fmadd_ps(_mm256_setzero_ps(), _mm256_setzero_ps(), *a);
+        }
+}
+
+static void q8_eight_rows(int format, const uint8_t *w, const uint8_t *scales, int64_t r0, int64_t k,
+                          const int8_t *q, const float *d, const int32_t *correction, int64_t padded,
+                          int64_t tokens, float *y, int64_t n_out, __m256 *acc) {
+    for (int64_t t0 = 0; t0 < tokens; t0 += Q8_TOKEN_CHUNK) {
+        int64_t t1 = tokens - t0 < Q8_TOKEN_CHUNK ? tokens : t0 + Q8_TOKEN_CHUNK;
+        for (int64_t i = 0; i < (t1 - t0) * GROUP; i++) acc[i] = _mm256_setzero_ps();
+        switch (format) {
+        case MXFP4: q8_rows(MXFP4, w, scales, r0, k, q, d, correction, padded, t0, t1, acc); break;
+        case MXFP4_GGML: q8_rows(MXFP4_GGML, w, scales, r0, k, q, d, correction, padded, t0, t1, acc); break;
+        case Q8_0: q8_rows(Q8_0, w, scales, r0, k, q, d, correction, padded, t0, t1, acc); break;
+        case Q5_0: q8_rows(Q5_0, w, scales, r0, k, q, d, correction, padded, t0, t1, acc); break;
+        default: q8_rows(Q4_0, w, scales, r0, k, q, d, correction, padded, t0, t1, acc);
+        }
+        for (int64_t t = t0; t < t1; t++) {  /* add_group_lanes' tree, one row a lane */
+            __m256 *a = acc + (t - t0) * GROUP;
+            for (int width = GROUP / 2; width > 0; width /= 2)
+                for (int j = 0; j < width; j++) a[j] = _mm256_add_ps(a[j], a[j + width]);
+            _mm256_storeu_ps(y + t * n_out + r0, a[0]);
+        }
+    }
+}
 #else
 /* the 32 unsigned codes of weight block b, by position (see value_at) */
 static void weight_codes(int format, const uint8_t *row, int64_t b, uint8_t *u) {
@@ -769,8 +857,28 @@ int oss_q8_matmul(int format, const uint8_t *w, const uint8_t *scales, int64_t n
     int32_t *correction = malloc((size_t)(tokens * padded * 4));
     int failed = q == NULL || d == NULL || correction == NULL;
     if (!failed) quantize_activations(format, x, tokens, k, q, d, correction, padded);
+    int64_t first_single = 0;  /* rows before it went eight at a time */
+#if defined(HAVE_Q8_ROWS)
+    if (tokens >= 2 && !failed) {
+        first_single = n / Q8_ROWS * Q8_ROWS;
+#pragma omp parallel num_threads(threads > 0 ? threads : 1)
+        {
+            int64_t chunk = tokens < Q8_TOKEN_CHUNK ? tokens : Q8_TOKEN_CHUNK;
+            __m256 *acc = aligned_alloc(32, (size_t)(chunk * GROUP * 32));
+            if (acc == NULL) {
+#pragma omp atomic write
+                failed = 1;
+            }
+#pragma omp for schedule(dynamic, 2)
+            for (int64_t g = 0; g < n / Q8_ROWS; g++)
+                if (acc != NULL)
+                    q8_eight_rows(format, w, scales, g * Q8_ROWS, k, q, d, correction, padded, tokens, y, n, acc);
+            free(acc);
+        }
+    }
+#endif
 #pragma omp parallel for num_threads(threads > 0 ? threads : 1) schedule(dynamic, 16) if (!failed)
-    for (int64_t r = 0; r < (failed ? 0 : n); r++)
+    for (int64_t r = first_single; r < (failed ? first_single : n); r++)
         q8_row(format, w + r * row_bytes, scales ? scales + r * blocks : NULL, k, q, d, correction, padded, tokens, y + r, n);
     free(q);
     free(d);
