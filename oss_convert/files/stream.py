@@ -30,13 +30,20 @@ MMAP_THRESHOLD = 128 * 1024 * 1024
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)
 
 
+@functools.cache
+def _libc(name: str):
+    """The C library's function `name`, or None where it has none (glibc's own, elsewhere)."""
+    try:
+        return getattr(ctypes.CDLL(None, use_errno=True), name)
+    except (OSError, AttributeError):
+        return None
+
+
 def reuse_freed_chunks() -> None:
     """Let freed chunk buffers be reused instead of returned to the kernel (glibc only; a no-op
     elsewhere)."""
-    try:
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    mallopt = _libc("mallopt")
+    if mallopt is None:
         return
     mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
     mallopt(_M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD)
@@ -48,11 +55,9 @@ def release_freed_memory() -> None:
     and a heap cannot shrink past a block still in use: a 512-token `compare --full` kept 2-3 GB
     of freed attention scores and log-probabilities resident. The runtime calls this after each
     layer, where its blocks of that layer are all freed."""
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return
-    trim(0)
+    trim = _libc("malloc_trim")
+    if trim is not None:
+        trim(0)
 
 
 def write_produced(out: BinaryIO, name: str, produced: Produced, expected: int,
@@ -119,11 +124,9 @@ _MADV_POPULATE_READ = 22  # linux/mman.h, Linux 5.14 on
 
 @functools.cache
 def _madvise():
-    try:
-        madvise = ctypes.CDLL(None, use_errno=True).madvise
-    except (OSError, AttributeError):
-        return None
-    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    madvise = _libc("madvise")
+    if madvise is not None:
+        madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     return madvise
 
 
