@@ -157,11 +157,16 @@ class StoredMatrix:
     for the CPU: multiplied and row-gathered by the native kernels, never widened whole, so a
     resident 20b holds its dense weights in 2.6 GB, not 7."""
 
-    def __init__(self, format: str, shape: tuple[int, int], data: np.ndarray, activations: str = "float32"):
+    def __init__(self, format: str, shape: tuple[int, int], data: np.ndarray, activations: str = "float32",
+                 mapped: bool = False):
         self.format, self.shape, self.data, self.activations = format, shape, data, activations
+        self._pages_in = not mapped  # a file's pages are mapped in at the first product, not for row lookups
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         """x [T, K] @ W.T, float32 [T, N]."""
+        if not self._pages_in:
+            map_in([self.data])
+            self._pages_in = True
         return native.matmul(native.library(), self.format, self.data, None, self.shape, x, self.activations)
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
@@ -179,12 +184,10 @@ def stored_matrix(t: Tensor, activations: str = "float32", mapped: bool = False)
     if expected < 0:  # (a row length the format cannot have: the numpy path says so)
         return None
     data = np.ascontiguousarray(t.mapped() if mapped else t.read())
-    if mapped:
-        map_in([data])
     if data.nbytes != expected * t.shape[0]:
         raise OssConvertError(f"{t.where}: {t.stored_name} holds {data.nbytes} bytes, not {t.shape[0]} rows of "
                               f"{expected}")
-    return StoredMatrix(fmt, t.shape, data.view(np.uint8).reshape(t.shape[0], expected), activations)
+    return StoredMatrix(fmt, t.shape, data.view(np.uint8).reshape(t.shape[0], expected), activations, mapped)
 
 
 def as_float32(a: np.ndarray) -> torch.Tensor:
