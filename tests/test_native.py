@@ -322,3 +322,34 @@ def test_q8_products_depend_on_the_values_alone():
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(torch, "get_num_threads", lambda: threads)
             assert same_bits(native.packed_matmul(lib, "MXFP4", codes, scales, (n, k), x, "q8"), hf)
+
+
+@pytest.mark.parametrize("activations", native.ACTIVATIONS)
+@pytest.mark.parametrize("tokens", [1, 3])
+def test_a_batch_of_products_gives_each_product_alone(activations, tokens):
+    """batch_matmul (a decode step's q, k and v, or its experts) shares the rows of several
+    products among the threads at once: each product's floats are still its own, in every
+    format, with rows left over past the last group of four; F16 (not a one-token format of the
+    shared loop) sends a batch the product-by-product way, the same floats again."""
+    rng = np.random.default_rng(4)
+    forms = [(f, d, s, (37, 256)) for f, d, s, _ in stored_forms(37, 256, rng)]
+    forms += [(f, d, s, (9, 64)) for f, d, s, _ in stored_forms(9, 64, rng) if f != "Q4_K"]
+    x = {k: torch.from_numpy(rng.standard_normal((tokens, k)).astype(np.float32)) for k in (256, 64)}
+    for chosen in (forms, [f for f in forms if f[0] != "F16"]):
+        batch = [native.Product(f, d, s, shape, x[shape[1]], torch.full((tokens, shape[0]), float("nan")))
+                 for f, d, s, shape in chosen]
+        native.batch_matmul(lib, batch, activations)
+        for p in batch:
+            alone = native.packed_matmul(lib, p.format, p.data, p.scales, p.shape, p.x, activations)
+            assert same_bits(p.y, alone), p.format
+
+
+def test_a_batch_with_a_product_the_kernels_cannot_take_computes_nothing():
+    rng = np.random.default_rng(5)
+    good = native.Product("BF16", rng.integers(0, 1 << 15, (8, 64), dtype=np.uint16), None, (8, 64), torch.ones(1, 64),
+                          torch.zeros(1, 8))
+    bad = native.Product("MXFP4_GGML", np.zeros((8, 17), dtype=np.uint8), None, (8, 16), torch.ones(1, 16),
+                         torch.zeros(1, 8))  # 16 values: not a whole block
+    with pytest.raises(ValueError, match="MXFP4_GGML"):
+        native.batch_matmul(lib, [good, bad])
+    assert not good.y.any()

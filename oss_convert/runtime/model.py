@@ -95,6 +95,9 @@ class AttentionWeights:
     o_b: torch.Tensor
     sinks: torch.Tensor
 
+    def __post_init__(self):
+        self.qkv_b = torch.cat([self.q_b, self.k_b, self.v_b])  # one bias add where the products share a buffer
+
 
 @dataclass
 class Model:
@@ -210,15 +213,33 @@ def step_inputs(cfg: GptOssConfig, inv_freq: torch.Tensor, rope_scale: float, po
     return StepInputs(angles.cos() * rope_scale, angles.sin() * rope_scale, ~visible, ~in_window)
 
 
+def project_qkv(w: AttentionWeights, h: torch.Tensor, cfg: GptOssConfig, step: StepInputs):
+    """q [T, heads, hd] and k [T, kv heads, hd] (rotated) and v [T, kv heads, hd] of h. At one token
+    with the weights stored on the CPU, the three products go out as one native batch into one
+    buffer, with one bias add and one rotation: the same elementwise operations on the same values
+    as one by one, so the same floats, in fewer and shorter calls (a decode step)."""
+    T, hd, nh, nkv = h.shape[0], cfg.head_dim, cfg.num_heads, cfg.num_kv_heads
+    weights = (w.q_w, w.k_w, w.v_w)
+    if T != 1 or not all(isinstance(m, StoredMatrix) for m in weights):
+        q = linear(h, w.q_w, w.q_b).view(T, nh, hd)
+        k = linear(h, w.k_w, w.k_b).view(T, nkv, hd)
+        v = linear(h, w.v_w, w.v_b).view(T, nkv, hd)
+        return apply_rope(q, step.cos, step.sin), apply_rope(k, step.cos, step.sin), v
+    out = torch.empty(1, (nh + 2 * nkv) * hd)
+    ends = [nh * hd, (nh + nkv) * hd, (nh + 2 * nkv) * hd]
+    native.batch_matmul(native.library(), [m.product(h, out[:, end - m.shape[0]:end]) for m, end in zip(weights, ends)],
+                        w.q_w.activations)
+    out = out + w.qkv_b
+    qk = apply_rope(out[:, :ends[1]].view(1, nh + nkv, hd), step.cos, step.sin)
+    return qk[:, :nh], qk[:, nh:], out[:, ends[1]:].view(1, nkv, hd)
+
+
 def attention(w: AttentionWeights, x: torch.Tensor, cfg: GptOssConfig, layer: int, step: StepInputs,
               cache: KVCache | None) -> torch.Tensor:
     T = x.shape[0]
     hd, nh, nkv = cfg.head_dim, cfg.num_heads, cfg.num_kv_heads
     h = rms_norm(x, w.norm, cfg.rms_norm_eps)
-    q = linear(h, w.q_w, w.q_b).view(T, nh, hd)
-    k = linear(h, w.k_w, w.k_b).view(T, nkv, hd)
-    v = linear(h, w.v_w, w.v_b).view(T, nkv, hd)
-    q, k = apply_rope(q, step.cos, step.sin), apply_rope(k, step.cos, step.sin)
+    q, k, v = project_qkv(w, h, cfg, step)
     if cache is not None:
         if len(cache.keys) > layer:
             k = torch.cat([cache.keys[layer], k])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from . import moe_decode
 from .moe_reference import moe_reference, route
 from .weights import MappedExperts, MoELayer
 
@@ -30,6 +31,8 @@ def moe_forward(layer: MoELayer, x: torch.Tensor, backend: str = "auto") -> torc
     """The MoE block on already-normalized hidden states x [T, H]; returns [T, H] float32."""
     backend = choose_backend(layer, x.device, backend)
     if backend == "torch":
+        if moe_decode.takes(layer, x):  # one token on the CPU: the same floats, in two native batches
+            return moe_decode.moe_one_token(layer, x)
         # the reference math, with each used expert expanded from its packed form on demand
         return moe_reference(x, layer.router_w, layer.router_b, layer.gate_up, layer.b1, layer.down, layer.b2,
                              layer.top_k, layer.swiglu_limit, layer.swiglu_alpha)

@@ -23,7 +23,11 @@ def route(x: torch.Tensor, router_w: torch.Tensor, router_b: torch.Tensor, top_k
 
 
 def swiglu(h: torch.Tensor, limit: float = SWIGLU_LIMIT, alpha: float = SWIGLU_ALPHA) -> torch.Tensor:
-    gate, up = h[..., 0::2], h[..., 1::2]
+    return swiglu_halves(h[..., 0::2], h[..., 1::2], limit, alpha)
+
+
+def swiglu_halves(gate: torch.Tensor, up: torch.Tensor, limit: float = SWIGLU_LIMIT,
+                  alpha: float = SWIGLU_ALPHA) -> torch.Tensor:
     gate = gate.clamp(max=limit)
     up = up.clamp(min=-limit, max=limit)
     return gate * torch.sigmoid(alpha * gate) * (up + 1)

@@ -63,9 +63,11 @@ class PackedExperts:
 
 @dataclass
 class StoredRows:
-    """A matrix's rows as its file stores them, in a format the native kernels read."""
+    """A matrix's rows as its file stores them, in a format the native kernels read (MXFP4 in
+    HF's layout: its E8M0 bytes apart, in `scales`)."""
     format: str
     data: np.ndarray
+    scales: np.ndarray | None = None
 
 
 class MappedExperts:
@@ -92,22 +94,34 @@ class MappedExperts:
     def __getitem__(self, e: int) -> torch.Tensor:
         return expand_in_numpy(self.format, self.shape[1:], *self.packed(e))
 
+    @property
+    def native(self) -> bool:
+        """Whether the native kernels multiply these experts as they are stored (`stored`)."""
+        return native.library() is not None and (self.in_place is not None or self.format in native.FORMATS)
+
+    def stored(self, e: int) -> list[StoredRows]:
+        """Expert e as the matrices the native kernels multiply (where `native`), its pages mapped
+        in: the file's rows in place where the kernels read its layout (GGUF's gate and up apart:
+        two matrices, whose products interleave), else its packed form."""
+        if self.in_place is not None:
+            parts = self.in_place(e)
+        else:
+            data, scales = self.packed(e)
+            parts = [StoredRows(self.format, data, scales)]
+        self._first_use(e, [a for p in parts for a in (p.data, p.scales)])
+        return parts
+
     def matmul(self, e: int, x: torch.Tensor) -> torch.Tensor:
-        """x [T, K] @ expert e's matrix.T, float32 [T, N], from the mapped pages: where the
-        native kernels read the file's layout, in place, one product per interleaved part."""
-        lib = native.library()
-        parts = self.in_place(e) if self.in_place is not None and lib is not None else None
-        if parts is not None:
-            self._first_use(e, [p.data for p in parts])
-            n, k = self.shape[1] // len(parts), self.shape[2]
-            products = [native.matmul(lib, p.format, p.data, None, (n, k), x, self.activations) for p in parts]
-            return products[0] if len(products) == 1 else torch.stack(products, dim=-1).flatten(-2)
-        lib = native.for_format(self.format)
-        if lib is None:
+        """x [T, K] @ expert e's matrix.T, float32 [T, N], from the mapped pages: by the native
+        kernels where they read the stored form (one product per interleaved part), else
+        expanded."""
+        if not self.native:
             return x.float() @ self[e].T
-        packed = self.packed(e)
-        self._first_use(e, packed)
-        return native.matmul(lib, self.format, *packed, self.shape[1:], x, self.activations)
+        parts = self.stored(e)
+        n, k = self.shape[1] // len(parts), self.shape[2]
+        products = [native.matmul(native.library(), p.format, p.data, p.scales, (n, k), x, self.activations)
+                    for p in parts]
+        return products[0] if len(products) == 1 else torch.stack(products, dim=-1).flatten(-2)
 
     def to(self, device) -> "MappedExperts | PackedExperts":
         device = torch.device(device)
@@ -162,12 +176,20 @@ class StoredMatrix:
         self.format, self.shape, self.data, self.activations = format, shape, data, activations
         self._pages_in = not mapped  # a file's pages are mapped in at the first product, not for row lookups
 
-    def matmul(self, x: torch.Tensor) -> torch.Tensor:
-        """x [T, K] @ W.T, float32 [T, N]."""
+    def _map_in(self) -> None:
         if not self._pages_in:
             map_in([self.data])
             self._pages_in = True
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """x [T, K] @ W.T, float32 [T, N]."""
+        self._map_in()
         return native.matmul(native.library(), self.format, self.data, None, self.shape, x, self.activations)
+
+    def product(self, x: torch.Tensor, y: torch.Tensor) -> native.Product:
+        """x [T, K] @ W.T into y [T, N], for native.batch_matmul."""
+        self._map_in()
+        return native.Product(self.format, self.data, None, self.shape, x, y)
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         """W[ids] as float32 [len(ids), K] (the embedding's lookup)."""

@@ -12,6 +12,7 @@ import os
 import sys
 from functools import cache
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -51,6 +52,11 @@ def load(path: Path) -> ctypes.CDLL:
     lib.oss_q8_matmul.argtypes = lib.oss_packed_matmul.argtypes
     lib.oss_row_bytes.restype = ctypes.c_int64
     lib.oss_row_bytes.argtypes = [ctypes.c_int, ctypes.c_int64]
+    lib.oss_matmul_batch.restype = ctypes.c_int
+    pointers = ctypes.POINTER(ctypes.c_void_p)
+    lib.oss_matmul_batch.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_int), pointers, pointers,
+                                     ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_int64), pointers, pointers,
+                                     ctypes.POINTER(ctypes.c_int), ctypes.c_int64, ctypes.c_int]
     lib.oss_expand.restype = None
     lib.oss_expand.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
                                ctypes.c_void_p, ctypes.c_int]
@@ -115,6 +121,42 @@ def packed_matmul(lib: ctypes.CDLL, format: str, data: np.ndarray | torch.Tensor
     if status != 0:
         raise MemoryError(f"packed_matmul: status {status} for {format} [{n}, {k}]")
     return y
+
+
+class Product(NamedTuple):
+    """One product of a batch: y [T, N] = x [T, K] @ W.T, W [N, K] in its stored form (`data`,
+    and MXFP4's `scales`) and y a contiguous float32 tensor to write into."""
+    format: str
+    data: np.ndarray | torch.Tensor
+    scales: np.ndarray | torch.Tensor | None
+    shape: tuple[int, int]
+    x: torch.Tensor
+    y: torch.Tensor
+
+
+def batch_matmul(lib: ctypes.CDLL, products: list[Product], activations: str = "float32") -> None:
+    """Every product of the list, into its y: the same floats as `packed_matmul` gives each alone.
+    At one token the rows of all of them are shared among the threads at once (a decode step's
+    q, k and v, or its experts), instead of one short parallel product after another."""
+    count = len(products)
+    tokens = products[0].x.shape[0]
+    xs = [p.x.float().contiguous() for p in products]
+    data = [_contiguous(p.data) for p in products]
+    scales = [_contiguous(p.scales) for p in products]
+    for p, x in zip(products, xs):
+        if x.shape != (tokens, p.shape[1]) or p.y.shape != (tokens, p.shape[0]) or not p.y.is_contiguous() \
+                or p.y.dtype != torch.float32:
+            raise ValueError(f"batch_matmul: {p.format} {p.shape} with x {tuple(x.shape)}, y {tuple(p.y.shape)}")
+    status = lib.oss_matmul_batch(
+        count, (ctypes.c_int * count)(*(FORMATS[p.format] for p in products)),
+        (ctypes.c_void_p * count)(*map(_pointer, data)), (ctypes.c_void_p * count)(*map(_pointer, scales)),
+        (ctypes.c_int64 * count)(*(p.shape[0] for p in products)), (ctypes.c_int64 * count)(*(p.shape[1] for p in products)),
+        (ctypes.c_void_p * count)(*(x.data_ptr() for x in xs)), (ctypes.c_void_p * count)(*(p.y.data_ptr() for p in products)),
+        (ctypes.c_int * count)(*(int(activations == "q8" and p.format in Q8_FORMATS) for p in products)),
+        tokens, torch.get_num_threads())
+    if status != 0:
+        error = ValueError if status == -1 else MemoryError
+        raise error(f"batch_matmul: status {status} for {[(p.format, p.shape) for p in products]}")
 
 
 def expand(lib: ctypes.CDLL, format: str, data, scales, shape: tuple[int, int], out: torch.Tensor | None = None) -> torch.Tensor:

@@ -302,6 +302,16 @@ static float add_lanes(float *lanes) {
     return lanes[0];
 }
 
+#if defined(__AVX512F__)
+/* add_lanes on a register: lane j + lane j + width, for width 8, 4, 2, 1 (the same additions) */
+static inline float add_register_lanes(__m512 v) {
+    __m256 a = _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+    __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    __m128 c = _mm_add_ps(b, _mm_movehl_ps(b, b));
+    return _mm_cvtss_f32(_mm_add_ss(c, _mm_movehdup_ps(c)));
+}
+#endif
+
 /* R rows of the tile (stride `padded`) times TT tokens of x (stride k) over values [c0, c1):
  * their 16-lane accumulators (acc, `tokens` apart per row) are read, advanced and written back */
 #if defined(__AVX512F__)
@@ -460,45 +470,64 @@ static inline __attribute__((always_inline)) void direct_rows(int format, int R,
             }
         }
     }
-    float lanes[LANES] __attribute__((aligned(64)));
     for (int i = 0; i < R; i++)
-        for (int t = 0; t < TT; t++) {
-            _mm512_store_ps(lanes, acc[i][t]);
-            y[t * n_out + first + i] = add_lanes(lanes);
-        }
+        for (int t = 0; t < TT; t++) y[t * n_out + first + i] = add_register_lanes(acc[i][t]);
 }
 
-/* rows [first, first + R) with the format and the token count made constants (inside the
- * parallel loop's body, where OpenMP outlines it, or they would arrive as variables) */
-#define DIRECT_FORMATS(R, TT)                                                                          \
-    switch (format) {                                                                                  \
-    case F32: direct_rows(F32, R, TT, w, scales, first, k, x, y, n); break;                            \
-    case BF16: direct_rows(BF16, R, TT, w, scales, first, k, x, y, n); break;                          \
-    case MXFP4: direct_rows(MXFP4, R, TT, w, scales, first, k, x, y, n); break;                        \
-    case MXFP4_GGML: direct_rows(MXFP4_GGML, R, TT, w, scales, first, k, x, y, n); break;              \
-    case Q5_0: direct_rows(Q5_0, R, TT, w, scales, first, k, x, y, n); break;                          \
-    case Q4_0: direct_rows(Q4_0, R, TT, w, scales, first, k, x, y, n); break;                          \
-    case Q5_1: direct_rows(Q5_1, R, TT, w, scales, first, k, x, y, n); break;                          \
-    case Q4_K: direct_rows(Q4_K, R, TT, w, scales, first, k, x, y, n); break;                          \
-    default: direct_rows(Q8_0, R, TT, w, scales, first, k, x, y, n);                                   \
+/* direct_rows with the format, the rows and the tokens made constants, one small function each:
+ * inlined into one parallel body all together, GCC kept their accumulators on the stack (a store
+ * of every accumulator at every step) */
+typedef void (*direct_fn)(const uint8_t *w, const uint8_t *scales, int64_t first, int64_t k, const float *x,
+                          float *y, int64_t n_out);
+#define DEFINE_DIRECT(F, R, TT)                                                                        \
+    static void direct_##F##_##R##_##TT(const uint8_t *w, const uint8_t *scales, int64_t first, int64_t k,  \
+                                         const float *x, float *y, int64_t n_out) {                   \
+        direct_rows(F, R, TT, w, scales, first, k, x, y, n_out);                                       \
     }
-#define DIRECT_TOKENS(R)                                                                               \
-    if (tokens == 1) DIRECT_FORMATS(R, 1)                                                              \
-    else if (tokens == 2) DIRECT_FORMATS(R, 2)                                                         \
-    else if (tokens == 3) DIRECT_FORMATS(R, 3)                                                         \
-    else DIRECT_FORMATS(R, 4)
+#define DEFINE_DIRECT_TOKENS(F, R) DEFINE_DIRECT(F, R, 1) DEFINE_DIRECT(F, R, 2) DEFINE_DIRECT(F, R, 3) DEFINE_DIRECT(F, R, 4)
+#define DEFINE_DIRECT_FORMAT(F) DEFINE_DIRECT_TOKENS(F, DIRECT_ROWS) DEFINE_DIRECT_TOKENS(F, 1)
+DEFINE_DIRECT_FORMAT(F32)
+DEFINE_DIRECT_FORMAT(BF16)
+DEFINE_DIRECT_FORMAT(MXFP4)
+DEFINE_DIRECT_FORMAT(MXFP4_GGML)
+DEFINE_DIRECT_FORMAT(Q8_0)
+DEFINE_DIRECT_FORMAT(Q5_0)
+DEFINE_DIRECT_FORMAT(Q4_0)
+DEFINE_DIRECT_FORMAT(Q5_1)
+DEFINE_DIRECT_FORMAT(Q4_K)
+
+#define DIRECT_CASE_TOKENS(F, R) DIRECT_CASE_TOKENS_(F, R)  /* (R expanded before it is pasted) */
+#define DIRECT_CASE_TOKENS_(F, R)                                                                      \
+    return tokens == 1 ? direct_##F##_##R##_1 : tokens == 2 ? direct_##F##_##R##_2                    \
+         : tokens == 3 ? direct_##F##_##R##_3 : direct_##F##_##R##_4;
+#define DIRECT_CASE(F)                                                                                 \
+    case F:                                                                                            \
+        if (rows == 1) { DIRECT_CASE_TOKENS(F, 1) }                                                    \
+        DIRECT_CASE_TOKENS(F, DIRECT_ROWS)
+
+/* the function for `rows` (1 or DIRECT_ROWS) rows of `format` against 1 to 4 tokens */
+static direct_fn direct_rows_of(int format, int rows, int64_t tokens) {
+    switch (format) {
+    DIRECT_CASE(F32)
+    DIRECT_CASE(BF16)
+    DIRECT_CASE(MXFP4)
+    DIRECT_CASE(MXFP4_GGML)
+    DIRECT_CASE(Q8_0)
+    DIRECT_CASE(Q5_0)
+    DIRECT_CASE(Q4_0)
+    DIRECT_CASE(Q5_1)
+    DIRECT_CASE(Q4_K)
+    }
+    return NULL;  /* F16: not a direct format */
+}
 
 static void direct(int format, const uint8_t *w, const uint8_t *scales, int64_t n, int64_t k, const float *x,
                    int64_t tokens, float *y, int threads) {
+    direct_fn four = direct_rows_of(format, DIRECT_ROWS, tokens), one = direct_rows_of(format, 1, tokens);
     int64_t groups = n / DIRECT_ROWS;
 #pragma omp parallel for num_threads(threads > 0 ? threads : 1) schedule(dynamic, 16)
-    for (int64_t g = 0; g < groups; g++) {
-        int64_t first = g * DIRECT_ROWS;
-        DIRECT_TOKENS(DIRECT_ROWS)
-    }
-    for (int64_t first = groups * DIRECT_ROWS; first < n; first++) {
-        DIRECT_TOKENS(1)
-    }
+    for (int64_t g = 0; g < groups; g++) four(w, scales, g * DIRECT_ROWS, k, x, y, n);
+    for (int64_t first = groups * DIRECT_ROWS; first < n; first++) one(w, scales, first, k, x, y, n);
 }
 #endif
 
@@ -880,6 +909,99 @@ int oss_q8_matmul(int format, const uint8_t *w, const uint8_t *scales, int64_t n
 #pragma omp parallel for num_threads(threads > 0 ? threads : 1) schedule(dynamic, 16) if (!failed)
     for (int64_t r = first_single; r < (failed ? first_single : n); r++)
         q8_row(format, w + r * row_bytes, scales ? scales + r * blocks : NULL, k, q, d, correction, padded, tokens, y + r, n);
+    free(q);
+    free(d);
+    free(correction);
+    return failed ? -2 : 0;
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * Several products in one call: product j is y_j [tokens, n_j] = x_j [tokens, k_j] @ W_j^T (with
+ * q8[j], Q8_0 activations), each the same floats as oss_packed_matmul or oss_q8_matmul gives it
+ * alone. At one token (a decode step: q, k and v; or four experts' gate, up and down) a product
+ * takes a few hundred microseconds, and a parallel region of its own for each leaves a thread
+ * idle at every end: here the rows of all of them are shared out in one parallel loop, four rows
+ * a unit. Other token counts run the products one after the other. Returns 0, -1 for a product
+ * the kernels cannot take (nothing computed), -2 when out of memory.
+ * ------------------------------------------------------------------------------------------------ */
+#define BATCH_ROWS 4  /* DIRECT_ROWS */
+
+static int batch_product_ok(int format, int64_t k, int q8) {
+    if (oss_row_bytes(format, k) < 0 || (format >= MXFP4 && k % 32 != 0)) return 0;
+    return !q8 || (code_offset(format) >= 0 && k % 32 == 0 && k > 0);
+}
+
+int oss_matmul_batch(int count, const int *formats, const uint8_t *const *ws, const uint8_t *const *scales_of,
+                     const int64_t *ns, const int64_t *ks, const float *const *xs, float *const *ys,
+                     const int *q8, int64_t tokens, int threads) {
+    int shared = tokens == 1;  /* one parallel loop: one token, every product direct or Q8_0 */
+    for (int j = 0; j < count; j++) {
+        if (!batch_product_ok(formats[j], ks[j], q8[j])) return -1;
+#if defined(HAVE_DIRECT)
+        shared &= q8[j] || direct_format(formats[j]);
+#else
+        shared &= q8[j];
+#endif
+    }
+    if (!shared) {
+        for (int j = 0; j < count; j++) {
+            int status = (q8[j] ? oss_q8_matmul : oss_packed_matmul)(formats[j], ws[j], scales_of[j], ns[j], ks[j],
+                                                                    xs[j], tokens, ys[j], threads);
+            if (status != 0) return status;
+        }
+        return 0;
+    }
+    /* per product: its first unit, and (Q8_0) its activations' codes, scales and offsets */
+    int64_t *first_unit = malloc(sizeof(int64_t) * (size_t)(count + 1)), *padded = malloc(sizeof(int64_t) * (size_t)count);
+    int8_t **q = calloc((size_t)count, sizeof(int8_t *));
+    float **d = calloc((size_t)count, sizeof(float *));
+    int32_t **correction = calloc((size_t)count, sizeof(int32_t *));
+    int failed = first_unit == NULL || padded == NULL || q == NULL || d == NULL || correction == NULL;
+    for (int j = 0; j < count && !failed; j++) {
+        first_unit[j + 1] = (j ? first_unit[j] : 0) + (ns[j] + BATCH_ROWS - 1) / BATCH_ROWS;
+        if (!q8[j]) continue;
+        int64_t blocks = ks[j] / 32;
+        padded[j] = (blocks + GROUP - 1) / GROUP * GROUP;
+        q[j] = malloc((size_t)ks[j]);
+        d[j] = malloc((size_t)padded[j] * 4);
+        correction[j] = malloc((size_t)padded[j] * 4);
+        failed = q[j] == NULL || d[j] == NULL || correction[j] == NULL;
+        if (!failed) quantize_activations(formats[j], xs[j], 1, ks[j], q[j], d[j], correction[j], padded[j]);
+    }
+    if (!failed) {
+        first_unit[0] = 0;
+#pragma omp parallel for num_threads(threads > 0 ? threads : 1) schedule(dynamic, 16)
+        for (int64_t u = 0; u < first_unit[count]; u++) {
+            int j = 0;
+            while (u >= first_unit[j + 1]) j++;
+            int format = formats[j];
+            int64_t n = ns[j], k = ks[j], first = (u - first_unit[j]) * BATCH_ROWS;
+            int64_t rows = n - first < BATCH_ROWS ? n - first : BATCH_ROWS, row_bytes = oss_row_bytes(format, k);
+            const uint8_t *w = ws[j], *scales = scales_of[j];
+            const float *x = xs[j];
+            float *y = ys[j];
+            if (q8[j]) {
+                for (int64_t r = first; r < first + rows; r++)
+                    q8_row(format, w + r * row_bytes, scales ? scales + r * (k / 32) : NULL, k, q[j], d[j],
+                           correction[j], padded[j], 1, y + r, n);
+                continue;
+            }
+#if defined(HAVE_DIRECT)
+            if (rows == DIRECT_ROWS) {
+                direct_rows_of(format, DIRECT_ROWS, 1)(w, scales, first, k, x, y, n);
+            } else {
+                for (int64_t r = first; r < first + rows; r++) direct_rows_of(format, 1, 1)(w, scales, r, k, x, y, n);
+            }
+#endif
+        }
+    }
+    for (int j = 0; j < count && q != NULL && d != NULL && correction != NULL; j++) {
+        free(q[j]);
+        free(d[j]);
+        free(correction[j]);
+    }
+    free(first_unit);
+    free(padded);
     free(q);
     free(d);
     free(correction);
