@@ -288,12 +288,13 @@ void oss_expand(int format, const uint8_t *w, const uint8_t *scales, int64_t row
 /* A few tokens make a product memory-bound, and its rows are streams of a few kilobytes each: too
  * short for the hardware prefetcher to learn before they end. So while rows are multiplied, the
  * `span` bytes that come next (the next rows, contiguous) are requested ahead, a share at each of
- * the `steps` steps, one cache line at a time. */
+ * the `steps` steps, one cache line at a time, into L2 (prefetcht1): into L1 they evicted the
+ * lines still in use (BF16 at one token, 2 threads: 24-25 GB/s, into L2 28-32). */
 static inline __attribute__((always_inline)) void prefetch_share(const uint8_t *next, int64_t span, int64_t step,
                                                                  int64_t steps) {
     int64_t lines = (span + 63) / 64, per_step = (lines + steps - 1) / steps;
     for (int64_t l = step * per_step; l < (step + 1) * per_step && l < lines; l++)
-        __builtin_prefetch(next + 64 * l, 0, 3);
+        __builtin_prefetch(next + 64 * l, 0, 2);
 }
 
 static float add_lanes(float *lanes) {
