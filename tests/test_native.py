@@ -299,15 +299,17 @@ def test_q8_activations_are_llama_cpps_rounding_and_exact_integer_sums(fmt):
 def test_q8_products_depend_on_the_values_alone():
     """The same values in another layout or format, one token or many, 1-3 threads: the same bits."""
     rng = np.random.default_rng(8)
-    n, k = 40, 320
+    n, k = 40, 800  # 25 blocks: three groups of eight and one
     x = torch.randn(70, k)  # more than a chunk of tokens (Q8_TOKEN_CHUNK) in the eight-row loop
     codes = rng.integers(0, 256, (n, k // 2), dtype=np.uint8)
     scales = rng.integers(110, 130, (n, k // 32), dtype=np.uint8)
+    scales[:4, 9] = [0, 1, 254, 255]  # outside the vector way of halving E8M0
     hf = native.packed_matmul(lib, "MXFP4", codes, scales, (n, k), x, "q8")
     ggml = mxfp4.hf_to_ggml(codes.reshape(n, -1, 16), scales).reshape(n, -1)
     assert same_bits(native.packed_matmul(lib, "MXFP4_GGML", ggml, None, (n, k), x, "q8"), hf)
-    for t in range(70):
+    for t in range(70):  # one token: the eight-blocks-a-step loop, in both layouts
         assert same_bits(native.packed_matmul(lib, "MXFP4", codes, scales, (n, k), x[t:t + 1], "q8"), hf[t:t + 1])
+        assert same_bits(native.packed_matmul(lib, "MXFP4_GGML", ggml, None, (n, k), x[t:t + 1], "q8"), hf[t:t + 1])
     # Q4_0's and Q5_0's blocks rewritten as Q8_0 (the same d, q - 8 / q - 16 as bytes)
     w = rows_to_test(n, k, rng)
     for fmt, offset in (("Q4_0", 8), ("Q5_0", 16)):

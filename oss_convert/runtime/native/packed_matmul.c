@@ -746,6 +746,97 @@ static void q8_row(int format, const uint8_t *row, const uint8_t *scales, int64_
     }
 }
 
+/* One token against MXFP4 (either layout): eight blocks a step in two 512-bit vectors of codes,
+ * the token's codes laid out to match (`quads`: per four blocks, their 16 low-nibble positions,
+ * then their 16 high ones), so two VNNI steps give four blocks' sums, four lanes each, and a few
+ * shuffles give the eight whole sums in order. The same integer sums, scales and fused
+ * multiply-adds as q8_group, in the same order: the same floats, from about half the
+ * instructions (q8_group's horizontal adds and code loads a block at a time dominated). */
+#if defined(__AVX512VBMI__)
+#define HAVE_Q8_ONE_TOKEN 1
+
+/* the E8M0 scales of eight blocks, halved (weight_scale's values); the vector way covers bytes
+ * 2-254, whose halves are normal floats with the exponent field s - 1 */
+static inline __m256 half_e8m0(__m128i bytes) {
+    __m256i s = _mm256_cvtepu8_epi32(bytes);
+    __mmask8 regular = _mm256_cmpge_epu32_mask(s, _mm256_set1_epi32(2)) & _mm256_cmple_epu32_mask(s, _mm256_set1_epi32(254));
+    if (regular == 0xff) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_sub_epi32(s, _mm256_set1_epi32(1)), 23));
+    uint8_t each[16];
+    float dw[8] __attribute__((aligned(32)));
+    _mm_storeu_si128((__m128i *)each, bytes);
+    for (int j = 0; j < 8; j++) dw[j] = e8m0(each[j]) * 0.5f;
+    return _mm256_load_ps(dw);
+}
+
+/* where the bytes of ggml's eight blocks (8 x 17 bytes) go: the codes of blocks 0-3 (from bytes
+ * 0-127), of blocks 4-7 (from bytes 64-191), and the scale bytes */
+static const int8_t GGML_FIRST_CODES[64] __attribute__((aligned(64))) = {
+    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27,
+    28, 29, 30, 31, 32, 33, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 52, 53,
+    54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 66, 67};
+static const int8_t GGML_SECOND_CODES[64] __attribute__((aligned(64))) = {
+    5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 22, 23, 24, 25, 26, 27, 28, 29, 30,
+    31, 32, 33, 34, 35, 36, 37, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 56,
+    57, 58, 59, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 70, 71};
+static const int8_t GGML_SCALES[64] __attribute__((aligned(64))) = {
+    0, 17, 34, 51, 68, 85, 102, 119, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0};
+
+/* ggml's blocks 8g .. 8g + 7 of a row (17 bytes each): their codes as two vectors of four blocks
+ * and their eight scale bytes, picked out of the 136 bytes by byte permutes */
+static inline void ggml_eight_blocks(const uint8_t *row, int64_t g, __m512i *codes, __m128i *scale_bytes) {
+    const uint8_t *base = row + 136 * g;
+    __m512i z0 = _mm512_loadu_si512(base), z1 = _mm512_loadu_si512(base + 64);
+    __m512i z2 = _mm512_maskz_loadu_epi8(0xff, base + 128);  /* the group's last 8 bytes, no further */
+    codes[0] = _mm512_permutex2var_epi8(z0, _mm512_load_si512(GGML_FIRST_CODES), z1);
+    codes[1] = _mm512_permutex2var_epi8(z1, _mm512_load_si512(GGML_SECOND_CODES), z2);
+    *scale_bytes = _mm512_castsi512_si128(_mm512_permutex2var_epi8(z0, _mm512_load_si512(GGML_SCALES), z1));
+}
+
+static void q8_one_token(int format, const uint8_t *row, const uint8_t *scales, int64_t k, const int8_t *q,
+                         const int8_t *quads, const float *d, const int32_t *correction, int64_t padded, float *y) {
+    int64_t blocks = k / 32, whole = blocks / GROUP * GROUP, row_bytes = oss_row_bytes(format, k);
+    const __m512i table = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)MXFP4_CODES));
+    const __m512i low = _mm512_set1_epi8(15);
+    const __m512i in_order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t g = 0; g < whole / GROUP; g++) {
+        prefetch_share(row + Q8_AHEAD * row_bytes, row_bytes, g, whole / GROUP);
+        if (scales) prefetch_share(scales + Q8_AHEAD * blocks, blocks, g, whole / GROUP);
+        __m512i codes[2];
+        __m128i scale_bytes;
+        if (format == MXFP4_GGML) {
+            ggml_eight_blocks(row, g, codes, &scale_bytes);
+        } else {
+            codes[0] = _mm512_loadu_si512(row + 128 * g);
+            codes[1] = _mm512_loadu_si512(row + 128 * g + 64);
+            scale_bytes = _mm_loadl_epi64((const __m128i *)(scales + 8 * g));
+        }
+        __m512i sums[2];
+        for (int h = 0; h < 2; h++) {
+            const int8_t *a = quads + 256 * g + 128 * h;
+            __m512i lows = _mm512_shuffle_epi8(table, _mm512_and_si512(codes[h], low));
+            __m512i highs = _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi16(codes[h], 4), low));
+            sums[h] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lows, _mm512_loadu_si512(a)),
+                                          highs, _mm512_loadu_si512(a + 64));
+        }
+        /* 128-bit lane i of sums[h]: block 4h + i's four partial sums -> the eight sums in order */
+        __m512i pairs = _mm512_add_epi32(_mm512_unpacklo_epi32(sums[0], sums[1]), _mm512_unpackhi_epi32(sums[0], sums[1]));
+        pairs = _mm512_add_epi32(pairs, _mm512_shuffle_epi32(pairs, _MM_PERM_BADC));
+        __m256i whole_sums = _mm512_castsi512_si256(_mm512_permutexvar_epi32(in_order, pairs));
+        __m256i exact = _mm256_sub_epi32(whole_sums, _mm256_loadu_si256((const __m256i *)(correction + 8 * g)));
+        __m256 scale = _mm256_mul_ps(half_e8m0(scale_bytes), _mm256_loadu_ps(d + 8 * g));
+        acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(exact), acc);
+    }
+    if (whole < blocks)
+        q8_group(format, 1, 0, row, scales, whole, blocks, q, d, correction, padded, 0, &acc);
+    float lanes[GROUP] __attribute__((aligned(32)));
+    _mm256_store_ps(lanes, acc);
+    y[0] = add_group_lanes(lanes);
+}
+#endif
+
 /* Two tokens or more: eight rows at a time, lane i of every vector row r0 + i. Each block's codes
  * are transposed once (8x8 lanes of four bytes), so that eight VNNI steps leave each row's block
  * sum whole in its own lane: no horizontal adds per token, which dominate q8_group. The same
@@ -876,20 +967,70 @@ static void q8_row(int format, const uint8_t *row, const uint8_t *scales, int64_
 }
 #endif
 
+/* A product's activations as Q8_0: codes q [tokens, blocks, 32], scales d and offset sums
+ * correction [tokens, padded]; for one token against MXFP4, the codes also as `quads` */
+typedef struct {
+    int8_t *q, *quads;
+    float *d;
+    int32_t *correction;
+    int64_t padded;
+} q8_activations;
+
+static void q8_release(q8_activations *a) {
+    free(a->q);
+    free(a->quads);
+    free(a->d);
+    free(a->correction);
+    a->q = a->quads = NULL;
+    a->d = NULL;
+    a->correction = NULL;
+}
+
+/* 0, or -2 when out of memory (with nothing left allocated) */
+static int q8_prepare(int format, const float *x, int64_t tokens, int64_t k, q8_activations *a) {
+    int64_t blocks = k / 32, whole = blocks / GROUP * GROUP;
+    a->padded = (blocks + GROUP - 1) / GROUP * GROUP;
+    a->q = malloc((size_t)(tokens * k));
+    a->d = malloc((size_t)(tokens * a->padded * 4));
+    a->correction = malloc((size_t)(tokens * a->padded * 4));
+    a->quads = NULL;
+#if defined(HAVE_Q8_ONE_TOKEN)
+    if (tokens == 1 && (format == MXFP4 || format == MXFP4_GGML) && whole > 0) a->quads = malloc((size_t)(whole * 32));
+#endif
+    if (a->q == NULL || a->d == NULL || a->correction == NULL) {
+        q8_release(a);
+        return -2;
+    }
+    quantize_activations(format, x, tokens, k, a->q, a->d, a->correction, a->padded);
+    for (int64_t b = 0; a->quads != NULL && b < whole; b++)  /* per four blocks: their low positions, then high */
+        for (int p = 0; p < 32; p++) a->quads[128 * (b / 4) + 64 * (p / 16) + 16 * (b % 4) + p % 16] = a->q[32 * b + p];
+    return 0;
+}
+
+/* one row against every token of `a` */
+static void q8_product_row(int format, const uint8_t *row, const uint8_t *scales, int64_t k, const q8_activations *a,
+                           int64_t tokens, float *y, int64_t n_out) {
+#if defined(HAVE_Q8_ONE_TOKEN)
+    if (a->quads != NULL) {
+        q8_one_token(format, row, scales, k, a->q, a->quads, a->d, a->correction, a->padded, y);
+        return;
+    }
+#endif
+    q8_row(format, row, scales, k, a->q, a->d, a->correction, a->padded, tokens, y, n_out);
+}
+
 /* y [tokens, n] = Q8_0(x) [tokens, k] @ W[n, k]^T. Returns 0, -1 for a format or k it cannot
  * take, -2 when out of memory. */
 int oss_q8_matmul(int format, const uint8_t *w, const uint8_t *scales, int64_t n, int64_t k, const float *x,
                   int64_t tokens, float *y, int threads) {
     if (code_offset(format) < 0 || k % 32 != 0 || k == 0) return -1;
-    int64_t blocks = k / 32, padded = (blocks + GROUP - 1) / GROUP * GROUP, row_bytes = oss_row_bytes(format, k);
-    int8_t *q = malloc((size_t)(tokens * k));
-    float *d = malloc((size_t)(tokens * padded * 4));
-    int32_t *correction = malloc((size_t)(tokens * padded * 4));
-    int failed = q == NULL || d == NULL || correction == NULL;
-    if (!failed) quantize_activations(format, x, tokens, k, q, d, correction, padded);
+    int64_t blocks = k / 32, row_bytes = oss_row_bytes(format, k);
+    q8_activations a;
+    int failed = q8_prepare(format, x, tokens, k, &a) != 0;
+    if (failed) return -2;
     int64_t first_single = 0;  /* rows before it went eight at a time */
 #if defined(HAVE_Q8_ROWS)
-    if (tokens >= 2 && !failed) {
+    if (tokens >= 2) {
         first_single = n / Q8_ROWS * Q8_ROWS;
 #pragma omp parallel num_threads(threads > 0 ? threads : 1)
         {
@@ -902,17 +1043,15 @@ int oss_q8_matmul(int format, const uint8_t *w, const uint8_t *scales, int64_t n
 #pragma omp for schedule(dynamic, 2)
             for (int64_t g = 0; g < n / Q8_ROWS; g++)
                 if (acc != NULL)
-                    q8_eight_rows(format, w, scales, g * Q8_ROWS, k, q, d, correction, padded, tokens, y, n, acc);
+                    q8_eight_rows(format, w, scales, g * Q8_ROWS, k, a.q, a.d, a.correction, a.padded, tokens, y, n, acc);
             free(acc);
         }
     }
 #endif
 #pragma omp parallel for num_threads(threads > 0 ? threads : 1) schedule(dynamic, 16) if (!failed)
     for (int64_t r = first_single; r < (failed ? first_single : n); r++)
-        q8_row(format, w + r * row_bytes, scales ? scales + r * blocks : NULL, k, q, d, correction, padded, tokens, y + r, n);
-    free(q);
-    free(d);
-    free(correction);
+        q8_product_row(format, w + r * row_bytes, scales ? scales + r * blocks : NULL, k, &a, tokens, y + r, n);
+    q8_release(&a);
     return failed ? -2 : 0;
 }
 
@@ -935,6 +1074,7 @@ static int batch_product_ok(int format, int64_t k, int q8) {
 int oss_matmul_batch(int count, const int *formats, const uint8_t *const *ws, const uint8_t *const *scales_of,
                      const int64_t *ns, const int64_t *ks, const float *const *xs, float *const *ys,
                      const int *q8, int64_t tokens, int threads) {
+    if (count <= 0) return count == 0 ? 0 : -1;
     int shared = tokens == 1;  /* one parallel loop: one token, every product direct or Q8_0 */
     for (int j = 0; j < count; j++) {
         if (!batch_product_ok(formats[j], ks[j], q8[j])) return -1;
@@ -952,22 +1092,13 @@ int oss_matmul_batch(int count, const int *formats, const uint8_t *const *ws, co
         }
         return 0;
     }
-    /* per product: its first unit, and (Q8_0) its activations' codes, scales and offsets */
-    int64_t *first_unit = malloc(sizeof(int64_t) * (size_t)(count + 1)), *padded = malloc(sizeof(int64_t) * (size_t)count);
-    int8_t **q = calloc((size_t)count, sizeof(int8_t *));
-    float **d = calloc((size_t)count, sizeof(float *));
-    int32_t **correction = calloc((size_t)count, sizeof(int32_t *));
-    int failed = first_unit == NULL || padded == NULL || q == NULL || d == NULL || correction == NULL;
-    for (int j = 0; j < count && !failed; j++) {
-        first_unit[j + 1] = (j ? first_unit[j] : 0) + (ns[j] + BATCH_ROWS - 1) / BATCH_ROWS;
-        if (!q8[j]) continue;
-        int64_t blocks = ks[j] / 32;
-        padded[j] = (blocks + GROUP - 1) / GROUP * GROUP;
-        q[j] = malloc((size_t)ks[j]);
-        d[j] = malloc((size_t)padded[j] * 4);
-        correction[j] = malloc((size_t)padded[j] * 4);
-        failed = q[j] == NULL || d[j] == NULL || correction[j] == NULL;
-        if (!failed) quantize_activations(formats[j], xs[j], 1, ks[j], q[j], d[j], correction[j], padded[j]);
+    /* per product: its first unit, and (Q8_0) its activations */
+    int64_t *first_unit = malloc(sizeof(int64_t) * (size_t)(count + 1));
+    q8_activations *act = calloc((size_t)count, sizeof(q8_activations));
+    int failed = first_unit == NULL || act == NULL, prepared = 0;
+    for (; prepared < count && !failed; prepared++) {
+        first_unit[prepared + 1] = (prepared ? first_unit[prepared] : 0) + (ns[prepared] + BATCH_ROWS - 1) / BATCH_ROWS;
+        if (q8[prepared] && q8_prepare(formats[prepared], xs[prepared], 1, ks[prepared], &act[prepared]) != 0) failed = 1;
     }
     if (!failed) {
         first_unit[0] = 0;
@@ -983,8 +1114,7 @@ int oss_matmul_batch(int count, const int *formats, const uint8_t *const *ws, co
             float *y = ys[j];
             if (q8[j]) {
                 for (int64_t r = first; r < first + rows; r++)
-                    q8_row(format, w + r * row_bytes, scales ? scales + r * (k / 32) : NULL, k, q[j], d[j],
-                           correction[j], padded[j], 1, y + r, n);
+                    q8_product_row(format, w + r * row_bytes, scales ? scales + r * (k / 32) : NULL, k, &act[j], 1, y + r, n);
                 continue;
             }
 #if defined(HAVE_DIRECT)
@@ -996,15 +1126,9 @@ int oss_matmul_batch(int count, const int *formats, const uint8_t *const *ws, co
 #endif
         }
     }
-    for (int j = 0; j < count && q != NULL && d != NULL && correction != NULL; j++) {
-        free(q[j]);
-        free(d[j]);
-        free(correction[j]);
-    }
+    for (int j = 0; act != NULL && j < prepared; j++)
+        if (q8[j]) q8_release(&act[j]);
     free(first_unit);
-    free(padded);
-    free(q);
-    free(d);
-    free(correction);
+    free(act);
     return failed ? -2 : 0;
 }
