@@ -59,7 +59,7 @@ from oss_convert.runtime.model import forward, load_model, new_cache
 torch.set_num_threads(int(sys.argv[2]))
 path, steps, activations = sys.argv[1], int(sys.argv[3]), sys.argv[4]
 prompt = [(i * 37 + 11) % 350 for i in range(32)]
-with torch.no_grad():
+with torch.inference_mode():  # as `generate` runs
     model = load_model(open_checkpoint(path), torch.device("cpu"), activations)
     cache = new_cache()
     logits = prefill(model, prompt, cache)

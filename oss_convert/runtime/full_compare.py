@@ -69,6 +69,7 @@ def check_tokens(ckpt: Checkpoint, tokens: list[int]) -> None:
         raise OssConvertError(f"token id {max(tokens)} is outside the vocabulary of {ckpt.where} ({vocab_size})")
 
 
+@torch.inference_mode()  # no autograd bookkeeping on any operation: 10-15% of a decode step's Python
 def model_logits(ckpt: Checkpoint, tokens: list[int], ctx: int, device, activations: str = "float32") -> np.ndarray:
     """Logits [len(tokens), V] float32, the text evaluated in windows of `ctx` tokens, one
     layer in memory at a time."""
@@ -167,7 +168,7 @@ def prefill(model, ids: list[int], cache) -> torch.Tensor:
     return logits
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate(ckpt: Checkpoint, prompt: str, max_tokens: int = 64, device: str = "auto",
              activations: str = "float32") -> dict:
     try:
