@@ -95,9 +95,6 @@ class AttentionWeights:
     o_b: torch.Tensor
     sinks: torch.Tensor
 
-    def __post_init__(self):
-        self.qkv_b = torch.cat([self.q_b, self.k_b, self.v_b])  # one bias add where the products share a buffer
-
 
 @dataclass
 class Model:
@@ -229,7 +226,7 @@ def project_qkv(w: AttentionWeights, h: torch.Tensor, cfg: GptOssConfig, step: S
     ends = [nh * hd, (nh + nkv) * hd, (nh + 2 * nkv) * hd]
     native.batch_matmul(native.library(), [m.product(h, out[:, end - m.shape[0]:end]) for m, end in zip(weights, ends)],
                         w.q_w.activations)
-    out = out + w.qkv_b
+    out = out + torch.cat([w.q_b, w.k_b, w.v_b])  # (not kept: the weights held are what the memory plan counts)
     qk = apply_rope(out[:, :ends[1]].view(1, nh + nkv, hd), step.cos, step.sin)
     return qk[:, :nh], qk[:, nh:], out[:, ends[1]:].view(1, nkv, hd)
 
