@@ -332,14 +332,15 @@ def test_a_batch_of_products_gives_each_product_alone(activations, tokens):
     """batch_matmul (a decode step's q, k and v, or its experts) shares the rows of several
     products among the threads at once: each product's floats are still its own, in every
     format, with rows left over past the last group of four; F16 (not a one-token format of the
-    shared loop) sends a batch the product-by-product way, the same floats again."""
+    shared loop) sends a batch the product-by-product way, the same floats again. Each product
+    goes twice, so products of one format share their x (and its Q8_0 form, made once)."""
     rng = np.random.default_rng(4)
     forms = [(f, d, s, (37, 256)) for f, d, s, _ in stored_forms(37, 256, rng)]
     forms += [(f, d, s, (9, 64)) for f, d, s, _ in stored_forms(9, 64, rng) if f != "Q4_K"]
     x = {k: torch.from_numpy(rng.standard_normal((tokens, k)).astype(np.float32)) for k in (256, 64)}
     for chosen in (forms, [f for f in forms if f[0] != "F16"]):
         batch = [native.Product(f, d, s, shape, x[shape[1]], torch.full((tokens, shape[0]), float("nan")))
-                 for f, d, s, shape in chosen]
+                 for f, d, s, shape in chosen * 2]
         native.batch_matmul(lib, batch, activations)
         for p in batch:
             alone = native.packed_matmul(lib, p.format, p.data, p.scales, p.shape, p.x, activations)

@@ -1094,13 +1094,19 @@ int oss_matmul_batch(int count, const int *formats, const uint8_t *const *ws, co
         }
         return 0;
     }
-    /* per product: its first unit, and (Q8_0) its activations */
+    /* per product: its first unit, and (Q8_0) its activations, made once for products of one
+     * format that share x (a token's experts: every gate and up product) */
     int64_t *first_unit = malloc(sizeof(int64_t) * (size_t)(count + 1));
     q8_activations *act = calloc((size_t)count, sizeof(q8_activations));
-    int failed = first_unit == NULL || act == NULL, prepared = 0;
+    int *made_by = malloc(sizeof(int) * (size_t)count);  /* the product whose activations j uses */
+    int failed = first_unit == NULL || act == NULL || made_by == NULL, prepared = 0;
     for (; prepared < count && !failed; prepared++) {
-        first_unit[prepared + 1] = (prepared ? first_unit[prepared] : 0) + (ns[prepared] + BATCH_ROWS - 1) / BATCH_ROWS;
-        if (q8[prepared] && q8_prepare(formats[prepared], xs[prepared], 1, ks[prepared], &act[prepared]) != 0) failed = 1;
+        int j = prepared;
+        first_unit[j + 1] = (j ? first_unit[j] : 0) + (ns[j] + BATCH_ROWS - 1) / BATCH_ROWS;
+        made_by[j] = j;
+        for (int i = 0; i < j && q8[j]; i++)
+            if (q8[i] && made_by[i] == i && xs[i] == xs[j] && formats[i] == formats[j] && ks[i] == ks[j]) made_by[j] = i;
+        if (q8[j] && made_by[j] == j && q8_prepare(formats[j], xs[j], 1, ks[j], &act[j]) != 0) failed = 1;
     }
     /* units a thread takes at once: Q8_0 rows go best 16 at a time, direct ones 64 (the experts of
      * a 20b decode step, builds alternating, best of 6: Q8_0 at 16 rows 55 and 67 ms in two
@@ -1122,7 +1128,8 @@ int oss_matmul_batch(int count, const int *formats, const uint8_t *const *ws, co
             float *y = ys[j];
             if (q8[j]) {
                 for (int64_t r = first; r < first + rows; r++)
-                    q8_product_row(format, w + r * row_bytes, scales ? scales + r * (k / 32) : NULL, k, &act[j], 1, y + r, n);
+                    q8_product_row(format, w + r * row_bytes, scales ? scales + r * (k / 32) : NULL, k, &act[made_by[j]], 1,
+                                   y + r, n);
                 continue;
             }
 #if defined(HAVE_DIRECT)
@@ -1135,8 +1142,9 @@ int oss_matmul_batch(int count, const int *formats, const uint8_t *const *ws, co
         }
     }
     for (int j = 0; act != NULL && j < prepared; j++)
-        if (q8[j]) q8_release(&act[j]);
+        if (q8[j] && made_by[j] == j) q8_release(&act[j]);
     free(first_unit);
     free(act);
+    free(made_by);
     return failed ? -2 : 0;
 }
