@@ -785,54 +785,86 @@ static const int8_t GGML_SCALES[64] __attribute__((aligned(64))) = {
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     0, 0, 0};
 
-/* ggml's blocks 8g .. 8g + 7 of a row (17 bytes each): their codes as two vectors of four blocks
- * and their eight scale bytes, picked out of the 136 bytes by byte permutes */
-static inline void ggml_eight_blocks(const uint8_t *row, int64_t g, __m512i *codes, __m128i *scale_bytes) {
-    const uint8_t *base = row + 136 * g;
-    __m512i z0 = _mm512_loadu_si512(base), z1 = _mm512_loadu_si512(base + 64);
-    __m512i z2 = _mm512_maskz_loadu_epi8(0xff, base + 128);  /* the group's last 8 bytes, no further */
-    codes[0] = _mm512_permutex2var_epi8(z0, _mm512_load_si512(GGML_FIRST_CODES), z1);
-    codes[1] = _mm512_permutex2var_epi8(z1, _mm512_load_si512(GGML_SECOND_CODES), z2);
-    *scale_bytes = _mm512_castsi512_si128(_mm512_permutex2var_epi8(z0, _mm512_load_si512(GGML_SCALES), z1));
+/* the first `bytes` of 64 (none when `bytes` <= 0) */
+static inline __mmask64 first_bytes(int64_t bytes) {
+    return bytes >= 64 ? ~(__mmask64)0 : bytes <= 0 ? 0 : ((__mmask64)1 << bytes) - 1;
 }
 
-static void q8_one_token(int format, const uint8_t *row, const uint8_t *scales, int64_t k, const int8_t *q,
-                         const int8_t *quads, const float *d, const int32_t *correction, int64_t padded, float *y) {
-    int64_t blocks = k / 32, whole = blocks / GROUP * GROUP, row_bytes = oss_row_bytes(format, k);
+/* blocks 8g .. 8g + live - 1 of a row (live <= 8), their codes as two vectors of four blocks and
+ * their eight scale bytes. Where live < 8 (the row's last group), the absent blocks' codes are
+ * 0 and their scale byte 127 (a regular 1, to be multiplied by their activation scale, 0); the
+ * loads are masked, so nothing past the row's end is read. ggml's 17-byte blocks are picked out
+ * of the group's 136 bytes by byte permutes. */
+static inline __attribute__((always_inline)) void eight_blocks(int format, const uint8_t *row, const uint8_t *scales,
+                                                               int64_t g, int live, __m512i *codes,
+                                                               __m128i *scale_bytes) {
+    if (format == MXFP4_GGML) {
+        const uint8_t *base = row + 136 * g;
+        int64_t bytes = 17 * live;
+        __m512i z0 = live == GROUP ? _mm512_loadu_si512(base) : _mm512_maskz_loadu_epi8(first_bytes(bytes), base);
+        __m512i z1 = live == GROUP ? _mm512_loadu_si512(base + 64)
+                                   : _mm512_maskz_loadu_epi8(first_bytes(bytes - 64), base + 64);
+        __m512i z2 = _mm512_maskz_loadu_epi8(first_bytes(bytes - 128) & 0xff, base + 128);
+        codes[0] = _mm512_permutex2var_epi8(z0, _mm512_load_si512(GGML_FIRST_CODES), z1);
+        codes[1] = _mm512_permutex2var_epi8(z1, _mm512_load_si512(GGML_SECOND_CODES), z2);
+        *scale_bytes = _mm512_castsi512_si128(_mm512_permutex2var_epi8(z0, _mm512_load_si512(GGML_SCALES), z1));
+    } else if (live == GROUP) {
+        codes[0] = _mm512_loadu_si512(row + 128 * g);
+        codes[1] = _mm512_loadu_si512(row + 128 * g + 64);
+        *scale_bytes = _mm_loadl_epi64((const __m128i *)(scales + 8 * g));
+    } else {
+        codes[0] = _mm512_maskz_loadu_epi8(first_bytes(16 * live), row + 128 * g);
+        codes[1] = _mm512_maskz_loadu_epi8(first_bytes(16 * live - 64), row + 128 * g + 64);
+        *scale_bytes = _mm_maskz_loadu_epi8((__mmask16)((1 << live) - 1), scales + 8 * g);
+    }
+    if (live < GROUP) *scale_bytes = _mm_mask_mov_epi8(_mm_set1_epi8(127), (__mmask16)((1 << live) - 1), *scale_bytes);
+}
+
+/* one group of eight blocks (codes and scale bytes from eight_blocks) against the token's
+ * (`quads`, `d` and `correction` at the group), into the eight lanes of acc */
+static inline __attribute__((always_inline)) __m256 one_token_group(const __m512i *codes, __m128i scale_bytes,
+                                                                    const int8_t *quads, const float *d,
+                                                                    const int32_t *correction, __m256 acc) {
     const __m512i table = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)MXFP4_CODES));
     const __m512i low = _mm512_set1_epi8(15);
     const __m512i in_order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t g = 0; g < whole / GROUP; g++) {
-        prefetch_share(row + Q8_AHEAD * row_bytes, row_bytes, g, whole / GROUP);
-        if (scales) prefetch_share(scales + Q8_AHEAD * blocks, blocks, g, whole / GROUP);
-        __m512i codes[2];
-        __m128i scale_bytes;
-        if (format == MXFP4_GGML) {
-            ggml_eight_blocks(row, g, codes, &scale_bytes);
-        } else {
-            codes[0] = _mm512_loadu_si512(row + 128 * g);
-            codes[1] = _mm512_loadu_si512(row + 128 * g + 64);
-            scale_bytes = _mm_loadl_epi64((const __m128i *)(scales + 8 * g));
-        }
-        __m512i sums[2];
-        for (int h = 0; h < 2; h++) {
-            const int8_t *a = quads + 256 * g + 128 * h;
-            __m512i lows = _mm512_shuffle_epi8(table, _mm512_and_si512(codes[h], low));
-            __m512i highs = _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi16(codes[h], 4), low));
-            sums[h] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lows, _mm512_loadu_si512(a)),
-                                          highs, _mm512_loadu_si512(a + 64));
-        }
-        /* 128-bit lane i of sums[h]: block 4h + i's four partial sums -> the eight sums in order */
-        __m512i pairs = _mm512_add_epi32(_mm512_unpacklo_epi32(sums[0], sums[1]), _mm512_unpackhi_epi32(sums[0], sums[1]));
-        pairs = _mm512_add_epi32(pairs, _mm512_shuffle_epi32(pairs, _MM_PERM_BADC));
-        __m256i whole_sums = _mm512_castsi512_si256(_mm512_permutexvar_epi32(in_order, pairs));
-        __m256i exact = _mm256_sub_epi32(whole_sums, _mm256_loadu_si256((const __m256i *)(correction + 8 * g)));
-        __m256 scale = _mm256_mul_ps(half_e8m0(scale_bytes), _mm256_loadu_ps(d + 8 * g));
-        acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(exact), acc);
+    __m512i sums[2];
+    for (int h = 0; h < 2; h++) {
+        const int8_t *a = quads + 128 * h;
+        __m512i lows = _mm512_shuffle_epi8(table, _mm512_and_si512(codes[h], low));
+        __m512i highs = _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi16(codes[h], 4), low));
+        sums[h] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lows, _mm512_loadu_si512(a)),
+                                      highs, _mm512_loadu_si512(a + 64));
     }
-    if (whole < blocks)
-        q8_group(format, 1, 0, row, scales, whole, blocks, q, d, correction, padded, 0, &acc);
+    /* 128-bit lane i of sums[h]: block 4h + i's four partial sums -> the eight sums in order */
+    __m512i pairs = _mm512_add_epi32(_mm512_unpacklo_epi32(sums[0], sums[1]), _mm512_unpackhi_epi32(sums[0], sums[1]));
+    pairs = _mm512_add_epi32(pairs, _mm512_shuffle_epi32(pairs, _MM_PERM_BADC));
+    __m256i whole_sums = _mm512_castsi512_si256(_mm512_permutexvar_epi32(in_order, pairs));
+    __m256i exact = _mm256_sub_epi32(whole_sums, _mm256_loadu_si256((const __m256i *)correction));
+    __m256 scale = _mm256_mul_ps(half_e8m0(scale_bytes), _mm256_loadu_ps(d));
+    return _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(exact), acc);
+}
+
+/* (`quads` and the activations' `d` and `correction` run to `padded`, zero past the last block,
+ * so a last group of fewer than eight blocks adds 0 to its absent lanes, as q8_group does.) */
+static void q8_one_token(int format, const uint8_t *row, const uint8_t *scales, int64_t k, const int8_t *quads,
+                         const float *d, const int32_t *correction, int64_t padded, float *y) {
+    int64_t blocks = k / 32, whole = blocks / GROUP, groups = padded / GROUP, row_bytes = oss_row_bytes(format, k);
+    __m256 acc = _mm256_setzero_ps();
+    __m512i codes[2];
+    __m128i scale_bytes;
+    for (int64_t g = 0; g < whole; g++) {
+        prefetch_share(row + Q8_AHEAD * row_bytes, row_bytes, g, groups);
+        if (scales) prefetch_share(scales + Q8_AHEAD * blocks, blocks, g, groups);
+        eight_blocks(format, row, scales, g, GROUP, codes, &scale_bytes);
+        acc = one_token_group(codes, scale_bytes, quads + 256 * g, d + 8 * g, correction + 8 * g, acc);
+    }
+    if (whole < groups) {
+        prefetch_share(row + Q8_AHEAD * row_bytes, row_bytes, whole, groups);
+        if (scales) prefetch_share(scales + Q8_AHEAD * blocks, blocks, whole, groups);
+        eight_blocks(format, row, scales, whole, (int)(blocks - GROUP * whole), codes, &scale_bytes);
+        acc = one_token_group(codes, scale_bytes, quads + 256 * whole, d + 8 * whole, correction + 8 * whole, acc);
+    }
     float lanes[GROUP] __attribute__((aligned(32)));
     _mm256_store_ps(lanes, acc);
     y[0] = add_group_lanes(lanes);
@@ -990,21 +1022,21 @@ static void q8_release(q8_activations *a) {
 
 /* 0, or -2 when out of memory (with nothing left allocated) */
 static int q8_prepare(int format, const float *x, int64_t tokens, int64_t k, q8_activations *a) {
-    int64_t blocks = k / 32, whole = blocks / GROUP * GROUP;
+    int64_t blocks = k / 32;
     a->padded = (blocks + GROUP - 1) / GROUP * GROUP;
     a->q = malloc((size_t)(tokens * k));
     a->d = malloc((size_t)(tokens * a->padded * 4));
     a->correction = malloc((size_t)(tokens * a->padded * 4));
     a->quads = NULL;
 #if defined(HAVE_Q8_ONE_TOKEN)
-    if (tokens == 1 && (format == MXFP4 || format == MXFP4_GGML) && whole > 0) a->quads = malloc((size_t)(whole * 32));
+    if (tokens == 1 && (format == MXFP4 || format == MXFP4_GGML)) a->quads = calloc((size_t)a->padded, 32);
 #endif
     if (a->q == NULL || a->d == NULL || a->correction == NULL) {
         q8_release(a);
         return -2;
     }
     quantize_activations(format, x, tokens, k, a->q, a->d, a->correction, a->padded);
-    for (int64_t b = 0; a->quads != NULL && b < whole; b++)  /* per four blocks: their low positions, then high */
+    for (int64_t b = 0; a->quads != NULL && b < blocks; b++)  /* per four blocks: their low positions, then high */
         for (int p = 0; p < 32; p++) a->quads[128 * (b / 4) + 64 * (p / 16) + 16 * (b % 4) + p % 16] = a->q[32 * b + p];
     return 0;
 }
@@ -1014,7 +1046,7 @@ static void q8_product_row(int format, const uint8_t *row, const uint8_t *scales
                            int64_t tokens, float *y, int64_t n_out) {
 #if defined(HAVE_Q8_ONE_TOKEN)
     if (a->quads != NULL) {
-        q8_one_token(format, row, scales, k, a->q, a->quads, a->d, a->correction, a->padded, y);
+        q8_one_token(format, row, scales, k, a->quads, a->d, a->correction, a->padded, y);
         return;
     }
 #endif
