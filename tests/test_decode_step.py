@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -15,8 +16,8 @@ from oss_convert.checkpoint import open_checkpoint
 from oss_convert.cli import cli
 from oss_convert.runtime import moe_decode, native
 from oss_convert.runtime.model import apply_rope, linear, load_model, project_qkv, step_inputs, yarn_frequencies
-from oss_convert.runtime.moe_reference import moe_reference
-from oss_convert.runtime.weights import load_layer
+from oss_convert.runtime.moe_reference import expert_product, moe_reference
+from oss_convert.runtime.weights import StoredRows, load_layer
 
 pytestmark = pytest.mark.skipif(native.library() is None, reason="no C compiler: the runtime's numpy path runs")
 
@@ -48,14 +49,18 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
 def test_one_tokens_moe_block_is_the_reference_bit_for_bit(ports, kind, activations):
     ckpt = open_checkpoint(ports[kind])
     gen = torch.Generator().manual_seed(7)
+    clamped = 0
     for n in range(ckpt.require_config().num_layers):
         layer = load_layer(ckpt, n, activations)
-        for _ in range(6):
-            x = torch.randn(1, layer.router_w.shape[1], generator=gen)
+        for size in (1, 1, 1, 30, 30, 30):  # large tokens: the SwiGLU's clamps bite
+            x = size * torch.randn(1, layer.router_w.shape[1], generator=gen)
             assert moe_decode.takes(layer, x) and not moe_decode.takes(layer, x.expand(2, -1))
             want = moe_reference(x, layer.router_w, layer.router_b, layer.gate_up, layer.b1, layer.down, layer.b2,
                                  layer.top_k, layer.swiglu_limit, layer.swiglu_alpha)
             assert same_bits(moe_decode.moe_one_token(layer, x), want)
+            h = torch.cat([expert_product(layer.gate_up, e, x) + layer.b1[e] for e in range(layer.b1.shape[0])])
+            clamped += int((h.abs() > layer.swiglu_limit).sum())
+    assert clamped > 0
 
 
 @pytest.mark.parametrize("activations", native.ACTIVATIONS)
@@ -75,3 +80,10 @@ def test_one_tokens_q_k_and_v_are_the_per_product_ones_bit_for_bit(ports, kind, 
             assert same_bits(q, rope(linear(h, w.q_w, w.q_b).view(1, cfg.num_heads, cfg.head_dim)))
             assert same_bits(k, rope(linear(h, w.k_w, w.k_b).view(1, cfg.num_kv_heads, cfg.head_dim)))
             assert same_bits(v, linear(h, w.v_w, w.v_b).view(1, cfg.num_kv_heads, cfg.head_dim))
+
+
+def test_one_tokens_experts_the_kernels_cannot_take_raise():
+    bad = native.matrices([StoredRows("MXFP4_GGML", np.zeros((16, 17), dtype=np.uint8))], "q8")  # 16 values: no block
+    with pytest.raises(ValueError, match="moe_gate_up"):
+        native.moe_gate_up(native.library(), bad, 1, torch.ones(1, 16), torch.zeros(2, 16), [1], 7.0, 1.702,
+                           torch.empty(3, 1, 8))

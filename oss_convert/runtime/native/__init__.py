@@ -57,6 +57,16 @@ def load(path: Path) -> ctypes.CDLL:
     lib.oss_matmul_batch.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_int), pointers, pointers,
                                      ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_int64), pointers, pointers,
                                      ctypes.POINTER(ctypes.c_int), ctypes.c_int64, ctypes.c_int]
+    lib.oss_moe_gate_up.restype = ctypes.c_int
+    lib.oss_moe_gate_up.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_int), pointers, pointers,
+                                    ctypes.POINTER(ctypes.c_int), ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
+                                    ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64), ctypes.c_float, ctypes.c_float,
+                                    ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+    lib.oss_moe_down.restype = ctypes.c_int
+    lib.oss_moe_down.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_int), pointers, pointers, ctypes.POINTER(ctypes.c_int),
+                                 ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                                 ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_float),
+                                 ctypes.c_void_p, ctypes.c_int]
     lib.oss_expand.restype = None
     lib.oss_expand.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
                                ctypes.c_void_p, ctypes.c_int]
@@ -157,6 +167,61 @@ def batch_matmul(lib: ctypes.CDLL, products: list[Product], activations: str = "
     if status != 0:
         error = ValueError if status == -1 else MemoryError
         raise error(f"batch_matmul: status {status} for {[(p.format, p.shape) for p in products]}")
+
+
+class Matrices(NamedTuple):
+    """Stored matrices as the C side takes a list of them: parallel arrays of their formats,
+    pointers and Q8_0 flags (`held`: what the pointers point into, kept alive with them)."""
+    formats: ctypes.Array
+    data: ctypes.Array
+    scales: ctypes.Array
+    q8: ctypes.Array
+    held: list
+
+
+def matrices(stored: list, activations: str) -> Matrices:
+    """`stored`: objects with .format, .data and .scales (weights.StoredRows), in the C side's order."""
+    count = len(stored)
+    held = [_contiguous(a) for p in stored for a in (p.data, p.scales)]
+    return Matrices((ctypes.c_int * count)(*(FORMATS[p.format] for p in stored)),
+                    (ctypes.c_void_p * count)(*map(_pointer, held[0::2])),
+                    (ctypes.c_void_p * count)(*map(_pointer, held[1::2])),
+                    (ctypes.c_int * count)(*(int(activations == "q8" and p.format in Q8_FORMATS) for p in stored)), held)
+
+
+def _check(status: int, what: str) -> None:
+    if status != 0:
+        raise (ValueError if status == -1 else MemoryError)(f"{what}: status {status}")
+
+
+def moe_gate_up(lib: ctypes.CDLL, first: Matrices, parts: int, x: torch.Tensor, b1: torch.Tensor, ids: list[int],
+                limit: float, alpha: float, halves: torch.Tensor) -> None:
+    """One token's chosen experts (ids, ascending; `first`: their gate-and-up matrices, `parts`
+    per expert) on x [1, H]: halves [3, k, I] gets min(h_gate, limit), clamp(h_up, -limit,
+    limit) + 1 and alpha * that gate, for h = x @ W1[e].T + b1[e] (b1 [E, 2I] float32)."""
+    count, inter = halves.shape[1:]
+    if x.dtype != torch.float32 or not x.is_contiguous() or not halves.is_contiguous() or b1.dtype != torch.float32 \
+            or not b1.is_contiguous():
+        raise ValueError("moe_gate_up: float32 contiguous x, b1 and halves")
+    _check(lib.oss_moe_gate_up(count, parts, first.formats, first.data, first.scales, first.q8, inter, x.shape[1],
+                               x.data_ptr(), b1.data_ptr(), (ctypes.c_int64 * count)(*ids), limit, alpha,
+                               halves[0].data_ptr(), halves[1].data_ptr(), halves[2].data_ptr(), torch.get_num_threads()),
+           "moe_gate_up")
+
+
+def moe_down(lib: ctypes.CDLL, second: Matrices, halves: torch.Tensor, b2: torch.Tensor, ids: list[int],
+             weights: list[float], out: torch.Tensor) -> None:
+    """After moe_gate_up and the sigmoid of halves[2] in place: a = gate * sigmoid * up1 (into
+    halves[0]), and out [1, H] = the sum over the experts, in order, of (a @ W2[e].T + b2[e]) *
+    their weight (b2 [E, H] float32)."""
+    count, inter = halves.shape[1:]
+    if not out.is_contiguous() or out.dtype != torch.float32 or b2.dtype != torch.float32 or not b2.is_contiguous():
+        raise ValueError("moe_down: float32 contiguous b2 and out")
+    _check(lib.oss_moe_down(count, second.formats, second.data, second.scales, second.q8, out.shape[1], inter,
+                            halves[0].data_ptr(), halves[2].data_ptr(), halves[1].data_ptr(), b2.data_ptr(),
+                            (ctypes.c_int64 * count)(*ids), (ctypes.c_float * count)(*weights), out.data_ptr(),
+                            torch.get_num_threads()),
+           "moe_down")
 
 
 def expand(lib: ctypes.CDLL, format: str, data, scales, shape: tuple[int, int], out: torch.Tensor | None = None) -> torch.Tensor:

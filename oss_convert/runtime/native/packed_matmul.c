@@ -1180,3 +1180,96 @@ int oss_matmul_batch(int count, const int *formats, const uint8_t *const *ws, co
     free(made_by);
     return failed ? -2 : 0;
 }
+
+/* ------------------------------------------------------------------------------------------------
+ * One token's experts (a decode step's MoE block after routing), around their batched products:
+ * the elementwise operations of moe_reference (mix_experts, swiglu_halves) on one token, each the
+ * one correctly rounded float operation torch does, in torch's order, so the same floats. All but
+ * the sigmoid, which the caller runs in torch between the two calls: torch's vector exp is not a
+ * function C can repeat bit for bit.
+ *
+ * The chosen experts come in ascending id order (mix_experts'), ids[i] for the biases' rows; the
+ * products' arrays (formats, ws, scales_of, q8) hold `parts` matrices per expert: 1 (HF's rows,
+ * gate and up interleaved) or 2 (GGUF's gate rows, then its up rows). Both return 0, -1 for a
+ * product the kernels cannot take, -2 when out of memory.
+ * ------------------------------------------------------------------------------------------------ */
+
+/* h = x @ W1[e]^T + b1[e] (b1 [experts, 2 * inter], interleaved like HF's rows); writes, each
+ * [count, inter]: gate = min(h_gate, limit), up1 = clamp(h_up, -limit, limit) + 1, and
+ * scaled = alpha * gate, the sigmoid's argument */
+int oss_moe_gate_up(int count, int parts, const int *formats, const uint8_t *const *ws, const uint8_t *const *scales_of,
+                    const int *q8, int64_t inter, int64_t hidden, const float *x, const float *b1, const int64_t *ids,
+                    float limit, float alpha, float *gate, float *up1, float *scaled, int threads) {
+    if (count <= 0 || (parts != 1 && parts != 2)) return -1;
+    int products = count * parts;
+    int64_t *ns = malloc(sizeof(int64_t) * (size_t)products), *ks = malloc(sizeof(int64_t) * (size_t)products);
+    const float **xs = malloc(sizeof(float *) * (size_t)products);
+    float **ys = malloc(sizeof(float *) * (size_t)products);
+    float *interleaved = parts == 1 ? malloc(sizeof(float) * (size_t)(count * 2 * inter)) : NULL;
+    int status = ns == NULL || ks == NULL || xs == NULL || ys == NULL || (parts == 1 && interleaved == NULL) ? -2 : 0;
+    for (int i = 0; i < count && status == 0; i++)
+        for (int p = 0; p < parts; p++) {
+            int j = i * parts + p;
+            ns[j] = 2 * inter / parts;
+            ks[j] = hidden;
+            xs[j] = x;
+            ys[j] = parts == 1 ? interleaved + i * 2 * inter : (p == 0 ? gate : up1) + i * inter;
+        }
+    if (status == 0)
+        status = oss_matmul_batch(products, formats, ws, scales_of, ns, ks, (const float *const *)xs, ys, q8, 1, threads);
+    for (int i = 0; i < count && status == 0; i++) {
+        const float *bias = b1 + ids[i] * 2 * inter;
+        for (int64_t j = 0; j < inter; j++) {
+            int64_t at = i * inter + j;
+            float h_gate = (parts == 1 ? interleaved[2 * at] : gate[at]) + bias[2 * j];
+            float h_up = (parts == 1 ? interleaved[2 * at + 1] : up1[at]) + bias[2 * j + 1];
+            float g = h_gate > limit ? limit : h_gate;  /* (a NaN stays NaN, as in torch's clamp) */
+            float u = h_up < -limit ? -limit : h_up > limit ? limit : h_up;
+            gate[at] = g;
+            up1[at] = u + 1.f;
+            scaled[at] = g * alpha;
+        }
+    }
+    free(ns);
+    free(ks);
+    free(xs);
+    free(ys);
+    free(interleaved);
+    return status;
+}
+
+/* a = gate * sigmoid * up1 (into gate), y_i = a_i @ W2[e]^T, and
+ * out = 0 + (y_0 + b2[e_0]) * weights[0] + (y_1 + b2[e_1]) * weights[1] + ..., added in order
+ * (b2 [experts, hidden]; out [hidden]) */
+int oss_moe_down(int count, const int *formats, const uint8_t *const *ws, const uint8_t *const *scales_of, const int *q8,
+                 int64_t hidden, int64_t inter, float *gate, const float *sigmoid, const float *up1, const float *b2,
+                 const int64_t *ids, const float *weights, float *out, int threads) {
+    if (count <= 0) return -1;
+    for (int64_t at = 0; at < count * inter; at++) gate[at] = gate[at] * sigmoid[at] * up1[at];
+    int64_t *ns = malloc(sizeof(int64_t) * (size_t)count), *ks = malloc(sizeof(int64_t) * (size_t)count);
+    const float **xs = malloc(sizeof(float *) * (size_t)count);
+    float **ys = malloc(sizeof(float *) * (size_t)count);
+    float *y = malloc(sizeof(float) * (size_t)(count * hidden));
+    int status = ns == NULL || ks == NULL || xs == NULL || ys == NULL || y == NULL ? -2 : 0;
+    for (int i = 0; i < count && status == 0; i++) {
+        ns[i] = hidden;
+        ks[i] = inter;
+        xs[i] = gate + i * inter;
+        ys[i] = y + i * hidden;
+    }
+    if (status == 0)
+        status = oss_matmul_batch(count, formats, ws, scales_of, ns, ks, (const float *const *)xs, ys, q8, 1, threads);
+    if (status == 0) {
+        for (int64_t j = 0; j < hidden; j++) out[j] = 0.f;
+        for (int i = 0; i < count; i++) {
+            const float *bias = b2 + ids[i] * hidden;
+            for (int64_t j = 0; j < hidden; j++) out[j] = out[j] + (y[i * hidden + j] + bias[j]) * weights[i];
+        }
+    }
+    free(ns);
+    free(ks);
+    free(xs);
+    free(ys);
+    free(y);
+    return status;
+}
