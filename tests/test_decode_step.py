@@ -87,3 +87,11 @@ def test_one_tokens_experts_the_kernels_cannot_take_raise():
     with pytest.raises(ValueError, match="moe_gate_up"):
         native.moe_gate_up(native.library(), bad, 1, torch.ones(1, 16), torch.zeros(2, 16), [1], 7.0, 1.702,
                            torch.empty(3, 1, 8))
+
+
+def test_one_tokens_q_k_and_v_refuse_biases_of_other_sizes():
+    rows = StoredRows("BF16", np.zeros((8, 64), dtype=np.uint16))
+    qkv = native.matrices([rows, rows, rows], "float32")
+    with pytest.raises(ValueError, match="qkv_one_token"):
+        native.qkv_one_token(native.library(), qkv, (8, 8, 8), torch.ones(1, 64), [torch.zeros(8)] * 2 + [torch.zeros(7)],
+                             4, 4, torch.ones(1, 4), torch.zeros(1, 4), torch.empty(1, 24))

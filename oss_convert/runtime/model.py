@@ -212,9 +212,9 @@ def step_inputs(cfg: GptOssConfig, inv_freq: torch.Tensor, rope_scale: float, po
 
 def project_qkv(w: AttentionWeights, h: torch.Tensor, cfg: GptOssConfig, step: StepInputs):
     """q [T, heads, hd] and k [T, kv heads, hd] (rotated) and v [T, kv heads, hd] of h. At one token
-    with the weights stored on the CPU, the three products go out as one native batch into one
-    buffer, with one bias add and one rotation: the same elementwise operations on the same values
-    as one by one, so the same floats, in fewer and shorter calls (a decode step)."""
+    with the weights stored on the CPU (a decode step), one native call does the three products as
+    one batch into one buffer, the bias adds and the rotation: the same elementwise operations on
+    the same values as torch's, so the same floats, without a dozen small torch calls."""
     T, hd, nh, nkv = h.shape[0], cfg.head_dim, cfg.num_heads, cfg.num_kv_heads
     weights = (w.q_w, w.k_w, w.v_w)
     if T != 1 or not all(isinstance(m, StoredMatrix) for m in weights):
@@ -223,12 +223,11 @@ def project_qkv(w: AttentionWeights, h: torch.Tensor, cfg: GptOssConfig, step: S
         v = linear(h, w.v_w, w.v_b).view(T, nkv, hd)
         return apply_rope(q, step.cos, step.sin), apply_rope(k, step.cos, step.sin), v
     out = torch.empty(1, (nh + 2 * nkv) * hd)
-    ends = [nh * hd, (nh + nkv) * hd, (nh + 2 * nkv) * hd]
-    native.batch_matmul(native.library(), [m.product(h, out[:, end - m.shape[0]:end]) for m, end in zip(weights, ends)],
-                        w.q_w.activations)
-    out = out + torch.cat([w.q_b, w.k_b, w.v_b])  # (not kept: the weights held are what the memory plan counts)
-    qk = apply_rope(out[:, :ends[1]].view(1, nh + nkv, hd), step.cos, step.sin)
-    return qk[:, :nh], qk[:, nh:], out[:, ends[1]:].view(1, nkv, hd)
+    native.qkv_one_token(native.library(), native.matrices([m.stored_rows for m in weights], w.q_w.activations),
+                         (nh * hd, nkv * hd, nkv * hd), h.float().contiguous(), [w.q_b, w.k_b, w.v_b], hd, nh + nkv,
+                         step.cos, step.sin, out)
+    qk = out[:, :(nh + nkv) * hd].view(1, nh + nkv, hd)
+    return qk[:, :nh], qk[:, nh:], out[:, (nh + nkv) * hd:].view(1, nkv, hd)
 
 
 def attention(w: AttentionWeights, x: torch.Tensor, cfg: GptOssConfig, layer: int, step: StepInputs,

@@ -14,6 +14,7 @@ and interleave the products.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable
 
 import numpy as np
@@ -69,6 +70,13 @@ class StoredRows:
     data: np.ndarray
     scales: np.ndarray | None = None
 
+    @cached_property
+    def addresses(self) -> tuple[int, int | None]:
+        """Where the kernels read data and scales (native.matrices; kept, as a decode step takes
+        the same experts' addresses again and again)."""
+        self.data, self.scales = native.contiguous(self.data), native.contiguous(self.scales)
+        return native.address(self.data), native.address(self.scales)
+
 
 class MappedExperts:
     """The same stack left in its file: `packed(e)` puts expert e into the packed form of
@@ -85,6 +93,7 @@ class MappedExperts:
         self.in_place = in_place
         self.activations = activations  # as PackedExperts.activations
         self._mapped_in: set[int] = set()  # experts whose pages are mapped into the process
+        self._in_place: dict[int, list[StoredRows]] = {}  # views of the file's rows, kept: no copies
 
     def _first_use(self, e: int, arrays) -> None:
         if e not in self._mapped_in:
@@ -104,7 +113,9 @@ class MappedExperts:
         in: the file's rows in place where the kernels read its layout (GGUF's gate and up apart:
         two matrices, whose products interleave), else its packed form."""
         if self.in_place is not None:
-            parts = self.in_place(e)
+            parts = self._in_place.get(e)
+            if parts is None:
+                parts = self._in_place[e] = self.in_place(e)
         else:
             data, scales = self.packed(e)
             parts = [StoredRows(self.format, data, scales)]
@@ -190,6 +201,12 @@ class StoredMatrix:
         """x [T, K] @ W.T into y [T, N], for native.batch_matmul."""
         self._map_in()
         return native.Product(self.format, self.data, None, self.shape, x, y)
+
+    @cached_property
+    def stored_rows(self) -> StoredRows:
+        """Its rows as native.matrices takes them, pages mapped in."""
+        self._map_in()
+        return StoredRows(self.format, self.data)
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         """W[ids] as float32 [len(ids), K] (the embedding's lookup)."""

@@ -67,6 +67,11 @@ def load(path: Path) -> ctypes.CDLL:
                                  ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                                  ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_float),
                                  ctypes.c_void_p, ctypes.c_int]
+    lib.oss_qkv_one_token.restype = ctypes.c_int
+    lib.oss_qkv_one_token.argtypes = [ctypes.POINTER(ctypes.c_int), pointers, ctypes.POINTER(ctypes.c_int64),
+                                      ctypes.c_int64, ctypes.c_void_p, ctypes.POINTER(ctypes.c_int), pointers,
+                                      ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                                      ctypes.c_int]
     lib.oss_expand.restype = None
     lib.oss_expand.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
                                ctypes.c_void_p, ctypes.c_int]
@@ -94,7 +99,7 @@ def row_bytes(lib: ctypes.CDLL, format: str, k: int) -> int:
     return lib.oss_row_bytes(FORMATS[format], k)
 
 
-def _pointer(a: np.ndarray | torch.Tensor | None) -> int | None:
+def address(a: np.ndarray | torch.Tensor | None) -> int | None:
     if a is None:
         return None
     return a.data_ptr() if isinstance(a, torch.Tensor) else a.ctypes.data
@@ -109,7 +114,7 @@ FUSED_MAX_TOKENS = 128
 _scratch = torch.empty(0)
 
 
-def _contiguous(a):
+def contiguous(a):
     if a is None:
         return None
     return a.contiguous() if isinstance(a, torch.Tensor) else np.ascontiguousarray(a)
@@ -121,12 +126,12 @@ def packed_matmul(lib: ctypes.CDLL, format: str, data: np.ndarray | torch.Tensor
     `scales`: MXFP4's E8M0 bytes [N, K/32]). Returns [T, N] float32. With activations="q8" and
     a format of Q8_FORMATS, x is rounded to Q8_0 first (any number of tokens)."""
     n, k = shape
-    x, data, scales = x.float().contiguous(), _contiguous(data), _contiguous(scales)
+    x, data, scales = x.float().contiguous(), contiguous(data), contiguous(scales)
     y = torch.empty((x.shape[0], n), dtype=torch.float32)
     if x.shape[0] == 0:
         return y
     product = lib.oss_q8_matmul if activations == "q8" and format in Q8_FORMATS else lib.oss_packed_matmul
-    status = product(FORMATS[format], _pointer(data), _pointer(scales), n, k, x.data_ptr(), x.shape[0],
+    status = product(FORMATS[format], address(data), address(scales), n, k, x.data_ptr(), x.shape[0],
                      y.data_ptr(), torch.get_num_threads())
     if status != 0:
         raise MemoryError(f"packed_matmul: status {status} for {format} [{n}, {k}]")
@@ -151,15 +156,15 @@ def batch_matmul(lib: ctypes.CDLL, products: list[Product], activations: str = "
     count = len(products)
     tokens = products[0].x.shape[0]
     xs = [p.x.float().contiguous() for p in products]
-    data = [_contiguous(p.data) for p in products]
-    scales = [_contiguous(p.scales) for p in products]
+    data = [contiguous(p.data) for p in products]
+    scales = [contiguous(p.scales) for p in products]
     for p, x in zip(products, xs):
         if x.shape != (tokens, p.shape[1]) or p.y.shape != (tokens, p.shape[0]) or not p.y.is_contiguous() \
                 or p.y.dtype != torch.float32:
             raise ValueError(f"batch_matmul: {p.format} {p.shape} with x {tuple(x.shape)}, y {tuple(p.y.shape)}")
     status = lib.oss_matmul_batch(
         count, (ctypes.c_int * count)(*(FORMATS[p.format] for p in products)),
-        (ctypes.c_void_p * count)(*map(_pointer, data)), (ctypes.c_void_p * count)(*map(_pointer, scales)),
+        (ctypes.c_void_p * count)(*map(address, data)), (ctypes.c_void_p * count)(*map(address, scales)),
         (ctypes.c_int64 * count)(*(p.shape[0] for p in products)), (ctypes.c_int64 * count)(*(p.shape[1] for p in products)),
         (ctypes.c_void_p * count)(*(x.data_ptr() for x in xs)), (ctypes.c_void_p * count)(*(p.y.data_ptr() for p in products)),
         (ctypes.c_int * count)(*(int(activations == "q8" and p.format in Q8_FORMATS) for p in products)),
@@ -180,13 +185,14 @@ class Matrices(NamedTuple):
 
 
 def matrices(stored: list, activations: str) -> Matrices:
-    """`stored`: objects with .format, .data and .scales (weights.StoredRows), in the C side's order."""
+    """`stored`: weights.StoredRows (their format and `addresses`), in the C side's order."""
     count = len(stored)
-    held = [_contiguous(a) for p in stored for a in (p.data, p.scales)]
+    addresses = [p.addresses for p in stored]
     return Matrices((ctypes.c_int * count)(*(FORMATS[p.format] for p in stored)),
-                    (ctypes.c_void_p * count)(*map(_pointer, held[0::2])),
-                    (ctypes.c_void_p * count)(*map(_pointer, held[1::2])),
-                    (ctypes.c_int * count)(*(int(activations == "q8" and p.format in Q8_FORMATS) for p in stored)), held)
+                    (ctypes.c_void_p * count)(*(a[0] for a in addresses)),
+                    (ctypes.c_void_p * count)(*(a[1] for a in addresses)),
+                    (ctypes.c_int * count)(*(int(activations == "q8" and p.format in Q8_FORMATS) for p in stored)),
+                    stored)
 
 
 def _check(status: int, what: str) -> None:
@@ -224,12 +230,28 @@ def moe_down(lib: ctypes.CDLL, second: Matrices, halves: torch.Tensor, b2: torch
            "moe_down")
 
 
+def qkv_one_token(lib: ctypes.CDLL, qkv: Matrices, rows: tuple[int, int, int], x: torch.Tensor,
+                  biases: list[torch.Tensor], head_dim: int, rotated: int, cos: torch.Tensor, sin: torch.Tensor,
+                  out: torch.Tensor) -> None:
+    """One token x [1, K] times the three matrices of `qkv` (q, k and v, `rows` each) plus their
+    biases, into out [1, sum(rows)], the first `rotated` heads of head_dim values (q's and
+    k's) then rotated by cos and sin [1, head_dim] as model.apply_rope does: the same floats."""
+    tensors = [x, *biases, cos, sin, out]
+    if any(t.dtype != torch.float32 or not t.is_contiguous() for t in tensors) or out.shape[1] != sum(rows) \
+            or [b.numel() for b in biases] != list(rows) or cos.numel() != head_dim or sin.numel() != head_dim:
+        raise ValueError("qkv_one_token: float32 contiguous tensors of the products' sizes")
+    _check(lib.oss_qkv_one_token(qkv.formats, qkv.data, (ctypes.c_int64 * 3)(*rows), x.shape[1], x.data_ptr(), qkv.q8,
+                                 (ctypes.c_void_p * 3)(*(b.data_ptr() for b in biases)), head_dim, rotated,
+                                 cos.data_ptr(), sin.data_ptr(), out.data_ptr(), torch.get_num_threads()),
+           "qkv_one_token")
+
+
 def expand(lib: ctypes.CDLL, format: str, data, scales, shape: tuple[int, int], out: torch.Tensor | None = None) -> torch.Tensor:
     """W [N, K] as float32, expanded in C (into `out` when given)."""
     n, k = shape
-    data, scales = _contiguous(data), _contiguous(scales)
+    data, scales = contiguous(data), contiguous(scales)
     out = torch.empty((n, k), dtype=torch.float32) if out is None else out
-    lib.oss_expand(FORMATS[format], _pointer(data), _pointer(scales), n, k, out.data_ptr(), torch.get_num_threads())
+    lib.oss_expand(FORMATS[format], address(data), address(scales), n, k, out.data_ptr(), torch.get_num_threads())
     return out
 
 

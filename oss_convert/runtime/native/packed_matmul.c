@@ -1273,3 +1273,36 @@ int oss_moe_down(int count, const int *formats, const uint8_t *const *ws, const 
     free(y);
     return status;
 }
+
+/* One token's q, k and v (a decode step): the three products as one batch into out = [q | k | v]
+ * (their rows ns[0], ns[1], ns[2]; each x @ W^T + its bias), then the NeoX rotation of the first
+ * `rotated` heads of head_dim values (q's and k's): value i of a head and its partner
+ * j = i + head_dim/2 become (x_i cos_i + (-x_j) sin_i, x_j cos_j + x_i sin_j), each product
+ * rounded, then the sum, as model.apply_rope computes them in torch, so the same floats.
+ * Returns as oss_matmul_batch. */
+int oss_qkv_one_token(const int *formats, const uint8_t *const *ws, const int64_t *ns, int64_t k, const float *x,
+                      const int *q8, const float *const *biases, int64_t head_dim, int64_t rotated, const float *cos,
+                      const float *sin, float *out, int threads) {
+    const uint8_t *no_scales[3] = {NULL, NULL, NULL};
+    int64_t ks[3] = {k, k, k};
+    const float *xs[3] = {x, x, x};
+    float *ys[3] = {out, out + ns[0], out + ns[0] + ns[1]};
+    if (head_dim % 2 != 0 || rotated * head_dim > ns[0] + ns[1]) return -1;
+    int status = oss_matmul_batch(3, formats, ws, no_scales, ns, ks, xs, ys, q8, 1, threads);
+    if (status != 0) return status;
+    for (int j = 0; j < 3; j++)
+        for (int64_t i = 0; i < ns[j]; i++) ys[j][i] = ys[j][i] + biases[j][i];
+    int64_t half = head_dim / 2;
+    float *kept = malloc(sizeof(float) * (size_t)head_dim);
+    if (kept == NULL) return -2;
+    for (int64_t h = 0; h < rotated; h++) {
+        float *v = out + h * head_dim;
+        memcpy(kept, v, sizeof(float) * (size_t)head_dim);
+        for (int64_t i = 0; i < half; i++) {
+            v[i] = kept[i] * cos[i] + -kept[i + half] * sin[i];
+            v[i + half] = kept[i + half] * cos[i + half] + kept[i] * sin[i + half];
+        }
+    }
+    free(kept);
+    return 0;
+}
