@@ -87,6 +87,10 @@ def test_one_tokens_experts_the_kernels_cannot_take_raise():
     with pytest.raises(ValueError, match="moe_gate_up"):
         native.moe_gate_up(native.library(), bad, 1, torch.ones(1, 16), torch.zeros(2, 16), [1], 7.0, 1.702,
                            torch.empty(3, 1, 8))
+    good = native.matrices([StoredRows("BF16", np.zeros((16, 64), dtype=np.uint16))], "float32")
+    for ids, b1 in (([2], torch.zeros(2, 16)), ([1], torch.zeros(2, 15))):  # no such expert's row; a short row
+        with pytest.raises(ValueError, match="moe_gate_up"):
+            native.moe_gate_up(native.library(), good, 1, torch.ones(1, 64), b1, ids, 7.0, 1.702, torch.empty(3, 1, 8))
 
 
 def test_one_tokens_q_k_and_v_refuse_biases_of_other_sizes():

@@ -207,8 +207,8 @@ def moe_gate_up(lib: ctypes.CDLL, first: Matrices, parts: int, x: torch.Tensor, 
     limit) + 1 and alpha * that gate, for h = x @ W1[e].T + b1[e] (b1 [E, 2I] float32)."""
     count, inter = halves.shape[1:]
     if x.dtype != torch.float32 or not x.is_contiguous() or not halves.is_contiguous() or b1.dtype != torch.float32 \
-            or not b1.is_contiguous():
-        raise ValueError("moe_gate_up: float32 contiguous x, b1 and halves")
+            or not b1.is_contiguous() or b1.shape[1] != 2 * inter or not 0 <= min(ids) <= max(ids) < b1.shape[0]:
+        raise ValueError("moe_gate_up: float32 contiguous x, halves and b1 with a row per expert")
     _check(lib.oss_moe_gate_up(count, parts, first.formats, first.data, first.scales, first.q8, inter, x.shape[1],
                                x.data_ptr(), b1.data_ptr(), (ctypes.c_int64 * count)(*ids), limit, alpha,
                                halves[0].data_ptr(), halves[1].data_ptr(), halves[2].data_ptr(), torch.get_num_threads()),
@@ -221,8 +221,9 @@ def moe_down(lib: ctypes.CDLL, second: Matrices, halves: torch.Tensor, b2: torch
     halves[0]), and out [1, H] = the sum over the experts, in order, of (a @ W2[e].T + b2[e]) *
     their weight (b2 [E, H] float32)."""
     count, inter = halves.shape[1:]
-    if not out.is_contiguous() or out.dtype != torch.float32 or b2.dtype != torch.float32 or not b2.is_contiguous():
-        raise ValueError("moe_down: float32 contiguous b2 and out")
+    if not out.is_contiguous() or out.dtype != torch.float32 or b2.dtype != torch.float32 or not b2.is_contiguous() \
+            or b2.shape[1] != out.shape[1] or not 0 <= min(ids) <= max(ids) < b2.shape[0]:
+        raise ValueError("moe_down: float32 contiguous out and b2 with a row per expert")
     _check(lib.oss_moe_down(count, second.formats, second.data, second.scales, second.q8, out.shape[1], inter,
                             halves[0].data_ptr(), halves[2].data_ptr(), halves[1].data_ptr(), b2.data_ptr(),
                             (ctypes.c_int64 * count)(*ids), (ctypes.c_float * count)(*weights), out.data_ptr(),
