@@ -197,11 +197,6 @@ class StoredMatrix:
         self._map_in()
         return native.matmul(native.library(), self.format, self.data, None, self.shape, x, self.activations)
 
-    def product(self, x: torch.Tensor, y: torch.Tensor) -> native.Product:
-        """x [T, K] @ W.T into y [T, N], for native.batch_matmul."""
-        self._map_in()
-        return native.Product(self.format, self.data, None, self.shape, x, y)
-
     @cached_property
     def stored_rows(self) -> StoredRows:
         """Its rows as native.matrices takes them, pages mapped in."""
