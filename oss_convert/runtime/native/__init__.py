@@ -138,6 +138,12 @@ def packed_matmul(lib: ctypes.CDLL, format: str, data: np.ndarray | torch.Tensor
     return y
 
 
+def _check(status: int, what: str) -> None:
+    """A native call's status as an error: -1 a product the kernels cannot take, -2 out of memory."""
+    if status != 0:
+        raise (ValueError if status == -1 else MemoryError)(f"{what}: status {status}")
+
+
 class Product(NamedTuple):
     """One product of a batch: y [T, N] = x [T, K] @ W.T, W [N, K] in its stored form (`data`,
     and MXFP4's `scales`) and y a contiguous float32 tensor to write into."""
@@ -170,8 +176,7 @@ def batch_matmul(lib: ctypes.CDLL, products: list[Product], activations: str = "
         (ctypes.c_int * count)(*(int(activations == "q8" and p.format in Q8_FORMATS) for p in products)),
         tokens, torch.get_num_threads())
     if status != 0:
-        error = ValueError if status == -1 else MemoryError
-        raise error(f"batch_matmul: status {status} for {[(p.format, p.shape) for p in products]}")
+        _check(status, f"batch_matmul: {[(p.format, p.shape) for p in products]}")
 
 
 class Matrices(NamedTuple):
@@ -195,9 +200,6 @@ def matrices(stored: list, activations: str) -> Matrices:
                     stored)
 
 
-def _check(status: int, what: str) -> None:
-    if status != 0:
-        raise (ValueError if status == -1 else MemoryError)(f"{what}: status {status}")
 
 
 def moe_gate_up(lib: ctypes.CDLL, first: Matrices, parts: int, x: torch.Tensor, b1: torch.Tensor, ids: list[int],
