@@ -110,7 +110,7 @@ def test_runtime_plan_is_what_the_runtime_holds(bundled, checkpoints, tmp_path):
     for a Q4_K_M port whose rows of 256 take K-quants."""
     torch = pytest.importorskip("torch")
     from oss_convert.runtime.full_compare import prefill
-    from oss_convert.runtime.model import load_model, new_cache
+    from oss_convert.runtime.model import forward, load_model, new_cache
     from oss_convert.runtime import native
     from oss_convert.runtime.weights import MappedExperts, PackedExperts, StoredMatrix
 
@@ -133,12 +133,15 @@ def test_runtime_plan_is_what_the_runtime_holds(bundled, checkpoints, tmp_path):
                 elif isinstance(value, StoredMatrix):
                     held += value.data.nbytes
         assert held == runtime_weight_bytes(ckpt, stored_dense=native.library() is not None)
-        cache = new_cache()
         tokens = [(i * 7) % 300 for i in range(600)]
+        cache = new_cache(capacity=len(tokens) + 10)  # as generate reserves: the prompt and what it adds
         with torch.no_grad():
             prefill(model, tokens, cache)
-        cached = sum(t.numel() * t.element_size() for t in cache.keys + cache.values)
-        assert cached == runtime_kv_bytes(model_shape(ckpt), len(tokens))
+            forward(model, torch.tensor([5]), cache)
+        held_storage = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                        for t in cache.keys + cache.values}
+        assert len(held_storage) == 2 * model.config.num_layers
+        assert sum(held_storage.values()) == runtime_kv_bytes(model_shape(ckpt), len(tokens) + 10)
 
 
 def test_runtime_peak_on_cuda(bundled):

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from oss_convert.checkpoint import open_checkpoint
 from oss_convert.cli import cli
 from oss_convert.runtime.model import forward, load_model, new_cache
+from oss_convert.runtime import model as model_module
 
 # longer than the 128-token sliding window, so even layers really slide
 TOKENS = [(i * 37 + 11) % 350 for i in range(200)]
@@ -82,14 +83,25 @@ def test_the_configs_swiglu_settings_reach_the_runtime(checkpoints, tmp_path, fi
 
 
 @pytest.mark.parametrize("activations", ["float32", "q8"])
-def test_kv_cache_gives_the_same_logits(bundled, activations):
+def test_kv_cache_gives_the_same_logits(bundled, activations, monkeypatch):
+    """A prompt, then one token at a time: the logits of one forward call over all of them, from a
+    cache reserved for the whole context and from one that grows (blocks of 32 positions here,
+    so it grows at 100 -> 128 and again at 128 and 160 positions) alike."""
+    monkeypatch.setattr(model_module, "KV_BLOCK", 32)
     model = load_model(open_checkpoint(bundled), torch.device("cpu"), activations)
     with torch.no_grad():
-        full = forward(model, torch.tensor(TOKENS[:150]))
-        cache = new_cache()
-        parts = [forward(model, torch.tensor(TOKENS[:100]), cache)]
-        parts += [forward(model, torch.tensor([t]), cache) for t in TOKENS[100:150]]
-    torch.testing.assert_close(torch.cat(parts), full, rtol=1e-4, atol=1e-4)
+        full = forward(model, torch.tensor(TOKENS[:170]))
+        by_cache = {}
+        for capacity in (170, 0):
+            cache = new_cache(capacity)
+            parts = [forward(model, torch.tensor(TOKENS[:100]), cache)]
+            parts += [forward(model, torch.tensor([t]), cache) for t in TOKENS[100:170]]
+            assert cache.length == 170 and cache.keys[0].shape[0] == 170
+            by_cache[capacity] = torch.cat(parts)
+            held = cache.keys[-1].untyped_storage().nbytes() // (cache.keys[-1][0].numel() * 4)
+            assert held == (170 if capacity else 192)
+    torch.testing.assert_close(by_cache[170], full, rtol=1e-4, atol=1e-4)
+    assert torch.equal(by_cache[0], by_cache[170])
 
 
 @pytest.mark.reference

@@ -4,8 +4,9 @@
   from their stored form; 16-bit float experts are widened to float32); on the CPU, with the
   native kernels built, the other matrices too where their type is one the kernels take
   (STORED_DENSE_FORMATS); every other tensor float32;
-- KV cache: float32 keys and values for every layer over the whole context (the sliding-window
-  layers keep every position too: their mask, not their cache, limits what they see);
+- KV cache: float32 keys and values for every layer over the whole context, reserved up front
+  (generate's context: the prompt and max_tokens); the sliding-window layers keep every
+  position too: their mask, not their cache, limits what they see;
 - activations of the prompt's forward pass, PREFILL_TOKENS at a time: per layer the attention
   scores [heads, PREFILL_TOKENS, context] exist about four times at once (scores, masked, with
   the sink column, softmax), and the logits of each micro-batch's tokens [PREFILL_TOKENS, vocab].

@@ -183,7 +183,7 @@ def generate(ckpt: Checkpoint, prompt: str, max_tokens: int = 64, device: str = 
     dev = runtime_device(device, activations)
     model = load_model(ckpt, dev, activations)
     stops = {tokenizer.token_to_id(t) for t in STOP_TOKENS} - {None}
-    cache = new_cache()
+    cache = new_cache(capacity=len(ids) + max_tokens)  # the context the memory plan counts
     logits = prefill(model, ids, cache)
     out = []
     for _ in range(max_tokens):

@@ -180,14 +180,53 @@ def load_model(ckpt, device: torch.device, activations: str = "float32") -> Mode
 
 # ------------------------------------------------------------------------------ forward
 
-@dataclass
+KV_BLOCK = 256  # positions a cache without a reserved capacity grows by
+
+
 class KVCache:
-    keys: list[torch.Tensor]
-    values: list[torch.Tensor]
+    """Every layer's keys and values ([positions, kv heads, head_dim], float32) in buffers that
+    hold `capacity` positions from the first call on (generate knows its context: the prompt
+    and the tokens it may add), so that a decode step writes one row instead of copying the
+    whole cache; a cache that runs out grows to whole blocks of KV_BLOCK positions."""
+
+    def __init__(self, capacity: int = 0):
+        self.capacity = capacity
+        self._buffers: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer: keys, values
+        self._lengths: list[int] = []
 
     @property
     def length(self) -> int:
-        return self.keys[0].shape[0] if self.keys else 0
+        return self._lengths[0] if self._lengths else 0
+
+    @property
+    def keys(self) -> list[torch.Tensor]:
+        return [keys[:n] for (keys, _), n in zip(self._buffers, self._lengths)]
+
+    @property
+    def values(self) -> list[torch.Tensor]:
+        return [values[:n] for (_, values), n in zip(self._buffers, self._lengths)]
+
+    def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Appends k and v [T, kv heads, head_dim] to `layer`'s (layers in order, from 0);
+        returns all its keys and values so far."""
+        held = self._lengths[layer] if layer < len(self._lengths) else 0
+        needed = held + k.shape[0]
+        if layer == len(self._buffers):
+            self._buffers.append(self._reserve(k, needed))
+            self._lengths.append(0)
+        elif needed > self._buffers[layer][0].shape[0]:
+            grown = self._reserve(k, needed)
+            for new, old in zip(grown, self._buffers[layer]):
+                new[:held] = old[:held]
+            self._buffers[layer] = grown
+        keys, values = self._buffers[layer]
+        keys[held:needed], values[held:needed] = k, v
+        self._lengths[layer] = needed
+        return keys[:needed], values[:needed]
+
+    def _reserve(self, like: torch.Tensor, needed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        size = self.capacity if needed <= self.capacity else -(-needed // KV_BLOCK) * KV_BLOCK
+        return tuple(torch.empty((size, *like.shape[1:]), dtype=like.dtype, device=like.device) for _ in range(2))
 
 
 @dataclass
@@ -237,13 +276,7 @@ def attention(w: AttentionWeights, x: torch.Tensor, cfg: GptOssConfig, layer: in
     h = rms_norm(x, w.norm, cfg.rms_norm_eps)
     q, k, v = project_qkv(w, h, cfg, step)
     if cache is not None:
-        if len(cache.keys) > layer:
-            k = torch.cat([cache.keys[layer], k])
-            v = torch.cat([cache.values[layer], v])
-            cache.keys[layer], cache.values[layer] = k, v
-        else:
-            cache.keys.append(k)
-            cache.values.append(v)
+        k, v = cache.extend(layer, k, v)
     hidden = step.hidden_in_window if layer % 2 == 0 else step.hidden  # even layers slide
     # GQA without copying keys and values per query head: query head h = g * group + j reads
     # KV head g, so the queries are grouped by KV head ([T, nkv, group, hd]) instead
@@ -301,5 +334,6 @@ def streamed_logits(ckpt, windows: list[torch.Tensor], device: torch.device, bac
     return [linear(rms_norm(x, final_norm, cfg.rms_norm_eps), lm_head) for x in xs]
 
 
-def new_cache() -> KVCache:
-    return KVCache([], [])
+def new_cache(capacity: int = 0) -> KVCache:
+    """An empty cache; `capacity`: the positions to reserve room for (0: grow as needed)."""
+    return KVCache(capacity)
