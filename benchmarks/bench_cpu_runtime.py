@@ -61,7 +61,7 @@ path, steps, activations = sys.argv[1], int(sys.argv[3]), sys.argv[4]
 prompt = [(i * 37 + 11) % 350 for i in range(32)]
 with torch.inference_mode():  # as `generate` runs
     model = load_model(open_checkpoint(path), torch.device("cpu"), activations)
-    cache = new_cache()
+    cache = new_cache(capacity=512)  # llama.cpp's n_ctx
     logits = prefill(model, prompt, cache)
     start = time.perf_counter()
     for _ in range(steps):
