@@ -277,7 +277,10 @@ def attention(w: AttentionWeights, x: torch.Tensor, cfg: GptOssConfig, layer: in
     q, k, v = project_qkv(w, h, cfg, step)
     if cache is not None:
         k, v = cache.extend(layer, k, v)
-    hidden = step.hidden_in_window if layer % 2 == 0 else step.hidden  # even layers slide
+    sliding = layer % 2 == 0  # even layers slide
+    if T == 1:
+        return linear(newest_position_attention(q, k, v, w.sinks, cfg, sliding), w.o_w, w.o_b)
+    hidden = step.hidden_in_window if sliding else step.hidden
     # GQA without copying keys and values per query head: query head h = g * group + j reads
     # KV head g, so the queries are grouped by KV head ([T, nkv, group, hd]) instead
     q = q.view(T, nkv, nh // nkv, hd)
@@ -289,6 +292,20 @@ def attention(w: AttentionWeights, x: torch.Tensor, cfg: GptOssConfig, layer: in
     probs = probs.view(nkv, nh // nkv, T, -1)
     out = torch.einsum("gjqk,kgd->qgjd", probs, v).reshape(T, nh * hd)
     return linear(out, w.o_w, w.o_b)
+
+
+def newest_position_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sinks: torch.Tensor,
+                              cfg: GptOssConfig, sliding: bool) -> torch.Tensor:
+    """One query [1, heads, hd], the newest position (a decode step), over its keys and values
+    [S, kv heads, hd]: it sees all of them, or in a sliding-window layer the last sliding_window,
+    so those are taken instead of masking the rest. [1, heads * hd]."""
+    nh, nkv, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    if sliding:
+        k, v = k[-cfg.sliding_window:], v[-cfg.sliding_window:]
+    scores = torch.matmul(q.view(nkv, nh // nkv, hd), k.permute(1, 2, 0)).view(nh, -1) / math.sqrt(hd)
+    logits = torch.cat([scores, sinks.float()[:, None]], dim=-1)
+    probs = torch.softmax(logits - logits.amax(dim=-1, keepdim=True), dim=-1)[:, :-1]
+    return torch.matmul(probs.view(nkv, nh // nkv, -1), v.transpose(0, 1)).reshape(1, nh * hd)
 
 
 def block_forward(attn: AttentionWeights, moe: MoELayer, x: torch.Tensor, cfg: GptOssConfig, layer: int,
