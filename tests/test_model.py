@@ -85,8 +85,8 @@ def test_the_configs_swiglu_settings_reach_the_runtime(checkpoints, tmp_path, fi
 @pytest.mark.parametrize("activations", ["float32", "q8"])
 def test_kv_cache_gives_the_same_logits(bundled, activations, monkeypatch):
     """A prompt, then one token at a time: the logits of one forward call over all of them, from a
-    cache reserved for the whole context and from one that grows (blocks of 32 positions here,
-    so it grows at 100 -> 128 and again at 128 and 160 positions) alike."""
+    cache reserved for the whole context and from one that grows (blocks of 32 positions here:
+    128 positions for the first 100, then 160 and 192) alike."""
     monkeypatch.setattr(model_module, "KV_BLOCK", 32)
     model = load_model(open_checkpoint(bundled), torch.device("cpu"), activations)
     with torch.no_grad():
