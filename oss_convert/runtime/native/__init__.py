@@ -200,8 +200,6 @@ def matrices(stored: list, activations: str) -> Matrices:
                     stored)
 
 
-
-
 def moe_gate_up(lib: ctypes.CDLL, first: Matrices, parts: int, x: torch.Tensor, b1: torch.Tensor, ids: list[int],
                 limit: float, alpha: float, halves: torch.Tensor) -> None:
     """One token's chosen experts (ids, ascending; `first`: their gate-and-up matrices, `parts`
