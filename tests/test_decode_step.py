@@ -1,6 +1,7 @@
 """A decode step (one token) on the CPU takes batched native paths: the MoE block's experts in
-two batches (runtime/moe_decode) and q, k and v in one (model.project_qkv). They must be the
-per-product paths bit for bit, for every kind of port and both activations."""
+two batches (runtime/moe_decode), which must be the per-product paths bit for bit, and the
+attention block in one call (model.native_attention_block), which must be torch's within a few
+units in the last place, for every kind of port and both activations."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from fixtures.checkpoints import PRESETS, write_checkpoint
 from oss_convert.checkpoint import open_checkpoint
 from oss_convert.cli import cli
 from oss_convert.runtime import moe_decode, native
-from oss_convert.runtime.model import apply_rope, linear, load_model, project_qkv, step_inputs, yarn_frequencies
+from oss_convert.runtime.model import (KVCache, attention, load_model, native_attention_block, native_attention_takes,
+                                      step_inputs, yarn_frequencies)
+from oss_convert.runtime.moe import rms_norm
 from oss_convert.runtime.moe_reference import expert_product, moe_reference
 from oss_convert.runtime.weights import StoredRows, load_layer
 
@@ -65,22 +68,54 @@ def test_one_tokens_moe_block_is_the_reference_bit_for_bit(ports, kind, activati
 
 
 @pytest.mark.parametrize("activations", native.ACTIVATIONS)
-@pytest.mark.parametrize("kind", ["safetensors", *PORTS])
-def test_one_tokens_q_k_and_v_are_the_per_product_ones_bit_for_bit(ports, kind, activations):
+@pytest.mark.parametrize("kind", ["safetensors", "lossless", "q8_0"])  # (the tiny Q4_K_M's o is Q5_K: torch's path)
+def test_one_tokens_attention_block_is_torchs(ports, kind, activations):
+    """x + attention(x), the MoE block's RMSNorm of it and the new position's k and v in the
+    cache, from the native call and from torch, at the first position, a few in, and past the
+    sliding window (even layers see only its last positions)."""
     ckpt = open_checkpoint(ports[kind])
     cfg = ckpt.require_config()
     model = load_model(ckpt, torch.device("cpu"), activations)
     inv_freq, scale = yarn_frequencies(cfg)
     gen = torch.Generator().manual_seed(8)
-    for position in (0, 5, 300):
+    for position in (0, 5, cfg.sliding_window + 20):
         step = step_inputs(cfg, inv_freq, scale, torch.tensor([position]), position + 1)
-        for w in model.attention:
-            h = torch.randn(1, cfg.hidden_size, generator=gen)
-            q, k, v = project_qkv(w, h, cfg, step)
-            rope = lambda t: apply_rope(t, step.cos, step.sin)  # noqa: E731
-            assert same_bits(q, rope(linear(h, w.q_w, w.q_b).view(1, cfg.num_heads, cfg.head_dim)))
-            assert same_bits(k, rope(linear(h, w.k_w, w.k_b).view(1, cfg.num_kv_heads, cfg.head_dim)))
-            assert same_bits(v, linear(h, w.v_w, w.v_b).view(1, cfg.num_kv_heads, cfg.head_dim))
+        caches = {way: KVCache() for way in ("native", "torch")}
+        for n, (w, moe) in enumerate(zip(model.attention, model.moe)):
+            assert native_attention_takes(w, torch.zeros(1, cfg.hidden_size), caches["native"])
+            earlier = torch.randn(position, cfg.num_kv_heads, cfg.head_dim, generator=gen)
+            for cache in caches.values():
+                cache.extend(n, earlier, 2 * earlier)
+            x = 3 * torch.randn(1, cfg.hidden_size, generator=gen)
+            got_x, got_h = native_attention_block(w, moe.norm_w, x, cfg, n, step, caches["native"])
+            want_x = x + attention(w, x, cfg, n, step, caches["torch"])
+            want_h = rms_norm(want_x, moe.norm_w, cfg.rms_norm_eps)
+            for got, want in ((got_x, want_x), (got_h, want_h), (caches["native"].keys[n], caches["torch"].keys[n]),
+                              (caches["native"].values[n], caches["torch"].values[n])):
+                assert got.shape == want.shape
+                torch.testing.assert_close(got, want, rtol=2e-5, atol=2e-5 * float(want.abs().max()))
+            assert torch.equal(caches["native"].keys[n][:position], earlier)
+
+
+def test_the_attention_block_is_torchs_once_the_window_slides(bundled):
+    """Past the window, a sliding layer's native call must leave the oldest positions out: with
+    keys there that would dominate its softmax, its output is torch's, not theirs."""
+    ckpt = open_checkpoint(bundled)
+    cfg = ckpt.require_config()
+    model = load_model(ckpt, torch.device("cpu"))
+    inv_freq, scale = yarn_frequencies(cfg)
+    position = cfg.sliding_window + 3
+    step = step_inputs(cfg, inv_freq, scale, torch.tensor([position]), position + 1)
+    gen = torch.Generator().manual_seed(9)
+    w, moe, x = model.attention[0], model.moe[0], torch.randn(1, cfg.hidden_size, generator=gen)
+    earlier = torch.randn(position, cfg.num_kv_heads, cfg.head_dim, generator=gen)
+    earlier[:3] = 1e3 * earlier[:3].sign()  # outside the window: huge scores for some query heads
+    caches = {way: KVCache() for way in ("native", "torch")}
+    for cache in caches.values():
+        cache.extend(0, earlier, earlier.clone())
+    got, _ = native_attention_block(w, moe.norm_w, x, cfg, 0, step, caches["native"])
+    want = x + attention(w, x, cfg, 0, step, caches["torch"])
+    torch.testing.assert_close(got, want, rtol=2e-5, atol=2e-5 * float(want.abs().max()))
 
 
 def test_one_tokens_experts_the_kernels_cannot_take_raise():
@@ -94,9 +129,21 @@ def test_one_tokens_experts_the_kernels_cannot_take_raise():
             native.moe_gate_up(native.library(), good, 1, torch.ones(1, 64), b1, ids, 7.0, 1.702, torch.empty(3, 1, 8))
 
 
-def test_one_tokens_q_k_and_v_refuse_biases_of_other_sizes():
-    rows = StoredRows("BF16", np.zeros((8, 64), dtype=np.uint16))
-    qkv = native.matrices([rows, rows, rows], "float32")
-    with pytest.raises(ValueError, match="qkv_one_token"):
-        native.qkv_one_token(native.library(), qkv, (8, 8, 8), torch.ones(1, 64), [torch.zeros(8)] * 2 + [torch.zeros(7)],
-                             4, 4, torch.ones(1, 4), torch.zeros(1, 4), torch.empty(1, 24))
+def test_one_tokens_attention_refuses_what_does_not_fit_the_layer():
+    rows = StoredRows("BF16", np.zeros((128, 64), dtype=np.uint16))
+    kv_rows, o_rows = StoredRows("BF16", np.zeros((64, 64), dtype=np.uint16)), StoredRows("BF16", np.zeros((64, 128), dtype=np.uint16))
+    vectors = dict(norm=torch.ones(64), sinks=torch.zeros(2), next_norm=torch.ones(64))
+    biases = [torch.zeros(128), torch.zeros(64), torch.zeros(64), torch.zeros(64)]
+    layer = native.attention_layer([rows, kv_rows, kv_rows, o_rows], "float32", biases, heads=2, kv_heads=1,
+                                   head_dim=64, window=0, eps=1e-5, **vectors)
+    with pytest.raises(ValueError, match="attention_layer"):  # a bias of another size
+        native.attention_layer([rows, kv_rows, kv_rows, o_rows], "float32", biases[:3] + [torch.zeros(63)], heads=2,
+                               kv_heads=1, head_dim=64, window=0, eps=1e-5, **vectors)
+    with pytest.raises(ValueError, match="attention_layer"):  # o with the rows of another size
+        native.attention_layer([rows, kv_rows, kv_rows, rows], "float32", biases, heads=2, kv_heads=1, head_dim=64,
+                               window=0, eps=1e-5, **vectors)
+    keys = torch.zeros(4, 1, 64)
+    args = (torch.ones(1, 64), torch.ones(1, 64), torch.zeros(1, 64))
+    with pytest.raises(ValueError, match="attention_one_token"):  # no room at the position
+        native.attention_one_token(native.library(), layer, *args, keys, keys.clone(), 4, torch.empty(1, 64))
+    native.attention_one_token(native.library(), layer, *args, keys, keys.clone(), 3, torch.empty(1, 64))

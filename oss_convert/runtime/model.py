@@ -94,6 +94,7 @@ class AttentionWeights:
     o_w: Matrix
     o_b: torch.Tensor
     sinks: torch.Tensor
+    native: native.AttentionLayer | None = field(default=None, repr=False, compare=False)  # made at the first step
 
 
 @dataclass
@@ -209,20 +210,30 @@ class KVCache:
     def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Appends k and v [T, kv heads, head_dim] to `layer`'s (layers in order, from 0);
         returns all its keys and values so far."""
-        held = self._lengths[layer] if layer < len(self._lengths) else 0
+        keys, values, held = self.room(layer, k)
         needed = held + k.shape[0]
+        keys[held:needed], values[held:needed] = k, v
+        self.filled(layer, needed)
+        return keys[:needed], values[:needed]
+
+    def room(self, layer: int, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """`layer`'s key and value buffers with room for as many more positions as `rows` [T, kv
+        heads, head_dim] holds (their shape, dtype and device), and the positions they hold."""
+        held = self._lengths[layer] if layer < len(self._lengths) else 0
+        needed = held + rows.shape[0]
         if layer == len(self._buffers):
-            self._buffers.append(self._reserve(k, needed))
+            self._buffers.append(self._reserve(rows, needed))
             self._lengths.append(0)
         elif needed > self._buffers[layer][0].shape[0]:
-            grown = self._reserve(k, needed)
+            grown = self._reserve(rows, needed)
             for new, old in zip(grown, self._buffers[layer]):
                 new[:held] = old[:held]
             self._buffers[layer] = grown
-        keys, values = self._buffers[layer]
-        keys[held:needed], values[held:needed] = k, v
-        self._lengths[layer] = needed
-        return keys[:needed], values[:needed]
+        return *self._buffers[layer], held
+
+    def filled(self, layer: int, length: int) -> None:
+        """`layer`'s buffers now hold `length` positions."""
+        self._lengths[layer] = length
 
     def _reserve(self, like: torch.Tensor, needed: int) -> tuple[torch.Tensor, torch.Tensor]:
         size = self.capacity if needed <= self.capacity else -(-needed // KV_BLOCK) * KV_BLOCK
@@ -250,23 +261,12 @@ def step_inputs(cfg: GptOssConfig, inv_freq: torch.Tensor, rope_scale: float, po
 
 
 def project_qkv(w: AttentionWeights, h: torch.Tensor, cfg: GptOssConfig, step: StepInputs):
-    """q [T, heads, hd] and k [T, kv heads, hd] (rotated) and v [T, kv heads, hd] of h. At one token
-    with the weights stored on the CPU (a decode step), one native call does the three products as
-    one batch into one buffer, the bias adds and the rotation: the same elementwise operations on
-    the same values as torch's, so the same floats, without a dozen small torch calls."""
+    """q [T, heads, hd] and k [T, kv heads, hd] (rotated) and v [T, kv heads, hd] of h."""
     T, hd, nh, nkv = h.shape[0], cfg.head_dim, cfg.num_heads, cfg.num_kv_heads
-    weights = (w.q_w, w.k_w, w.v_w)
-    if T != 1 or not all(isinstance(m, StoredMatrix) for m in weights):
-        q = linear(h, w.q_w, w.q_b).view(T, nh, hd)
-        k = linear(h, w.k_w, w.k_b).view(T, nkv, hd)
-        v = linear(h, w.v_w, w.v_b).view(T, nkv, hd)
-        return apply_rope(q, step.cos, step.sin), apply_rope(k, step.cos, step.sin), v
-    out = torch.empty(1, (nh + 2 * nkv) * hd)
-    native.qkv_one_token(native.library(), native.matrices([m.stored_rows for m in weights], w.q_w.activations),
-                         (nh * hd, nkv * hd, nkv * hd), h.float().contiguous(), [w.q_b, w.k_b, w.v_b], hd, nh + nkv,
-                         step.cos, step.sin, out)
-    qk = out[:, :(nh + nkv) * hd].view(1, nh + nkv, hd)
-    return qk[:, :nh], qk[:, nh:], out[:, (nh + nkv) * hd:].view(1, nkv, hd)
+    q = linear(h, w.q_w, w.q_b).view(T, nh, hd)
+    k = linear(h, w.k_w, w.k_b).view(T, nkv, hd)
+    v = linear(h, w.v_w, w.v_b).view(T, nkv, hd)
+    return apply_rope(q, step.cos, step.sin), apply_rope(k, step.cos, step.sin), v
 
 
 def attention(w: AttentionWeights, x: torch.Tensor, cfg: GptOssConfig, layer: int, step: StepInputs,
@@ -308,10 +308,42 @@ def newest_position_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return torch.matmul(probs.view(nkv, nh // nkv, -1), v.transpose(0, 1)).reshape(1, nh * hd)
 
 
+def native_attention_takes(w: AttentionWeights, x: torch.Tensor, cache: KVCache | None) -> bool:
+    """Whether a decode step's attention block runs in one native call: one token on the CPU,
+    a cache to keep its keys in, and the four matrices in their stored form."""
+    return (x.shape[0] == 1 and cache is not None and x.device.type == "cpu"
+            and all(isinstance(m, StoredMatrix) for m in (w.q_w, w.k_w, w.v_w, w.o_w)))
+
+
+def native_attention_block(w: AttentionWeights, next_norm: torch.Tensor, x: torch.Tensor, cfg: GptOssConfig,
+                           layer: int, step: StepInputs, cache: KVCache) -> tuple[torch.Tensor, torch.Tensor]:
+    """x + attention(x) and the MoE block's RMSNorm of it, of one token (native_attention_takes),
+    in one native call: RMSNorm, q/k/v, rotation, the new k and v into the cache, the attention
+    and o in C. Within a few units in the last place of `attention`'s (the norm and the softmax
+    are summed in another order), not bit for bit."""
+    if w.native is None:
+        window = cfg.sliding_window if layer % 2 == 0 else 0  # even layers slide
+        w.native = native.attention_layer([m.stored_rows for m in (w.q_w, w.k_w, w.v_w, w.o_w)], w.q_w.activations,
+                                          [b.float().contiguous() for b in (w.q_b, w.k_b, w.v_b, w.o_b)],
+                                          w.norm.float().contiguous(), w.sinks.float().contiguous(),
+                                          next_norm.float().contiguous(), cfg.num_heads, cfg.num_kv_heads,
+                                          cfg.head_dim, window, cfg.rms_norm_eps)
+    x = x.float().clone(memory_format=torch.contiguous_format)
+    keys, values, held = cache.room(layer, x.new_empty(1, cfg.num_kv_heads, cfg.head_dim))
+    h = torch.empty_like(x)
+    native.attention_one_token(native.library(), w.native, x, step.cos, step.sin, keys, values, held, h)
+    cache.filled(layer, held + 1)
+    return x, h
+
+
 def block_forward(attn: AttentionWeights, moe: MoELayer, x: torch.Tensor, cfg: GptOssConfig, layer: int,
                   step: StepInputs, cache: KVCache | None, backend: str) -> torch.Tensor:
-    x = x + attention(attn, x, cfg, layer, step, cache)
-    return x + moe_forward(moe, rms_norm(x, moe.norm_w, cfg.rms_norm_eps), backend)
+    if native_attention_takes(attn, x, cache):
+        x, h = native_attention_block(attn, moe.norm_w, x, cfg, layer, step, cache)
+    else:
+        x = x + attention(attn, x, cfg, layer, step, cache)
+        h = rms_norm(x, moe.norm_w, cfg.rms_norm_eps)
+    return x + moe_forward(moe, h, backend)
 
 
 def forward(model: Model, tokens: torch.Tensor, cache: KVCache | None = None, backend: str = "auto") -> torch.Tensor:

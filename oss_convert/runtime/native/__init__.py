@@ -34,6 +34,17 @@ def build(extra_flags: tuple[str, ...] = ()) -> Path | None:
     return cbuild.compiled(SOURCE, extra_flags, openmp=True)
 
 
+class AttentionLayer(ctypes.Structure):
+    """One layer's attention as oss_attention_one_token takes it (packed_matmul.c's
+    oss_attention_layer), made once per layer: sizes, the four matrices (q, k, v, o) and the
+    float32 vectors. `held` keeps what the pointers point into alive."""
+    _fields_ = [("hidden", ctypes.c_int64), ("heads", ctypes.c_int64), ("kv_heads", ctypes.c_int64),
+                ("head_dim", ctypes.c_int64), ("window", ctypes.c_int64), ("eps", ctypes.c_float),
+                ("norm", ctypes.c_void_p), ("formats", ctypes.c_int * 4), ("ws", ctypes.c_void_p * 4),
+                ("q8", ctypes.c_int * 4), ("biases", ctypes.c_void_p * 4), ("sinks", ctypes.c_void_p),
+                ("next_norm", ctypes.c_void_p)]
+
+
 def load(path: Path) -> ctypes.CDLL:
     # Our OpenMP runtime must not spin between calls: its idle threads would take the cores from
     # torch's GEMM, which runs next (torch has its own copy, already set up). Passive waiting, for
@@ -67,11 +78,10 @@ def load(path: Path) -> ctypes.CDLL:
                                  ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                                  ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_float),
                                  ctypes.c_void_p, ctypes.c_int]
-    lib.oss_qkv_one_token.restype = ctypes.c_int
-    lib.oss_qkv_one_token.argtypes = [ctypes.POINTER(ctypes.c_int), pointers, ctypes.POINTER(ctypes.c_int64),
-                                      ctypes.c_int64, ctypes.c_void_p, ctypes.POINTER(ctypes.c_int), pointers,
-                                      ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-                                      ctypes.c_int]
+    lib.oss_attention_one_token.restype = ctypes.c_int
+    lib.oss_attention_one_token.argtypes = [ctypes.POINTER(AttentionLayer), ctypes.c_void_p, ctypes.c_void_p,
+                                            ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                                            ctypes.c_void_p, ctypes.c_int]
     lib.oss_expand.restype = None
     lib.oss_expand.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
                                ctypes.c_void_p, ctypes.c_int]
@@ -231,20 +241,46 @@ def moe_down(lib: ctypes.CDLL, second: Matrices, halves: torch.Tensor, b2: torch
            "moe_down")
 
 
-def qkv_one_token(lib: ctypes.CDLL, qkv: Matrices, rows: tuple[int, int, int], x: torch.Tensor,
-                  biases: list[torch.Tensor], head_dim: int, rotated: int, cos: torch.Tensor, sin: torch.Tensor,
-                  out: torch.Tensor) -> None:
-    """One token x [1, K] times the three matrices of `qkv` (q, k and v, `rows` each) plus their
-    biases, into out [1, sum(rows)], the first `rotated` heads of head_dim values (q's and
-    k's) then rotated by cos and sin [1, head_dim] as model.apply_rope does: the same floats."""
-    tensors = [x, *biases, cos, sin, out]
-    if any(t.dtype != torch.float32 or not t.is_contiguous() for t in tensors) or out.shape[1] != sum(rows) \
-            or [b.numel() for b in biases] != list(rows) or cos.numel() != head_dim or sin.numel() != head_dim:
-        raise ValueError("qkv_one_token: float32 contiguous tensors of the products' sizes")
-    _check(lib.oss_qkv_one_token(qkv.formats, qkv.data, (ctypes.c_int64 * 3)(*rows), x.shape[1], x.data_ptr(), qkv.q8,
-                                 (ctypes.c_void_p * 3)(*(b.data_ptr() for b in biases)), head_dim, rotated,
-                                 cos.data_ptr(), sin.data_ptr(), out.data_ptr(), torch.get_num_threads()),
-           "qkv_one_token")
+def attention_layer(stored: list, activations: str, biases: list[torch.Tensor], norm: torch.Tensor,
+                    sinks: torch.Tensor, next_norm: torch.Tensor, heads: int, kv_heads: int, head_dim: int,
+                    window: int, eps: float) -> AttentionLayer:
+    """`stored`: the StoredRows of q, k, v and o; `biases` theirs; `norm` the attention's RMSNorm
+    weight, `next_norm` the MoE block's; `window`: the positions a query sees (0: all)."""
+    hidden = norm.numel()
+    rows = (heads * head_dim, kv_heads * head_dim, kv_heads * head_dim, hidden)
+    vectors = [*biases, norm, sinks, next_norm]
+    if any(t.dtype != torch.float32 or not t.is_contiguous() or t.device.type != "cpu" for t in vectors) \
+            or [b.numel() for b in biases] != list(rows) or sinks.numel() != heads or next_norm.numel() != hidden \
+            or len(stored) != 4 or any(p.scales is not None for p in stored) \
+            or [(p.data.shape[0], p.data.nbytes // max(1, p.data.shape[0])) for p in stored] \
+            != [(n, row_bytes(library(), p.format, k)) for p, n, k in zip(stored, rows, (hidden,) * 3 + (rows[0],))]:
+        raise ValueError("attention_layer: float32 contiguous vectors of the layer's sizes, four matrices without "
+                         "separate scales")
+    m = matrices(stored, activations)
+    layer = AttentionLayer(hidden, heads, kv_heads, head_dim, window, eps, norm.data_ptr(), m.formats, m.data, m.q8,
+                           (ctypes.c_void_p * 4)(*(b.data_ptr() for b in biases)), sinks.data_ptr(),
+                           next_norm.data_ptr())
+    layer.held = (m, vectors)
+    return layer
+
+
+def attention_one_token(lib: ctypes.CDLL, layer: AttentionLayer, x: torch.Tensor, cos: torch.Tensor,
+                        sin: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, position: int,
+                        next_h: torch.Tensor) -> None:
+    """One token's attention block: x [1, hidden] += o(attention(rms_norm(x))) + o's bias, in place;
+    its k and v written at `position` of keys and values [capacity, kv heads, head_dim], which
+    hold the earlier positions'; next_h [1, hidden] = the MoE block's RMSNorm of the new x. cos and
+    sin [1, head_dim]: the position's rotation."""
+    kv = layer.kv_heads * layer.head_dim
+    tensors = [x, cos, sin, keys, values, next_h]
+    if any(t.dtype != torch.float32 or not t.is_contiguous() for t in tensors) or x.numel() != layer.hidden \
+            or next_h.numel() != layer.hidden or cos.numel() != layer.head_dim or sin.numel() != layer.head_dim \
+            or keys.shape != values.shape or keys[0].numel() != kv or not 0 <= position < keys.shape[0]:
+        raise ValueError("attention_one_token: float32 contiguous tensors of the layer's sizes, room at the position")
+    _check(lib.oss_attention_one_token(ctypes.byref(layer), x.data_ptr(), cos.data_ptr(), sin.data_ptr(),
+                                       keys.data_ptr(), values.data_ptr(), position, next_h.data_ptr(),
+                                       torch.get_num_threads()),
+           "attention_one_token")
 
 
 def expand(lib: ctypes.CDLL, format: str, data, scales, shape: tuple[int, int], out: torch.Tensor | None = None) -> torch.Tensor:

@@ -1306,3 +1306,112 @@ int oss_qkv_one_token(const int *formats, const uint8_t *const *ws, const int64_
     free(kept);
     return 0;
 }
+
+/* ------------------------------------------------------------------------------------------------
+ * One token's attention block (a decode step) in one call, for the layer described once in an
+ * oss_attention_layer: x += o(attention(rms_norm(x))) + o's bias, the new position's k and v
+ * written into the caller's cache, and the MoE block's normalized input computed from the new x.
+ * The products and the rotation are oss_qkv_one_token's and oss_matmul_batch's (the same floats
+ * as the per-product paths); the norm and the softmax are this file's own, in float, summed in
+ * another order than torch's: within a few units in the last place of model.attention's.
+ * ------------------------------------------------------------------------------------------------ */
+
+typedef struct {
+    int64_t hidden, heads, kv_heads, head_dim;
+    int64_t window;  /* positions a query sees, its own included (sliding layers); 0: all */
+    float eps;
+    const float *norm;            /* [hidden]: the attention's RMSNorm weight */
+    int formats[4];               /* q, k, v, o */
+    const uint8_t *ws[4];
+    int q8[4];
+    const float *biases[4];
+    const float *sinks;           /* [heads] */
+    const float *next_norm;       /* [hidden]: the MoE block's RMSNorm weight */
+} oss_attention_layer;
+
+/* y = (x * r) * w, r = 1 / sqrt(mean(x^2) + eps), as model.rms_norm; the squares summed in double */
+static void rms_norm_one(const float *x, const float *w, int64_t n, float eps, float *y) {
+    double squares = 0;
+    for (int64_t i = 0; i < n; i++) squares += (double)x[i] * (double)x[i];
+    float r = 1.f / sqrtf((float)(squares / (double)n) + eps);
+    for (int64_t i = 0; i < n; i++) y[i] = x[i] * r * w[i];
+}
+
+static float dot(const float *a, const float *b, int64_t n) {
+    float lanes[LANES] = {0};
+    int64_t whole = n / LANES * LANES;
+    for (int64_t i = 0; i < whole; i += LANES)
+        for (int j = 0; j < LANES; j++) lanes[j] += a[i + j] * b[i + j];
+    for (int64_t i = whole; i < n; i++) lanes[i - whole] += a[i] * b[i];
+    return add_lanes(lanes);
+}
+
+/* one query head q [head_dim] over `count` keys and values (`stride` floats apart), with the
+ * head's sink logit in the softmax's denominator: out [head_dim]; p: room for `count` floats */
+static void one_query_head(const float *q, const float *keys, const float *values, int64_t count, int64_t stride,
+                           int64_t head_dim, float sink, float *p, float *out) {
+    float top = sink, scale = sqrtf((float)head_dim);
+    for (int64_t s = 0; s < count; s++) {
+        p[s] = dot(q, keys + s * stride, head_dim) / scale;
+        if (p[s] > top) top = p[s];
+    }
+    float total = 0.f;
+    for (int64_t s = 0; s < count; s++) {
+        p[s] = expf(p[s] - top);
+        total += p[s];
+    }
+    total += expf(sink - top);
+    for (int64_t d = 0; d < head_dim; d++) out[d] = 0.f;
+    for (int64_t s = 0; s < count; s++) {
+        float share = p[s] / total;
+        const float *v = values + s * stride;
+        for (int64_t d = 0; d < head_dim; d++) out[d] += share * v[d];
+    }
+}
+
+/* x [hidden] is updated in place; keys and values [>= position + 1, kv_heads, head_dim] hold the
+ * earlier positions' and get this one's; cos and sin [head_dim] are its rotation; next_h [hidden]
+ * gets rms_norm(new x, next_norm). Returns 0, -1 for a layer the kernels cannot take, -2 when out
+ * of memory. */
+int oss_attention_one_token(const oss_attention_layer *layer, float *x, const float *cos, const float *sin,
+                            float *keys, float *values, int64_t position, float *next_h, int threads) {
+    int64_t hidden = layer->hidden, heads = layer->heads, hd = layer->head_dim, kv = layer->kv_heads * hd;
+    int64_t group = layer->kv_heads > 0 ? heads / layer->kv_heads : 0;
+    if (group <= 0 || group * layer->kv_heads != heads || position < 0) return -1;
+    int64_t first = layer->window > 0 && position + 1 > layer->window ? position + 1 - layer->window : 0;
+    int64_t count = position + 1 - first, ns[3] = {heads * hd, kv, kv}, attended = heads * hd;
+    float *h = malloc(sizeof(float) * (size_t)hidden), *qkv = malloc(sizeof(float) * (size_t)(heads * hd + 2 * kv));
+    float *mixed = malloc(sizeof(float) * (size_t)(heads * hd)), *o = malloc(sizeof(float) * (size_t)hidden);
+    float *p = malloc(sizeof(float) * (size_t)(heads * count));
+    int status = h == NULL || qkv == NULL || mixed == NULL || o == NULL || p == NULL ? -2 : 0;
+    if (status == 0) {
+        rms_norm_one(x, layer->norm, hidden, layer->eps, h);
+        status = oss_qkv_one_token(layer->formats, layer->ws, ns, hidden, h, layer->q8, layer->biases, hd,
+                                   heads + layer->kv_heads, cos, sin, qkv, threads);
+    }
+    if (status == 0) {
+        memcpy(keys + position * kv, qkv + heads * hd, sizeof(float) * (size_t)kv);
+        memcpy(values + position * kv, qkv + heads * hd + kv, sizeof(float) * (size_t)kv);
+#pragma omp parallel for num_threads(threads > 0 ? threads : 1)
+        for (int64_t head = 0; head < heads; head++) {
+            int64_t at = first * kv + head / group * hd;
+            one_query_head(qkv + head * hd, keys + at, values + at, count, kv, hd, layer->sinks[head],
+                           p + head * count, mixed + head * hd);
+        }
+        const uint8_t *no_scales[1] = {NULL};
+        const float *xs[1] = {mixed};
+        float *ys[1] = {o};
+        status = oss_matmul_batch(1, layer->formats + 3, layer->ws + 3, no_scales, &hidden, &attended, xs, ys,
+                                  layer->q8 + 3, 1, threads);
+    }
+    if (status == 0) {
+        for (int64_t j = 0; j < hidden; j++) x[j] = x[j] + (o[j] + layer->biases[3][j]);
+        rms_norm_one(x, layer->next_norm, hidden, layer->eps, next_h);
+    }
+    free(h);
+    free(qkv);
+    free(mixed);
+    free(o);
+    free(p);
+    return status;
+}
