@@ -45,6 +45,19 @@ class AttentionLayer(ctypes.Structure):
                 ("next_norm", ctypes.c_void_p)]
 
 
+class MoeLayer(ctypes.Structure):
+    """One layer's MoE block as oss_moe_route and oss_moe_experts take it (packed_matmul.c's
+    oss_moe_layer): sizes, the router, the biases, and per expert its matrices, NULL until
+    `MoeOneToken.add` puts them in at the expert's first use."""
+    _fields_ = [("experts", ctypes.c_int64), ("top_k", ctypes.c_int64), ("hidden", ctypes.c_int64),
+                ("inter", ctypes.c_int64), ("parts", ctypes.c_int), ("limit", ctypes.c_float),
+                ("alpha", ctypes.c_float), ("router_w", ctypes.c_void_p), ("router_b", ctypes.c_void_p),
+                ("b1", ctypes.c_void_p), ("b2", ctypes.c_void_p),
+                ("first_formats", ctypes.c_void_p), ("first_ws", ctypes.c_void_p), ("first_scales", ctypes.c_void_p),
+                ("first_q8", ctypes.c_void_p), ("second_formats", ctypes.c_void_p), ("second_ws", ctypes.c_void_p),
+                ("second_scales", ctypes.c_void_p), ("second_q8", ctypes.c_void_p)]
+
+
 def load(path: Path) -> ctypes.CDLL:
     # Our OpenMP runtime must not spin between calls: its idle threads would take the cores from
     # torch's GEMM, which runs next (torch has its own copy, already set up). Passive waiting, for
@@ -68,20 +81,15 @@ def load(path: Path) -> ctypes.CDLL:
     lib.oss_matmul_batch.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_int), pointers, pointers,
                                      ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_int64), pointers, pointers,
                                      ctypes.POINTER(ctypes.c_int), ctypes.c_int64, ctypes.c_int]
-    lib.oss_moe_gate_up.restype = ctypes.c_int
-    lib.oss_moe_gate_up.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_int), pointers, pointers,
-                                    ctypes.POINTER(ctypes.c_int), ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
-                                    ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64), ctypes.c_float, ctypes.c_float,
-                                    ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
-    lib.oss_moe_down.restype = ctypes.c_int
-    lib.oss_moe_down.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_int), pointers, pointers, ctypes.POINTER(ctypes.c_int),
-                                 ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-                                 ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_float),
-                                 ctypes.c_void_p, ctypes.c_int]
     lib.oss_attention_one_token.restype = ctypes.c_int
     lib.oss_attention_one_token.argtypes = [ctypes.POINTER(AttentionLayer), ctypes.c_void_p, ctypes.c_void_p,
                                             ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
                                             ctypes.c_void_p, ctypes.c_int]
+    lib.oss_moe_route.restype = ctypes.c_int
+    lib.oss_moe_route.argtypes = [ctypes.POINTER(MoeLayer), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    lib.oss_moe_experts.restype = ctypes.c_int
+    lib.oss_moe_experts.argtypes = [ctypes.POINTER(MoeLayer), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                                    ctypes.c_void_p, ctypes.c_int]
     lib.oss_expand.restype = None
     lib.oss_expand.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
                                ctypes.c_void_p, ctypes.c_int]
@@ -210,37 +218,6 @@ def matrices(stored: list, activations: str) -> Matrices:
                     stored)
 
 
-def moe_gate_up(lib: ctypes.CDLL, first: Matrices, parts: int, x: torch.Tensor, b1: torch.Tensor, ids: list[int],
-                limit: float, alpha: float, halves: torch.Tensor) -> None:
-    """One token's chosen experts (ids, ascending; `first`: their gate-and-up matrices, `parts`
-    per expert) on x [1, H]: halves [3, k, I] gets min(h_gate, limit), clamp(h_up, -limit,
-    limit) + 1 and alpha * that gate, for h = x @ W1[e].T + b1[e] (b1 [E, 2I] float32)."""
-    count, inter = halves.shape[1:]
-    if x.dtype != torch.float32 or not x.is_contiguous() or not halves.is_contiguous() or b1.dtype != torch.float32 \
-            or not b1.is_contiguous() or b1.shape[1] != 2 * inter or not 0 <= min(ids) <= max(ids) < b1.shape[0]:
-        raise ValueError("moe_gate_up: float32 contiguous x, halves and b1 with a row per expert")
-    _check(lib.oss_moe_gate_up(count, parts, first.formats, first.data, first.scales, first.q8, inter, x.shape[1],
-                               x.data_ptr(), b1.data_ptr(), (ctypes.c_int64 * count)(*ids), limit, alpha,
-                               halves[0].data_ptr(), halves[1].data_ptr(), halves[2].data_ptr(), torch.get_num_threads()),
-           "moe_gate_up")
-
-
-def moe_down(lib: ctypes.CDLL, second: Matrices, halves: torch.Tensor, b2: torch.Tensor, ids: list[int],
-             weights: list[float], out: torch.Tensor) -> None:
-    """After moe_gate_up and the sigmoid of halves[2] in place: a = gate * sigmoid * up1 (into
-    halves[0]), and out [1, H] = the sum over the experts, in order, of (a @ W2[e].T + b2[e]) *
-    their weight (b2 [E, H] float32)."""
-    count, inter = halves.shape[1:]
-    if not out.is_contiguous() or out.dtype != torch.float32 or b2.dtype != torch.float32 or not b2.is_contiguous() \
-            or b2.shape[1] != out.shape[1] or not 0 <= min(ids) <= max(ids) < b2.shape[0]:
-        raise ValueError("moe_down: float32 contiguous out and b2 with a row per expert")
-    _check(lib.oss_moe_down(count, second.formats, second.data, second.scales, second.q8, out.shape[1], inter,
-                            halves[0].data_ptr(), halves[2].data_ptr(), halves[1].data_ptr(), b2.data_ptr(),
-                            (ctypes.c_int64 * count)(*ids), (ctypes.c_float * count)(*weights), out.data_ptr(),
-                            torch.get_num_threads()),
-           "moe_down")
-
-
 def attention_layer(stored: list, activations: str, biases: list[torch.Tensor], norm: torch.Tensor,
                     sinks: torch.Tensor, next_norm: torch.Tensor, heads: int, kv_heads: int, head_dim: int,
                     window: int, eps: float) -> AttentionLayer:
@@ -281,6 +258,61 @@ def attention_one_token(lib: ctypes.CDLL, layer: AttentionLayer, x: torch.Tensor
                                        keys.data_ptr(), values.data_ptr(), position, next_h.data_ptr(),
                                        torch.get_num_threads()),
            "attention_one_token")
+
+
+class MoeOneToken:
+    """A layer's MoE block on one token in two native calls (oss_moe_route, oss_moe_experts):
+    the layer's MoeLayer, made once, with room for every expert's matrices; `add` fills an
+    expert's at its first use."""
+
+    def __init__(self, top_k: int, router_w: torch.Tensor, router_b: torch.Tensor, b1: torch.Tensor,
+                 b2: torch.Tensor, limit: float, alpha: float):
+        (experts, hidden), inter = router_w.shape, b1.shape[1] // 2
+        vectors = (router_w, router_b, b1, b2)
+        if any(t.dtype != torch.float32 or not t.is_contiguous() or t.device.type != "cpu" for t in vectors) \
+                or router_b.numel() != experts or b1.shape != (experts, 2 * inter) or b2.shape != (experts, hidden) \
+                or not 0 < top_k <= experts:
+            raise ValueError("MoeOneToken: float32 contiguous router and biases of the layer's sizes")
+        # room for two first matrices per expert (GGUF's gate and up); `parts` is set by the first `add`
+        arrays = [(t * (experts * n))() for n in (2, 1) for t in (ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int)]
+        self.layer = MoeLayer(experts, top_k, hidden, inter, 0, limit, alpha, *(t.data_ptr() for t in vectors),
+                              *map(ctypes.addressof, arrays))
+        self.held, self.known = (vectors, arrays), set()
+        self.ids, self.weights = (ctypes.c_int64 * top_k)(), (ctypes.c_float * top_k)()
+
+    def add(self, e: int, first: list, second: list, activations: str) -> None:
+        """Expert e's matrices (weights.StoredRows): its first ones (1, or GGUF's 2, as every
+        expert's), its second one."""
+        if len(first) not in (1, 2) or self.layer.parts not in (0, len(first)) or len(second) != 1 \
+                or not 0 <= e < self.layer.experts:
+            raise ValueError(f"MoeOneToken: expert {e} with {len(first)} first and {len(second)} second matrices")
+        self.layer.parts = len(first)
+        for at, rows in ((e * self.layer.parts + p, r) for p, r in enumerate(first)):
+            self._put(0, at, rows, activations)
+        self._put(4, e, second[0], activations)
+        self.known.add(e)
+        self.held += (first, second)
+
+    def _put(self, first_array: int, at: int, rows, activations: str) -> None:
+        formats, ws, scales, q8 = self.held[1][first_array:first_array + 4]
+        formats[at], (ws[at], scales[at]) = FORMATS[rows.format], rows.addresses
+        q8[at] = int(activations == "q8" and rows.format in Q8_FORMATS)
+
+    def route(self, lib: ctypes.CDLL, h: torch.Tensor) -> list[int]:
+        """The experts h [1, hidden] is routed to, in ascending order (their weights kept for `run`)."""
+        if h.dtype != torch.float32 or not h.is_contiguous() or h.numel() != self.layer.hidden:
+            raise ValueError("MoeOneToken: a float32 contiguous token of the layer's size")
+        _check(lib.oss_moe_route(ctypes.byref(self.layer), h.data_ptr(), self.ids, self.weights), "moe_route")
+        return list(self.ids)
+
+    def run(self, lib: ctypes.CDLL, h: torch.Tensor, out: torch.Tensor) -> None:
+        """out [1, hidden] = the MoE block on h, after `route` and `add` of the experts it chose."""
+        if out.dtype != torch.float32 or not out.is_contiguous() or out.numel() != self.layer.hidden \
+                or not self.known.issuperset(self.ids):
+            raise ValueError("MoeOneToken: a float32 contiguous out of the layer's size, the chosen experts added")
+        _check(lib.oss_moe_experts(ctypes.byref(self.layer), h.data_ptr(), self.ids, self.weights, out.data_ptr(),
+                                   torch.get_num_threads()),
+               "moe_experts")
 
 
 def expand(lib: ctypes.CDLL, format: str, data, scales, shape: tuple[int, int], out: torch.Tensor | None = None) -> torch.Tensor:

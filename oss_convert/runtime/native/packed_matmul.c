@@ -1184,9 +1184,8 @@ int oss_matmul_batch(int count, const int *formats, const uint8_t *const *ws, co
 /* ------------------------------------------------------------------------------------------------
  * One token's experts (a decode step's MoE block after routing), around their batched products:
  * the elementwise operations of moe_reference (mix_experts, swiglu_halves) on one token, each the
- * one correctly rounded float operation torch does, in torch's order, so the same floats. All but
- * the sigmoid, which the caller runs in torch between the two calls: torch's vector exp is not a
- * function C can repeat bit for bit.
+ * one correctly rounded float operation torch does, in torch's order. All but the sigmoid, which
+ * the caller (oss_moe_experts) runs between the two calls.
  *
  * The chosen experts come in ascending id order (mix_experts'), ids[i] for the biases' rows; the
  * products' arrays (formats, ws, scales_of, q8) hold `parts` matrices per expert: 1 (HF's rows,
@@ -1413,5 +1412,114 @@ int oss_attention_one_token(const oss_attention_layer *layer, float *x, const fl
     free(mixed);
     free(o);
     free(p);
+    return status;
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * One token's MoE block (a decode step) in two calls, for the layer described once in an
+ * oss_moe_layer: the routing (oss_moe_route), then the chosen experts (oss_moe_experts) with
+ * oss_moe_gate_up's and oss_moe_down's products and elementwise operations around a sigmoid of
+ * this file's own. Between the two the caller makes sure the chosen experts' matrices are in the
+ * layer's arrays (it fills an expert's entries at its first use, mapping its pages in). The
+ * router's products, its softmax and the sigmoid round in another order than torch's: within a
+ * few units in the last place of moe_reference's.
+ * ------------------------------------------------------------------------------------------------ */
+
+typedef struct {
+    int64_t experts, top_k, hidden, inter;
+    int parts;                      /* first matrices per expert: 1 (HF's rows, gate and up interleaved) or 2 */
+    float limit, alpha;
+    const float *router_w;          /* [experts, hidden] */
+    const float *router_b;          /* [experts] */
+    const float *b1, *b2;           /* [experts, 2 inter], [experts, hidden] */
+    const int *first_formats;       /* [experts * parts]: expert e's first matrices at e * parts */
+    const uint8_t *const *first_ws;
+    const uint8_t *const *first_scales;
+    const int *first_q8;
+    const int *second_formats;      /* [experts]: each expert's second matrix */
+    const uint8_t *const *second_ws;
+    const uint8_t *const *second_scales;
+    const int *second_q8;
+} oss_moe_layer;
+
+/* ids [top_k] <- the experts of the top_k largest router logits (the lower id first among
+ * equals), in ascending id order; weights [top_k] <- their softmax over those k */
+int oss_moe_route(const oss_moe_layer *layer, const float *h, int64_t *ids, float *weights) {
+    int64_t experts = layer->experts, k = layer->top_k;
+    if (k <= 0 || k > experts) return -1;
+    float *logits = malloc(sizeof(float) * (size_t)experts);
+    int64_t *top = malloc(sizeof(int64_t) * (size_t)k);
+    if (logits == NULL || top == NULL) {
+        free(logits);
+        free(top);
+        return -2;
+    }
+    for (int64_t e = 0; e < experts; e++)
+        logits[e] = dot(h, layer->router_w + e * layer->hidden, layer->hidden) + layer->router_b[e];
+    for (int64_t i = 0; i < k; i++) {  /* k passes: k is 4 */
+        int64_t best = -1;
+        for (int64_t e = 0; e < experts; e++) {
+            int taken = 0;
+            for (int64_t j = 0; j < i; j++) taken |= top[j] == e;
+            if (!taken && (best < 0 || logits[e] > logits[best])) best = e;
+        }
+        top[i] = best;
+    }
+    float total = 0.f;
+    for (int64_t i = 0; i < k; i++) total += (weights[i] = expf(logits[top[i]] - logits[top[0]]));
+    for (int64_t i = 0; i < k; i++) weights[i] /= total;
+    for (int64_t i = 0; i < k; i++) ids[i] = top[i];
+    for (int64_t i = 1; i < k; i++)  /* ascending ids, weights alongside */
+        for (int64_t j = i; j > 0 && ids[j - 1] > ids[j]; j--) {
+            int64_t e = ids[j];
+            float w = weights[j];
+            ids[j] = ids[j - 1], weights[j] = weights[j - 1];
+            ids[j - 1] = e, weights[j - 1] = w;
+        }
+    free(logits);
+    free(top);
+    return 0;
+}
+
+/* out [hidden] = the sum over the chosen experts (ids ascending, weights theirs) of their
+ * SwiGLU MLPs on h [hidden], as oss_moe_gate_up and oss_moe_down compute them */
+int oss_moe_experts(const oss_moe_layer *layer, const float *h, const int64_t *ids, const float *weights, float *out,
+                    int threads) {
+    int64_t k = layer->top_k, inter = layer->inter, parts = layer->parts, first_count = k * parts;
+    int *formats = malloc(sizeof(int) * (size_t)(2 * first_count + 2 * k));
+    const uint8_t **pointers = malloc(sizeof(uint8_t *) * (size_t)(2 * first_count + 2 * k));
+    float *halves = malloc(sizeof(float) * (size_t)(3 * k * inter));
+    int status = formats == NULL || pointers == NULL || halves == NULL ? -2 : 0;
+    for (int64_t i = 0; i < k && status == 0; i++) {
+        if (ids[i] < 0 || ids[i] >= layer->experts || layer->second_ws[ids[i]] == NULL) status = -1;
+        for (int64_t p = 0; p < parts && status == 0; p++) {
+            int64_t from = ids[i] * parts + p, to = i * parts + p;
+            if (layer->first_ws[from] == NULL) status = -1;
+            formats[to] = layer->first_formats[from];
+            formats[first_count + to] = layer->first_q8[from];
+            pointers[to] = layer->first_ws[from];
+            pointers[first_count + to] = layer->first_scales[from];
+        }
+        if (status == 0) {
+            formats[2 * first_count + i] = layer->second_formats[ids[i]];
+            formats[2 * first_count + k + i] = layer->second_q8[ids[i]];
+            pointers[2 * first_count + i] = layer->second_ws[ids[i]];
+            pointers[2 * first_count + k + i] = layer->second_scales[ids[i]];
+        }
+    }
+    float *gate = halves, *up1 = halves + k * inter, *sigmoid = halves + 2 * k * inter;
+    if (status == 0)
+        status = oss_moe_gate_up((int)k, (int)parts, formats, pointers, pointers + first_count, formats + first_count,
+                                 inter, layer->hidden, h, layer->b1, ids, layer->limit, layer->alpha, gate, up1, sigmoid,
+                                 threads);
+    if (status == 0) {
+        for (int64_t i = 0; i < k * inter; i++) sigmoid[i] = 1.f / (1.f + expf(-sigmoid[i]));
+        status = oss_moe_down((int)k, formats + 2 * first_count, pointers + 2 * first_count,
+                              pointers + 2 * first_count + k, formats + 2 * first_count + k, layer->hidden, inter, gate,
+                              sigmoid, up1, layer->b2, ids, weights, out, threads);
+    }
+    free(formats);
+    free(pointers);
+    free(halves);
     return status;
 }
