@@ -66,7 +66,7 @@ def test_one_tokens_moe_block_is_the_references(ports, kind, activations):
 
 
 @pytest.mark.parametrize("activations", native.ACTIVATIONS)
-@pytest.mark.parametrize("kind", ["safetensors", "lossless", "q8_0"])  # (the tiny Q4_K_M's o is Q5_K: torch's path)
+@pytest.mark.parametrize("kind", ["safetensors", "lossless", "q8_0"])  # (the tiny Q4_K_M's o is Q5_K: torch)
 def test_one_tokens_attention_block_is_torchs(ports, kind, activations):
     """x + attention(x), the MoE block's RMSNorm of it and the new position's k and v in the
     cache, from the native call and from torch, at the first position, a few in, and past the
@@ -120,7 +120,8 @@ def test_one_tokens_experts_refuse_what_does_not_fit_the_layer():
     with pytest.raises(ValueError, match="MoeOneToken"):  # b1's rows are not one per expert
         native.MoeOneToken(2, torch.zeros(4, 64), torch.zeros(4), torch.zeros(3, 16), torch.zeros(4, 64), 7.0, 1.702)
     plan = native.MoeOneToken(2, torch.zeros(4, 64), torch.zeros(4), torch.zeros(4, 16), torch.zeros(4, 64), 7.0, 1.702)
-    up, down = StoredRows("BF16", np.zeros((16, 64), dtype=np.uint16)), StoredRows("BF16", np.zeros((64, 8), dtype=np.uint16))
+    up = StoredRows("BF16", np.zeros((16, 64), dtype=np.uint16))
+    down = StoredRows("BF16", np.zeros((64, 8), dtype=np.uint16))
     plan.add(1, [up], [down], "float32")
     with pytest.raises(ValueError, match="MoeOneToken"):  # GGUF's two first matrices after HF's one
         plan.add(2, [up, up], [down], "float32")
@@ -142,7 +143,8 @@ def test_one_tokens_experts_refuse_what_does_not_fit_the_layer():
 
 def test_one_tokens_attention_refuses_what_does_not_fit_the_layer():
     rows = StoredRows("BF16", np.zeros((128, 64), dtype=np.uint16))
-    kv_rows, o_rows = StoredRows("BF16", np.zeros((64, 64), dtype=np.uint16)), StoredRows("BF16", np.zeros((64, 128), dtype=np.uint16))
+    kv_rows = StoredRows("BF16", np.zeros((64, 64), dtype=np.uint16))
+    o_rows = StoredRows("BF16", np.zeros((64, 128), dtype=np.uint16))
     vectors = dict(norm=torch.ones(64), sinks=torch.zeros(2), next_norm=torch.ones(64))
     biases = [torch.zeros(128), torch.zeros(64), torch.zeros(64), torch.zeros(64)]
     layer = native.attention_layer([rows, kv_rows, kv_rows, o_rows], "float32", biases, heads=2, kv_heads=1,

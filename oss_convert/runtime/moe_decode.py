@@ -29,7 +29,7 @@ def takes(layer: MoELayer, x: torch.Tensor) -> bool:
 
 def _plan(layer: MoELayer) -> native.MoeOneToken:
     """The layer's native description, made at its first token and kept with the layer."""
-    plan = getattr(layer, "one_token", None)
+    plan = layer.one_token
     if plan is None:
         plan = layer.one_token = native.MoeOneToken(
             layer.top_k, layer.router_w.float().contiguous(), layer.router_b.float().contiguous(),

@@ -13,7 +13,7 @@ and interleave the products.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Callable
 
@@ -169,6 +169,8 @@ class MoELayer:
     b2: torch.Tensor  # [E, H]
     swiglu_limit: float = DEFAULT_SWIGLU_LIMIT
     swiglu_alpha: float = DEFAULT_SWIGLU_ALPHA
+    # moe_decode's description of the layer to the native kernels, made at its first token
+    one_token: native.MoeOneToken | None = field(default=None, repr=False, compare=False)
 
     def to(self, device) -> "MoELayer":
         move = lambda t: t.to(device)  # noqa: E731

@@ -274,7 +274,8 @@ class MoeOneToken:
                 or not 0 < top_k <= experts:
             raise ValueError("MoeOneToken: float32 contiguous router and biases of the layer's sizes")
         # room for two first matrices per expert (GGUF's gate and up); `parts` is set by the first `add`
-        arrays = [(t * (experts * n))() for n in (2, 1) for t in (ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int)]
+        arrays = [(t * (experts * n))() for n in (2, 1)
+                  for t in (ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int)]
         self.layer = MoeLayer(experts, top_k, hidden, inter, 0, limit, alpha, *(t.data_ptr() for t in vectors),
                               *map(ctypes.addressof, arrays))
         self.held, self.known = (vectors, arrays), set()
