@@ -85,8 +85,9 @@ def test_one_tokens_attention_block_is_torchs(ports, kind, activations):
             for cache in caches.values():
                 cache.extend(n, earlier, 2 * earlier)
             x = 3 * torch.randn(1, cfg.hidden_size, generator=gen)
-            got_x, got_h = native_attention_block(w, moe.norm_w, x, cfg, n, step, caches["native"])
             want_x = x + attention(w, x, cfg, n, step, caches["torch"])
+            got_x = x.clone()
+            got_h = native_attention_block(w, moe.norm_w, got_x, cfg, n, step, caches["native"])
             want_h = rms_norm(want_x, moe.norm_w, cfg.rms_norm_eps)
             for got, want in ((got_x, want_x), (got_h, want_h), (caches["native"].keys[n], caches["torch"].keys[n]),
                               (caches["native"].values[n], caches["torch"].values[n])):
@@ -111,8 +112,9 @@ def test_the_attention_block_is_torchs_once_the_window_slides(bundled):
     caches = {way: KVCache() for way in ("native", "torch")}
     for cache in caches.values():
         cache.extend(0, earlier, earlier.clone())
-    got, _ = native_attention_block(w, moe.norm_w, x, cfg, 0, step, caches["native"])
     want = x + attention(w, x, cfg, 0, step, caches["torch"])
+    got = x.clone()
+    native_attention_block(w, moe.norm_w, got, cfg, 0, step, caches["native"])
     torch.testing.assert_close(got, want, rtol=2e-5, atol=2e-5 * float(want.abs().max()))
 
 
@@ -127,13 +129,13 @@ def test_one_tokens_experts_refuse_what_does_not_fit_the_layer():
         plan.add(2, [up, up], [down], "float32")
     with pytest.raises(ValueError, match="MoeOneToken"):  # no such expert
         plan.add(4, [up], [down], "float32")
-    h, out = torch.ones(1, 64), torch.empty(1, 64)
+    h, out = torch.ones(1, 64), torch.full((1, 64), 2.0)
     assert plan.route(native.library(), h) == [0, 1]  # equal logits: the lower ids
     with pytest.raises(ValueError, match="MoeOneToken"):  # expert 0 chosen, never added
         plan.run(native.library(), h, out)
     plan.add(0, [up], [down], "float32")
     plan.run(native.library(), h, out)
-    assert torch.equal(out, torch.zeros(1, 64))
+    assert torch.equal(out, torch.full((1, 64), 2.0))  # x += 0: all weights and biases zero
     bad = native.MoeOneToken(1, torch.zeros(2, 16), torch.zeros(2), torch.zeros(2, 16), torch.zeros(2, 16), 7.0, 1.702)
     bad.add(0, [StoredRows("MXFP4_GGML", np.zeros((16, 17), dtype=np.uint8))], [down], "q8")  # 16 values: no block
     assert bad.route(native.library(), torch.ones(1, 16)) == [0]

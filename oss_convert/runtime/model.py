@@ -20,8 +20,8 @@ from ..checkpoint import Checkpoint
 from ..checkpoint.config import GptOssConfig
 from ..errors import OssConvertError
 from ..files.stream import release_freed_memory
-from .moe import moe_forward, rms_norm
-from . import native
+from . import moe_decode, native
+from .moe import choose_backend, moe_forward, rms_norm
 from .weights import MoELayer, StoredMatrix, as_float32, load_layer, stored_matrix
 
 # ------------------------------------------------------------------------------ RoPE
@@ -309,18 +309,19 @@ def newest_position_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 
 def native_attention_takes(w: AttentionWeights, x: torch.Tensor, cache: KVCache | None) -> bool:
-    """Whether a decode step's attention block runs in one native call: one token on the CPU,
-    a cache to keep its keys in, and the four matrices in their stored form."""
-    return (x.shape[0] == 1 and cache is not None and x.device.type == "cpu"
-            and all(isinstance(m, StoredMatrix) for m in (w.q_w, w.k_w, w.v_w, w.o_w)))
+    """Whether a decode step's attention block runs in one native call: one token on the CPU
+    (float32, contiguous), a cache to keep its keys in, and the four matrices in their stored
+    form."""
+    return (x.shape[0] == 1 and cache is not None and x.device.type == "cpu" and x.dtype == torch.float32
+            and x.is_contiguous() and all(isinstance(m, StoredMatrix) for m in (w.q_w, w.k_w, w.v_w, w.o_w)))
 
 
 def native_attention_block(w: AttentionWeights, next_norm: torch.Tensor, x: torch.Tensor, cfg: GptOssConfig,
-                           layer: int, step: StepInputs, cache: KVCache) -> tuple[torch.Tensor, torch.Tensor]:
-    """x + attention(x) and the MoE block's RMSNorm of it, of one token (native_attention_takes),
-    in one native call: RMSNorm, q/k/v, rotation, the new k and v into the cache, the attention
-    and o in C. Within a few units in the last place of `attention`'s (the norm and the softmax
-    are summed in another order), not bit for bit."""
+                           layer: int, step: StepInputs, cache: KVCache) -> torch.Tensor:
+    """x += attention(x), in place, of one token (native_attention_takes), and returns the MoE
+    block's RMSNorm of the new x: one native call does RMSNorm, q/k/v, rotation, the new k and v
+    into the cache, the attention and o. Within a few units in the last place of `attention`'s
+    (the norm and the softmax are summed in another order), not bit for bit."""
     if w.native is None:
         window = cfg.sliding_window if layer % 2 == 0 else 0  # even layers slide
         w.native = native.attention_layer([m.stored_rows for m in (w.q_w, w.k_w, w.v_w, w.o_w)], w.q_w.activations,
@@ -328,18 +329,23 @@ def native_attention_block(w: AttentionWeights, next_norm: torch.Tensor, x: torc
                                           w.norm.float().contiguous(), w.sinks.float().contiguous(),
                                           next_norm.float().contiguous(), cfg.num_heads, cfg.num_kv_heads,
                                           cfg.head_dim, window, cfg.rms_norm_eps)
-    x = x.float().clone(memory_format=torch.contiguous_format)
     keys, values, held = cache.room(layer, x.new_empty(1, cfg.num_kv_heads, cfg.head_dim))
     h = torch.empty_like(x)
     native.attention_one_token(native.library(), w.native, x, step.cos, step.sin, keys, values, held, h)
     cache.filled(layer, held + 1)
-    return x, h
+    return h
 
 
 def block_forward(attn: AttentionWeights, moe: MoELayer, x: torch.Tensor, cfg: GptOssConfig, layer: int,
                   step: StepInputs, cache: KVCache | None, backend: str) -> torch.Tensor:
+    """x after the block. A decode step on the CPU updates x in place (two or three native calls
+    and no torch operation on it: each costs a step's streamed weights tens of microseconds);
+    the caller's x is consumed."""
     if native_attention_takes(attn, x, cache):
-        x, h = native_attention_block(attn, moe.norm_w, x, cfg, layer, step, cache)
+        h = native_attention_block(attn, moe.norm_w, x, cfg, layer, step, cache)
+        if choose_backend(moe, x.device, backend) == "torch" and moe_decode.takes(moe, h):
+            moe_decode.add_moe_one_token(moe, h, x)
+            return x
     else:
         x = x + attention(attn, x, cfg, layer, step, cache)
         h = rms_norm(x, moe.norm_w, cfg.rms_norm_eps)

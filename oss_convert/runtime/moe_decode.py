@@ -37,13 +37,18 @@ def _plan(layer: MoELayer) -> native.MoeOneToken:
     return plan
 
 
-def moe_one_token(layer: MoELayer, x: torch.Tensor) -> torch.Tensor:
-    """The MoE block on one normalized token x [1, H] (where `takes`); returns [1, H] float32."""
+def add_moe_one_token(layer: MoELayer, h: torch.Tensor, x: torch.Tensor) -> None:
+    """x [1, H] += the MoE block on one normalized token h [1, H] (where `takes`), in place; both
+    float32 and contiguous."""
     plan, lib = _plan(layer), native.library()
-    x = x.float().contiguous()
-    for e in plan.route(lib, x):
+    for e in plan.route(lib, h):
         if e not in plan.known:
             plan.add(e, layer.gate_up.stored(e), layer.down.stored(e), layer.gate_up.activations)
-    out = torch.empty(1, layer.down.shape[1])
-    plan.run(lib, x, out)
+    plan.run(lib, h, x)
+
+
+def moe_one_token(layer: MoELayer, x: torch.Tensor) -> torch.Tensor:
+    """The MoE block on one normalized token x [1, H] (where `takes`); returns [1, H] float32."""
+    out = torch.zeros(1, layer.down.shape[1])
+    add_moe_one_token(layer, x.float().contiguous(), out)
     return out

@@ -306,12 +306,12 @@ class MoeOneToken:
         _check(lib.oss_moe_route(ctypes.byref(self.layer), h.data_ptr(), self.ids, self.weights), "moe_route")
         return list(self.ids)
 
-    def run(self, lib: ctypes.CDLL, h: torch.Tensor, out: torch.Tensor) -> None:
-        """out [1, hidden] = the MoE block on h, after `route` and `add` of the experts it chose."""
-        if out.dtype != torch.float32 or not out.is_contiguous() or out.numel() != self.layer.hidden \
+    def run(self, lib: ctypes.CDLL, h: torch.Tensor, x: torch.Tensor) -> None:
+        """x [1, hidden] += the MoE block on h, after `route` and `add` of the experts it chose."""
+        if x.dtype != torch.float32 or not x.is_contiguous() or x.numel() != self.layer.hidden \
                 or not self.known.issuperset(self.ids):
-            raise ValueError("MoeOneToken: a float32 contiguous out of the layer's size, the chosen experts added")
-        _check(lib.oss_moe_experts(ctypes.byref(self.layer), h.data_ptr(), self.ids, self.weights, out.data_ptr(),
+            raise ValueError("MoeOneToken: a float32 contiguous x of the layer's size, the chosen experts added")
+        _check(lib.oss_moe_experts(ctypes.byref(self.layer), h.data_ptr(), self.ids, self.weights, x.data_ptr(),
                                    torch.get_num_threads()),
                "moe_experts")
 

@@ -705,7 +705,9 @@ static inline __attribute__((always_inline)) void q8_group(int format, int TT, i
 /* one row against tokens [t0, t0 + TT), the row this many after it requested meanwhile (one
  * token, 2880 x 2880 MXFP4, 32 experts cycled, 2 threads: 4 rows ahead 252-339 us, 32 rows
  * 179-273, 64 the same as 32) */
+#ifndef Q8_AHEAD
 #define Q8_AHEAD 32
+#endif
 static inline __attribute__((always_inline)) void q8_tokens(int format, int TT, const uint8_t *row, const uint8_t *scales,
                                                             int64_t k, const int8_t *q, const float *d,
                                                             const int32_t *correction, int64_t padded, int64_t t0,
@@ -1481,15 +1483,16 @@ int oss_moe_route(const oss_moe_layer *layer, const float *h, int64_t *ids, floa
     return 0;
 }
 
-/* out [hidden] = the sum over the chosen experts (ids ascending, weights theirs) of their
- * SwiGLU MLPs on h [hidden], as oss_moe_gate_up and oss_moe_down compute them */
-int oss_moe_experts(const oss_moe_layer *layer, const float *h, const int64_t *ids, const float *weights, float *out,
+/* x [hidden] += the sum over the chosen experts (ids ascending, weights theirs) of their SwiGLU
+ * MLPs on h [hidden], as oss_moe_gate_up and oss_moe_down compute them (the sum first, then
+ * added to x: the residual's one rounding, as torch's x + moe) */
+int oss_moe_experts(const oss_moe_layer *layer, const float *h, const int64_t *ids, const float *weights, float *x,
                     int threads) {
     int64_t k = layer->top_k, inter = layer->inter, parts = layer->parts, first_count = k * parts;
     int *formats = malloc(sizeof(int) * (size_t)(2 * first_count + 2 * k));
     const uint8_t **pointers = malloc(sizeof(uint8_t *) * (size_t)(2 * first_count + 2 * k));
-    float *halves = malloc(sizeof(float) * (size_t)(3 * k * inter));
-    int status = formats == NULL || pointers == NULL || halves == NULL ? -2 : 0;
+    float *halves = malloc(sizeof(float) * (size_t)(3 * k * inter)), *out = malloc(sizeof(float) * (size_t)layer->hidden);
+    int status = formats == NULL || pointers == NULL || halves == NULL || out == NULL ? -2 : 0;
     for (int64_t i = 0; i < k && status == 0; i++) {
         if (ids[i] < 0 || ids[i] >= layer->experts || layer->second_ws[ids[i]] == NULL) status = -1;
         for (int64_t p = 0; p < parts && status == 0; p++) {
@@ -1518,8 +1521,10 @@ int oss_moe_experts(const oss_moe_layer *layer, const float *h, const int64_t *i
                               pointers + 2 * first_count + k, formats + 2 * first_count + k, layer->hidden, inter, gate,
                               sigmoid, up1, layer->b2, ids, weights, out, threads);
     }
+    for (int64_t j = 0; j < layer->hidden && status == 0; j++) x[j] = x[j] + out[j];
     free(formats);
     free(pointers);
     free(halves);
+    free(out);
     return status;
 }
