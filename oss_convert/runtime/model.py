@@ -20,8 +20,8 @@ from ..checkpoint import Checkpoint
 from ..checkpoint.config import GptOssConfig
 from ..errors import OssConvertError
 from ..files.stream import release_freed_memory
-from . import moe_decode, native
-from .moe import choose_backend, moe_forward, rms_norm
+from . import native
+from .moe import moe_forward, rms_norm
 from .weights import MoELayer, StoredMatrix, as_float32, load_layer, stored_matrix
 
 # ------------------------------------------------------------------------------ RoPE
@@ -338,18 +338,14 @@ def native_attention_block(w: AttentionWeights, next_norm: torch.Tensor, x: torc
 
 def block_forward(attn: AttentionWeights, moe: MoELayer, x: torch.Tensor, cfg: GptOssConfig, layer: int,
                   step: StepInputs, cache: KVCache | None, backend: str) -> torch.Tensor:
-    """x after the block. A decode step on the CPU updates x in place (two or three native calls
-    and no torch operation on it: each costs a step's streamed weights tens of microseconds);
-    the caller's x is consumed."""
+    """x after the block. A decode step on the CPU updates x in place (three native calls and no
+    torch operation on it: each costs a step's streamed weights tens of microseconds); the
+    caller's x is consumed."""
     if native_attention_takes(attn, x, cache):
         h = native_attention_block(attn, moe.norm_w, x, cfg, layer, step, cache)
-        if choose_backend(moe, x.device, backend) == "torch" and moe_decode.takes(moe, h):
-            moe_decode.add_moe_one_token(moe, h, x)
-            return x
-    else:
-        x = x + attention(attn, x, cfg, layer, step, cache)
-        h = rms_norm(x, moe.norm_w, cfg.rms_norm_eps)
-    return x + moe_forward(moe, h, backend)
+        return moe_forward(moe, h, backend, residual=x)
+    x = x + attention(attn, x, cfg, layer, step, cache)
+    return x + moe_forward(moe, rms_norm(x, moe.norm_w, cfg.rms_norm_eps), backend)
 
 
 def forward(model: Model, tokens: torch.Tensor, cache: KVCache | None = None, backend: str = "auto") -> torch.Tensor:

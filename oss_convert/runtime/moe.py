@@ -27,22 +27,29 @@ def choose_backend(layer: MoELayer, device: torch.device, backend: str = "auto")
     return "triton" if device.type == "cuda" and mxfp4 and triton_available() else "torch"
 
 
-def moe_forward(layer: MoELayer, x: torch.Tensor, backend: str = "auto") -> torch.Tensor:
-    """The MoE block on already-normalized hidden states x [T, H]; returns [T, H] float32."""
+def moe_forward(layer: MoELayer, x: torch.Tensor, backend: str = "auto",
+                residual: torch.Tensor | None = None) -> torch.Tensor:
+    """The MoE block on already-normalized hidden states x [T, H]; returns [T, H] float32, added
+    to `residual` where one is given (one token on the CPU: into it, in place)."""
     backend = choose_backend(layer, x.device, backend)
     if backend == "torch":
-        if moe_decode.takes(layer, x):  # one token on the CPU: the same floats, in two native batches
-            return moe_decode.moe_one_token(layer, x)
+        if moe_decode.takes(layer, x):  # one token on the CPU: two native calls
+            if residual is None:
+                return moe_decode.moe_one_token(layer, x)
+            moe_decode.add_moe_one_token(layer, x.float().contiguous(), residual)
+            return residual
         # the reference math, with each used expert expanded from its packed form on demand
-        return moe_reference(x, layer.router_w, layer.router_b, layer.gate_up, layer.b1, layer.down, layer.b2,
-                             layer.top_k, layer.swiglu_limit, layer.swiglu_alpha)
+        out = moe_reference(x, layer.router_w, layer.router_b, layer.gate_up, layer.b1, layer.down, layer.b2,
+                            layer.top_k, layer.swiglu_limit, layer.swiglu_alpha)
+        return out if residual is None else residual + out
     from .triton_moe import moe_mxfp4_triton
     # the kernels take experts in memory: a layer left in its file (on the CPU, for Triton's
     # interpreter) is read in first
     gate_up, down = (w.resident(x.device) if isinstance(w, MappedExperts) else w for w in (layer.gate_up, layer.down))
     experts, weights = route(x, layer.router_w, layer.router_b, layer.top_k)
-    return moe_mxfp4_triton(x, experts, weights, gate_up, layer.b1, down, layer.b2,
-                            limit=layer.swiglu_limit, alpha=layer.swiglu_alpha)
+    out = moe_mxfp4_triton(x, experts, weights, gate_up, layer.b1, down, layer.b2,
+                           limit=layer.swiglu_limit, alpha=layer.swiglu_alpha)
+    return out if residual is None else residual + out
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
