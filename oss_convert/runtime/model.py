@@ -210,22 +210,23 @@ class KVCache:
     def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Appends k and v [T, kv heads, head_dim] to `layer`'s (layers in order, from 0);
         returns all its keys and values so far."""
-        keys, values, held = self.room(layer, k)
+        keys, values, held = self.room(layer, k.shape[0], k.shape[1:], k.dtype, k.device)
         needed = held + k.shape[0]
         keys[held:needed], values[held:needed] = k, v
         self.filled(layer, needed)
         return keys[:needed], values[:needed]
 
-    def room(self, layer: int, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """`layer`'s key and value buffers with room for as many more positions as `rows` [T, kv
-        heads, head_dim] holds (their shape, dtype and device), and the positions they hold."""
+    def room(self, layer: int, count: int, row_shape: tuple[int, ...], dtype: torch.dtype,
+             device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """`layer`'s key and value buffers with room for `count` more positions (rows of
+        `row_shape`: kv heads, head_dim), and the positions they hold."""
         held = self._lengths[layer] if layer < len(self._lengths) else 0
-        needed = held + rows.shape[0]
+        needed = held + count
         if layer == len(self._buffers):
-            self._buffers.append(self._reserve(rows, needed))
+            self._buffers.append(self._reserve(needed, row_shape, dtype, device))
             self._lengths.append(0)
         elif needed > self._buffers[layer][0].shape[0]:
-            grown = self._reserve(rows, needed)
+            grown = self._reserve(needed, row_shape, dtype, device)
             for new, old in zip(grown, self._buffers[layer]):
                 new[:held] = old[:held]
             self._buffers[layer] = grown
@@ -235,9 +236,10 @@ class KVCache:
         """`layer`'s buffers now hold `length` positions."""
         self._lengths[layer] = length
 
-    def _reserve(self, like: torch.Tensor, needed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _reserve(self, needed: int, row_shape: tuple[int, ...], dtype: torch.dtype,
+                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         size = self.capacity if needed <= self.capacity else -(-needed // KV_BLOCK) * KV_BLOCK
-        return tuple(torch.empty((size, *like.shape[1:]), dtype=like.dtype, device=like.device) for _ in range(2))
+        return tuple(torch.empty((size, *row_shape), dtype=dtype, device=device) for _ in range(2))
 
 
 @dataclass
@@ -329,7 +331,7 @@ def native_attention_block(w: AttentionWeights, next_norm: torch.Tensor, x: torc
                                           w.norm.float().contiguous(), w.sinks.float().contiguous(),
                                           next_norm.float().contiguous(), cfg.num_heads, cfg.num_kv_heads,
                                           cfg.head_dim, window, cfg.rms_norm_eps)
-    keys, values, held = cache.room(layer, x.new_empty(1, cfg.num_kv_heads, cfg.head_dim))
+    keys, values, held = cache.room(layer, 1, (cfg.num_kv_heads, cfg.head_dim), x.dtype, x.device)
     h = torch.empty_like(x)
     native.attention_one_token(native.library(), w.native, x, step.cos, step.sin, keys, values, held, h)
     cache.filled(layer, held + 1)

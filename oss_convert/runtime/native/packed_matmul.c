@@ -705,9 +705,7 @@ static inline __attribute__((always_inline)) void q8_group(int format, int TT, i
 /* one row against tokens [t0, t0 + TT), the row this many after it requested meanwhile (one
  * token, 2880 x 2880 MXFP4, 32 experts cycled, 2 threads: 4 rows ahead 252-339 us, 32 rows
  * 179-273, 64 the same as 32) */
-#ifndef Q8_AHEAD
 #define Q8_AHEAD 32
-#endif
 static inline __attribute__((always_inline)) void q8_tokens(int format, int TT, const uint8_t *row, const uint8_t *scales,
                                                             int64_t k, const int8_t *q, const float *d,
                                                             const int32_t *correction, int64_t padded, int64_t t0,
