@@ -166,8 +166,8 @@ static inline __attribute__((always_inline)) void block_values(int format, const
     const uint8_t *codes = format == MXFP4_GGML ? row + 17 * b + 1 : row + 16 * b;
     uint8_t scale = format == MXFP4_GGML ? row[17 * b] : scales[b];
     __m512 lut = _mm512_mul_ps(_mm512_loadu_ps(E2M1), _mm512_set1_ps(e8m0(scale)));
-    __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)codes));
-    __m512i low = _mm512_and_si512(bytes, _mm512_set1_epi32(15)), high = _mm512_srli_epi32(bytes, 4);
+    /* (the permutes below read an index's low four bits only: the low nibble needs no mask) */
+    __m512i low = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)codes)), high = _mm512_srli_epi32(low, 4);
     if (format == MXFP4_GGML) {  /* byte j holds values j and j + 16 */
         *first = _mm512_permutexvar_ps(low, lut);
         *second = _mm512_permutexvar_ps(high, lut);
@@ -825,14 +825,16 @@ static inline __attribute__((always_inline)) void eight_blocks(int format, const
 static inline __attribute__((always_inline)) __m256 one_token_group(const __m512i *codes, __m128i scale_bytes,
                                                                     const int8_t *quads, const float *d,
                                                                     const int32_t *correction, __m256 acc) {
+    /* byte permutes (vpermb) index by a byte's low six bits: in a table of the sixteen codes four
+     * times over, a byte finds its low nibble's code with no mask, and so does the byte of a
+     * 16-bit shift right by 4 its high nibble's (its bits 4-5, from the next byte, pick a copy) */
     const __m512i table = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)MXFP4_CODES));
-    const __m512i low = _mm512_set1_epi8(15);
     const __m512i in_order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
     __m512i sums[2];
     for (int h = 0; h < 2; h++) {
         const int8_t *a = quads + 128 * h;
-        __m512i lows = _mm512_shuffle_epi8(table, _mm512_and_si512(codes[h], low));
-        __m512i highs = _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi16(codes[h], 4), low));
+        __m512i lows = _mm512_permutexvar_epi8(codes[h], table);
+        __m512i highs = _mm512_permutexvar_epi8(_mm512_srli_epi16(codes[h], 4), table);
         sums[h] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lows, _mm512_loadu_si512(a)),
                                       highs, _mm512_loadu_si512(a + 64));
     }
