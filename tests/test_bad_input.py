@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from oss_convert.checkpoint import open_checkpoint
 from oss_convert.cli import cli
 from oss_convert.errors import OssConvertError
+from oss_convert.files.gguf import read_gguf
 
 
 def assert_clean_error(args, *expected):
@@ -103,6 +104,21 @@ def test_truncated_gguf(tiny_gguf, tmp_path):
 def test_gguf_tensor_data_past_the_end(tiny_gguf, tmp_path):
     (tmp_path / "t.gguf").write_bytes(tiny_gguf.read_bytes()[:-1000])
     assert_clean_error(["inspect", tmp_path / "t.gguf"], "past the end of the file")
+
+
+def test_gguf_cut_short_after_it_was_opened(tiny_gguf, tmp_path):
+    """The tensors of a file that shrank after its header was read: the one now past its end is
+    an error naming the file, not numpy's; the others still read (one mapping per file)."""
+    cut = tmp_path / "t.gguf"
+    cut.write_bytes(tiny_gguf.read_bytes())
+    tensors = list(read_gguf(cut).tensors.values())
+    first, last = tensors[0], max(tensors, key=lambda t: t.offset)
+    with open(cut, "r+b") as f:
+        f.truncate(last.offset + last.nbytes - 1)
+    assert first.raw().tobytes() == tiny_gguf.read_bytes()[first.offset:first.offset + first.nbytes]
+    with pytest.raises(OssConvertError, match="t.gguf.*past the end of the file"):
+        last.raw()
+    assert first.file is last.file
 
 
 def test_converting_a_gguf_to_gguf(tiny_gguf, tmp_path):

@@ -130,7 +130,7 @@ class GGUFTensor:
     shape: tuple[int, ...]  # ggml order: shape[0] = ne0, the row length
     offset: int  # absolute offset in `path`
     nbytes: int
-    file: FileMap | None = field(default=None, repr=False, compare=False)  # its file's mapping
+    file: FileMap = field(repr=False, compare=False)  # its file's mapping, shared by its tensors
 
     @property
     def type_name(self) -> str:
@@ -146,7 +146,7 @@ class GGUFTensor:
         # each decoded token, 1.3 GB a token on the 20b)
         if self.nbytes == 0:
             return np.zeros(0, np.uint8)
-        whole = (self.file or FileMap(self.path)).array
+        whole = self.file.array
         if self.offset + self.nbytes > whole.size:
             raise OssConvertError(f"{self.path}: tensor {self.name!r} lies past the end of the file "
                                   f"(ends at byte {self.offset + self.nbytes}, file has {whole.size}): truncated")
