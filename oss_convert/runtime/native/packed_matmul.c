@@ -427,19 +427,22 @@ static void tile_times_tokens(const float *tile, int64_t rows, int64_t padded, c
 /* R rows (first, first + stride, ...) against TT tokens: R independent chains per token, so the
  * fused multiply-adds' latency overlaps. R and TT are constants where it is inlined.
  *
- * The callers take the R rows a quarter of the matrix apart (stride = rows / R), and the next call
- * the rows after them: R forward streams, each in pages of its own, which the hardware prefetcher
- * follows, and no software prefetch. R adjacent rows were read in turn from one page, which it did
- * not follow, so they were prefetched in software, and came slower. 20b decode steps on a Xeon,
- * 2 threads, builds alternating in one process, ms a step: adjacent rows with software prefetch:
- * output matrix 48, attention blocks 57, MXFP4 experts 85; strided rows: 40, 48, 82; strided rows
- * with a software prefetch of each stream's next row: 46, 54, 80. */
-#define DIRECT_ROWS 4
+ * The callers take R = 16 / TT rows (sixteen accumulators, all in registers) 1/R of the matrix
+ * apart (stride = rows / R), and at the next call the rows after them: R forward streams, each in
+ * pages of its own, which the hardware prefetcher follows, so no software prefetch. The more
+ * streams, the faster the rows come (an MXFP4 expert's stream alone is not much faster than one
+ * row's arithmetic; the 20b's experts of a decode step, 2 threads, on a Xeon: 4 streams 15 GB/s,
+ * 8 streams 22, 16 streams 24). Four adjacent rows, as before, were read in turn from one page,
+ * which the prefetcher did not follow, so they were prefetched in software. 20b decode steps on
+ * that Xeon, float32, builds alternating in one process, ms a step for the output matrix, the
+ * attention blocks and the MXFP4 experts: 4 adjacent rows 48, 57, 85; 4 strided rows 40, 48, 82
+ * (with a software prefetch of each stream's next row 46, 54, 80); 16 strided rows 41, 51, 53. */
+#define DIRECT_MAX_ROWS 16
 static inline __attribute__((always_inline)) void direct_rows(int format, int R, int TT, const uint8_t *w,
                                                               const uint8_t *scales, int64_t first, int64_t stride,
                                                               int64_t k, const float *x, float *y, int64_t n_out) {
-    __m512 acc[DIRECT_ROWS][DIRECT_MAX_TOKENS];
-    const uint8_t *row[DIRECT_ROWS], *scale_row[DIRECT_ROWS];
+    __m512 acc[DIRECT_MAX_ROWS][DIRECT_MAX_TOKENS];
+    const uint8_t *row[DIRECT_MAX_ROWS], *scale_row[DIRECT_MAX_ROWS];
     for (int i = 0; i < R; i++) {
         row[i] = w + (first + i * stride) * oss_row_bytes(format, k);
         scale_row[i] = scales ? scales + (first + i * stride) * (k / 32) : NULL;
@@ -488,8 +491,9 @@ typedef void (*direct_fn)(const uint8_t *w, const uint8_t *scales, int64_t first
                                          int64_t k, const float *x, float *y, int64_t n_out) {        \
         direct_rows(F, R, TT, w, scales, first, stride, k, x, y, n_out);                               \
     }
-#define DEFINE_DIRECT_TOKENS(F, R) DEFINE_DIRECT(F, R, 1) DEFINE_DIRECT(F, R, 2) DEFINE_DIRECT(F, R, 3) DEFINE_DIRECT(F, R, 4)
-#define DEFINE_DIRECT_FORMAT(F) DEFINE_DIRECT_TOKENS(F, DIRECT_ROWS) DEFINE_DIRECT_TOKENS(F, 1)
+#define DEFINE_DIRECT_FORMAT(F)                                                                        \
+    DEFINE_DIRECT(F, 16, 1) DEFINE_DIRECT(F, 8, 2) DEFINE_DIRECT(F, 5, 3) DEFINE_DIRECT(F, 4, 4)        \
+    DEFINE_DIRECT(F, 1, 1) DEFINE_DIRECT(F, 1, 2) DEFINE_DIRECT(F, 1, 3) DEFINE_DIRECT(F, 1, 4)
 DEFINE_DIRECT_FORMAT(F32)
 DEFINE_DIRECT_FORMAT(BF16)
 DEFINE_DIRECT_FORMAT(MXFP4)
@@ -500,17 +504,22 @@ DEFINE_DIRECT_FORMAT(Q4_0)
 DEFINE_DIRECT_FORMAT(Q5_1)
 DEFINE_DIRECT_FORMAT(Q4_K)
 
-#define DIRECT_CASE_TOKENS(F, R) DIRECT_CASE_TOKENS_(F, R)  /* (R expanded before it is pasted) */
-#define DIRECT_CASE_TOKENS_(F, R)                                                                      \
-    return tokens == 1 ? direct_##F##_##R##_1 : tokens == 2 ? direct_##F##_##R##_2                    \
-         : tokens == 3 ? direct_##F##_##R##_3 : direct_##F##_##R##_4;
 #define DIRECT_CASE(F)                                                                                 \
     case F:                                                                                            \
-        if (rows == 1) { DIRECT_CASE_TOKENS(F, 1) }                                                    \
-        DIRECT_CASE_TOKENS(F, DIRECT_ROWS)
+        if (grouped)                                                                                   \
+            return tokens == 1 ? direct_##F##_16_1 : tokens == 2 ? direct_##F##_8_2                   \
+                 : tokens == 3 ? direct_##F##_5_3 : direct_##F##_4_4;                                 \
+        return tokens == 1 ? direct_##F##_1_1 : tokens == 2 ? direct_##F##_1_2                        \
+             : tokens == 3 ? direct_##F##_1_3 : direct_##F##_1_4;
 
-/* the function for `rows` (1 or DIRECT_ROWS) rows of `format` against 1 to 4 tokens */
-static direct_fn direct_rows_of(int format, int rows, int64_t tokens) {
+/* rows a grouped direct call takes against `tokens` (1 to 4) tokens */
+static int64_t direct_group_rows(int64_t tokens) {
+    return DIRECT_MAX_ROWS / tokens;
+}
+
+/* the function for direct_group_rows(tokens) rows (`grouped`) or for one row, of `format`, against
+ * 1 to 4 tokens */
+static direct_fn direct_rows_of(int format, int grouped, int64_t tokens) {
     switch (format) {
     DIRECT_CASE(F32)
     DIRECT_CASE(BF16)
@@ -527,11 +536,11 @@ static direct_fn direct_rows_of(int format, int rows, int64_t tokens) {
 
 static void direct(int format, const uint8_t *w, const uint8_t *scales, int64_t n, int64_t k, const float *x,
                    int64_t tokens, float *y, int threads) {
-    direct_fn four = direct_rows_of(format, DIRECT_ROWS, tokens), one = direct_rows_of(format, 1, tokens);
-    int64_t groups = n / DIRECT_ROWS;
+    direct_fn group = direct_rows_of(format, 1, tokens), one = direct_rows_of(format, 0, tokens);
+    int64_t rows = direct_group_rows(tokens), groups = n / rows;
 #pragma omp parallel for num_threads(threads > 0 ? threads : 1) schedule(dynamic, 16)
-    for (int64_t g = 0; g < groups; g++) four(w, scales, g, groups, k, x, y, n);
-    for (int64_t first = groups * DIRECT_ROWS; first < n; first++) one(w, scales, first, 0, k, x, y, n);
+    for (int64_t g = 0; g < groups; g++) group(w, scales, g, groups, k, x, y, n);
+    for (int64_t first = groups * rows; first < n; first++) one(w, scales, first, 0, k, x, y, n);
 }
 #endif
 
@@ -1099,11 +1108,20 @@ int oss_q8_matmul(int format, const uint8_t *w, const uint8_t *scales, int64_t n
  * q8[j], Q8_0 activations), each the same floats as oss_packed_matmul or oss_q8_matmul gives it
  * alone. At one token (a decode step: q, k and v; or four experts' gate, up and down) a product
  * takes a few hundred microseconds, and a parallel region of its own for each leaves a thread
- * idle at every end: here the rows of all of them are shared out in one parallel loop, four rows
- * a unit. Other token counts run the products one after the other. Returns 0, -1 for a product
+ * idle at every end: here the rows of all of them are shared out in one parallel loop, a unit
+ * being a direct call's group of rows (the leftover rows of a product one more unit), or four
+ * rows of a Q8_0 product. Other token counts run the products one after the other. Returns 0, -1 for a product
  * the kernels cannot take (nothing computed), -2 when out of memory.
  * ------------------------------------------------------------------------------------------------ */
-#define BATCH_ROWS 4  /* DIRECT_ROWS */
+#define Q8_BATCH_ROWS 4
+
+/* units of product j (see above) */
+static int64_t batch_units(int64_t n, int q8) {
+#if defined(HAVE_DIRECT)
+    if (!q8) return n / direct_group_rows(1) + (n % direct_group_rows(1) != 0);
+#endif
+    return (n + Q8_BATCH_ROWS - 1) / Q8_BATCH_ROWS;
+}
 
 static int batch_product_ok(int format, int64_t k, int q8) {
     if (oss_row_bytes(format, k) < 0 || (format >= MXFP4 && k % 32 != 0)) return 0;
@@ -1139,15 +1157,17 @@ int oss_matmul_batch(int count, const int *formats, const uint8_t *const *ws, co
     int failed = first_unit == NULL || act == NULL || made_by == NULL, prepared = 0;
     for (; prepared < count && !failed; prepared++) {
         int j = prepared;
-        first_unit[j + 1] = (j ? first_unit[j] : 0) + (ns[j] + BATCH_ROWS - 1) / BATCH_ROWS;
+        first_unit[j + 1] = (j ? first_unit[j] : 0) + batch_units(ns[j], q8[j]);
         made_by[j] = j;
         for (int i = 0; i < j && q8[j]; i++)
             if (q8[i] && made_by[i] == i && xs[i] == xs[j] && formats[i] == formats[j] && ks[i] == ks[j]) made_by[j] = i;
         if (q8[j] && made_by[j] == j && q8_prepare(formats[j], xs[j], 1, ks[j], &act[j]) != 0) failed = 1;
     }
-    /* units a thread takes at once: Q8_0 rows go best 16 at a time, direct ones 64 (the experts of
-     * a 20b decode step, builds alternating, best of 6: Q8_0 at 16 rows 55 and 67 ms in two
-     * sittings, at 64 rows 64 and 77, at 4 or 8 rows no better; float32 at 64 rows 75, at 16 96) */
+    /* units a thread takes at once: Q8_0 rows go best 16 at a time (the experts of a 20b decode
+     * step, builds alternating, best of 6: at 16 rows 55 and 67 ms in two sittings, at 64 rows 64
+     * and 77, at 4 or 8 rows no better), direct ones 16 groups of 16 rows (20b decode steps on a
+     * Xeon, float32, medians of 8: experts 53 ms, attention blocks 51; at 4 groups 55 and 52; at 64
+     * groups 52 and 60, the 32 groups of k's and v's rows then shared out unevenly) */
     int chunk = 16;
     for (int j = 0; j < count; j++)
         if (q8[j]) chunk = 4;
@@ -1158,23 +1178,23 @@ int oss_matmul_batch(int count, const int *formats, const uint8_t *const *ws, co
             int j = 0;
             while (u >= first_unit[j + 1]) j++;
             int format = formats[j];
-            int64_t n = ns[j], k = ks[j], unit = u - first_unit[j], first = unit * BATCH_ROWS;
-            int64_t rows = n - first < BATCH_ROWS ? n - first : BATCH_ROWS, row_bytes = oss_row_bytes(format, k);
+            int64_t n = ns[j], k = ks[j], unit = u - first_unit[j], row_bytes = oss_row_bytes(format, k);
             const uint8_t *w = ws[j], *scales = scales_of[j];
             const float *x = xs[j];
             float *y = ys[j];
             if (q8[j]) {
+                int64_t first = unit * Q8_BATCH_ROWS, rows = n - first < Q8_BATCH_ROWS ? n - first : Q8_BATCH_ROWS;
                 for (int64_t r = first; r < first + rows; r++)
                     q8_product_row(format, w + r * row_bytes, scales ? scales + r * (k / 32) : NULL, k, &act[made_by[j]], 1,
                                    y + r, n);
                 continue;
             }
 #if defined(HAVE_DIRECT)
-            int64_t groups = n / DIRECT_ROWS;  /* as direct() shares them out */
+            int64_t group_rows = direct_group_rows(1), groups = n / group_rows;  /* as direct() shares them out */
             if (unit < groups) {
-                direct_rows_of(format, DIRECT_ROWS, 1)(w, scales, unit, groups, k, x, y, n);
+                direct_rows_of(format, 1, 1)(w, scales, unit, groups, k, x, y, n);
             } else {
-                for (int64_t r = groups * DIRECT_ROWS; r < n; r++) direct_rows_of(format, 1, 1)(w, scales, r, 0, k, x, y, n);
+                for (int64_t r = groups * group_rows; r < n; r++) direct_rows_of(format, 0, 1)(w, scales, r, 0, k, x, y, n);
             }
 #endif
         }
