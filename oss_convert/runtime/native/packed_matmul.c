@@ -427,12 +427,13 @@ static void tile_times_tokens(const float *tile, int64_t rows, int64_t padded, c
 /* R rows (first, first + stride, ...) against TT tokens: R independent chains per token, so the
  * fused multiply-adds' latency overlaps. R and TT are constants where it is inlined.
  *
- * The callers take R = 16 / TT rows (sixteen accumulators, all in registers) 1/R of the matrix
- * apart (stride = rows / R), and at the next call the rows after them: R forward streams, each in
- * pages of its own, which the hardware prefetcher follows, so no software prefetch. The more
- * streams, the faster the rows come (an MXFP4 expert's stream alone is not much faster than one
- * row's arithmetic; the 20b's experts of a decode step, 2 threads, on a Xeon: 4 streams 15 GB/s,
- * 8 streams 22, 16 streams 24). Four adjacent rows, as before, were read in turn from one page,
+ * The callers take R rows (direct_group_rows: up to sixteen accumulators, all in registers) 1/R of
+ * the matrix apart (stride = rows / R), and at the next call the rows after them: R forward
+ * streams, each in pages of its own, which the hardware prefetcher follows, so no software
+ * prefetch. For the block formats, the more streams the faster the rows come (an MXFP4 expert's
+ * stream alone is not much faster than one row's arithmetic; the 20b's experts of a decode step,
+ * 2 threads, on a Xeon: 4 streams 15 GB/s, 8 streams 22, 16 streams 24); F32 and BF16 rows, only
+ * fetched, keep 4. Four adjacent rows, as before, were read in turn from one page,
  * which the prefetcher did not follow, so they were prefetched in software. 20b decode steps on
  * that Xeon, float32, builds alternating in one process, ms a step for the output matrix, the
  * attention blocks and the MXFP4 experts: 4 adjacent rows 48, 57, 85; 4 strided rows 40, 48, 82
@@ -491,11 +492,16 @@ typedef void (*direct_fn)(const uint8_t *w, const uint8_t *scales, int64_t first
                                          int64_t k, const float *x, float *y, int64_t n_out) {        \
         direct_rows(F, R, TT, w, scales, first, stride, k, x, y, n_out);                               \
     }
+#define DEFINE_DIRECT_ONE_ROW(F)                                                                       \
+    DEFINE_DIRECT(F, 1, 1) DEFINE_DIRECT(F, 1, 2) DEFINE_DIRECT(F, 1, 3) DEFINE_DIRECT(F, 1, 4)
 #define DEFINE_DIRECT_FORMAT(F)                                                                        \
     DEFINE_DIRECT(F, 16, 1) DEFINE_DIRECT(F, 8, 2) DEFINE_DIRECT(F, 5, 3) DEFINE_DIRECT(F, 4, 4)        \
-    DEFINE_DIRECT(F, 1, 1) DEFINE_DIRECT(F, 1, 2) DEFINE_DIRECT(F, 1, 3) DEFINE_DIRECT(F, 1, 4)
-DEFINE_DIRECT_FORMAT(F32)
-DEFINE_DIRECT_FORMAT(BF16)
+    DEFINE_DIRECT_ONE_ROW(F)
+#define DEFINE_DIRECT_FLOAT_FORMAT(F)                                                                  \
+    DEFINE_DIRECT(F, 4, 1) DEFINE_DIRECT(F, 4, 2) DEFINE_DIRECT(F, 4, 3) DEFINE_DIRECT(F, 4, 4)         \
+    DEFINE_DIRECT_ONE_ROW(F)
+DEFINE_DIRECT_FLOAT_FORMAT(F32)
+DEFINE_DIRECT_FLOAT_FORMAT(BF16)
 DEFINE_DIRECT_FORMAT(MXFP4)
 DEFINE_DIRECT_FORMAT(MXFP4_GGML)
 DEFINE_DIRECT_FORMAT(Q8_0)
@@ -504,25 +510,35 @@ DEFINE_DIRECT_FORMAT(Q4_0)
 DEFINE_DIRECT_FORMAT(Q5_1)
 DEFINE_DIRECT_FORMAT(Q4_K)
 
+#define DIRECT_ONE_ROW(F)                                                                              \
+    return tokens == 1 ? direct_##F##_1_1 : tokens == 2 ? direct_##F##_1_2                            \
+         : tokens == 3 ? direct_##F##_1_3 : direct_##F##_1_4;
 #define DIRECT_CASE(F)                                                                                 \
     case F:                                                                                            \
         if (grouped)                                                                                   \
             return tokens == 1 ? direct_##F##_16_1 : tokens == 2 ? direct_##F##_8_2                   \
                  : tokens == 3 ? direct_##F##_5_3 : direct_##F##_4_4;                                 \
-        return tokens == 1 ? direct_##F##_1_1 : tokens == 2 ? direct_##F##_1_2                        \
-             : tokens == 3 ? direct_##F##_1_3 : direct_##F##_1_4;
+        DIRECT_ONE_ROW(F)
+#define DIRECT_FLOAT_CASE(F)                                                                           \
+    case F:                                                                                            \
+        if (grouped)                                                                                   \
+            return tokens == 1 ? direct_##F##_4_1 : tokens == 2 ? direct_##F##_4_2                    \
+                 : tokens == 3 ? direct_##F##_4_3 : direct_##F##_4_4;                                 \
+        DIRECT_ONE_ROW(F)
 
-/* rows a grouped direct call takes against `tokens` (1 to 4) tokens */
-static int64_t direct_group_rows(int64_t tokens) {
-    return DIRECT_MAX_ROWS / tokens;
+/* rows a grouped direct call of `format` takes against `tokens` (1 to 4) tokens: F32 and BF16
+ * rows, which are fetched and not computed, 4 (a 20b decode step's attention blocks, float32, on
+ * a Xeon: 48 ms at 4 rows, 50 at 8, 51 at 16; the output matrix 40 ms at each) */
+static int64_t direct_group_rows(int format, int64_t tokens) {
+    return format == F32 || format == BF16 ? 4 : DIRECT_MAX_ROWS / tokens;
 }
 
-/* the function for direct_group_rows(tokens) rows (`grouped`) or for one row, of `format`, against
- * 1 to 4 tokens */
+/* the function for direct_group_rows(format, tokens) rows (`grouped`) or for one row, of `format`,
+ * against 1 to 4 tokens */
 static direct_fn direct_rows_of(int format, int grouped, int64_t tokens) {
     switch (format) {
-    DIRECT_CASE(F32)
-    DIRECT_CASE(BF16)
+    DIRECT_FLOAT_CASE(F32)
+    DIRECT_FLOAT_CASE(BF16)
     DIRECT_CASE(MXFP4)
     DIRECT_CASE(MXFP4_GGML)
     DIRECT_CASE(Q8_0)
@@ -537,7 +553,7 @@ static direct_fn direct_rows_of(int format, int grouped, int64_t tokens) {
 static void direct(int format, const uint8_t *w, const uint8_t *scales, int64_t n, int64_t k, const float *x,
                    int64_t tokens, float *y, int threads) {
     direct_fn group = direct_rows_of(format, 1, tokens), one = direct_rows_of(format, 0, tokens);
-    int64_t rows = direct_group_rows(tokens), groups = n / rows;
+    int64_t rows = direct_group_rows(format, tokens), groups = n / rows;
 #pragma omp parallel for num_threads(threads > 0 ? threads : 1) schedule(dynamic, 16)
     for (int64_t g = 0; g < groups; g++) group(w, scales, g, groups, k, x, y, n);
     for (int64_t first = groups * rows; first < n; first++) one(w, scales, first, 0, k, x, y, n);
@@ -1116,9 +1132,9 @@ int oss_q8_matmul(int format, const uint8_t *w, const uint8_t *scales, int64_t n
 #define Q8_BATCH_ROWS 4
 
 /* units of product j (see above) */
-static int64_t batch_units(int64_t n, int q8) {
+static int64_t batch_units(int format, int64_t n, int q8) {
 #if defined(HAVE_DIRECT)
-    if (!q8) return n / direct_group_rows(1) + (n % direct_group_rows(1) != 0);
+    if (!q8) return n / direct_group_rows(format, 1) + (n % direct_group_rows(format, 1) != 0);
 #endif
     return (n + Q8_BATCH_ROWS - 1) / Q8_BATCH_ROWS;
 }
@@ -1157,7 +1173,7 @@ int oss_matmul_batch(int count, const int *formats, const uint8_t *const *ws, co
     int failed = first_unit == NULL || act == NULL || made_by == NULL, prepared = 0;
     for (; prepared < count && !failed; prepared++) {
         int j = prepared;
-        first_unit[j + 1] = (j ? first_unit[j] : 0) + batch_units(ns[j], q8[j]);
+        first_unit[j + 1] = (j ? first_unit[j] : 0) + batch_units(formats[j], ns[j], q8[j]);
         made_by[j] = j;
         for (int i = 0; i < j && q8[j]; i++)
             if (q8[i] && made_by[i] == i && xs[i] == xs[j] && formats[i] == formats[j] && ks[i] == ks[j]) made_by[j] = i;
@@ -1190,7 +1206,7 @@ int oss_matmul_batch(int count, const int *formats, const uint8_t *const *ws, co
                 continue;
             }
 #if defined(HAVE_DIRECT)
-            int64_t group_rows = direct_group_rows(1), groups = n / group_rows;  /* as direct() shares them out */
+            int64_t group_rows = direct_group_rows(format, 1), groups = n / group_rows;  /* as direct() shares them out */
             if (unit < groups) {
                 direct_rows_of(format, 1, 1)(w, scales, unit, groups, k, x, y, n);
             } else {
