@@ -178,6 +178,26 @@ static inline __attribute__((always_inline)) void block_values(int format, const
             low, _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31), high), lut);
     }
 }
+
+/* block_values for HF's MXFP4 with its lanes in another order: lane i holds value
+ * HF_LANE_VALUES[i] (and 16 more), which is byte (value / 2)'s nibble (value % 2). Each 8 code
+ * bytes are broadcast to every 64-bit lane and shifted into place, with no widening and no
+ * two-source permute (which block_values takes: five shuffles a block against two). Lane i's
+ * products are value v's and v + 16's, as lane v's in block order, so with x in the same order
+ * and the accumulator put back in order (HF_LANES_IN_ORDER) at the end, the floats are the same. */
+#define HF_LANE_VALUES _mm512_setr_epi32(0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15)
+#define HF_LANES_IN_ORDER _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15)
+static inline __attribute__((always_inline)) void hf_block_values(const uint8_t *codes, const uint8_t *scales,
+                                                                  int64_t b, __m512 *first, __m512 *second) {
+    __m512 lut = _mm512_mul_ps(_mm512_loadu_ps(E2M1), _mm512_set1_ps(e8m0(scales[b])));
+    /* lane i: 32-bit word i % 2 of the 8 bytes, shifted to its byte's nibble */
+    const __m512i to_nibble = _mm512_setr_epi32(0, 0, 4, 4, 8, 8, 12, 12, 16, 16, 20, 20, 24, 24, 28, 28);
+    int64_t low, high;
+    memcpy(&low, codes + 16 * b, 8);
+    memcpy(&high, codes + 16 * b + 8, 8);
+    *first = _mm512_permutexvar_ps(_mm512_srlv_epi32(_mm512_set1_epi64(low), to_nibble), lut);
+    *second = _mm512_permutexvar_ps(_mm512_srlv_epi32(_mm512_set1_epi64(high), to_nibble), lut);
+}
 #endif
 
 static void expand_mxfp4(const uint8_t *codes, const uint8_t *scales, int64_t k, float *out) {
@@ -468,18 +488,28 @@ static inline __attribute__((always_inline)) void direct_rows(int format, int R,
             for (int t = 0; t < TT; t++) {
                 x_first[t] = _mm512_loadu_ps(x + t * k + 32 * b);
                 x_second[t] = _mm512_loadu_ps(x + t * k + 32 * b + 16);
+                if (format == MXFP4) {  /* in hf_block_values' lane order */
+                    x_first[t] = _mm512_permutexvar_ps(HF_LANE_VALUES, x_first[t]);
+                    x_second[t] = _mm512_permutexvar_ps(HF_LANE_VALUES, x_second[t]);
+                }
                 __asm__("" : "+v"(x_first[t]), "+v"(x_second[t]));
             }
             for (int i = 0; i < R; i++) {
                 __m512 v_first, v_second;
-                block_values(format, row[i], scale_row[i], b, &v_first, &v_second);
+                if (format == MXFP4)
+                    hf_block_values(row[i], scale_row[i], b, &v_first, &v_second);
+                else
+                    block_values(format, row[i], scale_row[i], b, &v_first, &v_second);
                 for (int t = 0; t < TT; t++) acc[i][t] = _mm512_fmadd_ps(v_first, x_first[t], acc[i][t]);
                 for (int t = 0; t < TT; t++) acc[i][t] = _mm512_fmadd_ps(v_second, x_second[t], acc[i][t]);
             }
         }
     }
     for (int i = 0; i < R; i++)
-        for (int t = 0; t < TT; t++) y[t * n_out + first + i * stride] = add_register_lanes(acc[i][t]);
+        for (int t = 0; t < TT; t++) {
+            if (format == MXFP4) acc[i][t] = _mm512_permutexvar_ps(HF_LANES_IN_ORDER, acc[i][t]);
+            y[t * n_out + first + i * stride] = add_register_lanes(acc[i][t]);
+        }
 }
 
 /* direct_rows with the format, the rows and the tokens made constants, one small function each:
