@@ -450,14 +450,14 @@ static void tile_times_tokens(const float *tile, int64_t rows, int64_t padded, c
  * The callers take R rows (direct_group_rows: up to sixteen accumulators, all in registers) 1/R of
  * the matrix apart (stride = rows / R), and at the next call the rows after them: R forward
  * streams, each in pages of its own, which the hardware prefetcher follows, so no software
- * prefetch. For the block formats, the more streams the faster the rows come (an MXFP4 expert's
- * stream alone is not much faster than one row's arithmetic; the 20b's experts of a decode step,
- * 2 threads, on a Xeon: 4 streams 15 GB/s, 8 streams 22, 16 streams 24); F32 and BF16 rows, only
- * fetched, keep 4. Four adjacent rows, as before, were read in turn from one page,
- * which the prefetcher did not follow, so they were prefetched in software. 20b decode steps on
- * that Xeon, float32, builds alternating in one process, ms a step for the output matrix, the
- * attention blocks and the MXFP4 experts: 4 adjacent rows 48, 57, 85; 4 strided rows 40, 48, 82
- * (with a software prefetch of each stream's next row 46, 54, 80); 16 strided rows 41, 51, 53. */
+ * prefetch. For the block formats, the more streams the faster the rows come, up to about 16 (an
+ * MXFP4 expert's stream alone is not much faster than one row's arithmetic; the 20b's experts of
+ * a decode step, 2 threads, on a Xeon: 4 streams 15 GB/s, 8 streams 22, 16 streams 24). Four
+ * adjacent rows, as before, were read in turn from one page, which the prefetcher did not follow,
+ * so they were prefetched in software. 20b decode steps on that Xeon, float32, builds alternating
+ * in one process, ms a step for the output matrix, the attention blocks and the MXFP4 experts:
+ * 4 adjacent rows 48, 57, 85; 4 strided rows 40, 48, 82 (with a software prefetch of each
+ * stream's next row 46, 54, 80); 16 strided rows 41, 51, 53. */
 #define DIRECT_MAX_ROWS 16
 static inline __attribute__((always_inline)) void direct_rows(int format, int R, int TT, const uint8_t *w,
                                                               const uint8_t *scales, int64_t first, int64_t stride,
@@ -1157,8 +1157,8 @@ int oss_q8_matmul(int format, const uint8_t *w, const uint8_t *scales, int64_t n
  * takes a few hundred microseconds, and a parallel region of its own for each leaves a thread
  * idle at every end: here the rows of all of them are shared out in one parallel loop, a unit
  * being a direct call's group of rows (the leftover rows of a product one more unit), or four
- * rows of a Q8_0 product. Other token counts run the products one after the other. Returns 0, -1 for a product
- * the kernels cannot take (nothing computed), -2 when out of memory.
+ * rows of a Q8_0 product. Other token counts run the products one after the other. Returns 0,
+ * -1 for a product the kernels cannot take (nothing computed), -2 when out of memory.
  * ------------------------------------------------------------------------------------------------ */
 #define Q8_BATCH_ROWS 4
 
@@ -1212,9 +1212,10 @@ int oss_matmul_batch(int count, const int *formats, const uint8_t *const *ws, co
     }
     /* units a thread takes at once: Q8_0 rows go best 16 at a time (the experts of a 20b decode
      * step, builds alternating, best of 6: at 16 rows 55 and 67 ms in two sittings, at 64 rows 64
-     * and 77, at 4 or 8 rows no better), direct ones 16 groups of 16 rows (20b decode steps on a
-     * Xeon, float32, medians of 8: experts 53 ms, attention blocks 51; at 4 groups 55 and 52; at 64
-     * groups 52 and 60, the 32 groups of k's and v's rows then shared out unevenly) */
+     * and 77, at 4 or 8 rows no better), direct ones 16 groups (20b decode steps on a Xeon,
+     * float32, every group 16 rows, medians of 8: experts 53 ms, attention blocks 51; at 4 groups
+     * 55 and 52; at 64 groups 52 and 60, the 32 groups of k's and v's rows then shared out
+     * unevenly) */
     int chunk = 16;
     for (int j = 0; j < count; j++)
         if (q8[j]) chunk = 4;
@@ -1237,7 +1238,7 @@ int oss_matmul_batch(int count, const int *formats, const uint8_t *const *ws, co
                 continue;
             }
 #if defined(HAVE_DIRECT)
-            int64_t group_rows = direct_group_rows(format, 1), groups = n / group_rows;  /* as direct() shares them out */
+            int64_t group_rows = direct_group_rows(format, 1), groups = n / group_rows;  /* as direct() has them */
             if (unit < groups) {
                 direct_rows_of(format, 1, 1)(w, scales, unit, groups, k, x, y, n);
             } else {
