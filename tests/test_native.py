@@ -191,49 +191,6 @@ def test_without_the_kernels_the_runtime_gives_the_same_logits_within_rounding(b
     torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-4)
 
 
-def test_no_compiler_means_no_library_and_one_note(monkeypatch, tmp_path, capsys):
-    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert native.build() is None
-    native.library.cache_clear()
-    try:
-        assert native.library() is None
-        assert capsys.readouterr().err.count("note: the CPU kernels could not be built") == 1
-    finally:
-        native.library.cache_clear()
-
-
-def test_an_unwritable_cache_or_a_broken_library_is_no_traceback(monkeypatch, tmp_path):
-    blocked = tmp_path / "file"
-    blocked.write_text("")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))  # a file where the cache folder would be
-    assert native.build() is None
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    built = native.build()
-    built.write_bytes(b"not a library")
-    native.library.cache_clear()
-    try:
-        assert native.library() is not None  # rebuilt
-    finally:
-        native.library.cache_clear()
-
-
-def test_a_changed_header_is_a_new_build(monkeypatch, tmp_path):
-    """The cache key covers the headers a source includes (formats/half.h is shared)."""
-    from oss_convert import cbuild
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    (tmp_path / "value.h").write_text("static int value(void) { return 1; }\n")
-    source = tmp_path / "probe.c"
-    source.write_text('#include "value.h"\nint probe(void) { return value(); }\n')
-    first = cbuild.compiled(source)
-    if first is None:
-        pytest.skip("no C compiler")
-    assert cbuild.compiled(source) == first
-    (tmp_path / "value.h").write_text("static int value(void) { return 2; }\n")
-    second = cbuild.compiled(source)
-    assert second != first and ctypes.CDLL(str(second)).probe() == 2
-
-
 # ------------------------------------------------------------------ Q8_0 activations (llama.cpp's arithmetic)
 
 def integer_codes(fmt: str, data, scales, values: np.ndarray, k: int):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
-import sys
 from pathlib import Path
 
 from .. import cbuild
@@ -19,8 +18,5 @@ def library(stem: str) -> ctypes.CDLL | None:
     """formats/<stem>.c compiled and loaded, or None (one note on stderr when it cannot be built)."""
     if os.environ.get("OSS_CONVERT_NATIVE", "1") == "0":
         return None
-    lib = cbuild.library(Path(__file__).with_name(f"{stem}.c"))
-    if lib is None:
-        print(f"note: {stem}.c could not be compiled (no C compiler, or no writable ~/.cache); its quantizers "
-              "run in numpy, slower", file=sys.stderr)
-    return lib
+    return cbuild.library(Path(__file__).with_name(f"{stem}.c"), f"{stem}.c",
+                          "its quantizers run in numpy, slower")

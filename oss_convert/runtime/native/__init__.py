@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import sys
 from functools import cache
 from pathlib import Path
 from typing import NamedTuple
@@ -19,7 +18,7 @@ import torch
 
 from ... import cbuild
 
-SOURCE = Path(__file__).with_name("packed_matmul.c")
+SOURCES = (Path(__file__).with_name("packed_matmul.c"),)
 # MXFP4: HF's layout, codes and scales apart; MXFP4_GGML: ggml's 17-byte blocks, read in place
 FORMATS = {"F32": 0, "BF16": 1, "F16": 2, "MXFP4": 3, "Q8_0": 4, "Q5_0": 5, "Q4_0": 6, "Q5_1": 7, "MXFP4_GGML": 8,
            "Q4_K": 9}
@@ -31,7 +30,7 @@ Q8_FORMATS = frozenset({"MXFP4", "MXFP4_GGML", "Q8_0", "Q5_0", "Q4_0"})
 
 def build(extra_flags: tuple[str, ...] = ()) -> Path | None:
     """The compiled library (built now if the cache lacks it), or None where it cannot be built."""
-    return cbuild.compiled(SOURCE, extra_flags, openmp=True)
+    return cbuild.compiled(SOURCES, extra_flags, openmp=True)
 
 
 class AttentionLayer(ctypes.Structure):
@@ -100,11 +99,8 @@ def load(path: Path) -> ctypes.CDLL:
 def library() -> ctypes.CDLL | None:
     if os.environ.get("OSS_CONVERT_NATIVE", "1") == "0":
         return None
-    lib = cbuild.library(SOURCE, openmp=True, load=load)
-    if lib is None:
-        print("note: the CPU kernels could not be built (no C compiler, or no writable ~/.cache); the CPU "
-              "runtime runs on numpy and torch, slower", file=sys.stderr)
-    return lib
+    return cbuild.library(SOURCES, "the CPU kernels", "the CPU runtime runs on numpy and torch, slower",
+                          openmp=True, load=load)
 
 
 def for_format(format: str) -> ctypes.CDLL | None:
