@@ -48,12 +48,14 @@ def _cpu_flags() -> str:
     return platform.processor() or platform.machine()
 
 
-def _text_with_headers(source: Path) -> str:
-    """The source and every header it includes by a quoted path (ours; they include no others).
-    A missing header reads as empty: the build then fails, and the caller keeps its numpy path."""
-    text = source.read_text()
-    headers = [source.parent / h for h in re.findall(r'^#include "([^"]+)"', text, flags=re.MULTILINE)]
-    return "\0".join([text, *(h.read_text() if h.is_file() else "" for h in headers)])
+def _text_with_headers(source: Path, seen: set[Path] | None = None) -> str:
+    """The source and every header it includes by a quoted path, and theirs in turn (ours). A
+    missing header reads as empty: the build then fails, and the caller keeps its numpy path."""
+    seen = set() if seen is None else seen
+    seen.add(source.resolve())
+    text = source.read_text() if source.is_file() else ""
+    headers = [(source.parent / h) for h in re.findall(r'^#include "([^"]+)"', text, flags=re.MULTILINE)]
+    return "\0".join([text, *(_text_with_headers(h, seen) for h in headers if h.resolve() not in seen)])
 
 
 def compiler() -> str | None:

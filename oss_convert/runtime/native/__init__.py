@@ -1,4 +1,4 @@
-"""The CPU runtime's matrix products on weights in their stored form (packed_matmul.c).
+"""The CPU runtime's matrix products on weights in their stored form (the C sources beside this file).
 
 The C source ships with the package and is compiled on first use for the machine's own CPU
 (oss_convert.cbuild: AVX-512 where it has it). Without a compiler, or with OSS_CONVERT_NATIVE=0,
@@ -18,7 +18,9 @@ import torch
 
 from ... import cbuild
 
-SOURCES = (Path(__file__).with_name("packed_matmul.c"),)
+# one library, its sources by job (kernels.h says what each holds)
+SOURCES = tuple(Path(__file__).with_name(f"{stem}.c")
+                for stem in ("expand", "float_products", "q8_products", "batch", "decoder"))
 # MXFP4: HF's layout, codes and scales apart; MXFP4_GGML: ggml's 17-byte blocks, read in place
 FORMATS = {"F32": 0, "BF16": 1, "F16": 2, "MXFP4": 3, "Q8_0": 4, "Q5_0": 5, "Q4_0": 6, "Q5_1": 7, "MXFP4_GGML": 8,
            "Q4_K": 9}
@@ -34,7 +36,7 @@ def build(extra_flags: tuple[str, ...] = ()) -> Path | None:
 
 
 class AttentionLayer(ctypes.Structure):
-    """One layer's attention as oss_attention_one_token takes it (packed_matmul.c's
+    """One layer's attention as oss_attention_one_token takes it (decoder.c's
     oss_attention_layer), made once per layer: sizes, the four matrices (q, k, v, o) and the
     float32 vectors. `held` keeps what the pointers point into alive."""
     _fields_ = [("hidden", ctypes.c_int64), ("heads", ctypes.c_int64), ("kv_heads", ctypes.c_int64),
@@ -45,7 +47,7 @@ class AttentionLayer(ctypes.Structure):
 
 
 class MoeLayer(ctypes.Structure):
-    """One layer's MoE block as oss_moe_route and oss_moe_experts take it (packed_matmul.c's
+    """One layer's MoE block as oss_moe_route and oss_moe_experts take it (decoder.c's
     oss_moe_layer): sizes, the router, the biases, and per expert its matrices, NULL until
     `MoeOneToken.add` puts them in at the expert's first use."""
     _fields_ = [("experts", ctypes.c_int64), ("top_k", ctypes.c_int64), ("hidden", ctypes.c_int64),
