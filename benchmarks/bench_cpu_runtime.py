@@ -54,14 +54,14 @@ print(json.dumps({"tokens_per_s": steps / (time.perf_counter() - start)}))
 OURS_DECODE = """
 import sys, time, json, torch
 from oss_convert.checkpoint import open_checkpoint
-from oss_convert.runtime.full_compare import prefill
-from oss_convert.runtime.model import forward, load_model, new_cache
+from oss_convert.runtime.execution.forward import forward, load_model, prefill
+from oss_convert.runtime.model.cache import KVCache
 torch.set_num_threads(int(sys.argv[2]))
 path, steps, activations = sys.argv[1], int(sys.argv[3]), sys.argv[4]
 prompt = [(i * 37 + 11) % 350 for i in range(32)]
 with torch.inference_mode():  # as `generate` runs
     model = load_model(open_checkpoint(path), torch.device("cpu"), activations)
-    cache = new_cache(capacity=512)  # llama.cpp's n_ctx
+    cache = KVCache(capacity=512)  # llama.cpp's n_ctx
     logits = prefill(model, prompt, cache)
     start = time.perf_counter()
     for _ in range(steps):

@@ -24,7 +24,8 @@ from bench_moe_gpu import peak_bandwidth  # noqa: E402
 
 from fixtures.checkpoints import write_checkpoint  # noqa: E402
 from oss_convert.checkpoint import open_checkpoint  # noqa: E402
-from oss_convert.runtime.model import forward, load_model, new_cache  # noqa: E402
+from oss_convert.runtime.execution.forward import forward, load_model  # noqa: E402
+from oss_convert.runtime.model.cache import KVCache  # noqa: E402
 
 
 def tensor_bytes(t: torch.Tensor) -> int:
@@ -48,7 +49,7 @@ def main() -> None:
     dense += sum(tensor_bytes(t) for m in model.moe for t in (m.router_w, m.router_b, m.b1, m.b2, m.norm_w))
     per_token = dense + tensor_bytes(model.lm_head) + cfg.num_layers * cfg.experts_per_token * per_expert
     with torch.no_grad():
-        cache = new_cache()
+        cache = KVCache()
         logits = forward(model, torch.arange(16, device="cuda"), cache)
         torch.cuda.synchronize()
         t0 = time.perf_counter()

@@ -45,8 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_moe_gpu import HBM_PEAK, H, I, TOP_K  # noqa: E402
 
-from oss_convert.runtime import triton_moe  # noqa: E402
-from oss_convert.runtime.variants import triton_moe_variants as variants  # noqa: E402
+from oss_convert.runtime.kernels import triton_moe  # noqa: E402
+from oss_convert.runtime.kernels.variants import triton_moe_variants as variants  # noqa: E402
 
 HOPPER = GPUTarget("cuda", 90, 32)
 WARP_ISSUE_PER_S = 132 * 4 * 1.98e9  # H100/H200 SXM: SMs x schedulers x boost clock, one warp instruction each

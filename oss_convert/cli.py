@@ -17,6 +17,8 @@ from . import __version__
 from .errors import OssConvertError
 from .files.stream import reuse_freed_chunks
 from .memory.context import KV_TYPES as KV_CACHE_TYPES
+from .plan.lossless import LOSSLESS, OUTTYPES
+from .plan.mixtures import MIXTURES
 
 class UserError(click.ClickException):
     """One `Error: ...` line, with the exit status the command reserves for bad input."""
@@ -85,6 +87,22 @@ activations_option = click.option(
     help="How activations meet MXFP4/Q8_0/Q5_0/Q4_0 weights: float32, as transformers computes, or rounded to "
          "Q8_0 first, as llama.cpp's CPU backend does (CPU only: faster, at a rounding cost of the order of "
          "llama.cpp's own).")
+
+
+def read_text_inputs(prompt: str | None, text_file: Path | None,
+                     tokens_file: Path | None) -> tuple[str | None, list[int] | None]:
+    """(text, token ids) from whichever of --prompt, --text-file and --tokens-file was given."""
+    if text_file is not None:
+        try:
+            prompt = Path(text_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise OssConvertError(f"{text_file}: not a readable UTF-8 text file ({e})") from None
+    if tokens_file is None:
+        return prompt, None
+    try:
+        return prompt, [int(t) for t in Path(tokens_file).read_text().split()]
+    except (OSError, ValueError) as e:
+        raise OssConvertError(f"{tokens_file}: expected whitespace-separated token ids ({e})") from None
 
 
 def emit_json(doc) -> None:
@@ -175,8 +193,7 @@ def survey(ref, first_parts: list[str]) -> dict:
     return survey_report(str(ref), rows)
 
 
-CONVERT_TYPES = ["mxfp4", "q4_k_m", "q4_k_s", "q4_k", "q5_k_m", "q5_k_s", "q6_k", "q8_0", "q4_0", "q4_1", "q5_0",
-                 "q5_1", "q3_k_l", "q3_k_m", "q3_k_s", "q2_k", "iq4_nl", "iq4_xs", "mxfp4_moe"]
+CONVERT_TYPES = [LOSSLESS, *MIXTURES]  # the lossless copy, then llama-quantize's mixtures
 
 
 @cli.command("convert")
@@ -187,7 +204,7 @@ CONVERT_TYPES = ["mxfp4", "q4_k_m", "q4_k_s", "q4_k", "q5_k_m", "q5_k_s", "q6_k"
 @click.option("--type", "qtype", type=click.Choice(CONVERT_TYPES), default="mxfp4", show_default=True,
               help="mxfp4: lossless, the FP4 bits copied. Others: llama-quantize's mixture of that name "
                    "(q4_k: every weight Q4_K, as llama-quantize --pure).")
-@click.option("--outtype", type=click.Choice(["bf16", "f16", "f32", "q8_0"]), default="bf16", show_default=True,
+@click.option("--outtype", type=click.Choice(list(OUTTYPES)), default="bf16", show_default=True,
               help="Lossless only: type of the non-expert 2-D weights (norms, biases, router stay F32).")
 @click.option("--keep-mxfp4-experts", is_flag=True,
               help="Requantizing: keep the expert tensors lossless MXFP4, apply the mixture to the rest.")
@@ -207,7 +224,7 @@ def convert_cmd(src: Path, out: Path | None, target: str, qtype: str, outtype: s
     the file llama-quantize makes from it, and a report of what each tensor lost.
     """
     from .convert.plan_report import render_cost, render_plan
-    from .convert.to_gguf import LOSSLESS, plan_conversion
+    from .convert.to_gguf import plan_conversion
     from .hub import open_downloaded
 
     to_gguf = target == "gguf"
@@ -281,13 +298,13 @@ def compare_cmd(a: Path, b: Path, full: bool, layers: str, tokens: int, seed: in
     from .hub import open_downloaded
 
     if full:
-        from .runtime.full_compare import compare_full, read_text_inputs, render_full
+        from .compare import compare_full, render_full
         prompt, ids = read_text_inputs(prompt, text_file, tokens_file)
         ckpt_a, ckpt_b = open_downloaded(a, local_dir), open_downloaded(b, local_dir)
         doc = compare_full(ckpt_a, ckpt_b, tokens=ids, prompt=prompt, ctx=ctx, device=device,
                            save_logits=save_logits, activations=activations)
         return emit_json(doc) if as_json else click.echo(render_full(doc))
-    from .runtime.compare import compare_moe, render_comparison
+    from .compare import compare_moe, render_comparison
 
     doc = compare_moe(open_downloaded(a, local_dir), open_downloaded(b, local_dir), layers=layers, tokens=tokens,
                       device=device, seed=seed)
@@ -309,7 +326,7 @@ def generate_cmd(model: Path, prompt: str, max_tokens: int, activations: str, de
     refuse_cuda_q8(activations, device)
     require_runtime("generate")
     from .hub import open_downloaded
-    from .runtime.full_compare import generate
+    from .generate import generate
 
     doc = generate(open_downloaded(model, local_dir), prompt, max_tokens=max_tokens, device=device,
                    activations=activations)
@@ -392,7 +409,6 @@ def report_cmd(src: Path, port: Path, out: Path, text_file: Path | None, prompt:
     for target in (out, json_out):
         if target is not None:
             check_target(target, force)
-    from .runtime.full_compare import read_text_inputs
     prompt, ids = read_text_inputs(prompt, text_file, tokens_file)
     source, port_ckpt = open_downloaded(src, local_dir), open_downloaded(port, local_dir)
     doc = build_report(source, port_ckpt, prompt=prompt, tokens=ids, ctx=ctx, layers=layers, moe_tokens=tokens,

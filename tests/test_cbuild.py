@@ -14,7 +14,7 @@ import pytest
 
 from oss_convert import cbuild
 from oss_convert.formats import compiled
-from oss_convert.runtime import native
+from oss_convert.runtime.kernels import native
 
 ROOT = Path(__file__).resolve().parent.parent
 

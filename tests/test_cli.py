@@ -77,7 +77,7 @@ def test_q8_activations_are_refused_where_they_cannot_run(bundled, tiny_gguf):
 def test_compare_opens_both_inputs_before_running_either(bundled, tmp_path, monkeypatch):
     """A missing B is said at once, not after A's forward pass."""
     pytest.importorskip("torch")
-    from oss_convert.runtime import full_compare
+    from oss_convert.compare import full as full_compare
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("a model ran before every input was opened")
@@ -91,7 +91,7 @@ def test_compare_opens_both_inputs_before_running_either(bundled, tmp_path, monk
 
 def test_compare_checks_token_ids_against_both_vocabularies_first(bundled, tiny_gguf, tmp_path, monkeypatch):
     pytest.importorskip("torch")
-    from oss_convert.runtime import full_compare
+    from oss_convert.compare import full as full_compare
     monkeypatch.setattr(full_compare, "model_logits", lambda *a, **k: pytest.fail("ran before the check"))
     tokens = tmp_path / "tokens.txt"
     tokens.write_text("1 2 100000")

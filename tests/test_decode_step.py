@@ -1,5 +1,5 @@
-"""A decode step (one token) on the CPU takes native paths: the MoE block in two calls
-(runtime/moe_decode) and the attention block in one (model.native_attention_block). They must
+"""A decode step (one token) on the CPU takes the C paths of runtime/execution/decode.py: the MoE
+block in two calls and the attention block in one. They must
 be torch's within a few units in the last place (their products are the same floats; norms,
 softmaxes and the sigmoid round in another order), for every kind of port and both activations."""
 
@@ -15,12 +15,17 @@ from click.testing import CliRunner
 from fixtures.checkpoints import PRESETS, write_checkpoint
 from oss_convert.checkpoint import open_checkpoint
 from oss_convert.cli import cli
-from oss_convert.runtime import moe_decode, native
-from oss_convert.runtime.model import (KVCache, attention, load_model, native_attention_block, native_attention_takes,
-                                      step_inputs, yarn_frequencies)
-from oss_convert.runtime.moe import rms_norm
-from oss_convert.runtime.moe_reference import expert_product, moe_reference, route
-from oss_convert.runtime.weights import StoredRows, load_layer
+from oss_convert.runtime.execution import decode
+from oss_convert.runtime.execution.forward import load_model
+from oss_convert.runtime.kernels import native
+from oss_convert.runtime.kernels.native.decode_step import NativeAttention, NativeMoe
+from oss_convert.runtime.model.attention import step_inputs
+from oss_convert.runtime.model.cache import KVCache
+from oss_convert.runtime.model.moe import MoEBlock, expert_product, moe_reference, route
+from oss_convert.runtime.model.norm import rms_norm
+from oss_convert.runtime.model.rope import yarn_frequencies
+from oss_convert.runtime.weights.matrices import StoredRows
+from oss_convert.runtime.weights.source import WeightSource
 
 pytestmark = pytest.mark.skipif(native.library() is None, reason="no C compiler: the runtime's numpy path runs")
 
@@ -49,15 +54,16 @@ def test_one_tokens_moe_block_is_the_references(ports, kind, activations):
     ckpt = open_checkpoint(ports[kind])
     gen = torch.Generator().manual_seed(7)
     clamped = 0
+    source = WeightSource(ckpt, torch.device("cpu"), activations)
     for n in range(ckpt.require_config().num_layers):
-        layer = load_layer(ckpt, n, activations)
+        layer = MoEBlock.from_weights(source, n)
         for size in (1, 1, 1, 30, 30, 30):  # large tokens: the SwiGLU's clamps bite
             x = size * torch.randn(1, layer.router_w.shape[1], generator=gen)
-            assert moe_decode.takes(layer, x) and not moe_decode.takes(layer, x.expand(2, -1))
+            assert decode.moe_takes(layer, x) and not decode.moe_takes(layer, x.expand(2, -1))
             want = moe_reference(x, layer.router_w, layer.router_b, layer.gate_up, layer.b1, layer.down, layer.b2,
                                  layer.top_k, layer.swiglu_limit, layer.swiglu_alpha)
-            got = moe_decode.moe_one_token(layer, x)
-            assert layer.one_token.ids[:] == sorted(route(x, layer.router_w, layer.router_b, layer.top_k)[0][0].tolist())
+            got = decode.moe_one_token(layer, x)
+            assert layer.native.ids[:] == sorted(route(x, layer.router_w, layer.router_b, layer.top_k)[0][0].tolist())
             torch.testing.assert_close(got, want, rtol=2e-5, atol=2e-5 * float(want.abs().max()))
             h = torch.cat([expert_product(layer.gate_up, e, x) + layer.b1[e] for e in range(layer.b1.shape[0])])
             gate, up = h[:, 0::2], h[:, 1::2]
@@ -79,16 +85,17 @@ def test_one_tokens_attention_block_is_torchs(ports, kind, activations):
     for position in (0, 5, cfg.sliding_window + 20):
         step = step_inputs(cfg, inv_freq, scale, torch.tensor([position]), position + 1)
         caches = {way: KVCache() for way in ("native", "torch")}
-        for n, (w, moe) in enumerate(zip(model.attention, model.moe)):
-            assert native_attention_takes(w, torch.zeros(1, cfg.hidden_size), caches["native"])
+        for n, block in enumerate(model.blocks):
+            w, moe = block.attention, block.moe
+            assert decode.attention_takes(w, torch.zeros(1, cfg.hidden_size), caches["native"])
             earlier = torch.randn(position, cfg.num_kv_heads, cfg.head_dim, generator=gen)
             for cache in caches.values():
                 cache.extend(n, earlier, 2 * earlier)
             x = 3 * torch.randn(1, cfg.hidden_size, generator=gen)
-            want_x = x + attention(w, x, cfg, n, step, caches["torch"])
+            want_x = x + w.forward(x, step, caches["torch"])
             got_x = x.clone()
-            got_h = native_attention_block(w, moe.norm_w, got_x, cfg, n, step, caches["native"])
-            want_h = rms_norm(want_x, moe.norm_w, cfg.rms_norm_eps)
+            got_h = decode.attention_one_token(w, moe.norm, got_x, step, caches["native"])
+            want_h = rms_norm(want_x, moe.norm, cfg.rms_norm_eps)
             for got, want in ((got_x, want_x), (got_h, want_h), (caches["native"].keys[n], caches["torch"].keys[n]),
                               (caches["native"].values[n], caches["torch"].values[n])):
                 assert got.shape == want.shape
@@ -106,41 +113,42 @@ def test_the_attention_block_is_torchs_once_the_window_slides(bundled):
     position = cfg.sliding_window + 3
     step = step_inputs(cfg, inv_freq, scale, torch.tensor([position]), position + 1)
     gen = torch.Generator().manual_seed(9)
-    w, moe, x = model.attention[0], model.moe[0], torch.randn(1, cfg.hidden_size, generator=gen)
+    w, moe, x = model.blocks[0].attention, model.blocks[0].moe, torch.randn(1, cfg.hidden_size, generator=gen)
     earlier = torch.randn(position, cfg.num_kv_heads, cfg.head_dim, generator=gen)
     earlier[:3] = 1e3 * earlier[:3].sign()  # outside the window: huge scores for some query heads
     caches = {way: KVCache() for way in ("native", "torch")}
     for cache in caches.values():
         cache.extend(0, earlier, earlier.clone())
-    want = x + attention(w, x, cfg, 0, step, caches["torch"])
+    want = x + w.forward(x, step, caches["torch"])
     got = x.clone()
-    native_attention_block(w, moe.norm_w, got, cfg, 0, step, caches["native"])
+    decode.attention_one_token(w, moe.norm, got, step, caches["native"])
     torch.testing.assert_close(got, want, rtol=2e-5, atol=2e-5 * float(want.abs().max()))
 
 
 def test_one_tokens_experts_refuse_what_does_not_fit_the_layer():
-    with pytest.raises(ValueError, match="MoeOneToken"):  # b1's rows are not one per expert
-        native.MoeOneToken(2, torch.zeros(4, 64), torch.zeros(4), torch.zeros(3, 16), torch.zeros(4, 64), 7.0, 1.702)
-    plan = native.MoeOneToken(2, torch.zeros(4, 64), torch.zeros(4), torch.zeros(4, 16), torch.zeros(4, 64), 7.0, 1.702)
+    lib = native.library()
+    with pytest.raises(ValueError, match="NativeMoe"):  # b1's rows are not one per expert
+        NativeMoe(lib, 2, torch.zeros(4, 64), torch.zeros(4), torch.zeros(3, 16), torch.zeros(4, 64), 7.0, 1.702)
+    plan = NativeMoe(lib, 2, torch.zeros(4, 64), torch.zeros(4), torch.zeros(4, 16), torch.zeros(4, 64), 7.0, 1.702)
     up = StoredRows("BF16", np.zeros((16, 64), dtype=np.uint16))
     down = StoredRows("BF16", np.zeros((64, 8), dtype=np.uint16))
     plan.add(1, [up], [down], "float32")
-    with pytest.raises(ValueError, match="MoeOneToken"):  # GGUF's two first matrices after HF's one
+    with pytest.raises(ValueError, match="NativeMoe"):  # GGUF's two first matrices after HF's one
         plan.add(2, [up, up], [down], "float32")
-    with pytest.raises(ValueError, match="MoeOneToken"):  # no such expert
+    with pytest.raises(ValueError, match="NativeMoe"):  # no such expert
         plan.add(4, [up], [down], "float32")
     h, out = torch.ones(1, 64), torch.full((1, 64), 2.0)
-    assert plan.route(native.library(), h) == [0, 1]  # equal logits: the lower ids
-    with pytest.raises(ValueError, match="MoeOneToken"):  # expert 0 chosen, never added
-        plan.run(native.library(), h, out)
+    assert plan.route(h) == [0, 1]  # equal logits: the lower ids
+    with pytest.raises(ValueError, match="NativeMoe"):  # expert 0 chosen, never added
+        plan.run(h, out)
     plan.add(0, [up], [down], "float32")
-    plan.run(native.library(), h, out)
+    plan.run(h, out)
     assert torch.equal(out, torch.full((1, 64), 2.0))  # x += 0: all weights and biases zero
-    bad = native.MoeOneToken(1, torch.zeros(2, 16), torch.zeros(2), torch.zeros(2, 16), torch.zeros(2, 16), 7.0, 1.702)
+    bad = NativeMoe(lib, 1, torch.zeros(2, 16), torch.zeros(2), torch.zeros(2, 16), torch.zeros(2, 16), 7.0, 1.702)
     bad.add(0, [StoredRows("MXFP4_GGML", np.zeros((16, 17), dtype=np.uint8))], [down], "q8")  # 16 values: no block
-    assert bad.route(native.library(), torch.ones(1, 16)) == [0]
-    with pytest.raises(ValueError, match="moe_experts"):
-        bad.run(native.library(), torch.ones(1, 16), torch.empty(1, 16))
+    assert bad.route(torch.ones(1, 16)) == [0]
+    with pytest.raises(ValueError, match="moe_experts: the kernels cannot take it"):
+        bad.run(torch.ones(1, 16), torch.empty(1, 16))
 
 
 def test_one_tokens_attention_refuses_what_does_not_fit_the_layer():
@@ -149,16 +157,17 @@ def test_one_tokens_attention_refuses_what_does_not_fit_the_layer():
     o_rows = StoredRows("BF16", np.zeros((64, 128), dtype=np.uint16))
     vectors = dict(norm=torch.ones(64), sinks=torch.zeros(2), next_norm=torch.ones(64))
     biases = [torch.zeros(128), torch.zeros(64), torch.zeros(64), torch.zeros(64)]
-    layer = native.attention_layer([rows, kv_rows, kv_rows, o_rows], "float32", biases, heads=2, kv_heads=1,
-                                   head_dim=64, window=0, eps=1e-5, **vectors)
-    with pytest.raises(ValueError, match="attention_layer"):  # a bias of another size
-        native.attention_layer([rows, kv_rows, kv_rows, o_rows], "float32", biases[:3] + [torch.zeros(63)], heads=2,
-                               kv_heads=1, head_dim=64, window=0, eps=1e-5, **vectors)
-    with pytest.raises(ValueError, match="attention_layer"):  # o with the rows of another size
-        native.attention_layer([rows, kv_rows, kv_rows, rows], "float32", biases, heads=2, kv_heads=1, head_dim=64,
-                               window=0, eps=1e-5, **vectors)
+    lib = native.library()
+    layer = NativeAttention(lib, [rows, kv_rows, kv_rows, o_rows], "float32", biases, heads=2, kv_heads=1,
+                            head_dim=64, window=0, eps=1e-5, **vectors)
+    with pytest.raises(ValueError, match="NativeAttention"):  # a bias of another size
+        NativeAttention(lib, [rows, kv_rows, kv_rows, o_rows], "float32", biases[:3] + [torch.zeros(63)], heads=2,
+                        kv_heads=1, head_dim=64, window=0, eps=1e-5, **vectors)
+    with pytest.raises(ValueError, match="NativeAttention"):  # o with the rows of another size
+        NativeAttention(lib, [rows, kv_rows, kv_rows, rows], "float32", biases, heads=2, kv_heads=1, head_dim=64,
+                        window=0, eps=1e-5, **vectors)
     keys = torch.zeros(4, 1, 64)
     args = (torch.ones(1, 64), torch.ones(1, 64), torch.zeros(1, 64))
-    with pytest.raises(ValueError, match="attention_one_token"):  # no room at the position
-        native.attention_one_token(native.library(), layer, *args, keys, keys.clone(), 4, torch.empty(1, 64))
-    native.attention_one_token(native.library(), layer, *args, keys, keys.clone(), 3, torch.empty(1, 64))
+    with pytest.raises(ValueError, match="NativeAttention"):  # no room at the position
+        layer.one_token(*args, keys, keys.clone(), 4, torch.empty(1, 64))
+    layer.one_token(*args, keys, keys.clone(), 3, torch.empty(1, 64))

@@ -24,9 +24,9 @@ from tests.test_runtime import (
 @kernels_runnable
 @pytest.mark.parametrize("tokens,hidden,inter", RAGGED_SHAPES)
 def test_the_variants_give_the_default_kernels_results(tokens, hidden, inter):
-    from oss_convert.runtime.triton_moe import moe_mxfp4_triton
-    from oss_convert.runtime.variants.mxfp4_words import to_words
-    from oss_convert.runtime.variants.triton_moe_variants import moe_mxfp4_variants
+    from oss_convert.runtime.kernels.triton_moe import moe_mxfp4_triton
+    from oss_convert.runtime.kernels.variants.mxfp4_words import to_words
+    from oss_convert.runtime.kernels.variants.triton_moe_variants import moe_mxfp4_variants
     args, want = ragged_layer(tokens, hidden, inter)
     x, experts, weights, w1, b1, w2, b2 = args
     words1, words2 = to_words(w1.data, w1.scales), to_words(w2.data, w2.scales)
@@ -55,7 +55,7 @@ def test_the_variants_give_the_default_kernels_results(tokens, hidden, inter):
                                                               (1, 1, True, ["gate_up", "down"])])
 def test_the_variants_launches(monkeypatch, tokens, split_k, fuse_sum, launches):
     """Split-K adds the SwiGLU pass; the fused sum takes the sum over slots off the device."""
-    from oss_convert.runtime.variants import triton_moe_variants
+    from oss_convert.runtime.kernels.variants import triton_moe_variants
     launched, device_work = launches_of(triton_moe_variants, triton_moe_variants.moe_mxfp4_variants, monkeypatch,
                                         tokens, split_k=split_k, fuse_sum=fuse_sum)
     assert launched == launches
@@ -65,7 +65,7 @@ def test_the_variants_launches(monkeypatch, tokens, split_k, fuse_sum, launches)
 def test_words_decode_tiles_need_triton_3_5_for_eight_rows(monkeypatch):
     """Before 3.5 tl.dot takes no 8-wide operand: the words layout's decode tile then has 16 rows
     (found compiling for sm_90 under 3.3-3.5)."""
-    variants = pytest.importorskip("oss_convert.runtime.variants.triton_moe_variants")
+    variants = pytest.importorskip("oss_convert.runtime.kernels.variants.triton_moe_variants")
     monkeypatch.setattr(variants, "TRITON_VERSION", (3, 5))
     assert variants._block_m(4, 32, True, True) == 8
     monkeypatch.setattr(variants, "TRITON_VERSION", (3, 4))
@@ -82,7 +82,7 @@ def test_variant_kernels_compile_for_hopper_without_spills():
 
 
 def test_words_layout_places_every_value_bit_once():
-    from oss_convert.runtime.variants.mxfp4_words import source_bit
+    from oss_convert.runtime.kernels.variants.mxfp4_words import source_bit
     word_bits = sorted(source_bit(v, b) for v in range(8) for b in range(4))
     assert word_bits == list(range(32))
 
@@ -92,7 +92,7 @@ def test_words_layout_places_every_value_bit_once():
 def test_words_decode_to_the_mxfp4_values(scale_bytes):
     """Every code at every place in a word, against the HF-layout decoder, exactly. Scales up
     to 128 take one multiply, a wider one two; 0 (2^-127) is a subnormal either way."""
-    from oss_convert.runtime.variants.mxfp4_words import to_words
+    from oss_convert.runtime.kernels.variants.mxfp4_words import to_words
     from tests.words_kernel import decode_kernel
 
     # 64 words of 8 values: value v of word w is code (w + 3 v) mod 16, so each of the 16 codes

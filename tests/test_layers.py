@@ -1,9 +1,11 @@
 """The package's layers look only down, and torch stays the runtime's.
 
-Containers (files) and codecs (formats) at the bottom (with the C build helper, cbuild), the checkpoint model above them, the
-plans and memory plans above that, the Hub above the checkpoint model, the commands (inspect, convert,
-verify, runtime) above all of those, never importing each other, the report above the commands
-(it puts their documents on one page), and the CLI on top.
+Containers (files) and codecs (formats) at the bottom (with the C build helper, cbuild), the
+checkpoint model above them, the conversion plans and memory estimates above that, the Hub above
+the checkpoint model, the runtime (a library: no command) above those, the commands (inspect,
+convert, verify, compare, generate) above all of them, never importing each other, the report
+above the commands (it puts their documents on one page), and the CLI on top. Inside the runtime,
+kernels, weights, model and execution look only down too.
 """
 
 from __future__ import annotations
@@ -28,13 +30,19 @@ BELOW = {
     "plan": BASE | {"files", "formats", "checkpoint"},
     "memory": BASE | {"files", "formats", "checkpoint", "plan"},
     "hub": BASE | {"files", "checkpoint"},
+    "runtime": BASE | {"files", "formats", "checkpoint", "plan", "memory"},
 }
-COMMANDS = {"inspect", "convert", "verify", "runtime"}
+COMMANDS = {"inspect", "convert", "verify", "compare", "generate"}
+RUNS_THE_MODEL = {"compare", "generate"}
 for command in COMMANDS:
     BELOW[command] = BASE | {"files", "formats", "checkpoint", "plan", "memory"}
-BELOW["report"] = BELOW["verify"] | COMMANDS  # the port report puts the commands' documents together
+    if command in RUNS_THE_MODEL:
+        BELOW[command] |= {"runtime"}
+BELOW["report"] = BELOW["compare"] | COMMANDS  # the port report puts the commands' documents together
 BELOW["cli"] = set(BELOW) | COMMANDS
 TORCH = {"torch", "triton"}
+# the runtime's own layers, each importing only those before it
+RUNTIME = ["kernels", "weights", "model", "execution"]
 
 
 def part_of(path: Path) -> str:
@@ -43,31 +51,39 @@ def part_of(path: Path) -> str:
 
 
 def imports(path: Path) -> list[tuple[str, int]]:
-    return imports_in(path.read_text(), path.relative_to(PACKAGE).parts[:-1])
+    return [(target[0], line) for target, line in targets(path)]
+
+
+def targets(path: Path) -> list[tuple[tuple[str, ...], int]]:
+    return targets_in(path.read_text(), path.relative_to(PACKAGE).parts[:-1])
 
 
 def imports_in(text: str, package_parts: tuple[str, ...]) -> list[tuple[str, int]]:
-    """(the package part or third-party module imported, line) of every import in a module of
-    the package folder `package_parts`, at any depth (a function-level import is as much a
-    dependency as a top-level one)."""
+    return [(target[0], line) for target, line in targets_in(text, package_parts)]
+
+
+def targets_in(text: str, package_parts: tuple[str, ...]) -> list[tuple[tuple[str, ...], int]]:
+    """(the module imported as its path in the package, or a third-party module's name alone,
+    line) of every import in a module of the package folder `package_parts`, at any depth (a
+    function-level import is as much a dependency as a top-level one)."""
     tree = ast.parse(text)
-    out = []
+    out: list[tuple[tuple[str, ...], int]] = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            out += [(alias.name.split(".")[0] if not alias.name.startswith("oss_convert.")
-                     else alias.name.split(".")[1], node.lineno) for alias in node.names]
+            out += [(tuple(alias.name.split(".")[1:]) if alias.name.startswith("oss_convert.")
+                     else (alias.name.split(".")[0],), node.lineno) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             if node.level == 0:
                 module = node.module or ""
-                out.append((module.split(".")[1] if module.startswith("oss_convert.") else module.split(".")[0],
-                            node.lineno))
+                out.append((tuple(module.split(".")[1:]) if module.startswith("oss_convert.")
+                            else (module.split(".")[0],), node.lineno))
                 continue
             base = list(package_parts[:len(package_parts) - (node.level - 1)])
             target = base + (node.module.split(".") if node.module else [])
             if target:
-                out.append((target[0], node.lineno))
+                out.append((tuple(target), node.lineno))
             else:  # "from .. import x": each name is a part of the package
-                out += [(alias.name, node.lineno) for alias in node.names]
+                out += [((alias.name,), node.lineno) for alias in node.names]
     return out
 
 
@@ -116,16 +132,46 @@ def test_the_parts_import_each_other_without_cycles():
             visit(part, [])
 
 
-def test_only_the_runtime_imports_torch():
+def test_only_the_runtime_and_the_commands_that_run_it_import_torch():
     wrong = [f"{path.relative_to(ROOT)}:{line}: imports {imported}" for path in sources()
-             if part_of(path) not in ("runtime", "cli") for imported, line in imports(path) if imported in TORCH]
+             if part_of(path) not in {"runtime", "cli"} | RUNS_THE_MODEL for imported, line in imports(path)
+             if imported in TORCH]
     assert not wrong, "\n".join(wrong)
+
+
+def runtime_layer(parts: tuple[str, ...]) -> str | None:
+    """The runtime layer a module path (in the package) belongs to, if it is the runtime's."""
+    return parts[1] if len(parts) > 1 and parts[0] == "runtime" and parts[1] in RUNTIME else None
+
+
+def test_the_runtimes_layers_look_only_down():
+    modules = [p for p in sources() if part_of(p) == "runtime" and p.parent != PACKAGE / "runtime"]
+    assert {runtime_layer(p.relative_to(PACKAGE).parts) for p in modules} == set(RUNTIME)
+    wrong = []
+    for path in modules:
+        layer = runtime_layer(path.relative_to(PACKAGE).parts)
+        for target, line in targets(path):
+            imported = runtime_layer(target)
+            if imported is not None and RUNTIME.index(imported) > RUNTIME.index(layer):
+                wrong.append(f"{path.relative_to(ROOT)}:{line}: runtime.{layer} imports runtime.{imported}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_runtime_holds_no_command_and_reads_no_file():
+    """Commands live in their own packages; files are read by the checkpoint model, which the
+    runtime's weight source asks for tensors."""
+    for path in (PACKAGE / "runtime").rglob("*.py"):
+        text = path.read_text()
+        for needle in ("open(", "read_text(", "read_bytes(", "tokenizers", "jinja2", "click", "tqdm"):
+            assert needle not in text, f"{path.relative_to(ROOT)}: {needle}"
 
 
 def test_the_import_reader_sees_relative_and_absolute_imports():
     text = ("from ..plan.layout import Target\nfrom . import lossless\nimport torch\nfrom oss_convert.hub import x\n"
             "def f():\n    from .. import text\n")
     assert [i for i, _ in imports_in(text, ("convert",))] == ["plan", "convert", "torch", "hub", "text"]
+    assert [t for t, _ in targets_in("from ..weights.source import WeightSource\n", ("runtime", "model"))] == [
+        ("runtime", "weights", "source")]
 
 
 BLOCK_TORCH = textwrap.dedent("""

@@ -18,7 +18,7 @@ from oss_convert.convert.to_gguf import convert_lossless
 from oss_convert.memory.context import ContextOptions
 from oss_convert.memory.llama import llama_cpp_memory
 from oss_convert.memory.plan import gguf_weight_bytes, memory_plan, model_shape
-from oss_convert.memory.runtime import STORED_DENSE_FORMATS, runtime_kv_bytes, runtime_weight_bytes
+from oss_convert.memory.runtime import runtime_kv_bytes, runtime_weight_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 MiB = 1 << 20
@@ -109,23 +109,27 @@ def test_runtime_plan_is_what_the_runtime_holds(bundled, checkpoints, tmp_path):
     longer than a prefill micro-batch, for the original, for a GGUF with ggml-typed experts and
     for a Q4_K_M port whose rows of 256 take K-quants."""
     torch = pytest.importorskip("torch")
-    from oss_convert.runtime.full_compare import prefill
-    from oss_convert.runtime.model import forward, load_model, new_cache
-    from oss_convert.runtime import native
-    from oss_convert.runtime.weights import MappedExperts, PackedExperts, StoredMatrix
+    from oss_convert.runtime.execution.forward import forward, load_model, prefill
+    from oss_convert.runtime.kernels import native
+    from oss_convert.runtime.model.cache import KVCache
+    from oss_convert.runtime.weights.experts import MappedExperts, PackedExperts
+    from oss_convert.runtime.weights.matrices import FloatMatrix, StoredMatrix
 
     q8, k_quants = tmp_path / "q8.gguf", tmp_path / "q4_k_m.gguf"
     assert CliRunner().invoke(cli, ["convert", str(bundled), "-o", str(q8), "--type", "q8_0"]).exit_code == 0
     assert CliRunner().invoke(cli, ["convert", str(checkpoints["small"]), "-o", str(k_quants),
                                     "--type", "q4_k_m"]).exit_code == 0
     assert "Q4_K" in {t.format for t in open_checkpoint(k_quants).model_tensors}
-    assert set(STORED_DENSE_FORMATS) == set(native.FORMATS) - {"MXFP4", "MXFP4_GGML"}
     for path in (bundled, q8, k_quants):
         ckpt = open_checkpoint(path)
         model = load_model(ckpt, torch.device("cpu"))
         held = 0
-        for obj in [model.embed, model.final_norm, model.lm_head, *model.attention, *model.moe]:
-            for value in (vars(obj).values() if not isinstance(obj, (torch.Tensor, StoredMatrix)) else [obj]):
+        for obj in [model.embedding, model.norm, model.unembedding, *(b.attention for b in model.blocks),
+                    *(b.moe for b in model.blocks)]:
+            for value in (vars(obj).values() if not isinstance(obj, (torch.Tensor, StoredMatrix, FloatMatrix))
+                          else [obj]):
+                if isinstance(value, FloatMatrix):
+                    value = value.values
                 if isinstance(value, torch.Tensor):
                     held += value.numel() * value.element_size()
                 elif isinstance(value, (MappedExperts, PackedExperts)):
@@ -134,7 +138,7 @@ def test_runtime_plan_is_what_the_runtime_holds(bundled, checkpoints, tmp_path):
                     held += value.data.nbytes
         assert held == runtime_weight_bytes(ckpt, stored_dense=native.library() is not None)
         tokens = [(i * 7) % 300 for i in range(600)]
-        cache = new_cache(capacity=len(tokens) + 10)  # as generate reserves: the prompt and what it adds
+        cache = KVCache(capacity=len(tokens) + 10)  # as generate reserves: the prompt and what it adds
         with torch.no_grad():
             prefill(model, tokens, cache)
             forward(model, torch.tensor([5]), cache)
@@ -150,14 +154,14 @@ def test_runtime_peak_on_cuda(bundled):
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     from oss_convert.memory.runtime import runtime_memory
-    from oss_convert.runtime.full_compare import prefill
-    from oss_convert.runtime.model import load_model, new_cache
+    from oss_convert.runtime.execution.forward import load_model, prefill
+    from oss_convert.runtime.model.cache import KVCache
     ckpt = open_checkpoint(bundled)
     torch.cuda.reset_peak_memory_stats()
     model = load_model(ckpt, torch.device("cuda"))
     tokens = [(i * 7) % 300 for i in range(2048)]
     with torch.no_grad():
-        prefill(model, tokens, new_cache(capacity=len(tokens)))  # as generate reserves its context
+        prefill(model, tokens, KVCache(capacity=len(tokens)))  # as generate reserves its context
     plan = runtime_memory(model_shape(ckpt), runtime_weight_bytes(ckpt, stored_dense=False), len(tokens))
     assert torch.cuda.max_memory_allocated() == pytest.approx(plan["total_bytes"], rel=0.10)
 

@@ -14,9 +14,11 @@ from click.testing import CliRunner
 
 from oss_convert.checkpoint import open_checkpoint
 from oss_convert.cli import cli
-from oss_convert.runtime.model import forward, load_model, new_cache
-from oss_convert.runtime import model as model_module
-from oss_convert.runtime import native
+from oss_convert.runtime.execution.forward import forward, load_model, streamed_logits
+from oss_convert.runtime.model import cache as cache_module
+from oss_convert.runtime.model.cache import KVCache
+from oss_convert.runtime.model.moe import MoEBlock
+from oss_convert.runtime.weights import products, source
 
 # longer than the 128-token sliding window, so even layers really slide
 TOKENS = [(i * 37 + 11) % 350 for i in range(200)]
@@ -94,14 +96,14 @@ def test_kv_cache_gives_the_same_logits(bundled, activations, monkeypatch):
     CPU to CPU, and with Q8_0 activations a last-bit difference now and then moves a value across
     a rounding step (on a Xeon, 0.02 in the logits of the 100-token prompt; with the kernels
     throughout, 3e-6)."""
-    monkeypatch.setattr(model_module, "KV_BLOCK", 32)
-    monkeypatch.setattr(native, "FUSED_MAX_TOKENS", len(TOKENS))
+    monkeypatch.setattr(cache_module, "KV_BLOCK", 32)
+    monkeypatch.setattr(products, "FUSED_MAX_TOKENS", len(TOKENS))
     model = load_model(open_checkpoint(bundled), torch.device("cpu"), activations)
     with torch.no_grad():
         full = forward(model, torch.tensor(TOKENS[:170]))
         by_cache = {}
         for capacity in (170, 0):
-            cache = new_cache(capacity)
+            cache = KVCache(capacity)
             parts = [forward(model, torch.tensor(TOKENS[:100]), cache)]
             parts += [forward(model, torch.tensor([t]), cache) for t in TOKENS[100:170]]
             assert cache.length == 170 and cache.keys[0].shape[0] == 170
@@ -138,7 +140,6 @@ def test_streaming_layers_gives_the_resident_models_logits(bundled, tmp_path, mo
     """compare --full reads one layer at a time; its logits are the resident forward's, bit for
     bit, window by window, and no layer's experts outlive the next layer's loading. The dense
     weights are widened a few rows at a time there (as the 201088-row embedding is)."""
-    import oss_convert.runtime.model as model_module
     path = bundled
     if kind != "safetensors":
         path = tmp_path / "q.gguf"
@@ -149,17 +150,17 @@ def test_streaming_layers_gives_the_resident_models_logits(bundled, tmp_path, mo
         resident = load_model(ckpt, torch.device("cpu"))
         expected = [forward(resident, w) for w in windows]
         del resident
-        alive, real_load = [], model_module.load_layer
+        alive, real_load = [], MoEBlock.from_weights.__func__
 
-        def load_one_at_a_time(ckpt, n, *args):
+        def load_one_at_a_time(cls, weights, n):
             assert not [ref for ref in alive if ref() is not None], f"layer {n} loaded while an earlier one is held"
-            layer = real_load(ckpt, n, *args)
+            layer = real_load(cls, weights, n)
             alive.append(weakref.ref(layer.gate_up))
             return layer
-        monkeypatch.setattr(model_module, "load_layer", load_one_at_a_time)
-        monkeypatch.setattr(model_module, "VALUES_PER_READ", 1000)
+        monkeypatch.setattr(MoEBlock, "from_weights", classmethod(load_one_at_a_time))
+        monkeypatch.setattr(source, "VALUES_PER_READ", 1000)
         done = []
-        streamed = model_module.streamed_logits(ckpt, windows, torch.device("cpu"), progress=done.append)
+        streamed = streamed_logits(ckpt, windows, torch.device("cpu"), progress=done.append)
     assert len(alive) == len(done) == ckpt.config.num_layers and done == sorted(done)
     for got, want in zip(streamed, expected):
         assert torch.equal(got, want)

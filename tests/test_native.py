@@ -13,9 +13,12 @@ import torch
 from gguf import GGMLQuantizationType as T
 
 from oss_convert.checkpoint import open_checkpoint
-from oss_convert.formats import mxfp4, q4_0, q4_k, q5_0, q5_1, q8_0
+from oss_convert.formats import mxfp4
+from oss_convert.formats.registry import QUANTIZERS as QUANTIZER_OF
 from oss_convert.formats.registry import decode
-from oss_convert.runtime import native
+from oss_convert.runtime.kernels import native
+from oss_convert.runtime.kernels.native.products import Product, batch_matmul, expand, packed_matmul, row_bytes
+from oss_convert.runtime.weights.products import FUSED_MAX_TOKENS, matmul
 
 lib = native.library()
 pytestmark = pytest.mark.skipif(lib is None, reason="no C compiler: the runtime's numpy path runs")
@@ -25,8 +28,7 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.shape == b.shape and torch.equal(a.contiguous().view(torch.int32), b.contiguous().view(torch.int32))
 
 
-QUANTIZERS = {"Q8_0": q8_0.quantize, "Q5_0": q5_0.quantize, "Q4_0": q4_0.quantize, "Q5_1": q5_1.quantize,
-              "Q4_K": q4_k.quantize}
+QUANTIZERS = {name: QUANTIZER_OF[T[name]].quantize for name in ("Q8_0", "Q5_0", "Q4_0", "Q5_1", "Q4_K")}
 
 
 def columns(fmt: str, k: int) -> int:
@@ -73,7 +75,7 @@ def test_expansion_is_the_numpy_codecs_bit_for_bit(fmt):
     k = columns(fmt, 96)
     forms = {name: form for name, *form in stored_forms(24, k, rng)}
     data, scales, want = forms[fmt]
-    got = native.expand(lib, fmt, data, scales, (24, k)).numpy()
+    got = expand(lib, fmt, data, scales, (24, k)).numpy()
     assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
 
 
@@ -82,7 +84,7 @@ def test_ggml_blocks_with_extreme_scales_expand_as_the_codecs_do():
     rng = np.random.default_rng(1)
     for name in QUANTIZERS:
         k = columns(name, 64)
-        data = rng.integers(0, 256, (16, native.row_bytes(lib, name, k)), dtype=np.uint8)
+        data = rng.integers(0, 256, (16, row_bytes(lib, name, k)), dtype=np.uint8)
         data[0, :2] = [0x01, 0x00]  # the smallest fp16 subnormal
         data[1, :2] = [0x00, 0x7c]  # +inf
         data[2, :2] = [0x01, 0xfe]  # a NaN
@@ -90,7 +92,7 @@ def test_ggml_blocks_with_extreme_scales_expand_as_the_codecs_do():
             data[3, 2:4], data[4, 2:4] = [0x00, 0x7c], [0x01, 0x00]
         with np.errstate(invalid="ignore", over="ignore"):  # infinite scales times zero codes
             want = decode(data, T[name]).reshape(16, k)
-        got = native.expand(lib, name, data, None, (16, k)).numpy()
+        got = expand(lib, name, data, None, (16, k)).numpy()
         assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), name
 
 
@@ -105,17 +107,17 @@ def test_a_product_is_the_same_floats_however_it_is_computed(fmt):
             continue
         tested = True
         values = torch.from_numpy(values)
-        whole = native.packed_matmul(lib, fmt, data, scales, (n, k), x)
+        whole = packed_matmul(lib, fmt, data, scales, (n, k), x)
         finite = torch.isfinite(values).all(dim=1)
         want = (x.double() @ values.double().T)[:, finite]
         scale = (x.double().abs() @ values.double().abs().T)[:, finite]
         assert ((whole[:, finite].double() - want).abs() <= 1e-6 * scale + 1e-30).all()
         # each token alone (the few-token path), in other groupings, from the float32 values
         for t in range(11):
-            assert same_bits(native.packed_matmul(lib, fmt, data, scales, (n, k), x[t:t + 1]), whole[t:t + 1])
+            assert same_bits(packed_matmul(lib, fmt, data, scales, (n, k), x[t:t + 1]), whole[t:t + 1])
         for start, stop in ((0, 4), (3, 5), (4, 11)):
-            assert same_bits(native.packed_matmul(lib, fmt, data, scales, (n, k), x[start:stop]), whole[start:stop])
-        same_values = native.packed_matmul(lib, "F32", values.numpy(), None, (n, k), x)
+            assert same_bits(packed_matmul(lib, fmt, data, scales, (n, k), x[start:stop]), whole[start:stop])
+        same_values = packed_matmul(lib, "F32", values.numpy(), None, (n, k), x)
         assert same_bits(same_values, whole)
     assert tested
 
@@ -128,8 +130,8 @@ def test_threads_do_not_change_a_product(monkeypatch):
     results = []
     for threads in (1, 2, 3):
         monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
-        results += [native.packed_matmul(lib, "MXFP4", codes, scales, (200, 96), x[:1]),
-                    native.packed_matmul(lib, "MXFP4", codes, scales, (200, 96), x)]
+        results += [packed_matmul(lib, "MXFP4", codes, scales, (200, 96), x[:1]),
+                    packed_matmul(lib, "MXFP4", codes, scales, (200, 96), x)]
     for a, b in zip(results, results[2:]):
         assert same_bits(a, b)
 
@@ -142,9 +144,9 @@ def test_rows_not_a_multiple_of_the_vector_width():
         values = torch.from_numpy((bf16.astype(np.uint32) << 16).view(np.float32))
         x = torch.randn(7, k)
         for fmt, data in (("F32", values.numpy()), ("BF16", bf16)):
-            many = native.packed_matmul(lib, fmt, data, None, (9, k), x)
+            many = packed_matmul(lib, fmt, data, None, (9, k), x)
             assert torch.allclose(many, x @ values.T, rtol=1e-5, atol=1e-6)
-            assert same_bits(native.packed_matmul(lib, fmt, data, None, (9, k), x[2:3]), many[2:3])
+            assert same_bits(packed_matmul(lib, fmt, data, None, (9, k), x[2:3]), many[2:3])
 
 
 def test_the_portable_build_gives_the_same_floats_as_the_vector_one():
@@ -160,8 +162,8 @@ def test_the_portable_build_gives_the_same_floats_as_the_vector_one():
         for fmt, data, scales, _ in stored_forms(20, k, rng):
             for activations in ("float32", "q8") if fmt in native.Q8_FORMATS else ("float32",):
                 for tokens in (1, 6):
-                    a = native.packed_matmul(lib, fmt, data, scales, (20, k), x[:tokens], activations)
-                    b = native.packed_matmul(plain, fmt, data, scales, (20, k), x[:tokens], activations)
+                    a = packed_matmul(lib, fmt, data, scales, (20, k), x[:tokens], activations)
+                    b = packed_matmul(plain, fmt, data, scales, (20, k), x[:tokens], activations)
                     assert same_bits(a, b), (fmt, activations, tokens)
             tested.add(fmt)
     assert tested == set(native.FORMATS)
@@ -172,21 +174,21 @@ def test_more_tokens_expand_once_and_multiply_in_torch():
     codes = rng.integers(0, 256, (64, 48), dtype=np.uint8)
     scales = rng.integers(110, 130, (64, 3), dtype=np.uint8)
     values = torch.from_numpy(mxfp4.decode_hf(codes.reshape(64, -1, 16), scales).reshape(64, 96))
-    x = torch.randn(native.FUSED_MAX_TOKENS + 5, 96)
-    assert same_bits(native.matmul(lib, "MXFP4", codes, scales, (64, 96), x), x @ values.T)
+    x = torch.randn(FUSED_MAX_TOKENS + 5, 96)
+    assert same_bits(matmul(lib, "MXFP4", codes, scales, (64, 96), x), x @ values.T)
 
 
 def test_without_the_kernels_the_runtime_gives_the_same_logits_within_rounding(bundled, monkeypatch):
-    from oss_convert.runtime.model import forward, load_model
-    from oss_convert.runtime.weights import StoredMatrix
+    from oss_convert.runtime.execution.forward import forward, load_model
+    from oss_convert.runtime.weights.matrices import FloatMatrix, StoredMatrix
     tokens = torch.tensor([(i * 37 + 11) % 300 for i in range(24)])
     with torch.no_grad():
         model = load_model(open_checkpoint(bundled), torch.device("cpu"))
-        assert isinstance(model.lm_head, StoredMatrix) and isinstance(model.attention[0].q_w, StoredMatrix)
+        assert isinstance(model.unembedding, StoredMatrix) and isinstance(model.blocks[0].attention.q, StoredMatrix)
         fast = forward(model, tokens)
         monkeypatch.setattr(native, "library", lambda: None)
         model = load_model(open_checkpoint(bundled), torch.device("cpu"))
-        assert isinstance(model.lm_head, torch.Tensor)
+        assert isinstance(model.unembedding, FloatMatrix)
         slow = forward(model, tokens)
     torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-4)
 
@@ -203,7 +205,7 @@ def integer_codes(fmt: str, data, scales, values: np.ndarray, k: int):
         block_scale = np.where(scales == 255, np.nan, np.ldexp(np.float32(1), scales.astype(np.int32) - 128))
         block_scale = block_scale.astype(np.float32)
     else:
-        block_size = native.row_bytes(lib, fmt, 32)
+        block_size = row_bytes(lib, fmt, 32)
         d = data.reshape(n, k // 32, block_size)[:, :, :2].copy().view(np.float16)[:, :, 0]
         block_scale = d.astype(np.float32)
     per_value = np.repeat(block_scale, 32, axis=1)
@@ -243,7 +245,7 @@ def test_q8_activations_are_llama_cpps_rounding_and_exact_integer_sums(fmt):
     for name, data, scales, values in stored_forms(n, k, rng):
         if name != fmt:
             continue
-        got = native.packed_matmul(lib, fmt, data, scales, (n, k), torch.from_numpy(x), "q8").double().numpy()
+        got = packed_matmul(lib, fmt, data, scales, (n, k), torch.from_numpy(x), "q8").double().numpy()
         codes, block_scale = integer_codes(fmt, data, scales, values, k)
         finite = np.isfinite(values).all(1) & np.isfinite(block_scale).all(1)
         want, magnitude = q8_reference(x, codes, block_scale)
@@ -261,12 +263,12 @@ def test_q8_products_depend_on_the_values_alone():
     codes = rng.integers(0, 256, (n, k // 2), dtype=np.uint8)
     scales = rng.integers(110, 130, (n, k // 32), dtype=np.uint8)
     scales[:4, 9] = [0, 1, 254, 255]  # outside the vector way of halving E8M0
-    hf = native.packed_matmul(lib, "MXFP4", codes, scales, (n, k), x, "q8")
+    hf = packed_matmul(lib, "MXFP4", codes, scales, (n, k), x, "q8")
     ggml = mxfp4.hf_to_ggml(codes.reshape(n, -1, 16), scales).reshape(n, -1)
-    assert same_bits(native.packed_matmul(lib, "MXFP4_GGML", ggml, None, (n, k), x, "q8"), hf)
+    assert same_bits(packed_matmul(lib, "MXFP4_GGML", ggml, None, (n, k), x, "q8"), hf)
     for t in range(70):  # one token: the eight-blocks-a-step loop, in both layouts
-        assert same_bits(native.packed_matmul(lib, "MXFP4", codes, scales, (n, k), x[t:t + 1], "q8"), hf[t:t + 1])
-        assert same_bits(native.packed_matmul(lib, "MXFP4_GGML", ggml, None, (n, k), x[t:t + 1], "q8"), hf[t:t + 1])
+        assert same_bits(packed_matmul(lib, "MXFP4", codes, scales, (n, k), x[t:t + 1], "q8"), hf[t:t + 1])
+        assert same_bits(packed_matmul(lib, "MXFP4_GGML", ggml, None, (n, k), x[t:t + 1], "q8"), hf[t:t + 1])
     # Q4_0's and Q5_0's blocks rewritten as Q8_0 (the same d, q - 8 / q - 16 as bytes)
     w = rows_to_test(n, k, rng)
     for fmt, offset in (("Q4_0", 8), ("Q5_0", 16)):
@@ -275,12 +277,12 @@ def test_q8_products_depend_on_the_values_alone():
         blocks = data.reshape(n, k // 32, -1)
         as_q8 = np.concatenate([blocks[:, :, :2], np.rint(ints).astype(np.int8).reshape(n, k // 32, 32).view(np.uint8)],
                                axis=2).reshape(n, -1)
-        assert same_bits(native.packed_matmul(lib, "Q8_0", as_q8, None, (n, k), x, "q8"),
-                         native.packed_matmul(lib, fmt, data, None, (n, k), x, "q8")), fmt
+        assert same_bits(packed_matmul(lib, "Q8_0", as_q8, None, (n, k), x, "q8"),
+                         packed_matmul(lib, fmt, data, None, (n, k), x, "q8")), fmt
     for threads in (1, 2, 3):
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(torch, "get_num_threads", lambda: threads)
-            assert same_bits(native.packed_matmul(lib, "MXFP4", codes, scales, (n, k), x, "q8"), hf)
+            assert same_bits(packed_matmul(lib, "MXFP4", codes, scales, (n, k), x, "q8"), hf)
 
 
 @pytest.mark.parametrize("activations", native.ACTIVATIONS)
@@ -296,20 +298,20 @@ def test_a_batch_of_products_gives_each_product_alone(activations, tokens):
     forms += [(f, d, s, (9, 64)) for f, d, s, _ in stored_forms(9, 64, rng) if f != "Q4_K"]
     x = {k: torch.from_numpy(rng.standard_normal((tokens, k)).astype(np.float32)) for k in (256, 64)}
     for chosen in (forms, [f for f in forms if f[0] != "F16"]):
-        batch = [native.Product(f, d, s, shape, x[shape[1]], torch.full((tokens, shape[0]), float("nan")))
+        batch = [Product(f, d, s, shape, x[shape[1]], torch.full((tokens, shape[0]), float("nan")))
                  for f, d, s, shape in chosen * 2]
-        native.batch_matmul(lib, batch, activations)
+        batch_matmul(lib, batch, activations)
         for p in batch:
-            alone = native.packed_matmul(lib, p.format, p.data, p.scales, p.shape, p.x, activations)
+            alone = packed_matmul(lib, p.format, p.data, p.scales, p.shape, p.x, activations)
             assert same_bits(p.y, alone), p.format
 
 
 def test_a_batch_with_a_product_the_kernels_cannot_take_computes_nothing():
     rng = np.random.default_rng(5)
-    good = native.Product("BF16", rng.integers(0, 1 << 15, (8, 64), dtype=np.uint16), None, (8, 64), torch.ones(1, 64),
+    good = Product("BF16", rng.integers(0, 1 << 15, (8, 64), dtype=np.uint16), None, (8, 64), torch.ones(1, 64),
                           torch.zeros(1, 8))
-    bad = native.Product("MXFP4_GGML", np.zeros((8, 17), dtype=np.uint8), None, (8, 16), torch.ones(1, 16),
+    bad = Product("MXFP4_GGML", np.zeros((8, 17), dtype=np.uint8), None, (8, 16), torch.ones(1, 16),
                          torch.zeros(1, 8))  # 16 values: not a whole block
     with pytest.raises(ValueError, match="MXFP4_GGML"):
-        native.batch_matmul(lib, [good, bad])
+        batch_matmul(lib, [good, bad])
     assert not good.y.any()

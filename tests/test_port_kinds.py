@@ -16,7 +16,7 @@ from oss_convert.checkpoint import open_checkpoint
 from oss_convert.cli import cli
 from oss_convert.convert.to_gguf import convert_lossless
 from oss_convert.formats.registry import QUANTIZERS
-from oss_convert.runtime.model import forward, load_model
+from oss_convert.runtime.execution.forward import forward, load_model
 from tests.reference.llama_quantize import llama_quantize
 
 # llama_ftype of each kind (include/llama.h)

@@ -315,7 +315,7 @@ def test_compiled_iq4_search_is_the_numpy_codec_byte_for_byte(flags):
             out = np.empty((x.size // block, size), np.uint8)
             getattr(lib, function)(ctypes.c_void_p(x.ctypes.data), ctypes.c_int64(out.shape[0]),
                                    ctypes.c_void_p(out.ctypes.data))
-            want = numpy_codec(x).reshape(-1, size)
+            want = numpy_codec(x.reshape(-1, block))
             bad = np.flatnonzero((out != want).any(axis=1))
             assert bad.size == 0, f"{function} {flags} on {name}: blocks {bad[:5]} differ"
 
@@ -345,15 +345,18 @@ def test_compiled_kquant_search_is_the_numpy_search(flags):
 
 
 def test_without_a_compiler_the_numpy_codecs_give_the_same_bytes(monkeypatch):
-    from oss_convert.formats import compiled, iq4, mxfp4_requant, q4_k, q5_0
+    from oss_convert.formats import compiled, mxfp4_requant
+    from oss_convert.formats.iq4 import IQ4_XSCodec
+    from oss_convert.formats.q4_k import Q4_KCodec
+    from oss_convert.formats.q5_0 import Q5_0Codec
     x = np.random.default_rng(5).standard_normal((3, 512)).astype(np.float32)
     blocks, scales = _mxfp4_blocks(np.random.default_rng(6), 512)
-    fast = iq4.quantize_xs(x), q4_k.quantize(x), mxfp4_requant.requantize(blocks, scales, q5_0)[0]
+    fast = IQ4_XSCodec.quantize(x), Q4_KCodec.quantize(x), mxfp4_requant.requantize(blocks, scales, Q5_0Codec)[0]
     monkeypatch.setenv("OSS_CONVERT_NATIVE", "0")
     compiled.library.cache_clear()
     try:
         assert compiled.library("iq4_search") is None
-        assert np.array_equal(iq4.quantize_xs(x), fast[0]) and np.array_equal(q4_k.quantize(x), fast[1])
-        assert np.array_equal(mxfp4_requant.requantize(blocks, scales, q5_0)[0], fast[2])
+        assert np.array_equal(IQ4_XSCodec.quantize(x), fast[0]) and np.array_equal(Q4_KCodec.quantize(x), fast[1])
+        assert np.array_equal(mxfp4_requant.requantize(blocks, scales, Q5_0Codec)[0], fast[2])
     finally:
         compiled.library.cache_clear()

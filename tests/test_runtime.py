@@ -19,8 +19,9 @@ from oss_convert.cli import cli
 from oss_convert.files.gguf import read_gguf
 from oss_convert.formats import mxfp4
 from oss_convert.formats.registry import decode, encode
-from oss_convert.runtime.moe_reference import mix_experts
-from oss_convert.runtime.weights import PackedExperts, load_layer
+from oss_convert.runtime.model.moe import MoEBlock, mix_experts
+from oss_convert.runtime.weights.experts import PackedExperts
+from oss_convert.runtime.weights.source import WeightSource
 from tests import gguf_edit
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -28,6 +29,11 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 KERNEL_DEVICE = "cpu" if INTERPRET else "cuda"
 kernels_runnable = pytest.mark.skipif(not INTERPRET and not torch.cuda.is_available(),
                                       reason="needs a CUDA GPU or TRITON_INTERPRET=1 (set by .ci/run)")
+
+
+def load_layer(path, layer: int) -> MoEBlock:
+    """Layer `layer`'s MoE block of the artifact at `path`, as the runtime loads it on the CPU."""
+    return MoEBlock.from_weights(WeightSource(open_checkpoint(path), torch.device("cpu")), layer)
 
 
 def random_mxfp4(E: int, N: int, K: int, gen: torch.Generator) -> PackedExperts:
@@ -64,7 +70,7 @@ LAYOUTS = (dict(one_per_tile=True), dict(one_per_tile=False), dict(one_per_tile=
 @kernels_runnable
 @pytest.mark.parametrize("tokens,hidden,inter", RAGGED_SHAPES)
 def test_triton_kernels_match_the_reference_on_ragged_routing(tokens, hidden, inter):
-    from oss_convert.runtime.triton_moe import moe_mxfp4_triton
+    from oss_convert.runtime.kernels.triton_moe import moe_mxfp4_triton
     args, want = ragged_layer(tokens, hidden, inter)
     for cfg in LAYOUTS:
         got = moe_mxfp4_triton(*args, **cfg).cpu()
@@ -77,7 +83,7 @@ def test_triton_kernels_match_the_reference_on_ragged_routing(tokens, hidden, in
 @kernels_runnable
 def test_the_kernels_take_the_swiglu_settings():
     """limit and alpha reach the kernels' epilogue: a fine-tune's values against the reference."""
-    from oss_convert.runtime.triton_moe import moe_mxfp4_triton
+    from oss_convert.runtime.kernels.triton_moe import moe_mxfp4_triton
     args, _ = ragged_layer(8, 64, 64)
     x, experts, weights, w1, b1, w2, b2 = (a.to("cpu") for a in args)
     for limit, alpha in ((0.5, 1.702), (7.0, 0.8)):
@@ -93,14 +99,14 @@ def test_the_kernels_take_the_swiglu_settings():
 def test_a_layer_loaded_from_an_artifact_runs_through_the_kernels(bundled, small_lossless, checkpoints, source):
     """From the file to the kernels: the layer as the runtime loads it (left in the file on the
     CPU, read in for the kernels), routed by its own router, against the torch path."""
-    from oss_convert.runtime.moe import moe_forward
+    from oss_convert.runtime.execution.moe import run_moe
     path = checkpoints["small"] if source == "safetensors" else small_lossless
-    layer = load_layer(open_checkpoint(path), 1)
+    layer = load_layer(path, 1)
     # bf16-exact inputs: the kernels round activations to bf16, the router sees the same x
     x = torch.randn(12, layer.router_w.shape[1], generator=torch.Generator().manual_seed(3)).bfloat16().float()
-    want = moe_forward(layer, x, backend="torch")
+    want = run_moe(layer, x, backend="torch")
     on_device = layer.to(KERNEL_DEVICE)
-    got = moe_forward(on_device, x.to(KERNEL_DEVICE), backend="triton").cpu()
+    got = run_moe(on_device, x.to(KERNEL_DEVICE), backend="triton").cpu()
     assert ((got - want).norm() / want.norm()).item() < 1e-2
 
 
@@ -124,7 +130,7 @@ def expected_alignment(experts: torch.Tensor, n_experts: int, block_m: int):
 @pytest.mark.parametrize("tokens,k,n_experts,block_m", [(1, 4, 32, 16), (23, 2, 6, 16), (200, 4, 128, 64),
                                                         (700, 4, 32, 16)])
 def test_expert_alignment_is_a_stable_padded_sort(tokens, k, n_experts, block_m):
-    from oss_convert.runtime.triton_moe import align_by_expert
+    from oss_convert.runtime.kernels.triton_moe import align_by_expert
     gen = torch.Generator().manual_seed(tokens)
     # skewed, so that some experts get nobody and runs cross the kernel's chunks of assignments
     experts = torch.stack([torch.randperm(n_experts, generator=gen)[:k] for _ in range(tokens)]) % (n_experts - 1)
@@ -138,7 +144,7 @@ def test_expert_alignment_is_a_stable_padded_sort(tokens, k, n_experts, block_m)
 def test_a_moe_layer_is_its_kernels_and_one_sum(monkeypatch, tokens, launches):
     """What a layer costs in launches: the Triton kernels, then the sum over slots. Every other
     torch call is an allocation or a view (no device work, nothing for a CUDA graph to replay)."""
-    from oss_convert.runtime import triton_moe
+    from oss_convert.runtime.kernels import triton_moe
     launched, device_work = launches_of(triton_moe, triton_moe.moe_mxfp4_triton, monkeypatch, tokens)
     assert launched == launches
     assert device_work == ["sum"]
@@ -159,7 +165,7 @@ def launches_of(module, launcher, monkeypatch, tokens: int, **launch) -> tuple[l
             return lambda *args, **kwargs: launched.append(self.name)
 
     for name in ("gate_up", "swiglu", "down", "align"):
-        for owner in {module, sys.modules["oss_convert.runtime.triton_moe"]}:
+        for owner in {module, sys.modules["oss_convert.runtime.kernels.triton_moe"]}:
             if hasattr(owner, f"_{name}_kernel"):
                 monkeypatch.setattr(owner, f"_{name}_kernel", Launch(name))
 
@@ -192,7 +198,7 @@ def test_packed_mxfp4_expands_exactly():
 def test_packed_mxfp4_expands_every_scale_byte_as_the_format_does():
     """All 256 E8M0 bytes (0 gives 2^-127, a subnormal; 255 is NaN) against every code, by
     the torch path that GPUs take and by the numpy one the CPU takes."""
-    from oss_convert.runtime.dequant import expand_in_torch
+    from oss_convert.runtime.weights.expand import expand_in_torch
     codes = torch.arange(256, dtype=torch.uint8).repeat(256, 1).reshape(1, 256, 16, 16)
     scales = torch.arange(256, dtype=torch.uint8).reshape(1, 256, 1).repeat(1, 1, 16)
     p = PackedExperts("MXFP4", (1, 256, 16 * 32), codes.reshape(1, 256, -1), scales)
@@ -228,7 +234,7 @@ def test_gguf_expert_loaders_agree_with_the_dequantizers(small_lossless, tmp_pat
         write_gguf(f, src.metadata, [GGUFWriteTensor(n, int(qtype) if n in edits else t.type, t.shape,
                                                    (lambda t=t, fn=edits.get(n): fn(np.array(t.raw())) if fn else t.raw()))
                                      for n, t in src.tensors.items()])
-    layer = load_layer(open_checkpoint(port), 0)
+    layer = load_layer(port, 0)
     stored = read_gguf(port).tensors
     gate, up, down = (decode(np.array(stored[n].raw()), qtype).reshape(tuple(reversed(stored[n].shape)))
                       for n in names)
@@ -237,11 +243,11 @@ def test_gguf_expert_loaders_agree_with_the_dequantizers(small_lossless, tmp_pat
         np.testing.assert_array_equal(layer.gate_up[e].numpy()[1::2], up[e])
         np.testing.assert_array_equal(layer.down[e].numpy(), down[e])
     # and the values are the source's, to the format's precision
-    original = load_layer(open_checkpoint(small_lossless), 0)
+    original = load_layer(small_lossless, 0)
     err = (layer.gate_up[0] - original.gate_up[0]).abs().max().item()
     assert err < 0.05
     # what `to(device)` copies onto a GPU, expanded there by torch ops, is the same again
-    from oss_convert.runtime.dequant import expand_in_torch
+    from oss_convert.runtime.weights.expand import expand_in_torch
     for mapped in (layer.gate_up, layer.down, original.gate_up, original.down):
         resident = mapped.resident(torch.device("cpu"))
         assert resident.nbytes == mapped.nbytes or mapped.format == "F32"
@@ -256,7 +262,7 @@ def test_gguf_expert_loaders_agree_with_the_dequantizers(small_lossless, tmp_pat
 def test_block_experts_expand_in_torch_as_the_numpy_codecs_do(qtype):
     """The torch path that GPUs take, on random bytes: every code, scale and min pattern, and
     fp16 scales of all kinds (NaN, inf, subnormal), against the codecs checked against ggml."""
-    from oss_convert.runtime.dequant import expand_in_torch
+    from oss_convert.runtime.weights.expand import expand_in_torch
     values, size = GGML_QUANT_SIZES[qtype]  # per block
     rows = torch.randint(0, 256, (1, 6, 4 * size), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     packed = PackedExperts(qtype.name, (1, 6, 4 * values), rows)
@@ -289,9 +295,9 @@ def test_experts_in_a_type_the_runtime_cannot_run_are_refused_in_one_line(small_
 def test_ollama_layout_loads_the_same_layer(checkpoints, small_lossless, tmp_path):
     """The same packed experts from the safetensors, llama.cpp's GGUF layout and Ollama's."""
     port = gguf_edit.ollama_layout(checkpoints["small"], small_lossless, tmp_path / "o.gguf")
-    a = load_layer(open_checkpoint(checkpoints["small"]), 1)
+    a = load_layer(checkpoints["small"], 1)
     for other in (small_lossless, port):
-        b = load_layer(open_checkpoint(other), 1)
+        b = load_layer(other, 1)
         for experts_a, experts_b in ((a.gate_up, b.gate_up), (a.down, b.down)):
             for e in range(experts_a.shape[0]):
                 (codes_a, scales_a), (codes_b, scales_b) = experts_a.packed(e), experts_b.packed(e)
@@ -331,9 +337,9 @@ def test_requantized_port_shows_a_nonzero_difference(bundled, tmp_path):
 def test_a_triton_older_than_the_kernels_need_is_left_alone(bundled, monkeypatch):
     """Triton before 3.3 cannot compile the MXFP4 kernels (3.2's tl.dot_scaled refuses a bf16
     operand): CUDA layers then run through torch."""
-    triton_moe = pytest.importorskip("oss_convert.runtime.triton_moe")
-    from oss_convert.runtime.moe import choose_backend
-    layer = load_layer(open_checkpoint(bundled), 0)
+    triton_moe = pytest.importorskip("oss_convert.runtime.kernels.triton_moe")
+    from oss_convert.runtime.execution.moe import choose_backend
+    layer = load_layer(bundled, 0)
     cuda = torch.device("cuda")  # only a name here: choosing runs nothing on it
     assert choose_backend(layer, cuda) == "triton"
     monkeypatch.setattr(triton_moe, "TRITON_VERSION", (3, 3))

@@ -5,7 +5,7 @@ without Triton."""
 import triton
 import triton.language as tl
 
-from oss_convert.runtime.variants.mxfp4_words import decode_words
+from oss_convert.runtime.kernels.variants.mxfp4_words import decode_words
 
 
 @triton.jit

@@ -9,7 +9,7 @@ from gguf import GGMLQuantizationType as T
 
 from ..errors import OssConvertError
 from ..files.gguf import GGUFFile, GGUFTensor, read_gguf
-from ..formats.registry import OLLAMA_MXFP4
+from ..formats.mxfp4 import OLLAMA_MXFP4
 from .checkpoint import Checkpoint
 from .config import GptOssConfig
 from .names import classify, classify_gguf, gguf_names, hf_names, hf_storage_order

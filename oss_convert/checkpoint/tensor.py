@@ -28,7 +28,8 @@ from gguf import GGMLQuantizationType as T
 
 from ..errors import OssConvertError
 from ..formats import floats, mxfp4
-from ..formats.registry import OLLAMA_MXFP4, decode
+from ..formats.mxfp4 import OLLAMA_MXFP4
+from ..formats.registry import decode
 
 FLOAT_FORMATS = ("F32", "F16", "BF16", "F64")
 

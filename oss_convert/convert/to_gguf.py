@@ -16,14 +16,12 @@ from ..checkpoint.config import DEFAULT_SWIGLU_ALPHA, DEFAULT_SWIGLU_LIMIT, GptO
 from ..errors import OssConvertError
 from ..files.atomic import atomic_path
 from ..files.gguf import GGUFWriteTensor, Value, ValueType, write_gguf
-from ..plan.lossless import OUTTYPES, PlannedTensor, plan_lossless
+from ..plan.lossless import LOSSLESS, OUTTYPES, PlannedTensor, plan_lossless
 from ..plan.mixtures import plan_mixture
 from .lossless import lossless_chunks
 from .metadata import FILE_TYPES, model_metadata
 from .plan_report import plan_document
 from .requantize import RequantPlan, check_encoders, cost_report, requantized_chunks
-
-LOSSLESS = "mxfp4"
 
 
 def require_original(ckpt: Checkpoint, if_gguf: str = "is already a GGUF; convert takes a safetensors "

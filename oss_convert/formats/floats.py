@@ -1,8 +1,25 @@
-"""Plain float formats: BF16 (kept as raw uint16 words, numpy has no bfloat16), F16, F32."""
+"""Plain float formats (BF16 kept as raw uint16 words, numpy has no bfloat16; F16; F32) as codecs,
+and the float helpers every codec shares (fp16 scales in and out of their bits)."""
 
 from __future__ import annotations
 
 import numpy as np
+from gguf import GGMLQuantizationType as T
+
+from .codec import Codec
+
+F32 = np.float32  # the codecs' arithmetic: ggml's reference quantizers compute in float32
+
+
+def fp16_bits(x: np.ndarray) -> np.ndarray:
+    """float32 -> fp16 (round to nearest even, overflow to inf) as uint16 words."""
+    with np.errstate(over="ignore"):
+        return np.asarray(x, F32).astype(np.float16).view(np.uint16)
+
+
+def fp16_value(bits: np.ndarray) -> np.ndarray:
+    """fp16 words (uint16, or two bytes of a block: pass them with .copy().view(np.uint16)) -> float32."""
+    return np.asarray(bits, np.uint16).view(np.float16).astype(F32)
 
 
 def bf16_to_float32(words: np.ndarray) -> np.ndarray:
@@ -25,3 +42,35 @@ def to_float32(data: np.ndarray, dtype: str) -> np.ndarray:
     if dtype in ("F16", "F32", "F64"):
         return np.asarray(data).astype(np.float32)
     raise ValueError(f"{dtype} is not a float format")
+
+
+# Stored forms of the float types are arrays of their own dtype (BF16: uint16 words), not bytes.
+
+class F32Codec(Codec, ggml_type=T.F32):
+    @classmethod
+    def quantize(cls, values: np.ndarray) -> np.ndarray:
+        return np.asarray(values, np.float32)
+
+    @classmethod
+    def dequantize(cls, data: np.ndarray) -> np.ndarray:
+        return np.asarray(data).view(np.float32)
+
+
+class F16Codec(Codec, ggml_type=T.F16):
+    @classmethod
+    def quantize(cls, values: np.ndarray) -> np.ndarray:
+        return np.asarray(values, np.float32).astype(np.float16)
+
+    @classmethod
+    def dequantize(cls, data: np.ndarray) -> np.ndarray:
+        return np.asarray(data).view(np.float16).astype(np.float32)
+
+
+class BF16Codec(Codec, ggml_type=T.BF16):
+    @classmethod
+    def quantize(cls, values: np.ndarray) -> np.ndarray:
+        return float32_to_bf16(values)
+
+    @classmethod
+    def dequantize(cls, data: np.ndarray) -> np.ndarray:
+        return bf16_to_float32(np.asarray(data).view(np.uint16))

@@ -21,19 +21,17 @@ from __future__ import annotations
 import ctypes
 
 import numpy as np
+from gguf import GGMLQuantizationType as T
 
 from . import compiled
-
-from .kquant_search import F32, fp16_bits, fp16_value, seq_sum_rows
-from .q4_0 import inverse
-from .rounding import nearest_int, signed_absmax
+from .codec import Codec
+from .floats import F32, fp16_bits, fp16_value
+from .kquant_search import seq_sum_rows
+from .rounding import nearest_int, reciprocal_or_zero, signed_absmax
 
 LEVELS = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.int8)
 LEVELS_F = LEVELS.astype(F32)
-BLOCK = 32
-SUPER = 256
-NL_BYTES = 18
-XS_BYTES = 136
+BLOCK = 32  # the values each level index's block scale covers, in both formats
 NTRY = 7
 GROUP_MAX_EPS = F32(1e-15)
 
@@ -84,15 +82,15 @@ def compiled_search() -> ctypes.CDLL | None:
     return lib
 
 
-def _compiled(name: str, x: np.ndarray, block: int, block_bytes: int) -> np.ndarray | None:
-    """x's rows quantized by iq4_search.c's `name` (blocks of `block` values), or None without it."""
+def _compiled(name: str, blocks: np.ndarray, block_bytes: int) -> np.ndarray | None:
+    """Blocks [N, values] quantized by iq4_search.c's `name`, or None without it."""
     lib = compiled_search()
-    if lib is None or x.shape[-1] % block:  # (numpy says what is wrong with the row length)
+    if lib is None:
         return None
-    flat = np.ascontiguousarray(x, F32).reshape(-1)
-    out = np.empty((flat.size // block, block_bytes), np.uint8)
+    flat = np.ascontiguousarray(blocks, F32)
+    out = np.empty((flat.shape[0], block_bytes), np.uint8)
     getattr(lib, name)(flat.ctypes.data, out.shape[0], out.ctypes.data)  # ctypes lets the GIL go
-    return out.reshape(x.shape[:-1] + (-1,))
+    return out
 
 
 def _pack_indices(indices: np.ndarray) -> np.ndarray:
@@ -106,63 +104,66 @@ def _unpack_indices(packed: np.ndarray) -> np.ndarray:
     return np.concatenate([b & 0xF, b >> 4], axis=2).reshape(packed.shape[0], -1)
 
 
-def quantize_nl(values: np.ndarray) -> np.ndarray:
-    x = np.asarray(values, F32)
-    fast = _compiled("oss_quantize_iq4_nl", x, BLOCK, NL_BYTES)
-    return fast if fast is not None else quantize_nl_numpy(x)
+class IQ4_NLCodec(Codec, ggml_type=T.IQ4_NL):
+    @staticmethod
+    def quantize_blocks(blocks: np.ndarray) -> np.ndarray:
+        fast = _compiled("oss_quantize_iq4_nl", blocks, IQ4_NLCodec.block_bytes)
+        return fast if fast is not None else quantize_nl_numpy(blocks)
+
+    @staticmethod
+    def dequantize_blocks(blocks: np.ndarray) -> np.ndarray:
+        d = fp16_value(blocks[:, 0:2].copy().view(np.uint16)).reshape(-1, 1)
+        return d * LEVELS_F[_unpack_indices(blocks[:, 2:])]
 
 
 @np.errstate(all="ignore")
-def quantize_nl_numpy(values: np.ndarray) -> np.ndarray:
-    x = np.asarray(values, F32)
-    blocks = x.reshape(-1, BLOCK)
+def quantize_nl_numpy(blocks: np.ndarray) -> np.ndarray:
+    """IQ4_NL blocks [N, 32] in numpy (the path without a compiler)."""
     d = block_scales(blocks)
-    indices = best_index(blocks * inverse(d)[:, None])
-    out = np.empty((blocks.shape[0], NL_BYTES), np.uint8)
+    indices = best_index(blocks * reciprocal_or_zero(d)[:, None])
+    out = np.empty((blocks.shape[0], IQ4_NLCodec.block_bytes), np.uint8)
     out[:, 0:2] = fp16_bits(d).reshape(-1, 1).view(np.uint8)
     out[:, 2:] = _pack_indices(indices)
-    return out.reshape(x.shape[:-1] + (-1,))
+    return out
 
 
-def dequantize_nl(data: np.ndarray) -> np.ndarray:
-    blocks = np.asarray(data, np.uint8).reshape(-1, NL_BYTES)
-    d = fp16_value(blocks[:, 0:2].copy().view(np.uint16)).reshape(-1, 1)
-    return (d * LEVELS_F[_unpack_indices(blocks[:, 2:])]).reshape(data.shape[:-1] + (-1,))
+class IQ4_XSCodec(Codec, ggml_type=T.IQ4_XS):
+    @staticmethod
+    def quantize_blocks(blocks: np.ndarray) -> np.ndarray:
+        fast = _compiled("oss_quantize_iq4_xs", blocks, IQ4_XSCodec.block_bytes)
+        return fast if fast is not None else quantize_xs_numpy(blocks)
 
-
-def quantize_xs(values: np.ndarray) -> np.ndarray:
-    x = np.asarray(values, F32)
-    fast = _compiled("oss_quantize_iq4_xs", x, SUPER, XS_BYTES)
-    return fast if fast is not None else quantize_xs_numpy(x)
+    @staticmethod
+    def dequantize_blocks(blocks: np.ndarray) -> np.ndarray:
+        return dequantize_xs_blocks(blocks)
 
 
 @np.errstate(all="ignore")
-def quantize_xs_numpy(values: np.ndarray) -> np.ndarray:
-    x = np.asarray(values, F32)
-    supers = x.reshape(-1, SUPER)
+def quantize_xs_numpy(supers: np.ndarray) -> np.ndarray:
+    """IQ4_XS super-blocks [N, 256] in numpy (the path without a compiler)."""
+    SUPER = IQ4_XSCodec.block  # values per super-block
     n = supers.shape[0]
     scales = block_scales(supers.reshape(-1, BLOCK)).reshape(n, SUPER // BLOCK)
     max_scale = signed_absmax(scales)  # the block scale of largest magnitude, the first on a tie
     d = (-max_scale / F32(32)).astype(F32)
-    levels = np.clip(nearest_int(inverse(d)[:, None] * scales), -32, 31)
+    levels = np.clip(nearest_int(reciprocal_or_zero(d)[:, None] * scales), -32, 31)
     dl = (d[:, None] * levels.astype(F32)).astype(F32)
     blocks = supers.reshape(n, SUPER // BLOCK, BLOCK)
-    indices = best_index(inverse(dl)[:, :, None] * blocks).reshape(n, SUPER)
+    indices = best_index(reciprocal_or_zero(dl)[:, :, None] * blocks).reshape(n, SUPER)
     biased = (levels + 32).astype(np.uint16)
     scales_h = np.zeros(n, np.uint16)
     for ib in range(SUPER // BLOCK):
         scales_h |= (biased[:, ib] >> 4) << (2 * ib)
     low = (biased & 0xF).astype(np.uint8)
-    out = np.empty((n, XS_BYTES), np.uint8)
+    out = np.empty((n, IQ4_XSCodec.block_bytes), np.uint8)
     out[:, 0:2] = fp16_bits(d).reshape(-1, 1).view(np.uint8)
     out[:, 2:4] = scales_h.reshape(-1, 1).view(np.uint8)
     out[:, 4:8] = low[:, 0::2] | (low[:, 1::2] << 4)
     out[:, 8:] = _pack_indices(indices)
-    return out.reshape(x.shape[:-1] + (-1,))
+    return out
 
 
-def dequantize_xs(data: np.ndarray) -> np.ndarray:
-    blocks = np.asarray(data, np.uint8).reshape(-1, XS_BYTES)
+def dequantize_xs_blocks(blocks: np.ndarray) -> np.ndarray:
     n = blocks.shape[0]
     d = fp16_value(blocks[:, 0:2].copy().view(np.uint16)).reshape(n)
     scales_h = blocks[:, 2:4].copy().view(np.uint16).reshape(n)
@@ -170,4 +171,4 @@ def dequantize_xs(data: np.ndarray) -> np.ndarray:
     high = np.stack([(scales_h >> (2 * ib)) & 3 for ib in range(8)], axis=1)
     dl = d[:, None] * ((low | (high << 4)).astype(F32) - 32)
     q = LEVELS_F[_unpack_indices(blocks[:, 8:])].reshape(n, 8, BLOCK)
-    return (dl[:, :, None] * q).reshape(data.shape[:-1] + (-1,))
+    return (dl[:, :, None] * q).reshape(n, -1)

@@ -14,9 +14,8 @@ import ctypes
 import numpy as np
 
 from . import compiled
+from .floats import F32, fp16_value
 from .rounding import MAGIC, first_absmax_index, nearest_int
-
-F32 = np.float32
 
 
 def seq_sum(terms: np.ndarray) -> np.ndarray:
@@ -206,16 +205,6 @@ def unpack_scales_mins_k4(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     sc[:, 4:8] = (q[:, 8:12] & 0xF) | ((q[:, 0:4] >> 6) << 4)
     m[:, 4:8] = (q[:, 8:12] >> 4) | ((q[:, 4:8] >> 6) << 4)
     return sc, m
-
-
-def fp16_bits(x: np.ndarray) -> np.ndarray:
-    """float32 -> fp16 (round to nearest even, overflow to inf) as uint16 words."""
-    with np.errstate(over="ignore"):
-        return np.asarray(x, F32).astype(np.float16).view(np.uint16)
-
-
-def fp16_value(bits: np.ndarray) -> np.ndarray:
-    return np.asarray(bits, np.uint16).view(np.float16).astype(F32)
 
 
 def super_block_header(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

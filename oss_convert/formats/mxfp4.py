@@ -12,9 +12,13 @@ Converting between them moves nibbles and never decodes a value.
 from __future__ import annotations
 
 import numpy as np
+from gguf import GGMLQuantizationType as T
+
+from .codec import Codec
 
 BLOCK = 32
 GGML_BLOCK_BYTES = 17
+OLLAMA_MXFP4 = 4  # Ollama's older gpt-oss GGUFs: MXFP4 blocks with the HF nibble order
 # E2M1 code -> value; bit 3 is the sign.
 E2M1_VALUES = np.array([0, .5, 1, 1.5, 2, 3, 4, 6, -0., -.5, -1, -1.5, -2, -3, -4, -6], dtype=np.float32)
 
@@ -116,3 +120,19 @@ def decode_hf(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
     factor[scales == 255] = np.nan
     values *= factor[..., None]
     return values.reshape(blocks.shape[:-2] + (-1,))
+
+
+class MXFP4Codec(Codec, ggml_type=T.MXFP4):
+    """ggml's MXFP4 blocks (type 39). No quantizer: MXFP4 is only ever copied from the source."""
+
+    @staticmethod
+    def dequantize_blocks(blocks: np.ndarray) -> np.ndarray:
+        return decode_hf(*ggml_to_hf(blocks)).reshape(blocks.shape[0], BLOCK)
+
+
+class OllamaMXFP4Codec(Codec, ggml_type=OLLAMA_MXFP4, block=(BLOCK, GGML_BLOCK_BYTES)):
+    """Ollama's older MXFP4 blocks (its type 4: the scale byte, then HF's nibble order)."""
+
+    @staticmethod
+    def dequantize_blocks(blocks: np.ndarray) -> np.ndarray:
+        return decode_hf(*ollama_to_hf(blocks)).reshape(blocks.shape[0], BLOCK)

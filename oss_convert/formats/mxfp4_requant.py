@@ -21,13 +21,16 @@ from __future__ import annotations
 import ctypes
 from dataclasses import dataclass
 from functools import lru_cache
-from types import ModuleType
 
 import numpy as np
 
 from ..metrics import ErrorStats
-from . import compiled, mxfp4, q4_0, q5_0, q8_0
-from .kquant_search import fp16_bits, fp16_value
+from . import compiled, mxfp4
+from .codec import Codec
+from .floats import fp16_bits, fp16_value
+from .q4_0 import Q4_0Codec
+from .q5_0 import Q5_0Codec
+from .q8_0 import Q8_0Codec
 
 # Scale bytes for which every float32 step above stays normal and finite: x = s * c with
 # |c| >= 0.5, d >= s * 0.5 / 127 and 1/d need about 2^-117 <= s <= 2^123; kept with margin.
@@ -42,18 +45,18 @@ class Layout:
     ggml_pairs: bool
     word: object  # (code of the low nibble, code of the high nibble) -> table entry
     dtype: type
-    assemble: object  # (fp16 d [N], table entries [16, N]) -> block bytes [N, BLOCK_BYTES]
+    assemble: object  # (fp16 d [N], table entries [16, N]) -> block bytes [N, block_bytes]
 
 
 def _assemble_q8_0(d16: np.ndarray, words: np.ndarray) -> np.ndarray:
-    out = np.empty((d16.shape[0], q8_0.BLOCK_BYTES // 2), np.uint16)
+    out = np.empty((d16.shape[0], Q8_0Codec.block_bytes // 2), np.uint16)
     out[:, 0] = d16
     out[:, 1:] = words.T  # each word: the int8 codes of elements 2j and 2j+1
     return out.view(np.uint8)
 
 
 def _assemble_q4_0(d16: np.ndarray, words: np.ndarray) -> np.ndarray:
-    out = np.empty((d16.shape[0], q4_0.BLOCK_BYTES), np.uint8)
+    out = np.empty((d16.shape[0], Q4_0Codec.block_bytes), np.uint8)
     out[:, 0:2] = d16.reshape(-1, 1).view(np.uint8)
     out[:, 2:] = words.T
     return out
@@ -63,7 +66,7 @@ _ROW_SHIFT = np.arange(16, dtype=np.uint32)[:, None]
 
 
 def _assemble_q5_0(d16: np.ndarray, words: np.ndarray) -> np.ndarray:
-    out = np.empty((d16.shape[0], q5_0.BLOCK_BYTES), np.uint8)
+    out = np.empty((d16.shape[0], Q5_0Codec.block_bytes), np.uint8)
     out[:, 0:2] = d16.reshape(-1, 1).view(np.uint8)
     # word >> 8 holds the fifth bit of element j at bit 0 and that of element j + 16 at
     # bit 16: shifted left by j and OR-ed over the 16 rows, they make the block's qh.
@@ -74,10 +77,10 @@ def _assemble_q5_0(d16: np.ndarray, words: np.ndarray) -> np.ndarray:
     return out
 
 
-LAYOUTS = {
-    q8_0: Layout(False, lambda lo, hi: lo | (hi << 8), np.uint16, _assemble_q8_0),
-    q4_0: Layout(True, lambda lo, hi: lo | (hi << 4), np.uint8, _assemble_q4_0),
-    q5_0: Layout(True, lambda lo, hi: (lo & 15) | ((hi & 15) << 4) | ((lo >> 4) << 8) | ((hi >> 4) << 24),
+LAYOUTS: dict[type[Codec], Layout] = {
+    Q8_0Codec: Layout(False, lambda lo, hi: lo | (hi << 8), np.uint16, _assemble_q8_0),
+    Q4_0Codec: Layout(True, lambda lo, hi: lo | (hi << 4), np.uint8, _assemble_q4_0),
+    Q5_0Codec: Layout(True, lambda lo, hi: (lo & 15) | ((hi & 15) << 4) | ((lo >> 4) << 8) | ((hi >> 4) << 24),
                  np.uint32, _assemble_q5_0),
 }
 
@@ -94,7 +97,7 @@ class Tables:
 
 
 @lru_cache(maxsize=None)
-def tables(codec: ModuleType) -> Tables:
+def tables(codec: type[Codec]) -> Tables:
     layout = LAYOUTS[codec]
     m, c = np.divmod(np.arange(256), 16)
     reachable = (c & 7) <= (m & 7)  # c can share a block with m only if |c| <= |m|
@@ -154,7 +157,7 @@ def leading_codes(pairs: np.ndarray, ggml_pairs: bool) -> np.ndarray:
     return lead
 
 
-def supports(codec: ModuleType) -> bool:
+def supports(codec: type[Codec]) -> bool:
     return codec in LAYOUTS
 
 
@@ -168,11 +171,11 @@ def compiled_lookup() -> ctypes.CDLL | None:
     return lib
 
 
-_KINDS = {q8_0: 0, q4_0: 1, q5_0: 2}  # mxfp4_requant.c's names for the codecs
+_KINDS = {Q8_0Codec: 0, Q4_0Codec: 1, Q5_0Codec: 2}  # mxfp4_requant.c's names for the codecs
 
 
-def requantize(blocks: np.ndarray, scales: np.ndarray, codec: ModuleType) -> tuple[np.ndarray, ErrorStats]:
-    """HF MXFP4 blocks [N, 16] and scales [N] -> (the codec's bytes [N, BLOCK_BYTES], the
+def requantize(blocks: np.ndarray, scales: np.ndarray, codec: type[Codec]) -> tuple[np.ndarray, ErrorStats]:
+    """HF MXFP4 blocks [N, 16] and scales [N] -> (the codec's bytes [N, block_bytes], the
     error of those bytes against the MXFP4 values)."""
     blocks = np.ascontiguousarray(blocks, np.uint8).reshape(-1, 16)
     scales = np.ascontiguousarray(scales, np.uint8).reshape(-1)
@@ -192,9 +195,9 @@ def requantize(blocks: np.ndarray, scales: np.ndarray, codec: ModuleType) -> tup
 
 
 def _table_requantize_compiled(lib: ctypes.CDLL, blocks: np.ndarray, scales: np.ndarray,
-                               codec: ModuleType) -> tuple[np.ndarray, np.ndarray, ErrorStats]:
+                               codec: type[Codec]) -> tuple[np.ndarray, np.ndarray, ErrorStats]:
     t = tables(codec)
-    out = np.empty((blocks.shape[0], codec.BLOCK_BYTES), np.uint8)
+    out = np.empty((blocks.shape[0], codec.block_bytes), np.uint8)
     regular = np.empty(blocks.shape[0], np.bool_)
     sums = np.zeros(3, np.float64)
     count = lib.oss_mxfp4_requant(_KINDS[codec], blocks.ctypes.data, scales.ctypes.data, blocks.shape[0],
@@ -206,7 +209,7 @@ def _table_requantize_compiled(lib: ctypes.CDLL, blocks: np.ndarray, scales: np.
 
 
 def table_requantize_numpy(blocks: np.ndarray, scales: np.ndarray,
-                           codec: ModuleType) -> tuple[np.ndarray, np.ndarray, ErrorStats]:
+                           codec: type[Codec]) -> tuple[np.ndarray, np.ndarray, ErrorStats]:
     """The table's bytes for every block, which blocks they are right for (`regular`), and the
     error figures of those. Worked on column-wise ([16, N]: byte j of every block), where
     numpy's element-wise ops and per-block reductions run over contiguous rows."""

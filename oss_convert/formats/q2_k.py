@@ -11,18 +11,18 @@ group scales and mins against the largest of each, and the codes again from thos
 from __future__ import annotations
 
 import numpy as np
+from gguf import GGMLQuantizationType as T
 
-from .kquant_search import F32, fp16_bits, fp16_value, make_qkx2_quants
+from .codec import Codec
+from .floats import F32, fp16_bits, fp16_value
+from .kquant_search import make_qkx2_quants
 from .rounding import max_ignoring_nan, nearest_int
 
-BLOCK = 256
-BLOCK_BYTES = 84
 NMAX, RMIN, RDELTA, NSTEP = 3, -0.5, 0.1, 15
 
 
 @np.errstate(all="ignore")  # inf/NaN from extreme inputs follow the C reference's IEEE semantics
-def quantize(values: np.ndarray) -> np.ndarray:
-    x = np.asarray(values, F32)
+def quantize_super_blocks(x: np.ndarray) -> np.ndarray:
     blocks = x.reshape(-1, 16, 16)
     B = blocks.shape[0]
     groups = blocks.reshape(-1, 16)
@@ -42,23 +42,21 @@ def quantize(values: np.ndarray) -> np.ndarray:
     nonzero = d != 0
     requant = np.clip(nearest_int((blocks + dm[..., None]) / np.where(nonzero, d, F32(1))[..., None]), 0, NMAX)
     L = np.where(nonzero[..., None], requant, L).astype(np.uint8)
-    out = np.empty((B, BLOCK_BYTES), np.uint8)
+    out = np.empty((B, Q2_KCodec.block_bytes), np.uint8)
     out[:, 0:16] = packed
     out[:, 16:80] = pack_2bit(L.reshape(B, 256))
     out[:, 80:82] = d_bits.reshape(B, 1).view(np.uint8)
     out[:, 82:84] = dmin_bits.reshape(B, 1).view(np.uint8)
-    return out.reshape(x.shape[:-1] + (-1,))
+    return out
 
 
-def dequantize(data: np.ndarray) -> np.ndarray:
-    blocks = np.asarray(data, np.uint8).reshape(-1, BLOCK_BYTES)
+def dequantize_super_blocks(blocks: np.ndarray) -> np.ndarray:
     B = blocks.shape[0]
     d = fp16_value(blocks[:, 80:82].copy().view(np.uint16)).reshape(B, 1)
     dmin = fp16_value(blocks[:, 82:84].copy().view(np.uint16)).reshape(B, 1)
     sc = blocks[:, 0:16]
     L = unpack_2bit(blocks[:, 16:80]).reshape(B, 16, 16).astype(F32)
-    out = (d * (sc & 0xF))[..., None] * L - (dmin * (sc >> 4))[..., None]
-    return out.reshape(data.shape[:-1] + (-1,))
+    return ((d * (sc & 0xF))[..., None] * L - (dmin * (sc >> 4))[..., None]).reshape(B, -1)
 
 
 def pack_2bit(L: np.ndarray) -> np.ndarray:
@@ -70,3 +68,8 @@ def pack_2bit(L: np.ndarray) -> np.ndarray:
 def unpack_2bit(qs: np.ndarray) -> np.ndarray:
     runs = qs.reshape(qs.shape[0], 2, 1, 32)
     return ((runs >> np.array([0, 2, 4, 6], np.uint8).reshape(1, 1, 4, 1)) & 3).reshape(-1, 256)
+
+
+class Q2_KCodec(Codec, ggml_type=T.Q2_K):
+    quantize_blocks = staticmethod(quantize_super_blocks)
+    dequantize_blocks = staticmethod(dequantize_super_blocks)

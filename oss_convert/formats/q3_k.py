@@ -12,13 +12,13 @@ codes again from those.
 from __future__ import annotations
 
 import numpy as np
+from gguf import GGMLQuantizationType as T
 
-from .kquant_search import F32, fp16_bits, fp16_value
+from .codec import Codec
+from .floats import F32, fp16_bits, fp16_value
 from .q2_k import pack_2bit, unpack_2bit
 from .rounding import nearest_int, signed_absmax
 
-BLOCK = 256
-BLOCK_BYTES = 110
 NMAX = 4
 GROUP_MAX_EPS = F32(1e-15)
 
@@ -60,8 +60,7 @@ def make_q3_quants(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 @np.errstate(all="ignore")  # inf/NaN from extreme inputs follow the C reference's IEEE semantics
-def quantize(values: np.ndarray) -> np.ndarray:
-    x = np.asarray(values, F32)
+def quantize_super_blocks(x: np.ndarray) -> np.ndarray:
     blocks = x.reshape(-1, 16, 16)
     B = blocks.shape[0]
     scales, L = make_q3_quants(blocks.reshape(-1, 16))
@@ -82,16 +81,15 @@ def quantize(values: np.ndarray) -> np.ndarray:
     L = np.where(nonzero[..., None], requant, L).astype(np.uint8).reshape(B, 256)
     high = L > 3
     bits = high.reshape(B, 8, 32).astype(np.uint8) << np.arange(8, dtype=np.uint8).reshape(1, 8, 1)
-    out = np.empty((B, BLOCK_BYTES), np.uint8)
+    out = np.empty((B, Q3_KCodec.block_bytes), np.uint8)
     out[:, 0:32] = np.bitwise_or.reduce(bits, axis=1)
     out[:, 32:96] = pack_2bit(np.where(high, L - 4, L))
     out[:, 96:108] = packed
     out[:, 108:110] = d_bits.reshape(B, 1).view(np.uint8)
-    return out.reshape(x.shape[:-1] + (-1,))
+    return out
 
 
-def dequantize(data: np.ndarray) -> np.ndarray:
-    blocks = np.asarray(data, np.uint8).reshape(-1, BLOCK_BYTES)
+def dequantize_super_blocks(blocks: np.ndarray) -> np.ndarray:
     B = blocks.shape[0]
     d = fp16_value(blocks[:, 108:110].copy().view(np.uint16)).reshape(B, 1)
     packed = blocks[:, 96:108]
@@ -101,4 +99,9 @@ def dequantize(data: np.ndarray) -> np.ndarray:
     low = unpack_2bit(blocks[:, 32:96])
     high = (blocks[:, 0:32].reshape(B, 1, 32) >> np.arange(8, dtype=np.uint8).reshape(1, 8, 1)) & 1
     q = (low | (high.reshape(B, 256) << 2)).astype(F32) - 4
-    return ((d * sc)[..., None] * q.reshape(B, 16, 16)).reshape(data.shape[:-1] + (-1,))
+    return ((d * sc)[..., None] * q.reshape(B, 16, 16)).reshape(B, -1)
+
+
+class Q3_KCodec(Codec, ggml_type=T.Q3_K):
+    quantize_blocks = staticmethod(quantize_super_blocks)
+    dequantize_blocks = staticmethod(dequantize_super_blocks)

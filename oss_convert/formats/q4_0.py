@@ -7,22 +7,11 @@ largest magnitude, q = min(15, trunc(x / d + 8.5)).
 from __future__ import annotations
 
 import numpy as np
+from gguf import GGMLQuantizationType as T
 
-from .kquant_search import F32, fp16_bits, fp16_value
-from .rounding import signed_absmax
-
-BLOCK = 32
-BLOCK_BYTES = 18
-
-
-def inverse(d: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore"):
-        return np.where(d == 0, F32(0), F32(1) / d).astype(F32)
-
-
-def truncate_u8(v: np.ndarray) -> np.ndarray:
-    """C's float -> (int8_t) conversion: toward zero."""
-    return np.trunc(v).astype(np.int32)
+from .codec import Codec
+from .floats import F32, fp16_bits, fp16_value
+from .rounding import reciprocal_or_zero, signed_absmax, toward_zero
 
 
 def symmetric_scales_and_codes(blocks: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -32,8 +21,8 @@ def symmetric_scales_and_codes(blocks: np.ndarray, levels: int) -> tuple[np.ndar
     float32 blocks [N, 32] -> (d float32 [N], codes uint8 [N, 32] in 0..levels - 1)."""
     half = levels // 2
     d = (signed_absmax(blocks) / F32(-half)).astype(F32)
-    q = np.minimum(levels - 1, truncate_u8(blocks * inverse(d)[:, None] + F32(half + 0.5))).astype(np.uint8)
-    return d, q
+    q = np.minimum(levels - 1, toward_zero(blocks * reciprocal_or_zero(d)[:, None] + F32(half + 0.5)))
+    return d, q.astype(np.uint8)
 
 
 def scales_and_codes(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -41,19 +30,21 @@ def scales_and_codes(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def pack(d: np.ndarray, q: np.ndarray) -> np.ndarray:
-    out = np.empty((q.shape[0], BLOCK_BYTES), np.uint8)
+    out = np.empty((q.shape[0], Q4_0Codec.block_bytes), np.uint8)
     out[:, 0:2] = fp16_bits(d).reshape(-1, 1).view(np.uint8)
     out[:, 2:] = q[:, :16] | (q[:, 16:] << 4)
     return out
 
 
-def quantize(values: np.ndarray) -> np.ndarray:
-    x = np.asarray(values, F32)
-    return pack(*scales_and_codes(x.reshape(-1, BLOCK))).reshape(x.shape[:-1] + (-1,))
+class Q4_0Codec(Codec, ggml_type=T.Q4_0):
+    scales_and_codes = staticmethod(scales_and_codes)
+    pack = staticmethod(pack)
 
+    @staticmethod
+    def quantize_blocks(blocks: np.ndarray) -> np.ndarray:
+        return pack(*scales_and_codes(blocks))
 
-def dequantize(data: np.ndarray) -> np.ndarray:
-    blocks = np.asarray(data, np.uint8).reshape(-1, BLOCK_BYTES)
-    d = fp16_value(blocks[:, 0:2].copy().view(np.uint16)).reshape(-1, 1)
-    q = np.concatenate([blocks[:, 2:] & 0xF, blocks[:, 2:] >> 4], axis=1).astype(F32) - 8
-    return (d * q).reshape(data.shape[:-1] + (-1,))
+    @staticmethod
+    def dequantize_blocks(blocks: np.ndarray) -> np.ndarray:
+        d = fp16_value(blocks[:, 0:2].copy().view(np.uint16)).reshape(-1, 1)
+        return d * (np.concatenate([blocks[:, 2:] & 0xF, blocks[:, 2:] >> 4], axis=1).astype(F32) - 8)

@@ -9,36 +9,28 @@ as C does them (codes out of range wrap, which only non-finite blocks reach).
 from __future__ import annotations
 
 import numpy as np
+from gguf import GGMLQuantizationType as T
 
-from .kquant_search import F32, fp16_bits, fp16_value
-from .q4_0 import inverse, truncate_u8
-from .rounding import first_min_max
-
-BLOCK = 32
-BLOCK_BYTES = 20
+from .codec import Codec
+from .floats import F32, fp16_bits, fp16_value
+from .rounding import first_min_max, reciprocal_or_zero, toward_zero
 
 
-def _codes(blocks: np.ndarray, mn: np.ndarray, d: np.ndarray) -> np.ndarray:
-    as_int8 = ((truncate_u8((blocks - mn[:, None]) * inverse(d)[:, None] + F32(0.5)) & 0xFF) ^ 0x80) - 0x80
-    return np.minimum(15, as_int8) & 0xFF
+class Q4_1Codec(Codec, ggml_type=T.Q4_1):
+    @staticmethod
+    def quantize_blocks(blocks: np.ndarray) -> np.ndarray:
+        mn, mx = first_min_max(blocks)
+        d = ((mx - mn) / F32(15)).astype(F32)
+        as_int8 = ((toward_zero((blocks - mn[:, None]) * reciprocal_or_zero(d)[:, None] + F32(0.5)) & 0xFF) ^ 0x80) - 0x80
+        q = np.minimum(15, as_int8) & 0xFF
+        out = np.empty((blocks.shape[0], Q4_1Codec.block_bytes), np.uint8)
+        out[:, 0:2] = fp16_bits(d).reshape(-1, 1).view(np.uint8)
+        out[:, 2:4] = fp16_bits(mn).reshape(-1, 1).view(np.uint8)
+        out[:, 4:] = (q[:, :16] | (q[:, 16:] << 4)) & 0xFF
+        return out
 
-
-def quantize(values: np.ndarray) -> np.ndarray:
-    x = np.asarray(values, F32)
-    blocks = x.reshape(-1, BLOCK)
-    mn, mx = first_min_max(blocks)
-    d = ((mx - mn) / F32(15)).astype(F32)
-    q = _codes(blocks, mn, d)
-    out = np.empty((blocks.shape[0], BLOCK_BYTES), np.uint8)
-    out[:, 0:2] = fp16_bits(d).reshape(-1, 1).view(np.uint8)
-    out[:, 2:4] = fp16_bits(mn).reshape(-1, 1).view(np.uint8)
-    out[:, 4:] = (q[:, :16] | (q[:, 16:] << 4)) & 0xFF
-    return out.reshape(x.shape[:-1] + (-1,))
-
-
-def dequantize(data: np.ndarray) -> np.ndarray:
-    blocks = np.asarray(data, np.uint8).reshape(-1, BLOCK_BYTES)
-    d = fp16_value(blocks[:, 0:2].copy().view(np.uint16)).reshape(-1, 1)
-    m = fp16_value(blocks[:, 2:4].copy().view(np.uint16)).reshape(-1, 1)
-    q = np.concatenate([blocks[:, 4:] & 0xF, blocks[:, 4:] >> 4], axis=1).astype(F32)
-    return (d * q + m).reshape(data.shape[:-1] + (-1,))
+    @staticmethod
+    def dequantize_blocks(blocks: np.ndarray) -> np.ndarray:
+        d = fp16_value(blocks[:, 0:2].copy().view(np.uint16)).reshape(-1, 1)
+        m = fp16_value(blocks[:, 2:4].copy().view(np.uint16)).reshape(-1, 1)
+        return d * np.concatenate([blocks[:, 4:] & 0xF, blocks[:, 4:] >> 4], axis=1).astype(F32) + m

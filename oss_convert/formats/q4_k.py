@@ -8,21 +8,13 @@ Quantizer: ggml's `quantize_row_q4_K_ref` (no importance matrix).
 from __future__ import annotations
 
 import numpy as np
+from gguf import GGMLQuantizationType as T
 
-from .kquant_search import (
-    F32,
-    fp16_bits,
-    fp16_value,
-    make_qkx2_quants,
-    new_super_blocks,
-    pack_scales_mins_k4,
-    seq_sum,
-    super_block_header,
-)
+from .codec import Codec
+from .floats import F32, fp16_bits, fp16_value
+from .kquant_search import make_qkx2_quants, new_super_blocks, pack_scales_mins_k4, seq_sum, super_block_header
 from .rounding import max_ignoring_nan, nearest_int
 
-BLOCK = 256
-BLOCK_BYTES = 144
 NMAX, RMIN, RDELTA, NSTEP = 15, -1.0, 0.1, 20
 
 
@@ -54,23 +46,21 @@ def kquant_groups(x: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: i
     return d_bits, dmin_bits, pack_scales_mins_k4(ls, lm), L.reshape(B, 256)
 
 
-@np.errstate(all="ignore")
-def quantize(values: np.ndarray) -> np.ndarray:
-    """float32 [..., n] (n a multiple of 256) -> Q4_K bytes [..., n // 256 * 144]."""
-    x = np.asarray(values, F32)
-    d, dmin, scales, L = kquant_groups(x, NMAX, RMIN, RDELTA, NSTEP)
-    B = L.shape[0]
-    out = new_super_blocks(d, dmin, scales, BLOCK_BYTES)
-    runs = L.reshape(B, 4, 2, 32)  # 4 runs of 64 values: low nibbles first 32, high next 32
-    out[:, 16:] = (runs[:, :, 0] | (runs[:, :, 1] << 4)).reshape(B, 128)
-    return out.reshape(x.shape[:-1] + (-1,))
+class Q4_KCodec(Codec, ggml_type=T.Q4_K):
+    @staticmethod
+    @np.errstate(all="ignore")
+    def quantize_blocks(blocks: np.ndarray) -> np.ndarray:
+        d, dmin, scales, L = kquant_groups(blocks, NMAX, RMIN, RDELTA, NSTEP)
+        B = L.shape[0]
+        out = new_super_blocks(d, dmin, scales, Q4_KCodec.block_bytes)
+        runs = L.reshape(B, 4, 2, 32)  # 4 runs of 64 values: low nibbles first 32, high next 32
+        out[:, 16:] = (runs[:, :, 0] | (runs[:, :, 1] << 4)).reshape(B, 128)
+        return out
 
-
-def dequantize(data: np.ndarray) -> np.ndarray:
-    blocks = np.asarray(data, np.uint8).reshape(-1, BLOCK_BYTES)
-    B = blocks.shape[0]
-    d, dmin, sc, m = super_block_header(blocks)
-    qs = blocks[:, 16:].reshape(B, 4, 32)
-    L = np.stack([qs & 0xF, qs >> 4], axis=2).reshape(B, 8, 32).astype(F32)
-    out = (d * sc)[..., None] * L - (dmin * m)[..., None]
-    return out.reshape(data.shape[:-1] + (-1,))
+    @staticmethod
+    def dequantize_blocks(blocks: np.ndarray) -> np.ndarray:
+        B = blocks.shape[0]
+        d, dmin, sc, m = super_block_header(blocks)
+        qs = blocks[:, 16:].reshape(B, 4, 32)
+        L = np.stack([qs & 0xF, qs >> 4], axis=2).reshape(B, 8, 32).astype(F32)
+        return ((d * sc)[..., None] * L - (dmin * m)[..., None]).reshape(B, -1)

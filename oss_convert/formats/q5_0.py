@@ -6,12 +6,11 @@ Quantizer: ggml's `quantize_row_q5_0_ref`: d = max / -16, q = min(31, trunc(x / 
 from __future__ import annotations
 
 import numpy as np
+from gguf import GGMLQuantizationType as T
 
-from .kquant_search import F32, fp16_bits, fp16_value
+from .codec import Codec
+from .floats import F32, fp16_bits, fp16_value
 from .q4_0 import symmetric_scales_and_codes
-
-BLOCK = 32
-BLOCK_BYTES = 22
 
 
 def pack_5bit(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -33,20 +32,22 @@ def scales_and_codes(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def pack(d: np.ndarray, q: np.ndarray) -> np.ndarray:
     qh, qs = pack_5bit(q)
-    out = np.empty((q.shape[0], BLOCK_BYTES), np.uint8)
+    out = np.empty((q.shape[0], Q5_0Codec.block_bytes), np.uint8)
     out[:, 0:2] = fp16_bits(d).reshape(-1, 1).view(np.uint8)
     out[:, 2:6] = qh
     out[:, 6:] = qs
     return out
 
 
-def quantize(values: np.ndarray) -> np.ndarray:
-    x = np.asarray(values, F32)
-    return pack(*scales_and_codes(x.reshape(-1, BLOCK))).reshape(x.shape[:-1] + (-1,))
+class Q5_0Codec(Codec, ggml_type=T.Q5_0):
+    scales_and_codes = staticmethod(scales_and_codes)
+    pack = staticmethod(pack)
 
+    @staticmethod
+    def quantize_blocks(blocks: np.ndarray) -> np.ndarray:
+        return pack(*scales_and_codes(blocks))
 
-def dequantize(data: np.ndarray) -> np.ndarray:
-    blocks = np.asarray(data, np.uint8).reshape(-1, BLOCK_BYTES)
-    d = fp16_value(blocks[:, 0:2].copy().view(np.uint16)).reshape(-1, 1)
-    q = unpack_5bit(blocks[:, 2:6], blocks[:, 6:]).astype(F32) - 16
-    return (d * q).reshape(data.shape[:-1] + (-1,))
+    @staticmethod
+    def dequantize_blocks(blocks: np.ndarray) -> np.ndarray:
+        d = fp16_value(blocks[:, 0:2].copy().view(np.uint16)).reshape(-1, 1)
+        return d * (unpack_5bit(blocks[:, 2:6], blocks[:, 6:]).astype(F32) - 16)

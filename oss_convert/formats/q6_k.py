@@ -9,17 +9,16 @@ Quantizer: ggml's `quantize_row_q6_K_ref`.
 from __future__ import annotations
 
 import numpy as np
+from gguf import GGMLQuantizationType as T
 
-from .kquant_search import F32, fp16_bits, fp16_value, make_qx_quants_rmse1
+from .codec import Codec
+from .floats import F32, fp16_bits, fp16_value
+from .kquant_search import make_qx_quants_rmse1
 from .rounding import first_absmax_index, nearest_int
-
-BLOCK = 256
-BLOCK_BYTES = 210
 
 
 @np.errstate(all="ignore")
-def quantize(values: np.ndarray) -> np.ndarray:
-    x = np.asarray(values, F32)
+def quantize_super_blocks(x: np.ndarray) -> np.ndarray:
     groups = x.reshape(-1, 16, 16)
     B = groups.shape[0]
     scales, L = make_qx_quants_rmse1(groups.reshape(-1, 16), 32)
@@ -35,7 +34,7 @@ def quantize(values: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         requant = np.clip(nearest_int(groups / np.where(nonzero, d, F32(1))[..., None]), -32, 31) + 32
     L = np.where(nonzero[..., None], requant, L).reshape(B, 2, 4, 32).astype(np.uint8)
-    out = np.empty((B, BLOCK_BYTES), np.uint8)
+    out = np.empty((B, Q6_KCodec.block_bytes), np.uint8)
     ql = np.concatenate([L[:, :, 0] & 0xF | ((L[:, :, 2] & 0xF) << 4),
                          L[:, :, 1] & 0xF | ((L[:, :, 3] & 0xF) << 4)], axis=2)  # [B, 2, 64]
     qh = (L[:, :, 0] >> 4) | ((L[:, :, 1] >> 4) << 2) | ((L[:, :, 2] >> 4) << 4) | ((L[:, :, 3] >> 4) << 6)
@@ -44,11 +43,10 @@ def quantize(values: np.ndarray) -> np.ndarray:
     out[:, 192:208] = q_scales.view(np.uint8)
     out[:, 208:210] = d_bits.reshape(B, 1).view(np.uint8)
     out[zero] = 0
-    return out.reshape(x.shape[:-1] + (-1,))
+    return out
 
 
-def dequantize(data: np.ndarray) -> np.ndarray:
-    blocks = np.asarray(data, np.uint8).reshape(-1, BLOCK_BYTES)
+def dequantize_super_blocks(blocks: np.ndarray) -> np.ndarray:
     B = blocks.shape[0]
     ql = blocks[:, 0:128].reshape(B, 2, 64)
     qh = blocks[:, 128:192].reshape(B, 2, 32)
@@ -58,5 +56,9 @@ def dequantize(data: np.ndarray) -> np.ndarray:
                   (ql[:, :, 32:] & 0xF) | (((qh >> 2) & 3) << 4),
                   (ql[:, :, :32] >> 4) | (((qh >> 4) & 3) << 4),
                   (ql[:, :, 32:] >> 4) | (((qh >> 6) & 3) << 4)], axis=2).astype(F32) - 32
-    out = (d * sc).reshape(B, 16, 1) * q.reshape(B, 16, 16)
-    return out.reshape(data.shape[:-1] + (-1,))
+    return ((d * sc).reshape(B, 16, 1) * q.reshape(B, 16, 16)).reshape(B, -1)
+
+
+class Q6_KCodec(Codec, ggml_type=T.Q6_K):
+    quantize_blocks = staticmethod(quantize_super_blocks)
+    dequantize_blocks = staticmethod(dequantize_super_blocks)

@@ -83,3 +83,14 @@ def first_absmax_index(values: np.ndarray) -> np.ndarray:
     """Index of the first largest |v| per row (strict >, NaN never wins), as ggml's loops."""
     a = np.abs(values)
     return np.where(np.isnan(a), -np.inf, a).argmax(axis=1)
+
+
+def reciprocal_or_zero(d: np.ndarray) -> np.ndarray:
+    """1 / d in float32, and 0 where d is 0 (ggml's `id = d ? 1.0f/d : 0.0f`)."""
+    with np.errstate(divide="ignore"):
+        return np.where(d == 0, np.float32(0), np.float32(1) / d).astype(np.float32)
+
+
+def toward_zero(v: np.ndarray) -> np.ndarray:
+    """C's float -> integer conversion (as `(int8_t)x` before it wraps): toward zero, as int32."""
+    return np.trunc(v).astype(np.int32)

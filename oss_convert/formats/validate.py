@@ -9,16 +9,17 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 
+from .table import FORMATS
+
 # Byte offsets of the fp16 scales in each block: d, and m or dmin where the type has one.
-FP16_SCALES = {T.Q4_0: (0,), T.Q4_1: (0, 2), T.IQ4_NL: (0,), T.IQ4_XS: (0,), T.Q2_K: (80, 82), T.Q3_K: (108,), T.Q5_0: (0,), T.Q8_0: (0,), T.Q5_1: (0, 2), T.Q4_K: (0, 2), T.Q5_K: (0, 2),
-               T.Q6_K: (208,)}
+FP16_SCALES = {f.ggml_type: f.fp16_scales for f in FORMATS if f.fp16_scales}
 
 
 def invalid_count(data: np.ndarray, qtype: T) -> int:
     """How many blocks (or, for F32/F16/BF16, values) of `data` the check rejects."""
     raw = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
     if qtype in FP16_SCALES:
-        blocks = raw.reshape(-1, GGML_QUANT_SIZES[qtype][1])
+        blocks = raw.reshape(-1, GGML_QUANT_SIZES[T(qtype)][1])
         bad = np.zeros(blocks.shape[0], bool)
         for offset in FP16_SCALES[qtype]:
             bad |= (blocks[:, offset + 1] & 0x7C) == 0x7C  # the high byte: exponent all ones

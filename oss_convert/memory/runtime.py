@@ -2,8 +2,8 @@
 
 - weights: the expert matrices as stored (MXFP4 or ggml blocks stay packed and are multiplied
   from their stored form; 16-bit float experts are widened to float32); on the CPU, with the
-  native kernels built, the other matrices too where their type is one the kernels take
-  (STORED_DENSE_FORMATS); every other tensor float32;
+  native kernels built, the other matrices too where the kernels read their type in place
+  (formats/table.py's `in_place`); every other tensor float32;
 - KV cache: float32 keys and values for every layer over the whole context, reserved up front
   (generate's context: the prompt and max_tokens); the sliding-window layers keep every
   position too: their mask, not their cache, limits what they see;
@@ -18,13 +18,12 @@ from __future__ import annotations
 import math
 
 from ..checkpoint import Checkpoint, Role
+from ..formats import table
 from .context import ModelShape
 
 F32 = 4
 SCORE_COPIES = 4
 PREFILL_TOKENS = 512  # generate feeds the prompt in micro-batches of this size, as llama.cpp's -ub
-# the types runtime/native multiplies from their stored form (its FORMATS, MXFP4 aside)
-STORED_DENSE_FORMATS = ("F32", "BF16", "F16", "Q8_0", "Q5_0", "Q4_0", "Q5_1", "Q4_K")
 DENSE_MATRICES = (Role.EMBEDDING, Role.ATTENTION, Role.OUTPUT)  # the router is widened: it is small
 
 
@@ -35,7 +34,8 @@ def runtime_weight_bytes(ckpt: Checkpoint, stored_dense: bool = False) -> int:
     for t in ckpt.model_tensors:
         if t.role.is_expert_weight and t.format not in ("F16", "BF16", "F32"):
             total += t.nbytes
-        elif stored_dense and t.role in DENSE_MATRICES and len(t.shape) == 2 and t.format in STORED_DENSE_FORMATS:
+        elif stored_dense and t.role in DENSE_MATRICES and len(t.shape) == 2 \
+                and table.in_place(t.ggml_type, t.format) is not None:
             total += t.nbytes
         else:
             total += math.prod(t.shape) * F32

@@ -14,6 +14,7 @@ from gguf import GGMLQuantizationType as T
 from ..checkpoint import Checkpoint
 from .layout import Target, targets
 
+LOSSLESS = "mxfp4"  # convert's --type for the lossless file (every other --type is a mixture)
 OUTTYPES = {"bf16": T.BF16, "f16": T.F16, "f32": T.F32, "q8_0": T.Q8_0}
 
 

@@ -28,8 +28,9 @@ def build_report(src: Checkpoint, port: Checkpoint, *, prompt: str | None = None
                  device: str = "auto") -> dict:
     """Every input is checked (both artifacts, the layers, the text and its token ids) before
     the first tensor is compared, so a bad one costs seconds, not a verify of the whole model."""
-    from ..runtime.compare import compare_moe, parse_layers, pick_device
-    from ..runtime.full_compare import check_tokens, compare_full, load_tokenizer
+    from ..checkpoint.text_tokenizer import check_token_ids, load_tokenizer
+    from ..compare import compare_full, compare_moe, parse_layers
+    from ..runtime.execution.device import pick_device
     from ..verify import check_inputs, exit_status, verify
 
     check_inputs(src, port)
@@ -43,7 +44,7 @@ def build_report(src: Checkpoint, port: Checkpoint, *, prompt: str | None = None
             raise OssConvertError("nothing to evaluate: the text gives no tokens")
     if tokens is not None:
         for ckpt in (src, port):
-            check_tokens(ckpt, tokens)
+            check_token_ids(ckpt, tokens)
 
     verified = verify(src, port)
     doc = {"created_by": f"oss-convert {__version__}",

@@ -1,4 +1,5 @@
-"""Feed the same hidden states through one MoE layer of two artifacts and compare the outputs."""
+"""`oss-convert compare`: the same hidden states through the MoE blocks of two artifacts, layer by
+layer, their outputs compared (identical weights give identical outputs)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import torch
 from tqdm import tqdm
 
 from ..checkpoint import Checkpoint
-from ..text import table
 from ..errors import OssConvertError
-from .moe import choose_backend, moe_forward, rms_norm
-from .moe_reference import route
-from .weights import load_layer
+from ..runtime.execution.device import pick_device
+from ..runtime.execution.moe import choose_backend, run_moe
+from ..runtime.model.moe import MoEBlock
+from ..runtime.model.norm import rms_norm
+from ..runtime.weights.source import WeightSource
+from ..text import table
 
 
 def parse_layers(spec: str, n_layers: int) -> list[int]:
@@ -26,14 +29,6 @@ def parse_layers(spec: str, n_layers: int) -> list[int]:
     if bad or not layers:
         raise OssConvertError(f"--layers {spec!r}: the model has layers 0..{n_layers - 1}")
     return layers
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise OssConvertError("--device cuda: no CUDA device is available")
-    return torch.device(name)
 
 
 def hidden_states(layer_norm: torch.Tensor, tokens: int, seed: int, layer: int, device) -> torch.Tensor:
@@ -58,14 +53,15 @@ def compare_moe(a: Checkpoint, b: Checkpoint, layers: str = "all", tokens: int =
     if (ca.num_layers, ca.hidden_size, ca.num_experts) != (cb.num_layers, cb.hidden_size, cb.num_experts):
         raise OssConvertError(f"{a.where} and {b.where} are different models (layers, hidden size or experts differ)")
     dev = pick_device(device)
+    source_a, source_b = WeightSource(a, dev), WeightSource(b, dev)
     results = []
     for n in tqdm(parse_layers(layers, ca.num_layers), desc="MoE layers", unit="layer", disable=not sys.stderr.isatty()):
-        la, lb = load_layer(a, n).to(dev), load_layer(b, n).to(dev)
-        x = hidden_states(la.norm_w, tokens, seed, n, dev)
+        la, lb = MoEBlock.from_weights(source_a, n), MoEBlock.from_weights(source_b, n)
+        x = hidden_states(la.norm, tokens, seed, n, dev)
         with torch.no_grad():
-            ya, yb = moe_forward(la, x), moe_forward(lb, x)
-            ea, _ = route(x, la.router_w, la.router_b, la.top_k)
-            eb, _ = route(x, lb.router_w, lb.router_b, lb.top_k)
+            ya, yb = run_moe(la, x), run_moe(lb, x)
+            ea, _ = la.route(x)
+            eb, _ = lb.route(x)
         same = (ea.sort(dim=-1).values == eb.sort(dim=-1).values).all(dim=-1).float().mean().item()
         results.append({"layer": n, **layer_metrics(ya.cpu(), yb.cpu()), "same_experts": same == 1.0,
                         "same_experts_fraction": same,

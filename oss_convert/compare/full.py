@@ -1,4 +1,5 @@
-"""Whole-model comparison (logits, KL divergence, top-1 agreement, perplexity) and generation."""
+"""`oss-convert compare --full`: two artifacts run whole on the same text, their logits compared
+(KL divergence, top-1 agreement, logit differences, each one's perplexity)."""
 
 from __future__ import annotations
 
@@ -10,70 +11,18 @@ import torch
 from tqdm import tqdm
 
 from ..checkpoint import Checkpoint
+from ..checkpoint.text_tokenizer import check_token_ids, load_tokenizer
 from ..errors import OssConvertError
 from ..files.stream import release_freed_memory
-from ..memory.runtime import PREFILL_TOKENS
-from .compare import pick_device
-from .model import forward, load_model, new_cache, streamed_logits
-
-STOP_TOKENS = ("<|return|>", "<|end|>", "<|call|>", "<|endoftext|>")
-
-
-def load_tokenizer(ckpt: Checkpoint, instead: str = ""):
-    """A `tokenizers.Tokenizer` for the checkpoint. `instead`: what the command offers without
-    one, for the error where tokenizers is missing."""
-    try:
-        from tokenizers import Tokenizer
-    except ImportError:
-        raise OssConvertError("tokenizing text needs the 'tokenizers' package (pip install tokenizers, or the "
-                              f"'text' extra){instead}") from None
-    try:
-        return Tokenizer.from_str(ckpt.tokenizer_json())
-    except Exception as e:  # tokenizers raises its own Exception subclass for a bad file
-        raise OssConvertError(f"{ckpt.where}: its tokenizer does not load ({e})") from None
-
-
-def chat_template(ckpt: Checkpoint) -> str:
-    template = ckpt.vocab().chat_template
-    if not template:
-        raise OssConvertError(f"{ckpt.where}: has no chat template")
-    return template
-
-
-def read_tokens_file(path: Path) -> list[int]:
-    try:
-        return [int(t) for t in Path(path).read_text().split()]
-    except (OSError, ValueError) as e:
-        raise OssConvertError(f"{path}: expected whitespace-separated token ids ({e})") from None
-
-
-def read_text_file(path: Path) -> str:
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise OssConvertError(f"{path}: not a readable UTF-8 text file ({e})") from None
-
-
-def read_text_inputs(prompt: str | None, text_file: Path | None,
-                     tokens_file: Path | None) -> tuple[str | None, list[int] | None]:
-    """(text, token ids) from whichever of --prompt, --text-file and --tokens-file was given."""
-    if text_file is not None:
-        prompt = read_text_file(text_file)
-    return prompt, read_tokens_file(tokens_file) if tokens_file is not None else None
-
-
-@torch.no_grad()
-def check_tokens(ckpt: Checkpoint, tokens: list[int]) -> None:
-    vocab_size = ckpt.require_config().vocab_size or ckpt.tensor("model.embed_tokens.weight").shape[0]
-    if max(tokens) >= vocab_size:
-        raise OssConvertError(f"token id {max(tokens)} is outside the vocabulary of {ckpt.where} ({vocab_size})")
+from ..runtime.execution.device import runtime_device
+from ..runtime.execution.forward import streamed_logits
 
 
 @torch.inference_mode()  # no autograd bookkeeping on any operation: 10-15% of a decode step's Python
 def model_logits(ckpt: Checkpoint, tokens: list[int], ctx: int, device, activations: str = "float32") -> np.ndarray:
     """Logits [len(tokens), V] float32, the text evaluated in windows of `ctx` tokens, one
     layer in memory at a time."""
-    check_tokens(ckpt, tokens)
+    check_token_ids(ckpt, tokens)
     windows = [torch.tensor(tokens[start:start + ctx]) for start in range(0, len(tokens), ctx)]
     with tqdm(total=ckpt.config.num_layers, unit="layer", desc=Path(ckpt.where).name,
               disable=not sys.stderr.isatty()) as bar:
@@ -124,7 +73,7 @@ def compare_full(a: Checkpoint, b: Checkpoint, *, tokens: list[int] | None = Non
     if len(tokens) < 1:
         raise OssConvertError("nothing to evaluate: the prompt gives no tokens")
     for ckpt in (a, b):  # both checked before either runs
-        check_tokens(ckpt, tokens)
+        check_token_ids(ckpt, tokens)
     logits_a = model_logits(a, tokens, ctx, dev, activations)
     logits_b = model_logits(b, tokens, ctx, dev, activations)
     metrics = logit_metrics(logits_a, logits_b, tokens, ctx)
@@ -142,12 +91,6 @@ def compare_full(a: Checkpoint, b: Checkpoint, *, tokens: list[int] | None = Non
             "per_position": metrics["per_position"]}
 
 
-def runtime_device(device: str, activations: str) -> torch.device:
-    """The device to run on: Q8_0 activations are the CPU kernels', so "auto" means the CPU there
-    (load_model and streamed_logits refuse what cannot run)."""
-    return pick_device("cpu" if activations == "q8" and device == "auto" else device)
-
-
 def render_full(doc: dict) -> str:
     s = doc["summary"]
     arithmetic = ", activations rounded to Q8_0" if doc.get("activations") == "q8" else ""
@@ -157,40 +100,3 @@ def render_full(doc: dict) -> str:
     lines.append(f"KL(A||B): mean {s['kl_mean']:.4g}, p99 {s['kl_p99']:.4g}, max {s['kl_max']:.4g}; "
                  f"top-1 agreement {100 * s['top1_agreement']:.2f}%; max |logit diff| {s['max_logit_diff']:.4g}")
     return "\n".join(lines)
-
-
-def prefill(model, ids: list[int], cache) -> torch.Tensor:
-    """The prompt into the cache PREFILL_TOKENS at a time (llama.cpp's micro-batch), so that the
-    attention scores of a long prompt are [heads, PREFILL_TOKENS, context], not [heads, prompt,
-    prompt]; the logits of the last micro-batch."""
-    for start in range(0, len(ids), PREFILL_TOKENS):
-        logits = forward(model, torch.tensor(ids[start:start + PREFILL_TOKENS], device=model.device), cache)
-    return logits
-
-
-@torch.inference_mode()
-def generate(ckpt: Checkpoint, prompt: str, max_tokens: int = 64, device: str = "auto",
-             activations: str = "float32") -> dict:
-    try:
-        import jinja2
-    except ImportError:
-        raise OssConvertError("the chat template needs the 'jinja2' package (pip install jinja2, or the 'text' "
-                              "extra)") from None
-    tokenizer = load_tokenizer(ckpt)
-    text = jinja2.Environment().from_string(chat_template(ckpt)).render(
-        messages=[{"role": "user", "content": prompt}], add_generation_prompt=True)
-    ids = tokenizer.encode(text, add_special_tokens=False).ids
-    dev = runtime_device(device, activations)
-    model = load_model(ckpt, dev, activations)
-    stops = {tokenizer.token_to_id(t) for t in STOP_TOKENS} - {None}
-    cache = new_cache(capacity=len(ids) + max_tokens)  # the context the memory plan counts
-    logits = prefill(model, ids, cache)
-    out = []
-    for _ in range(max_tokens):
-        nxt = int(logits[-1].argmax())
-        if nxt in stops:
-            break
-        out.append(nxt)
-        logits = forward(model, torch.tensor([nxt], device=dev), cache)
-    return {"prompt": text, "prompt_tokens": ids, "tokens": out, "text": tokenizer.decode(out)}
-

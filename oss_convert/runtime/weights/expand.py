@@ -1,12 +1,12 @@
 """Expanding one packed expert to float32 on whatever device it lives.
 
-On a GPU the formats experts take in GPT-OSS ports decode in torch, so the packed expert never
-leaves the device: MXFP4, the 32-value ggml blocks (Q8_0, Q5_0, Q4_0, Q5_1) and the K-quants
-(Q4_K, Q5_K, Q6_K), each with the float32 arithmetic of ggml's dequantizer in the same order,
-so the values match the numpy codecs bit for bit; any other ggml type is decoded on the host.
-On the CPU, products are taken from the stored form by the C kernels of runtime/native where
-they are built and take the type; otherwise the numpy codecs expand the expert (their table
-lookups are 2-7x faster than the same work in torch ops).
+On a GPU the formats experts take in GPT-OSS ports (the table's `torch` column: MXFP4, the
+32-value ggml blocks Q8_0, Q5_0, Q4_0, Q5_1 and the K-quants Q4_K, Q5_K, Q6_K) decode in torch,
+so the packed expert never leaves the device, each with the float32 arithmetic of ggml's
+dequantizer in the same order, so the values match the numpy codecs bit for bit; any other ggml
+type is decoded on the host. On the CPU, products are taken from the stored form by the C
+kernels where they are built and take the type; otherwise the numpy codecs expand the expert
+(their table lookups are 2-7x faster than the same work in torch ops).
 """
 
 from __future__ import annotations
@@ -15,13 +15,11 @@ import numpy as np
 import torch
 from gguf import GGMLQuantizationType as T
 
-from ..formats import mxfp4
-from ..formats.mxfp4 import E2M1_VALUES
-from ..formats.registry import decode
+from ...formats import mxfp4, table
+from ...formats.mxfp4 import E2M1_VALUES
+from ...formats.registry import decode
 
 E2M1 = torch.from_numpy(E2M1_VALUES)
-LEGACY_BLOCK_TYPES = (T.Q4_0, T.Q5_0, T.Q5_1, T.Q8_0)
-K_BLOCK_TYPES = (T.Q4_K, T.Q5_K, T.Q6_K)
 
 
 def mxfp4_to_float(codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
@@ -39,8 +37,7 @@ def _fp16(raw: torch.Tensor) -> torch.Tensor:
 
 def _legacy_blocks(rows: torch.Tensor, qtype: T) -> torch.Tensor:
     """Q8_0 / Q4_0 / Q5_0 / Q5_1 rows of blocks [N, bytes] -> float32 [N, K]."""
-    size = {T.Q8_0: 34, T.Q4_0: 18, T.Q5_0: 22, T.Q5_1: 24}[qtype]
-    b = rows.reshape(rows.shape[0], -1, size)
+    b = rows.reshape(rows.shape[0], -1, table.BY_TYPE[qtype].block_bytes)
     d = _fp16(b[..., 0:2])
     if qtype == T.Q8_0:
         return (d * b[..., 2:].contiguous().view(torch.int8).float()).flatten(1)
@@ -74,8 +71,7 @@ def _nibble_groups(qs: torch.Tensor) -> torch.Tensor:
 
 def _k_blocks(rows: torch.Tensor, qtype: T) -> torch.Tensor:
     """Q4_K / Q5_K / Q6_K rows of 256-value super-blocks [N, bytes] -> float32 [N, K]."""
-    size = {T.Q4_K: 144, T.Q5_K: 176, T.Q6_K: 210}[qtype]
-    b = rows.reshape(rows.shape[0], -1, size)
+    b = rows.reshape(rows.shape[0], -1, table.BY_TYPE[qtype].block_bytes)
     if qtype == T.Q6_K:
         ql, qh = b[..., 0:128].unflatten(-1, (2, 64)), b[..., 128:192].unflatten(-1, (2, 32))
         q = torch.stack([(ql[..., :32] & 0xF) | ((qh & 3) << 4),
@@ -95,15 +91,18 @@ def _k_blocks(rows: torch.Tensor, qtype: T) -> torch.Tensor:
     return ((d * sc)[..., None] * codes.float() - (dmin * m)[..., None]).flatten(1)
 
 
+# the torch implementation of each ggml type the table says torch expands
+IN_TORCH = {T.Q4_0: _legacy_blocks, T.Q5_0: _legacy_blocks, T.Q5_1: _legacy_blocks, T.Q8_0: _legacy_blocks,
+            T.Q4_K: _k_blocks, T.Q5_K: _k_blocks, T.Q6_K: _k_blocks}
+
+
 def expand_in_torch(packed, e: int) -> torch.Tensor:
     """Expert e of packed MXFP4 or ggml blocks as float32 [N, K], with torch ops on its device."""
     if packed.format == "MXFP4":
         return mxfp4_to_float(packed.data[e], packed.scales[e])
-    qtype = T[packed.format]
-    if qtype in LEGACY_BLOCK_TYPES:
-        return _legacy_blocks(packed.data[e], qtype)
-    if qtype in K_BLOCK_TYPES:
-        return _k_blocks(packed.data[e], qtype)
+    row = table.BY_NAME.get(packed.format)
+    if row is not None and row.torch:
+        return IN_TORCH[T(row.ggml_type)](packed.data[e], T(row.ggml_type))
     # no port ships its experts in the other types (IQ*, TQ*, Q2_K, Q3_K, Q4_1) at scale: they
     # are decoded on the host and the values copied to the device
     device = packed.data.device

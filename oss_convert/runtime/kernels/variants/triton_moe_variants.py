@@ -1,4 +1,4 @@
-"""The MoE kernels of runtime/triton_moe.py with the variants no default path uses yet:
+"""The MoE kernels of kernels/triton_moe.py with the variants no default path uses yet:
 
 - the words layout (Mxfp4Words, mxfp4_words.py): the experts re-laid so that a tile decodes
   them to bf16 by bit operations and feeds tl.dot, fewer instructions a byte than
@@ -13,7 +13,7 @@
 
 Each is tested against the default kernels under the interpreter; none has been timed on a
 GPU. benchmarks/bench_moe_gpu.py measures them beside the default: promote what wins into
-runtime/triton_moe.py, delete what does not.
+kernels/triton_moe.py, delete what does not.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..moe_reference import SWIGLU_ALPHA, SWIGLU_LIMIT
+from ....checkpoint.config import DEFAULT_SWIGLU_ALPHA as SWIGLU_ALPHA
+from ....checkpoint.config import DEFAULT_SWIGLU_LIMIT as SWIGLU_LIMIT
 from ..triton_moe import (
     DECODE_ASSIGNMENTS,
     TRITON_VERSION,

@@ -17,7 +17,7 @@ two kernels and the sum over slots, nothing else.
 
 Packed codes hold element 2j in the low nibble and 2j+1 in the high one: the HF layout, and
 the one tl.dot_scaled reads. Variants that no default path uses (other expert layouts,
-split-K, a fused sum) live in runtime/variants until a GPU measurement promotes them.
+split-K, a fused sum) live in kernels/variants/ until a GPU measurement promotes them.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .moe_reference import SWIGLU_ALPHA, SWIGLU_LIMIT
+from ...checkpoint.config import DEFAULT_SWIGLU_ALPHA as SWIGLU_ALPHA
+from ...checkpoint.config import DEFAULT_SWIGLU_LIMIT as SWIGLU_LIMIT
 
 TRITON_VERSION = tuple(int(part) for part in re.match(r"(\d+)\.(\d+)", triton.__version__).groups())
 ALIGN_WARPS = 8  # the sort is one program: two warps per scheduler hide some latency

@@ -20,7 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../../formats/half.h"
+#include "../../../formats/half.h"
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
