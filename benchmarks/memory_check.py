@@ -1,4 +1,4 @@
-"""The memory plan against libllama over a grid of shapes and contexts: prints, per
+"""The memory estimate against libllama over a grid of shapes and contexts: prints, per
 configuration, our figures next to the buffer sizes llama.cpp logs, and the worst errors.
 
     python benchmarks/memory_check.py [--quick]
@@ -25,7 +25,7 @@ from oss_convert.checkpoint import open_checkpoint  # noqa: E402
 from oss_convert.convert.to_gguf import convert_lossless  # noqa: E402
 from oss_convert.memory.context import ContextOptions  # noqa: E402
 from oss_convert.memory.llama import llama_cpp_memory  # noqa: E402
-from oss_convert.memory.plan import gguf_weight_bytes, model_shape  # noqa: E402
+from oss_convert.memory.estimate import gguf_weight_bytes, model_shape  # noqa: E402
 
 MiB = 1 << 20
 PROBE = ROOT / "tests" / "reference" / "llama_memory.py"

@@ -134,7 +134,7 @@ def parse_bytes(value: str) -> int:
 @json_option
 @click.option("--tensors", "show_tensors", is_flag=True, help="List every tensor, not a per-layer summary.")
 @click.option("--ctx", type=click.IntRange(1, 1 << 24), default=None,
-              help="Memory plan at this context (llama.cpp's -c: all sequences together). "
+              help="Memory estimate at this context (llama.cpp's -c: all sequences together). "
                    "Default: 8192 and the model's maximum.")
 @click.option("--kv-type", type=click.Choice(KV_CACHE_TYPES), default="f16", show_default=True,
               help="KV cache type (llama.cpp's -ctk/-ctv).")
@@ -159,7 +159,7 @@ def inspect_cmd(path: Path, as_json: bool, show_tensors: bool, ctx: int | None, 
     file, a .gguf (split GGUFs: any part) or a Hub repo id. Reads headers only.
     """
     from .hub import open_headers_or_models
-    from .inspect import inspect_report, render_report
+    from .inspect import inspect_document, render_inspect
     from .inspect.survey import render_survey
     from .memory.context import DEFAULT_CONTEXT, ContextOptions
 
@@ -173,11 +173,11 @@ def inspect_cmd(path: Path, as_json: bool, show_tensors: bool, ctx: int | None, 
             click.echo(render_survey(doc))
         return
     options = ContextOptions(ctx or DEFAULT_CONTEXT, kv_type, parallel, ubatch, batch, swa_full, kv_unified)
-    doc = inspect_report(opened, options, explicit_context=ctx is not None, gpu_memory=budget)
+    doc = inspect_document(opened, options, explicit_context=ctx is not None, gpu_memory=budget)
     if as_json:
         emit_json(doc)
     else:
-        click.echo(render_report(doc, show_tensors))
+        click.echo(render_inspect(doc, show_tensors))
 
 
 def survey(ref, first_parts: list[str]) -> dict:
@@ -185,12 +185,12 @@ def survey(ref, first_parts: list[str]) -> dict:
     from tqdm import tqdm
 
     from .hub import open_remote_gguf
-    from .inspect.survey import survey_report, survey_row
+    from .inspect.survey import survey_document, survey_row
     rows = []
     for name in tqdm(first_parts, desc="headers", unit="file", disable=not sys.stderr.isatty()):
         ckpt, parts = open_remote_gguf(ref, name)
         rows.append(survey_row(name, ckpt, sum(p.size for p in parts), sum(p.bytes_read for p in parts), len(parts)))
-    return survey_report(str(ref), rows)
+    return survey_document(str(ref), rows)
 
 
 CONVERT_TYPES = [LOSSLESS, *MIXTURES]  # the lossless copy, then llama-quantize's mixtures
@@ -223,7 +223,7 @@ def convert_cmd(src: Path, out: Path | None, target: str, qtype: str, outtype: s
     llama.cpp's convert_hf_to_gguf.py writes. With --type q4_k_m (etc.) the result is
     the file llama-quantize makes from it, and a report of what each tensor lost.
     """
-    from .convert.plan_report import render_cost, render_plan
+    from .convert.plan_document import render_cost, render_plan
     from .convert.to_gguf import plan_conversion
     from .hub import open_downloaded
 

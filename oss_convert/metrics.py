@@ -33,7 +33,7 @@ class ErrorStats:
         self.sum_sq_err += other.sum_sq_err
         self.max_abs_err = max(self.max_abs_err, other.max_abs_err)
 
-    def report(self) -> dict:
+    def summary(self) -> dict:
         rmse = math.sqrt(self.sum_sq_err / self.n) if self.n else 0.0
         rel = math.sqrt(self.sum_sq_err / self.sum_sq_x) if self.sum_sq_x else 0.0
         snr = 10 * math.log10(self.sum_sq_x / self.sum_sq_err) if self.sum_sq_err else math.inf

@@ -85,7 +85,7 @@ def test_dry_run_explains_the_fallbacks(tmp_path):
     assert "Q4_K falls back to Q5_0" in human.output and "expected tensor data" in human.output
 
 
-def test_cost_report(bundled, tmp_path):
+def test_cost_document(bundled, tmp_path):
     result = CliRunner().invoke(cli, ["convert", str(bundled), "-o", str(tmp_path / "q.gguf"), "--type", "q4_k_m",
                                       "--json"])
     assert result.exit_code == 0, result.output

@@ -1,4 +1,4 @@
-"""The memory plan of `inspect --ctx` against what libllama itself allocates (the buffer sizes it
+"""The memory estimate of `inspect --ctx` against what libllama itself allocates (the buffer sizes it
 logs on load, through llama-cpp-python), and against the tensors our runtime really holds."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from oss_convert.cli import cli
 from oss_convert.convert.to_gguf import convert_lossless
 from oss_convert.memory.context import ContextOptions
 from oss_convert.memory.llama import llama_cpp_memory
-from oss_convert.memory.plan import gguf_weight_bytes, memory_plan, model_shape
+from oss_convert.memory.estimate import gguf_weight_bytes, memory_estimate, model_shape
 from oss_convert.memory.runtime import runtime_kv_bytes, runtime_weight_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,7 +72,7 @@ def libllama_buffers(gguf: Path, n_ctx: int, n_seq: int, kv_type: str, n_ubatch:
 
 @pytest.mark.reference
 @pytest.mark.parametrize("model,n_ctx,n_seq,kv_type,ubatch,unified,swa_full", CASES)
-def test_plan_is_what_libllama_allocates(ggufs, llama_cpp, model, n_ctx, n_seq, kv_type, ubatch, unified, swa_full):
+def test_estimate_is_what_libllama_allocates(ggufs, llama_cpp, model, n_ctx, n_seq, kv_type, ubatch, unified, swa_full):
     ref = libllama_buffers(ggufs[model], n_ctx, n_seq, kv_type, ubatch, unified, swa_full)
     ckpt = open_checkpoint(ggufs[model])
     weights, _ = gguf_weight_bytes(ckpt)
@@ -104,7 +104,7 @@ def test_the_kv_cache_follows_llama_cpps_cells():
     assert kv_cache(shape, ContextOptions(300))["swa_cells"] == 512  # min(512, 640) cells, padded
 
 
-def test_runtime_plan_is_what_the_runtime_holds(bundled, checkpoints, tmp_path):
+def test_runtime_estimate_is_what_the_runtime_holds(bundled, checkpoints, tmp_path):
     """Weights and KV cache of our runtime, counted from the tensors it holds after a prompt
     longer than a prefill micro-batch, for the original, for a GGUF with ggml-typed experts and
     for a Q4_K_M port whose rows of 256 take K-quants."""
@@ -149,7 +149,7 @@ def test_runtime_plan_is_what_the_runtime_holds(bundled, checkpoints, tmp_path):
 
 
 def test_runtime_peak_on_cuda(bundled):
-    """On a GPU: what generate's tensors reach, against the plan (weights + cache + activations)."""
+    """On a GPU: what generate's tensors reach, against the estimate (weights + cache + activations)."""
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
@@ -162,11 +162,11 @@ def test_runtime_peak_on_cuda(bundled):
     tokens = [(i * 7) % 300 for i in range(2048)]
     with torch.no_grad():
         prefill(model, tokens, KVCache(capacity=len(tokens)))  # as generate reserves its context
-    plan = runtime_memory(model_shape(ckpt), runtime_weight_bytes(ckpt, stored_dense=False), len(tokens))
-    assert torch.cuda.max_memory_allocated() == pytest.approx(plan["total_bytes"], rel=0.10)
+    estimate = runtime_memory(model_shape(ckpt), runtime_weight_bytes(ckpt, stored_dense=False), len(tokens))
+    assert torch.cuda.max_memory_allocated() == pytest.approx(estimate["total_bytes"], rel=0.10)
 
 
-def test_inspect_memory_plan_json_and_fit(bundled):
+def test_inspect_memory_estimate_json_and_fit(bundled):
     run = CliRunner().invoke(cli, ["inspect", str(bundled), "--json"])
     assert run.exit_code == 0, run.output
     memory = json.loads(run.output)["summary"]["memory"]
@@ -185,16 +185,16 @@ def test_inspect_memory_plan_json_and_fit(bundled):
     # the largest context that fits does fit, and 256 more does not
     largest = memory["largest_context"]["llama_cpp"]
     ckpt = open_checkpoint(bundled)
-    at = lambda ctx: memory_plan(ckpt, ContextOptions(ctx, "q8_0", 2), gpu_memory=64 * MiB)  # noqa: E731
+    at = lambda ctx: memory_estimate(ckpt, ContextOptions(ctx, "q8_0", 2), gpu_memory=64 * MiB)  # noqa: E731
     assert at(largest)["contexts"][0]["fits_llama_cpp"]
     assert not at(largest + 256)["contexts"][0]["fits_llama_cpp"]
     assert row["fits_llama_cpp"] == (100000 <= largest)
 
 
-def test_inspect_memory_plan_human(bundled):
+def test_inspect_memory_estimate_human(bundled):
     run = CliRunner().invoke(cli, ["inspect", str(bundled), "--ctx", "4096", "--gpu-memory", "24GB"])
     assert run.exit_code == 0, run.output
-    assert "Memory plan (KV cache f16, 1 sequence" in run.output
+    assert "Memory estimate (KV cache f16, 1 sequence" in run.output
     assert "Largest context on 24.00 GiB of GPU memory: llama.cpp 131072 tokens (the model's maximum)" in run.output
 
 

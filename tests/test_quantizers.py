@@ -208,8 +208,8 @@ def test_mxfp4_by_table_measures_the_error_of_its_bytes(qtype):
     direct = ErrorStats()
     direct.add(values, codec.dequantize(data))
     assert stats.n == direct.n
-    for key, value in direct.report().items():
-        assert stats.report()[key] == pytest.approx(value, rel=1e-5), key
+    for key, value in direct.summary().items():
+        assert stats.summary()[key] == pytest.approx(value, rel=1e-5), key
 
 
 @pytest.mark.parametrize("qtype", MXFP4_TABLE_TYPES, ids=lambda t: t.name)

@@ -136,13 +136,13 @@ def _merge(result: tuple[np.ndarray, ErrorStats], stats: ErrorStats) -> np.ndarr
     return data
 
 
-def cost_report(plan: RequantPlan) -> dict:
+def cost_document(plan: RequantPlan) -> dict:
     """Per requantized tensor error figures, and the bits per weight of the whole file."""
     tensors = []
     for p in plan.tensors:
         if p.name in plan.stats:
             tensors.append({"name": p.name, "from": p.converter_type.name, "to": p.type.name,
-                            **plan.stats[p.name].report()})
+                            **plan.stats[p.name].summary()})
     params = sum(math.prod(p.shape) for p in plan.tensors)
     nbytes = sum(tensor_nbytes(p.type, p.shape) for p in plan.tensors)
     return {"tensors": tensors, "bits_per_weight": 8 * nbytes / params if params else 0.0,

@@ -20,8 +20,8 @@ from ..plan.lossless import LOSSLESS, OUTTYPES, PlannedTensor, plan_lossless
 from ..plan.mixtures import plan_mixture
 from .lossless import lossless_chunks
 from .metadata import FILE_TYPES, model_metadata
-from .plan_report import plan_document
-from .requantize import RequantPlan, check_encoders, cost_report, requantized_chunks
+from .plan_document import plan_document
+from .requantize import RequantPlan, check_encoders, cost_document, requantized_chunks
 
 
 def require_original(ckpt: Checkpoint, if_gguf: str = "is already a GGUF; convert takes a safetensors "
@@ -55,7 +55,7 @@ class Conversion:
         result = {"output": str(out), "bytes": size, "tensors": len(self.tensors)}
         if self.requant is None:
             return result | {"mxfp4_tensors": sum(p.type.name == "MXFP4" for p in self.tensors)}
-        return result | {"cost": cost_report(self.requant)}
+        return result | {"cost": cost_document(self.requant)}
 
 
 def plan_conversion(ckpt: Checkpoint, qtype: str = LOSSLESS, *, outtype: str = "bf16",

@@ -7,7 +7,7 @@ from collections import defaultdict
 from ..text import human_binary, human_bytes, human_count, shape_text, table
 
 
-def render_report(doc: dict, show_tensors: bool = False) -> str:
+def render_inspect(doc: dict, show_tensors: bool = False) -> str:
     src, s = doc["source"], doc["summary"]
     lines = [f"{src['path']}: {src['kind']}, {src['layout']} layout, {len(src['files'])} file(s), "
              f"{s['tensors']} tensors, {human_bytes(s['bytes'])}", ""]
@@ -85,12 +85,12 @@ def _per_layer(tensors: list[dict]) -> list[str]:
 
 def _memory_lines(m: dict) -> list[str]:
     if "unavailable" in m:
-        return ["", f"Memory plan: unavailable ({m['unavailable']})"]
+        return ["", f"Memory estimate: unavailable ({m['unavailable']})"]
     o = m["options"]
     settings = (f"KV cache {o['kv_type']}, {o['parallel']} sequence{'s' if o['parallel'] > 1 else ''}"
                 f"{' (unified cache)' if o['kv_unified'] and o['parallel'] > 1 else ''}, ubatch {o['ubatch']}, "
                 f"flash attention, sliding-window layers {'over the whole context' if o['swa_full'] else 'windowed'}")
-    out = ["", f"Memory plan ({settings}; model maximum {m['max_context']} tokens)"]
+    out = ["", f"Memory estimate ({settings}; model maximum {m['max_context']} tokens)"]
     rows = []
     for row in m["contexts"]:
         ll, rt = row["llama_cpp"], row["runtime"]

@@ -39,7 +39,7 @@ def survey_row(name: str, ckpt: Checkpoint, file_bytes: int, header_bytes: int, 
             "header_bytes_read": header_bytes}
 
 
-def survey_report(repo: str, rows: list[dict]) -> dict:
+def survey_document(repo: str, rows: list[dict]) -> dict:
     return {"repo": repo, "models": rows, "bytes_transferred": sum(r["header_bytes_read"] for r in rows),
             "note": "headers only; verify SRC PORT proves, tensor by tensor, whether the FP4 bits are intact"}
 

@@ -1,4 +1,4 @@
-"""What a memory plan is computed from: the model's shape and the context asked for."""
+"""What a memory estimate is computed from: the model's shape and the context asked for."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from ..errors import OssConvertError
 
-DEFAULT_CONTEXT = 8192  # planned, with the model's maximum, when no context is asked for
+DEFAULT_CONTEXT = 8192  # estimated, with the model's maximum, when no context is asked for
 KV_TYPES = ("f16", "bf16", "f32", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0")
 
 

@@ -28,7 +28,7 @@ DENSE_MATRICES = (Role.EMBEDDING, Role.ATTENTION, Role.OUTPUT)  # the router is 
 
 
 def runtime_weight_bytes(ckpt: Checkpoint, stored_dense: bool = False) -> int:
-    """Bytes of weights the runtime holds: on CUDA (the plan's case), or with `stored_dense` on
+    """Bytes of weights the runtime holds: on CUDA (the estimate's case), or with `stored_dense` on
     a CPU where the native kernels are built."""
     total = 0
     for t in ckpt.model_tensors:

@@ -140,10 +140,10 @@ class _Comparison:
             status = "lossy"
         details = {}
         if status != "bit-identical":
-            details.update(self.stats.report())
+            details.update(self.stats.summary())
             if self.per_expert is not None:
                 unchanged = ErrorStats()
-                details["per_expert"] = [{"expert": e, **self.per_expert.get(e, unchanged).report()}
+                details["per_expert"] = [{"expert": e, **self.per_expert.get(e, unchanged).summary()}
                                          for e in range(t.source.shape[0])]
         if self.blocks:
             details.update({"blocks": self.blocks, "blocks_differ": self.blocks_differ,

@@ -1,4 +1,4 @@
-"""A memory plan: llama.cpp's buffers and our runtime's tensors at one or more contexts, and,
+"""A memory estimate: llama.cpp's buffers and our runtime's tensors at one or more contexts, and,
 given a GPU's memory, whether each fits and the largest context that does."""
 
 from __future__ import annotations
@@ -53,9 +53,9 @@ def default_contexts(shape: ModelShape) -> list[int]:
     return sorted({min(DEFAULT_CONTEXT, shape.max_context), shape.max_context})
 
 
-def memory_plan(ckpt: Checkpoint, opts: ContextOptions, *, contexts: list[int] | None = None,
+def memory_estimate(ckpt: Checkpoint, opts: ContextOptions, *, contexts: list[int] | None = None,
                 gpu_memory: int | None = None) -> dict:
-    """The plan at each of `contexts` (by default opts.ctx alone) with the other settings of `opts`."""
+    """The estimate at each of `contexts` (by default opts.ctx alone) with the other settings of `opts`."""
     shape = model_shape(ckpt)
     weights, embedding = gguf_weight_bytes(ckpt)
     ours = runtime_weight_bytes(ckpt)

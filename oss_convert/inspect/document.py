@@ -9,7 +9,7 @@ from ..checkpoint import Checkpoint, Role, Tensor
 from ..errors import OssConvertError
 from ..files.gguf import tensor_nbytes
 from ..memory.context import DEFAULT_CONTEXT, ContextOptions
-from ..memory.plan import default_contexts, memory_plan, model_shape
+from ..memory.estimate import default_contexts, memory_estimate, model_shape
 from ..plan.lossless import plan_lossless
 from ..plan.mixtures import plan_mixture
 
@@ -93,13 +93,13 @@ def memory_summary(ckpt: Checkpoint, options: ContextOptions | None, explicit_co
                    gpu_memory: int | None) -> dict:
     """The plan at options.ctx, or, unless a context was asked for, at the default contexts."""
     try:
-        return memory_plan(ckpt, options or ContextOptions(DEFAULT_CONTEXT), gpu_memory=gpu_memory,
+        return memory_estimate(ckpt, options or ContextOptions(DEFAULT_CONTEXT), gpu_memory=gpu_memory,
                            contexts=None if explicit_context else default_contexts(model_shape(ckpt)))
     except OssConvertError as e:
         return {"unavailable": str(e)}
 
 
-def inspect_report(ckpt: Checkpoint, memory: ContextOptions | None = None, *, explicit_context: bool = False,
+def inspect_document(ckpt: Checkpoint, memory: ContextOptions | None = None, *, explicit_context: bool = False,
                    gpu_memory: int | None = None) -> dict:
     tensors = ckpt.tensors
     total_bytes = sum(t.nbytes for t in tensors)
