@@ -78,6 +78,16 @@ def llama_convert(llama_cpp_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def ggml():
+    """ggml's own quantizers and dequantizers (libggml-base, from llama-cpp-python)."""
+    try:
+        from tests.reference.libggml import GGMLQuantizer
+        return GGMLQuantizer()
+    except (ImportError, OSError):
+        need_reference("libggml-base (llama-cpp-python)", False)
+
+
+@pytest.fixture(scope="session")
 def llama_cpp():
     try:
         import llama_cpp

@@ -4,7 +4,7 @@ type, llama-quantize's row check, the CPU kernels' numbers and their Q8_0 format
 expands on a GPU, what the runtime keeps in its stored form) is derived from here.
 
 - block, block_bytes: from the codec (gguf-py's GGML_QUANT_SIZES); MXFP4 in HF's layout counts
-  its 16 code bytes and its scale byte, which lies in a tensor of its own.
+  its 16 code bytes and its scale byte, which lies in a tensor of its own (scales_apart).
 - codec: our numpy codec; `codec.quantizes` where it has a quantizer (bit-exact with ggml's).
   ggml types without a row here are dequantized by gguf-py (oss_convert.formats.registry).
 - kernel: the number the CPU kernels (runtime/kernels/native/kernels.h) give the format, where
@@ -37,6 +37,7 @@ class Format:
     fp16_scales: tuple[int, ...] = ()
     block: int = 0
     block_bytes: int = 0
+    scales_apart: bool = False
 
     def __post_init__(self):
         if self.codec is not None and not self.block:
@@ -53,7 +54,7 @@ FORMATS: tuple[Format, ...] = (
     Format("BF16", T.BF16, floats.BF16Codec, kernel=1),
     Format("F16", T.F16, floats.F16Codec, kernel=2),
     # HF's layout (safetensors `_blocks`/`_scales`), and the runtime's packed form of every MXFP4
-    Format("MXFP4", None, None, kernel=3, q8=True, torch=True, block=32, block_bytes=17),
+    Format("MXFP4", None, None, kernel=3, q8=True, torch=True, block=32, block_bytes=17, scales_apart=True),
     Format("MXFP4_GGML", T.MXFP4, mxfp4.MXFP4Codec, kernel=8, q8=True),
     Format("MXFP4_OLLAMA", mxfp4.OLLAMA_MXFP4, mxfp4.OllamaMXFP4Codec),
     Format("Q8_0", T.Q8_0, q8_0.Q8_0Codec, kernel=4, q8=True, torch=True, fp16_scales=(0,)),
