@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
+import importlib
 import inspect
 import json
 import os
@@ -45,14 +47,43 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_moe_gpu import HBM_PEAK, H, I, TOP_K  # noqa: E402
 
-from oss_convert.runtime.kernels import triton_moe  # noqa: E402
-from oss_convert.runtime.kernels.variants import triton_moe_variants as variants  # noqa: E402
-
 HOPPER = GPUTarget("cuda", 90, 32)
 WARP_ISSUE_PER_S = 132 * 4 * 1.98e9  # H100/H200 SXM: SMs x schedulers x boost clock, one warp instruction each
-LAUNCH_DEFAULTS = {name: p.default for name, p in inspect.signature(triton_moe.moe_mxfp4_triton).parameters.items()
-                   if name in ("block_n", "block_k", "num_warps", "num_stages")}
 CUDA_BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+KERNELS = "oss_convert.runtime.kernels"
+
+
+@contextlib.contextmanager
+def compiled_kernels():
+    """(triton_moe, triton_moe_variants) as the compiler takes them: imported afresh with
+    TRITON_INTERPRET unset, so that their kernels are jit functions and not the interpreter's
+    (Triton decides as a kernel is defined). The process's own modules are put back after."""
+    def ours(name: str) -> bool:
+        return name.startswith((f"{KERNELS}.triton_moe", f"{KERNELS}.variants"))
+    interpret = os.environ.pop("TRITON_INTERPRET", None)
+    saved = {name: sys.modules.pop(name) for name in list(sys.modules) if ours(name)}
+    package = importlib.import_module(KERNELS)
+    attributes = {name: getattr(package, name) for name in ("triton_moe", "variants") if hasattr(package, name)}
+    try:
+        yield (importlib.import_module(f"{KERNELS}.triton_moe"),
+               importlib.import_module(f"{KERNELS}.variants.triton_moe_variants"))
+    finally:
+        for name in [name for name in sys.modules if ours(name)]:
+            del sys.modules[name]
+        sys.modules.update(saved)
+        for name in ("triton_moe", "variants"):
+            if name in attributes:
+                setattr(package, name, attributes[name])
+            elif hasattr(package, name):
+                delattr(package, name)
+        if interpret is not None:
+            os.environ["TRITON_INTERPRET"] = interpret
+
+
+def launch_defaults(triton_moe) -> dict:
+    """The runtime's launch parameters (moe_mxfp4_triton's defaults)."""
+    return {name: p.default for name, p in inspect.signature(triton_moe.moe_mxfp4_triton).parameters.items()
+            if name in ("block_n", "block_k", "num_warps", "num_stages")}
 
 
 @dataclass
@@ -147,7 +178,7 @@ def resources(compiled) -> dict:
                 spills=ops["LDL"] + ops["STL"], instructions=len(code))
 
 
-def helper_kernel_resources(n_experts: int, block_m: int = 64, block_n: int = 64) -> dict:
+def helper_kernel_resources(triton_moe, variants, n_experts: int, block_m: int = 64, block_n: int = 64) -> dict:
     """The kernels around the GEMMs: the expert sort (one program) and split-K's SwiGLU pass."""
     e_pow2 = triton.next_power_of_2(n_experts)
     align = compile_kernel(triton_moe._align_kernel, dict(n=4096, n_experts=n_experts, capacity=8192),
@@ -161,10 +192,9 @@ def helper_kernel_resources(n_experts: int, block_m: int = 64, block_n: int = 64
     return {"align": resources(align), "swiglu": resources(swiglu)}
 
 
-def moe_kernel_stats(assignments: int, n_experts: int, block_n: int = LAUNCH_DEFAULTS["block_n"],
-                     block_k: int = LAUNCH_DEFAULTS["block_k"], num_warps: int = LAUNCH_DEFAULTS["num_warps"],
-                     num_stages: int = LAUNCH_DEFAULTS["num_stages"], split_k: int = 1,
-                     words: bool = False, fuse_sum: bool = False) -> list[LoopStats]:
+def moe_kernel_stats(triton_moe, variants, assignments: int, n_experts: int, block_n: int, block_k: int,
+                     num_warps: int, num_stages: int, split_k: int = 1, words: bool = False,
+                     fuse_sum: bool = False) -> list[LoopStats]:
     """Both MoE kernels as moe_mxfp4_triton (the runtime's) would launch them for this many
     (token, slot) pairs, or moe_mxfp4_variants where a variant is asked for: the experts in the
     words layout, split-K, the sum over slots in the down kernel (fuse_sum, decode only)."""
@@ -191,49 +221,57 @@ def moe_kernel_stats(assignments: int, n_experts: int, block_n: int = LAUNCH_DEF
     return stats
 
 
+def report(triton_moe, variants, tokens: list[int], experts: int = 32, **launch) -> dict:
+    """Both MoE kernels' main loops at each token count, and the helper kernels, as one
+    document; `launch`: moe_kernel_stats' launch parameters (the runtime's defaults otherwise)."""
+    launch = launch_defaults(triton_moe) | launch
+    stats = [(n, s) for n in tokens for s in moe_kernel_stats(triton_moe, variants, n * TOP_K, experts, **launch)]
+    rows = [dict(tokens=n, kernel=s.kernel, instructions=s.instructions, registers=s.registers,
+                 shared_bytes=s.shared_bytes, warp_instructions_per_byte=s.warp_instructions_per_byte,
+                 issue_ceiling_bytes_per_s=s.issue_ceiling,
+                 issue_ceiling_share_of_hbm={gpu: s.issue_ceiling / peak for gpu, peak in HBM_PEAK.items()},
+                 programs_per_sm=s.programs_per_sm, ops=dict(s.ops), bars=s.ops["BAR"],
+                 shared_loads=sum(n for op, n in s.ops.items() if op.startswith("LDS")))
+            for n, s in stats]
+    return {"triton": triton.__version__, "target": "sm_90", "launch": launch, "kernels": rows,
+            "helpers": helper_kernel_resources(triton_moe, variants, experts)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--tokens", type=int, nargs="+", default=[1, 8, 64])
     p.add_argument("--experts", type=int, default=32, help="32 for gpt-oss-20b, 128 for 120b")
     p.add_argument("--split-k", type=int, default=1, help="split K in this many shares (decode: more programs)")
-    p.add_argument("--block-n", type=int, default=LAUNCH_DEFAULTS["block_n"])
-    p.add_argument("--block-k", type=int, default=LAUNCH_DEFAULTS["block_k"])
-    p.add_argument("--warps", type=int, default=LAUNCH_DEFAULTS["num_warps"])
-    p.add_argument("--stages", type=int, default=LAUNCH_DEFAULTS["num_stages"])
+    p.add_argument("--block-n", type=int)
+    p.add_argument("--block-k", type=int)
+    p.add_argument("--warps", type=int)
+    p.add_argument("--stages", type=int)
     p.add_argument("--words", action="store_true", help="experts in the words layout (decoded by bit operations)")
     p.add_argument("--fuse-sum", action="store_true", help="the sum over slots in the down kernel (decode tiles)")
     p.add_argument("--json", action="store_true", help="one JSON document instead of the table")
     args = p.parse_args()
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        sys.exit("kernel_stats: unset TRITON_INTERPRET; the interpreter's kernels cannot be compiled")
-    launch = dict(block_n=args.block_n, block_k=args.block_k, num_warps=args.warps, num_stages=args.stages,
-                  split_k=args.split_k, words=args.words, fuse_sum=args.fuse_sum)
-    stats = [(tokens, s) for tokens in args.tokens for s in moe_kernel_stats(tokens * TOP_K, args.experts, **launch)]
-    helpers = helper_kernel_resources(args.experts)
+    chosen = dict(block_n=args.block_n, block_k=args.block_k, num_warps=args.warps, num_stages=args.stages)
+    launch = {k: v for k, v in chosen.items() if v is not None} | dict(split_k=args.split_k, words=args.words,
+                                                                        fuse_sum=args.fuse_sum)
+    with compiled_kernels() as (triton_moe, variants):
+        doc = report(triton_moe, variants, args.tokens, args.experts, **launch)
     if args.json:
-        rows = [dict(tokens=tokens, kernel=s.kernel, instructions=s.instructions, registers=s.registers,
-                     shared_bytes=s.shared_bytes, warp_instructions_per_byte=s.warp_instructions_per_byte,
-                     issue_ceiling_bytes_per_s=s.issue_ceiling,
-                     issue_ceiling_share_of_hbm={gpu: s.issue_ceiling / peak for gpu, peak in HBM_PEAK.items()},
-                     programs_per_sm=s.programs_per_sm, ops=dict(s.ops))
-                for tokens, s in stats]
-        print(json.dumps({"triton": triton.__version__, "target": "sm_90", "launch": launch, "kernels": rows,
-                          "helpers": helpers}))
+        print(json.dumps(doc))
         return
-    print(f"triton {triton.__version__}, target sm_90; main loop per iteration; launch {launch}")
+    print(f"triton {doc['triton']}, target sm_90; main loop per iteration; launch {doc['launch']}")
     print("ceiling: the most the loop can stream at one warp instruction per scheduler per cycle, and that as a "
           "share of HBM")
     gpus = " ".join(f"{'% ' + gpu:>6}" for gpu in HBM_PEAK)
     print(f"{'tokens':>6} {'kernel':8} {'instr':>6} {'warp instr/B':>12} {'ceiling TB/s':>12} {gpus} {'regs':>5} "
           f"{'smem KB':>8} {'per SM':>6} {'BAR':>4} {'LDS':>4}  most frequent")
-    for tokens, s in stats:
-        lds = sum(n for op, n in s.ops.items() if op.startswith("LDS"))
-        common = ", ".join(f"{op} {n}" for op, n in s.ops.most_common(6))
-        shares = " ".join(f"{100 * s.issue_ceiling / peak:>5.0f}%" for peak in HBM_PEAK.values())
-        print(f"{tokens:>6} {s.kernel:8} {s.instructions:>6} {s.warp_instructions_per_byte:>12.3f} "
-              f"{s.issue_ceiling / 1e12:>12.2f} {shares} {s.registers:>5} {s.shared_bytes / 1024:>8.1f} "
-              f"{s.programs_per_sm:>6} {s.ops['BAR']:>4} {lds:>4}  {common}")
-    for name, r in helpers.items():
+    for k in doc["kernels"]:
+        common = ", ".join(f"{op} {n}" for op, n in collections.Counter(k["ops"]).most_common(6))
+        shares = " ".join(f"{100 * share:>5.0f}%" for share in k["issue_ceiling_share_of_hbm"].values())
+        print(f"{k['tokens']:>6} {k['kernel']:8} {k['instructions']:>6} {k['warp_instructions_per_byte']:>12.3f} "
+              f"{k['issue_ceiling_bytes_per_s'] / 1e12:>12.2f} {shares} {k['registers']:>5} "
+              f"{k['shared_bytes'] / 1024:>8.1f} {k['programs_per_sm']:>6} {k['bars']:>4} {k['shared_loads']:>4}  "
+              f"{common}")
+    for name, r in doc["helpers"].items():
         print(f"{name}: {r['instructions']} instructions, {r['registers']} registers, "
               f"{r['shared_bytes'] / 1024:.1f} KB shared, {r['spills']} spill instructions")
 

@@ -1,4 +1,5 @@
-"""Shared fixtures: generated checkpoints, the bundled model, and the references.
+"""Shared fixtures, each made once a session: generated checkpoints, the bundled model and its
+ports, and the references (llama.cpp's converter, llama-quantize, libggml, libllama).
 
 References (llama.cpp's converter source, llama-cpp-python, transformers) are optional
 on a developer's machine: tests that need them skip when they are missing, unless
@@ -34,6 +35,33 @@ def bundled() -> Path:
     return BUNDLED
 
 
+class BundledPorts:
+    """The bundled model's GGUFs by convert's --type ("mxfp4": lossless, "q4_k_m", "q8_0", ...),
+    each converted on first use and kept for the session. Read them; copy one to change it."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.made = folder, {}
+
+    def __getitem__(self, qtype: str) -> Path:
+        if qtype not in self.made:
+            from tests.cli import run_cli
+            out = self.folder / ("tiny.gguf" if qtype == "mxfp4" else f"tiny-{qtype}.gguf")
+            run_cli("convert", BUNDLED, "-o", out, "--type", qtype)
+            self.made[qtype] = out
+        return self.made[qtype]
+
+
+@pytest.fixture(scope="session")
+def bundled_ports(tmp_path_factory) -> BundledPorts:
+    return BundledPorts(tmp_path_factory.mktemp("bundled-ports"))
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(bundled_ports) -> Path:
+    """The bundled model's lossless GGUF."""
+    return bundled_ports["mxfp4"]
+
+
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
     """Generated checkpoints of several shapes and layouts, written once per session."""
@@ -44,6 +72,15 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
         "small": write_checkpoint(base / "small", "small"),
         "mid-sharded": write_hub_repo(base / "mid-sharded", "mid", shards=2),
     }
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_gguf(checkpoints, tmp_path_factory) -> Path:
+    """The lossless GGUF of the `small` checkpoint (read it; copy it to change it)."""
+    from tests.cli import run_cli
+    out = tmp_path_factory.mktemp("small-gguf") / "small.gguf"
+    run_cli("convert", checkpoints["small"], "-o", out)
     return out
 
 
@@ -72,6 +109,24 @@ def llama_convert(llama_cpp_dir, tmp_path_factory):
             subprocess.run([sys.executable, str(ROOT / "tests" / "reference" / "llama_convert.py"),
                             str(llama_cpp_dir), str(model_dir), str(out), "--outtype", outtype],
                            check=True, capture_output=True)
+            cache[key] = out
+        return cache[key]
+    return run
+
+
+@pytest.fixture(scope="session")
+def llama_quantized(llama_convert, llama_cpp, tmp_path_factory):
+    """llama-quantize applied to llama.cpp's converter output of a checkpoint, by llama_ftype
+    (and --pure); each made once a session."""
+    from tests.reference.llama_quantize import llama_quantize
+    cache: dict = {}
+    out_dir = tmp_path_factory.mktemp("llama-quantize")
+
+    def run(model_dir: Path, file_type: int, pure: bool = False) -> Path:
+        key = (str(model_dir), file_type, pure)
+        if key not in cache:
+            out = out_dir / f"{len(cache)}-{model_dir.name}-{file_type}{'-pure' if pure else ''}.gguf"
+            llama_quantize(llama_convert(model_dir), out, file_type, pure=pure)
             cache[key] = out
         return cache[key]
     return run

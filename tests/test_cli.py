@@ -4,24 +4,11 @@ opened before the first long step, and each command has one error path."""
 from __future__ import annotations
 
 import pytest
-from click.testing import CliRunner
 
-from oss_convert.cli import cli
-
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-@pytest.fixture(scope="module")
-def tiny_gguf(bundled, tmp_path_factory):
-    out = tmp_path_factory.mktemp("cli") / "tiny.gguf"
-    assert run("convert", bundled, "-o", out).exit_code == 0
-    return out
+from tests.cli import run_cli
 
 
 def assert_usage_error(result, *expected: str) -> None:
-    assert result.exit_code == 2, result.output
     last = result.output.strip().splitlines()[-1]
     assert last.startswith("Error: "), result.output
     for text in expected:
@@ -33,45 +20,45 @@ def assert_usage_error(result, *expected: str) -> None:
                                         (["--keep-mxfp4-experts"], "--keep-mxfp4-experts")])
 def test_convert_to_safetensors_refuses_the_gguf_options(tiny_gguf, tmp_path, extra, flag):
     out = tmp_path / "back"
-    assert_usage_error(run("convert", tiny_gguf, "-o", out, "--to", "safetensors", *extra),
+    assert_usage_error(run_cli("convert", tiny_gguf, "-o", out, "--to", "safetensors", *extra, code=2),
                        flag, "applies to --to gguf only")
     assert not out.exists()
 
 
 def test_convert_refuses_options_of_the_other_mode(bundled, tmp_path):
     out = tmp_path / "x.gguf"
-    assert_usage_error(run("convert", bundled, "-o", out, "--type", "q4_k_m", "--outtype", "f16"),
+    assert_usage_error(run_cli("convert", bundled, "-o", out, "--type", "q4_k_m", "--outtype", "f16", code=2),
                        "--outtype", "applies to the lossless --type mxfp4 only")
-    assert_usage_error(run("convert", bundled, "-o", out, "--keep-mxfp4-experts"),
+    assert_usage_error(run_cli("convert", bundled, "-o", out, "--keep-mxfp4-experts", code=2),
                        "--keep-mxfp4-experts", "applies only when requantizing")
-    assert_usage_error(run("convert", bundled, "-o", out, "--threads", "2"), "--threads", "applies only when requantizing")
+    assert_usage_error(run_cli("convert", bundled, "-o", out, "--threads", "2", code=2), "--threads", "applies only when requantizing")
     assert not out.exists()
 
 
 def test_convert_takes_the_options_that_apply(bundled, tmp_path):
-    assert run("convert", bundled, "-o", tmp_path / "a.gguf", "--outtype", "f16").exit_code == 0
-    assert run("convert", bundled, "-o", tmp_path / "b.gguf", "--type", "q8_0", "--threads", "1",
-               "--keep-mxfp4-experts").exit_code == 0
-    assert run("convert", bundled, "--type", "q4_k_m", "--dry-run").exit_code == 0
+    run_cli("convert", bundled, "-o", tmp_path / "a.gguf", "--outtype", "f16")
+    run_cli("convert", bundled, "-o", tmp_path / "b.gguf", "--type", "q8_0", "--threads", "1",
+               "--keep-mxfp4-experts")
+    run_cli("convert", bundled, "--type", "q4_k_m", "--dry-run")
 
 
 def test_compare_refuses_options_of_the_other_mode(bundled, tiny_gguf):
-    assert_usage_error(run("compare", bundled, tiny_gguf, "--full", "--prompt", "hi", "--layers", "0"),
+    assert_usage_error(run_cli("compare", bundled, tiny_gguf, "--full", "--prompt", "hi", "--layers", "0", code=2),
                        "--layers", "not to --full")
-    assert_usage_error(run("compare", bundled, tiny_gguf, "--full", "--prompt", "hi", "--seed", "3"),
+    assert_usage_error(run_cli("compare", bundled, tiny_gguf, "--full", "--prompt", "hi", "--seed", "3", code=2),
                        "--seed", "not to --full")
-    assert_usage_error(run("compare", bundled, tiny_gguf, "--prompt", "hi"), "--prompt", "with --full only")
-    assert_usage_error(run("compare", bundled, tiny_gguf, "--ctx", "64"), "--ctx", "with --full only")
-    assert_usage_error(run("compare", bundled, tiny_gguf, "--ctx", "64", "--prompt", "x"), "--prompt, --ctx",
+    assert_usage_error(run_cli("compare", bundled, tiny_gguf, "--prompt", "hi", code=2), "--prompt", "with --full only")
+    assert_usage_error(run_cli("compare", bundled, tiny_gguf, "--ctx", "64", code=2), "--ctx", "with --full only")
+    assert_usage_error(run_cli("compare", bundled, tiny_gguf, "--ctx", "64", "--prompt", "x", code=2), "--prompt, --ctx",
                        "apply with --full only")
 
 
 def test_q8_activations_are_refused_where_they_cannot_run(bundled, tiny_gguf):
-    assert_usage_error(run("compare", bundled, tiny_gguf, "--activations", "q8"), "--activations", "with --full only")
-    assert_usage_error(run("generate", bundled, "--prompt", "hi", "--activations", "q8", "--device", "cuda"),
+    assert_usage_error(run_cli("compare", bundled, tiny_gguf, "--activations", "q8", code=2), "--activations", "with --full only")
+    assert_usage_error(run_cli("generate", bundled, "--prompt", "hi", "--activations", "q8", "--device", "cuda", code=2),
                        "--activations q8", "--device cpu")
-    assert_usage_error(run("compare", bundled, tiny_gguf, "--full", "--prompt", "hi", "--activations", "q8",
-                           "--device", "cuda"), "--activations q8")
+    assert_usage_error(run_cli("compare", bundled, tiny_gguf, "--full", "--prompt", "hi", "--activations", "q8",
+                           "--device", "cuda", code=2), "--activations q8")
 
 
 def test_compare_opens_both_inputs_before_running_either(bundled, tmp_path, monkeypatch):
@@ -84,8 +71,8 @@ def test_compare_opens_both_inputs_before_running_either(bundled, tmp_path, monk
     monkeypatch.setattr(full_compare, "model_logits", must_not_run)
     tokens = tmp_path / "tokens.txt"
     tokens.write_text("1 2 3")
-    result = run("compare", bundled, tmp_path / "missing.gguf", "--full", "--tokens-file", tokens)
-    assert result.exit_code == 1 and result.output.strip().splitlines() == [
+    result = run_cli("compare", bundled, tmp_path / "missing.gguf", "--full", "--tokens-file", tokens, code=1)
+    assert result.output.strip().splitlines() == [
         f"Error: {tmp_path / 'missing.gguf'}: no such file"]
 
 
@@ -95,17 +82,15 @@ def test_compare_checks_token_ids_against_both_vocabularies_first(bundled, tiny_
     monkeypatch.setattr(full_compare, "model_logits", lambda *a, **k: pytest.fail("ran before the check"))
     tokens = tmp_path / "tokens.txt"
     tokens.write_text("1 2 100000")
-    result = run("compare", bundled, tiny_gguf, "--full", "--tokens-file", tokens)
-    assert result.exit_code == 1 and "token id 100000 is outside the vocabulary" in result.output
+    result = run_cli("compare", bundled, tiny_gguf, "--full", "--tokens-file", tokens, code=1)
+    assert "token id 100000 is outside the vocabulary" in result.output
 
 
 def test_verify_reports_unreadable_input_with_status_2_in_one_line(bundled, tmp_path):
-    result = run("verify", bundled, tmp_path / "nope.gguf")
-    assert result.exit_code == 2
+    result = run_cli("verify", bundled, tmp_path / "nope.gguf", code=2)
     assert result.output.strip().splitlines() == [f"Error: {tmp_path / 'nope.gguf'}: no such file"]
 
 
 @pytest.mark.parametrize("command", ["inspect", "convert", "verify", "compare", "generate", "report"])
 def test_every_command_has_help(command):
-    result = run(command, "--help")
-    assert result.exit_code == 0 and "Usage:" in result.output
+    assert "Usage:" in run_cli(command, "--help").output

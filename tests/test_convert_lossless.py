@@ -7,19 +7,17 @@ import shutil
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from fixtures.checkpoints import PRESETS, hf_tensors, tensor_array
-from oss_convert.cli import cli
 from oss_convert.files.gguf import read_gguf
 from oss_convert.files.safetensors import read_header
 from oss_convert.formats import mxfp4
+from tests.cli import run_cli
 from tests.gguf_compare import gguf_differences
 
 
 def convert(*args) -> None:
-    result = CliRunner().invoke(cli, ["convert", *map(str, args)])
-    assert result.exit_code == 0, result.output
+    run_cli("convert", *args)
 
 
 @pytest.mark.reference
@@ -58,11 +56,9 @@ def test_original_layout_converts_to_the_same_tensors(checkpoints, tmp_path):
     assert gguf_differences(orig, hf) == []
 
 
-def test_expert_bytes_are_the_source_fp4_codes(bundled, tmp_path):
+def test_expert_bytes_are_the_source_fp4_codes(tiny_gguf):
     """Decode both sides independently: the GGUF's FP4 codes and scales are the source's."""
-    out = tmp_path / "t.gguf"
-    convert(bundled, "-o", out)
-    g = read_gguf(out).tensors
+    g = read_gguf(tiny_gguf).tensors
     src = {t.name: t for t in hf_tensors(PRESETS["tiny"])}
     blocks = tensor_array(src["model.layers.2.mlp.experts.gate_up_proj_blocks"], 0)
     scales = tensor_array(src["model.layers.2.mlp.experts.gate_up_proj_scales"], 0)
@@ -97,17 +93,16 @@ def test_round_trip_is_bit_identical(checkpoints, tmp_path):
     assert cfg["num_local_experts"] == 16 and cfg["quantization_config"]["quant_method"] == "mxfp4"
 
 
-def test_output_is_deterministic(bundled, tmp_path):
-    convert(bundled, "-o", tmp_path / "a.gguf")
+def test_output_is_deterministic(bundled, tiny_gguf, tmp_path):
     convert(bundled, "-o", tmp_path / "b.gguf")
-    assert (tmp_path / "a.gguf").read_bytes() == (tmp_path / "b.gguf").read_bytes()
+    assert tiny_gguf.read_bytes() == (tmp_path / "b.gguf").read_bytes()
 
 
 def test_refuses_to_overwrite_without_force(bundled, tmp_path):
     out = tmp_path / "x.gguf"
     out.write_bytes(b"precious")
-    result = CliRunner().invoke(cli, ["convert", str(bundled), "-o", str(out)])
-    assert result.exit_code == 1 and "already exists" in result.output and "--force" in result.output
+    result = run_cli("convert", bundled, "-o", out, code=1)
+    assert "already exists" in result.output and "--force" in result.output
     assert out.read_bytes() == b"precious"
     convert(bundled, "-o", out, "--force")
     assert out.read_bytes()[:4] == b"GGUF"
@@ -125,8 +120,7 @@ def test_failure_mid_write_leaves_nothing(bundled, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*a)
     monkeypatch.setattr(lossless.mxfp4, "hf_to_ggml", failing)
-    result = CliRunner().invoke(cli, ["convert", str(bundled), "-o", str(tmp_path / "x.gguf")])
-    assert result.exit_code == 130
+    run_cli("convert", bundled, "-o", tmp_path / "x.gguf", code=130)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -136,28 +130,26 @@ def test_disk_full_leaves_nothing(bundled, tmp_path, monkeypatch):
     def full(*a, **k):
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(gguf_file, "write_produced", full)
-    result = CliRunner().invoke(cli, ["convert", str(bundled), "-o", str(tmp_path / "x.gguf")])
-    assert result.exit_code == 1 and "No space left on device" in result.output
+    result = run_cli("convert", bundled, "-o", tmp_path / "x.gguf", code=1)
+    assert "No space left on device" in result.output
     assert list(tmp_path.iterdir()) == []
 
 
 def test_unwritable_target(bundled, tmp_path):
-    result = CliRunner().invoke(cli, ["convert", str(bundled), "-o", str(tmp_path / "missing" / "x.gguf")])
-    assert result.exit_code == 1 and "does not exist" in result.output
+    result = run_cli("convert", bundled, "-o", tmp_path / "missing" / "x.gguf", code=1)
+    assert "does not exist" in result.output
 
 
 def test_not_gpt_oss_source(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"\x02\0\0\0\0\0\0\0{}")
-    result = CliRunner().invoke(cli, ["convert", str(tmp_path), "-o", str(tmp_path / "x.gguf")])
-    assert result.exit_code == 1 and "not a GPT-OSS checkpoint" in result.output
+    result = run_cli("convert", tmp_path, "-o", tmp_path / "x.gguf", code=1)
+    assert "not a GPT-OSS checkpoint" in result.output
     assert not (tmp_path / "x.gguf").exists()
 
 
 @pytest.mark.reference
-def test_llama_cpp_loads_and_evaluates(bundled, tmp_path, llama_cpp):
-    out = tmp_path / "tiny.gguf"
-    convert(bundled, "-o", out)
-    llm = llama_cpp.Llama(model_path=str(out), n_ctx=256, verbose=False, n_threads=2, logits_all=True)
+def test_llama_cpp_loads_and_evaluates(bundled, tiny_gguf, llama_cpp):
+    llm = llama_cpp.Llama(model_path=str(tiny_gguf), n_ctx=256, verbose=False, n_threads=2, logits_all=True)
     text = "The quick brown fox jumps over the lazy dog. What is 12345?"
     tokens = llm.tokenize(text.encode(), add_bos=False)
     llm.eval(tokens)
@@ -200,11 +192,9 @@ def test_a_swiglu_setting_gguf_cannot_carry_is_said_in_the_plan(bundled, tmp_pat
     cfg = json.loads((src / "config.json").read_text())
     cfg["swiglu_limit"] = 3.0
     (src / "config.json").write_text(json.dumps(cfg))
-    result = CliRunner().invoke(cli, ["convert", str(src), "-o", str(tmp_path / "m.gguf")])
-    assert result.exit_code == 0, result.output
+    result = run_cli("convert", src, "-o", tmp_path / "m.gguf")
     assert ("warning: the config's SwiGLU limit 3 and alpha 1.702 have no GGUF key: llama.cpp runs every gpt-oss "
             "GGUF with 7 and 1.702") in result.output
     back = tmp_path / "back"
-    assert CliRunner().invoke(cli, ["convert", str(tmp_path / "m.gguf"), "-o", str(back), "--to",
-                                    "safetensors"]).exit_code == 0
+    convert(tmp_path / "m.gguf", "-o", back, "--to", "safetensors")
     assert json.loads((back / "config.json").read_text())["swiglu_limit"] == 7.0  # what llama.cpp runs it with

@@ -7,34 +7,24 @@ import subprocess
 import sys
 
 import pytest
-from click.testing import CliRunner
 
-from oss_convert.cli import cli
-from oss_convert.plan.mixtures import MIXTURES
 from oss_convert.files.gguf import read_gguf
+from oss_convert.plan.mixtures import MIXTURES
+from tests.cli import run_cli
 from tests.gguf_compare import gguf_differences
 from tests.reference.llama_quantize import llama_quantize
 
 
 def convert(*args):
-    result = CliRunner().invoke(cli, ["convert", *map(str, args)])
-    assert result.exit_code == 0, result.output
-    return result
+    return run_cli("convert", *args)
 
 
 @pytest.fixture(scope="module")
-def quantized_reference(tmp_path_factory):
-    """llama-quantize applied to llama.cpp's converter output; cached per (checkpoint, mixture)."""
-    cache, base = {}, tmp_path_factory.mktemp("llama-quantize")
-
-    def run(converted, mixture: str):
-        key = (str(converted), mixture)
-        if key not in cache:
-            out = base / f"{len(cache)}-{mixture}.gguf"
-            m = MIXTURES[mixture]
-            llama_quantize(converted, out, m.file_type, pure=m.pure)
-            cache[key] = out
-        return cache[key]
+def quantized_reference(llama_quantized):
+    """llama-quantize's file of a checkpoint for one of our mixture names."""
+    def run(model_dir, mixture: str):
+        m = MIXTURES[mixture]
+        return llama_quantized(model_dir, m.file_type, pure=m.pure)
     return run
 
 
@@ -42,9 +32,8 @@ def quantized_reference(tmp_path_factory):
 @pytest.mark.parametrize("name", ["tiny", "small", "mid-sharded"])
 @pytest.mark.parametrize("mixture", ["q4_k_m", "q4_k_s", "q4_k"] + [
     m for m in MIXTURES if m not in ("q4_k_m", "q4_k_s", "q4_k")])
-def test_identical_to_llama_quantize(checkpoints, llama_convert, llama_cpp, quantized_reference, tmp_path,
-                                     name, mixture):
-    reference = quantized_reference(llama_convert(checkpoints[name]), mixture)
+def test_identical_to_llama_quantize(checkpoints, quantized_reference, tmp_path, name, mixture):
+    reference = quantized_reference(checkpoints[name], mixture)
     ours = tmp_path / "ours.gguf"
     convert(checkpoints[name], "-o", ours, "--type", mixture)
     assert gguf_differences(ours, reference) == []
@@ -55,7 +44,7 @@ def test_keep_mxfp4_experts(checkpoints, llama_convert, llama_cpp, quantized_ref
     """Experts stay the lossless MXFP4 bytes; every other tensor is what Q4_K_M makes of it."""
     src = checkpoints["mid-sharded"]
     lossless = llama_convert(src)
-    reference = read_gguf(quantized_reference(lossless, "q4_k_m")).tensors
+    reference = read_gguf(quantized_reference(src, "q4_k_m")).tensors
     ours_path = tmp_path / "ours.gguf"
     convert(src, "-o", ours_path, "--type", "q4_k_m", "--keep-mxfp4-experts")
     ours, original = read_gguf(ours_path).tensors, read_gguf(lossless).tensors
@@ -70,8 +59,7 @@ def test_keep_mxfp4_experts(checkpoints, llama_convert, llama_cpp, quantized_ref
 def test_dry_run_explains_the_fallbacks(tmp_path):
     from fixtures.checkpoints import write_checkpoint
     write_checkpoint(tmp_path, "20b", shards=3, sparse=True)
-    result = CliRunner().invoke(cli, ["convert", str(tmp_path), "--type", "q4_k_m", "--dry-run", "--json"])
-    assert result.exit_code == 0, result.output
+    result = run_cli("convert", tmp_path, "--type", "q4_k_m", "--dry-run", "--json")
     plan = json.loads(result.stdout)["plan"]
     assert plan["types"] == {"F32": 289, "Q5_0": 121, "Q8_0": 25, "Q4_K": 24}
     gate = next(g for g in plan["groups"] if g["tensor"] == "blk.N.ffn_gate_exps.weight")
@@ -81,14 +69,12 @@ def test_dry_run_explains_the_fallbacks(tmp_path):
     assert down["Q8_0"]["layers"] == [0, 1, 2, 5, 8, 11, 14, 17, 20, 21, 22, 23]
     assert "Q6_K falls back to Q8_0" in down["Q8_0"]["reason"]
     assert not list(tmp_path.glob("*.gguf"))
-    human = CliRunner().invoke(cli, ["convert", str(tmp_path), "--type", "q4_k_m", "--dry-run"])
+    human = run_cli("convert", tmp_path, "--type", "q4_k_m", "--dry-run")
     assert "Q4_K falls back to Q5_0" in human.output and "expected tensor data" in human.output
 
 
 def test_cost_document(bundled, tmp_path):
-    result = CliRunner().invoke(cli, ["convert", str(bundled), "-o", str(tmp_path / "q.gguf"), "--type", "q4_k_m",
-                                      "--json"])
-    assert result.exit_code == 0, result.output
+    result = run_cli("convert", bundled, "-o", tmp_path / "q.gguf", "--type", "q4_k_m", "--json")
     doc = json.loads(result.stdout)
     cost = doc["result"]["cost"]
     by_name = {t["name"]: t for t in cost["tensors"]}
@@ -118,8 +104,8 @@ def test_a_source_with_an_infinity_is_refused_like_llama_quantize_does(bundled, 
     with one line naming the tensor, and no file."""
     src = _with_infinity(bundled, tmp_path / "inf")
     out = tmp_path / "q.gguf"
-    result = CliRunner().invoke(cli, ["convert", str(src), "-o", str(out), "--type", "q4_k_m"])
-    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    result = run_cli("convert", src, "-o", out, "--type", "q4_k_m", code=1)
+    assert isinstance(result.exception, SystemExit)
     lines = result.output.strip().splitlines()  # the plan, printed before the work, then one error
     errors = [line for line in lines if line.startswith("Error")]
     assert errors == lines[-1:] and "Traceback" not in result.output
@@ -128,7 +114,7 @@ def test_a_source_with_an_infinity_is_refused_like_llama_quantize_does(bundled, 
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir()] == ["inf"]  # no partial file left either
     # the lossless conversion has nothing to quantize, and keeps the infinity as it is
-    assert CliRunner().invoke(cli, ["convert", str(src), "-o", str(out)]).exit_code == 0
+    run_cli("convert", src, "-o", out)
 
 
 def test_the_refusal_is_the_only_thing_on_stderr_after_the_plan(bundled, tmp_path):

@@ -10,11 +10,9 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 from fixtures.checkpoints import PRESETS, write_checkpoint
 from oss_convert.checkpoint import open_checkpoint
-from oss_convert.cli import cli
 from oss_convert.runtime.execution import decode
 from oss_convert.runtime.execution.forward import load_model
 from oss_convert.runtime.kernels import native
@@ -29,23 +27,17 @@ from oss_convert.runtime.weights.source import WeightSource
 
 pytestmark = pytest.mark.skipif(native.library() is None, reason="no C compiler: the runtime's numpy path runs")
 
-# (--type, in CLI terms) of each GGUF port tested; None: the lossless conversion
-PORTS = {"lossless": None, "q4_k_m": "q4_k_m", "q8_0": "q8_0"}
+# convert's --type of each GGUF port tested
+PORTS = {"lossless": "mxfp4", "q4_k_m": "q4_k_m", "q8_0": "q8_0"}
 
 
 @pytest.fixture(scope="module")
-def ports(bundled, tmp_path_factory) -> dict:
+def ports(bundled, bundled_ports, tmp_path_factory) -> dict:
     out = {"safetensors": bundled, "original": bundled / "original"}
-    base = tmp_path_factory.mktemp("ports")
     # intermediate 96: not a whole number of vectors of 64, so the SwiGLU goes row by row
-    odd = write_checkpoint(base / "odd", dataclasses.replace(PRESETS["tiny"], intermediate_size=96))
+    odd = write_checkpoint(tmp_path_factory.mktemp("odd"), dataclasses.replace(PRESETS["tiny"], intermediate_size=96))
     out["odd intermediate"] = odd
-    for name, qtype in PORTS.items():
-        path = base / f"{name}.gguf"
-        result = CliRunner().invoke(cli, ["convert", str(bundled), "-o", str(path), *(["--type", qtype] if qtype else [])])
-        assert result.exit_code == 0, result.output
-        out[name] = path
-    return out
+    return out | {name: bundled_ports[qtype] for name, qtype in PORTS.items()}
 
 
 @pytest.mark.parametrize("activations", native.ACTIVATIONS)

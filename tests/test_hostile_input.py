@@ -1,6 +1,7 @@
 """Hostile inputs through inspect, convert and verify: config.json fields, ggml type ids, tensor
-offsets, and a seeded campaign of mutations. Each ends in one `Error:` line (exit 1; verify's
-unreadable input: 2), before any work, with no file left behind."""
+offsets, and the one fuzzer, a seeded campaign of mutations (config.json fields, and the bytes of
+safetensors and GGUF headers, cut short or not). Each ends in one `Error:` line (exit 1;
+verify's unreadable input: 2), before any work, with no file left behind."""
 
 from __future__ import annotations
 
@@ -12,17 +13,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from gguf import GGMLQuantizationType as T
 
-from oss_convert.cli import cli
 from oss_convert.files.gguf import GGUFWriteTensor, _pack_string, _pack_value, read_gguf, write_gguf
+from tests.cli import run_cli
 
 EXIT = {"inspect": 1, "convert": 1, "verify": 2, "back": 1}
 
 
 def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
+    """A hostile input's run, whose exit code the assertions below check."""
+    return run_cli(*args, code=None)
 
 
 def assert_one_error(result, exit_code: int, *expected: str) -> None:
@@ -39,10 +40,8 @@ def leftovers(folder: Path, before: set[str]) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def lossless(bundled, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("port") / "tiny.gguf"
-    assert run("convert", bundled, "-o", out).exit_code == 0
-    return out
+def lossless(tiny_gguf) -> Path:
+    return tiny_gguf
 
 
 def each_command(src: Path, port: Path, out_dir: Path):
@@ -205,9 +204,11 @@ HOSTILE_VALUES = [None, "x", "", [], {}, [1], True, False, 0, -1, 0.5, 1e30, 2 *
                   {"factor": "x"}, 7.0]
 
 
+@pytest.mark.slow
 def test_seeded_campaign_of_mutated_inputs_never_ends_in_a_traceback(bundled, lossless, tmp_path):
-    """300 mutations (config.json fields, GGUF header bytes) through inspect, convert and verify:
-    each either works or ends in one `Error:` line; no traceback, no half-written output."""
+    """450 mutations through inspect, convert and verify (config.json fields; bytes of the
+    safetensors header and of the GGUF header, some files cut short there): each either works or
+    ends in one `Error:` line; no traceback, no half-written output."""
     rng = random.Random(20261202)
     config = json.loads((bundled / "config.json").read_text())
     header_end = min(t.offset for t in read_gguf(lossless).tensors.values())
@@ -228,11 +229,23 @@ def test_seeded_campaign_of_mutated_inputs_never_ends_in_a_traceback(bundled, lo
         for _ in range(rng.randint(1, 6)):
             blob[rng.randrange(header_end)] = rng.randrange(256)
         port = tmp_path / "m.gguf"
-        port.write_bytes(bytes(blob))
+        port.write_bytes(bytes(blob[:rng.randrange(header_end)] if case % 3 == 0 else blob))
         check_all_commands(bundled, port, out_dir, f"GGUF case {case}")
         back = run("convert", port, "-o", out_dir / "back", "--to", "safetensors")
         assert_no_crash(back, (0, 1), 1, f"GGUF case {case}: --to safetensors")
         shutil.rmtree(out_dir / "back", ignore_errors=True)
+    safetensors = (bundled / "model.safetensors").read_bytes()
+    (n,) = struct.unpack("<Q", safetensors[:8])
+    for case in range(150):
+        src = tmp_path / f"st{case}"
+        shutil.copytree(bundled, src, ignore=shutil.ignore_patterns("original"))
+        blob = bytearray(safetensors)
+        for _ in range(rng.randint(1, 8)):
+            blob[rng.randrange(8 + n)] = rng.randrange(256)
+        cut = rng.randrange(8 + n + 64) if case % 3 == 0 else len(blob)  # a third cut short around the header
+        (src / "model.safetensors").write_bytes(bytes(blob[:cut]))
+        check_all_commands(src, lossless, out_dir, f"safetensors case {case}")
+        shutil.rmtree(src)
 
 
 def check_all_commands(src: Path, port: Path, out_dir: Path, what: str) -> None:

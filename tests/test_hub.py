@@ -4,12 +4,12 @@ huggingface_hub client (HF_ENDPOINT points at it; nothing is mocked)."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
-from click.testing import CliRunner
 
 from fixtures.checkpoints import write_checkpoint
-from oss_convert.cli import cli
+from tests.cli import run_cli
 from tests.hub_server import HubServer
 
 
@@ -31,10 +31,7 @@ def hub(monkeypatch, tmp_path, checkpoints, bundled):
         yield server
 
 
-def run(*args, code=0):
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    assert result.exit_code == code, result.output
-    return result
+run = run_cli
 
 
 def test_inspect_reads_only_headers(hub, tmp_path):
@@ -67,10 +64,10 @@ def test_convert_downloads_what_it_needs_and_matches_the_local_result(hub, tmp_p
     assert (tmp_path / "dl" / "model.safetensors").is_file()
 
 
-def test_verify_and_compare_take_repo_ids(hub, tmp_path, bundled):
+def test_verify_and_compare_take_repo_ids(hub, tmp_path, tiny_gguf):
     gguf_dir = tmp_path / "gguf-repo"
     gguf_dir.mkdir()
-    run("convert", bundled, "-o", gguf_dir / "gpt-oss-tiny-MXFP4.gguf")
+    shutil.copy(tiny_gguf, gguf_dir / "gpt-oss-tiny-MXFP4.gguf")
     hub.state.add("someone/gpt-oss-tiny-GGUF", gguf_dir)
     result = run("verify", "openai/gpt-oss-tiny", "someone/gpt-oss-tiny-GGUF:gpt-oss-tiny-MXFP4.gguf", "--json")
     assert json.loads(result.stdout)["summary"]["fp4_preserved"]
@@ -113,6 +110,7 @@ def test_offline_mode_uses_the_cache(hub, monkeypatch, tmp_path):
     assert out.startswith("Error: ") and len(out.splitlines()) == 1
 
 
+@pytest.mark.slow  # huggingface_hub retries the refused connection for about 20 s
 def test_no_network(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
     import huggingface_hub.constants as c
@@ -122,17 +120,16 @@ def test_no_network(monkeypatch, tmp_path):
     assert out.startswith("Error: ") and "Hub" in out and len(out.splitlines()) == 1
 
 
-def test_inspect_surveys_a_repo_of_quantizations_by_their_headers(hub, tmp_path, bundled):
+def test_inspect_surveys_a_repo_of_quantizations_by_their_headers(hub, tmp_path, bundled_ports):
     """A GGUF repo as the Hub's quantizers publish them: one file per quantization, one split
     in parts. One row per model, from headers read by range requests, bytes counted."""
     from tests import gguf_edit
     repo = tmp_path / "gguf-repo"
     repo.mkdir()
     lossless = repo / "gpt-oss-tiny-MXFP4.gguf"
-    run("convert", bundled, "-o", lossless)
-    run("convert", bundled, "-o", repo / "gpt-oss-tiny-Q4_K_M.gguf", "--type", "q4_k_m")
-    run("convert", bundled, "-o", tmp_path / "q8.gguf", "--type", "q8_0")
-    for part in gguf_edit.split(tmp_path / "q8.gguf", repo, 3):  # model-0000i-of-00003.gguf
+    shutil.copy(bundled_ports["mxfp4"], lossless)
+    shutil.copy(bundled_ports["q4_k_m"], repo / "gpt-oss-tiny-Q4_K_M.gguf")
+    for part in gguf_edit.split(bundled_ports["q8_0"], repo, 3):  # model-0000i-of-00003.gguf
         part.rename(repo / part.name.replace("model-", "gpt-oss-tiny-Q8_0-"))
     hub.state.add("someone/gpt-oss-tiny-GGUF", repo)
 

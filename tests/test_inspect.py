@@ -6,16 +6,12 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from fixtures.checkpoints import PRESETS, ground_truth, write_checkpoint
-from oss_convert.cli import cli
-
+from tests.cli import run_cli
 
 def run_json(*args) -> dict:
-    result = CliRunner().invoke(cli, ["inspect", *map(str, args), "--json"])
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)  # the whole of stdout is one JSON document
+    return json.loads(run_cli("inspect", *args, "--json").stdout)  # the whole of stdout is one JSON document
 
 
 def assert_matches_ground_truth(doc: dict, preset: str) -> None:
@@ -89,10 +85,8 @@ def test_inspect_reads_headers_only(tmp_path, monkeypatch):
     assert run_json(tmp_path)["summary"]["tensors"] == 411
 
 
-def test_gguf_reports_ggml_types_and_layout(bundled, tmp_path):
-    out = tmp_path / "tiny.gguf"
-    assert CliRunner().invoke(cli, ["convert", str(bundled), "-o", str(out)]).exit_code == 0
-    doc = run_json(out)
+def test_gguf_reports_ggml_types_and_layout(tiny_gguf):
+    doc = run_json(tiny_gguf)
     types = {t["name"]: t["format"] for t in doc["tensors"]}
     assert types["blk.0.ffn_gate_exps.weight"] == "MXFP4"
     assert types["token_embd.weight"] == "BF16"
@@ -106,9 +100,8 @@ def test_gguf_reports_ggml_types_and_layout(bundled, tmp_path):
 
 
 def test_human_output_is_per_layer_by_default(bundled):
-    result = CliRunner().invoke(cli, ["inspect", str(bundled)])
-    assert result.exit_code == 0
+    result = run_cli("inspect", bundled)
     assert "Per layer" in result.output and "MXFP4" in result.output
     assert "model.layers.0.self_attn.q_proj.weight" not in result.output
-    result = CliRunner().invoke(cli, ["inspect", str(bundled), "--tensors"])
+    result = run_cli("inspect", bundled, "--tensors")
     assert "model.layers.3.mlp.experts.gate_up_proj" in result.output

@@ -1,4 +1,4 @@
-"""The kernel variants no default path uses (runtime/variants): the words layout, split-K and the
+"""The kernel variants no default path uses (runtime/kernels/variants): the words layout, split-K and the
 fused sum over slots, each against the runtime's own kernels, under the interpreter in CI and
 on CUDA in benchmarks/gpu_check.sh. They stay here until a GPU run promotes or deletes them."""
 
@@ -9,16 +9,12 @@ import pytest
 import torch
 
 from oss_convert.formats import mxfp4
-from tests.test_runtime import (
-    INTERPRET,
-    KERNEL_DEVICE,
-    LAYOUTS,
-    RAGGED_SHAPES,
-    check_compiled_for_hopper,
-    kernels_runnable,
-    launches_of,
-    ragged_layer,
-)
+from tests.hopper import check_compiled_for_hopper
+from tests.test_runtime import INTERPRET, KERNEL_DEVICE, LAYOUTS, kernels_runnable, launches_of, ragged_layer
+
+# (tokens, hidden, intermediate); under the interpreter all but the smallest take 14 s to minutes
+RAGGED_SHAPES = [(1, 64, 32), *(pytest.param(*shape, marks=pytest.mark.slow)
+                                for shape in ((8, 64, 64), (23, 96, 64), (70, 64, 96)))]
 
 
 @kernels_runnable
@@ -72,13 +68,14 @@ def test_words_decode_tiles_need_triton_3_5_for_eight_rows(monkeypatch):
     assert variants._block_m(4, 32, True, True) == 16
 
 
+@pytest.mark.slow
 def test_variant_kernels_compile_for_hopper_without_spills():
     """Split-K keeps the tensor cores and the registers; the words layout's decode must multiply
     two weights an instruction (HMUL2), as mxfp4_words intends, also with the sum over slots
     fused into down (its atomics and cache modifiers are the compiler's to check)."""
-    check_compiled_for_hopper([(("1", "64"), ["--split-k", "2"], "HGMMA"), (("1", "64"), ["--words"], "HGMMA"),
-                               (("1", "8"), ["--words", "--warps", "2", "--stages", "3"], "HMMA"),
-                               (("1", "2"), ["--words", "--fuse-sum", "--split-k", "2"], "HGMMA")])
+    check_compiled_for_hopper([([1, 64], {"split_k": 2}, "HGMMA"), ([1, 64], {"words": True}, "HGMMA"),
+                               ([1, 8], {"words": True, "num_warps": 2, "num_stages": 3}, "HMMA"),
+                               ([1, 2], {"words": True, "fuse_sum": True, "split_k": 2}, "HGMMA")])
 
 
 def test_words_layout_places_every_value_bit_once():

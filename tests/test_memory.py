@@ -9,16 +9,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from fixtures.checkpoints import write_checkpoint, write_sparse_gguf
 from oss_convert.checkpoint import open_checkpoint
-from oss_convert.cli import cli
 from oss_convert.convert.to_gguf import convert_lossless
 from oss_convert.memory.context import ContextOptions
 from oss_convert.memory.llama import llama_cpp_memory
 from oss_convert.memory.estimate import gguf_weight_bytes, memory_estimate, model_shape
 from oss_convert.memory.runtime import runtime_kv_bytes, runtime_weight_bytes
+from tests.cli import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 MiB = 1 << 20
@@ -36,22 +35,19 @@ CASES = [
     ("mid", 1000, 1, "f16", 512, False, False),
     ("mid", 16384, 4, "f16", 256, False, False),
     ("mid", 8192, 1, "q8_0", 512, False, True),
-    ("20b", 8192, 1, "f16", 512, False, False),
+    pytest.param("20b", 8192, 1, "f16", 512, False, False, marks=pytest.mark.slow),  # libllama takes 30 s to load it
     ("20b", 32768, 4, "q8_0", 512, False, False),
-    ("120b", 131072, 1, "f16", 512, False, False),
+    pytest.param("120b", 131072, 1, "f16", 512, False, False, marks=pytest.mark.slow),
 ]
 
 
 @pytest.fixture(scope="module")
-def ggufs(checkpoints, tmp_path_factory) -> dict[str, Path]:
+def ggufs(checkpoints, tiny_gguf, small_gguf, tmp_path_factory) -> dict[str, Path]:
     """Lossless GGUFs of the fixture shapes; the full-size ones as headers over a hole, which
     libllama maps and sizes its buffers for like the real file (it reads no weight to do so)."""
     base = tmp_path_factory.mktemp("memory")
-    out = {}
-    for name, ckpt in (("tiny", checkpoints["tiny"]), ("small", checkpoints["small"]),
-                       ("mid", checkpoints["mid-sharded"])):
-        out[name] = base / f"{name}.gguf"
-        convert_lossless(open_checkpoint(ckpt), out[name], show_progress=False)
+    out = {"tiny": tiny_gguf, "small": small_gguf, "mid": base / "mid.gguf"}
+    convert_lossless(open_checkpoint(checkpoints["mid-sharded"]), out["mid"], show_progress=False)
     for name in ("20b", "120b"):
         sparse = write_checkpoint(base / name, name, sparse=True)
         out[name] = write_sparse_gguf(sparse, base / f"{name}.gguf")
@@ -104,7 +100,7 @@ def test_the_kv_cache_follows_llama_cpps_cells():
     assert kv_cache(shape, ContextOptions(300))["swa_cells"] == 512  # min(512, 640) cells, padded
 
 
-def test_runtime_estimate_is_what_the_runtime_holds(bundled, checkpoints, tmp_path):
+def test_runtime_estimate_is_what_the_runtime_holds(bundled, bundled_ports, checkpoints, tmp_path):
     """Weights and KV cache of our runtime, counted from the tensors it holds after a prompt
     longer than a prefill micro-batch, for the original, for a GGUF with ggml-typed experts and
     for a Q4_K_M port whose rows of 256 take K-quants."""
@@ -115,10 +111,8 @@ def test_runtime_estimate_is_what_the_runtime_holds(bundled, checkpoints, tmp_pa
     from oss_convert.runtime.weights.experts import MappedExperts, PackedExperts
     from oss_convert.runtime.weights.matrices import FloatMatrix, StoredMatrix
 
-    q8, k_quants = tmp_path / "q8.gguf", tmp_path / "q4_k_m.gguf"
-    assert CliRunner().invoke(cli, ["convert", str(bundled), "-o", str(q8), "--type", "q8_0"]).exit_code == 0
-    assert CliRunner().invoke(cli, ["convert", str(checkpoints["small"]), "-o", str(k_quants),
-                                    "--type", "q4_k_m"]).exit_code == 0
+    q8, k_quants = bundled_ports["q8_0"], tmp_path / "q4_k_m.gguf"
+    run_cli("convert", checkpoints["small"], "-o", k_quants, "--type", "q4_k_m")
     assert "Q4_K" in {t.format for t in open_checkpoint(k_quants).model_tensors}
     for path in (bundled, q8, k_quants):
         ckpt = open_checkpoint(path)
@@ -167,14 +161,12 @@ def test_runtime_peak_on_cuda(bundled):
 
 
 def test_inspect_memory_estimate_json_and_fit(bundled):
-    run = CliRunner().invoke(cli, ["inspect", str(bundled), "--json"])
-    assert run.exit_code == 0, run.output
+    run = run_cli("inspect", bundled, "--json")
     memory = json.loads(run.output)["summary"]["memory"]
     assert [c["ctx"] for c in memory["contexts"]] == [8192, 131072]  # default: 8k and the model's maximum
 
-    run = CliRunner().invoke(cli, ["inspect", str(bundled), "--json", "--ctx", "100000", "--kv-type", "q8_0",
-                                   "--parallel", "2", "--gpu-memory", "64MiB"])
-    assert run.exit_code == 0, run.output
+    run = run_cli("inspect", bundled, "--json", "--ctx", "100000", "--kv-type", "q8_0", "--parallel", "2",
+                  "--gpu-memory", "64MiB")
     memory = json.loads(run.output)["summary"]["memory"]
     (row,) = memory["contexts"]
     assert row["ctx"] == 100000 and memory["options"]["kv_type"] == "q8_0" and memory["options"]["parallel"] == 2
@@ -192,8 +184,7 @@ def test_inspect_memory_estimate_json_and_fit(bundled):
 
 
 def test_inspect_memory_estimate_human(bundled):
-    run = CliRunner().invoke(cli, ["inspect", str(bundled), "--ctx", "4096", "--gpu-memory", "24GB"])
-    assert run.exit_code == 0, run.output
+    run = run_cli("inspect", bundled, "--ctx", "4096", "--gpu-memory", "24GB")
     assert "Memory estimate (KV cache f16, 1 sequence" in run.output
     assert "Largest context on 24.00 GiB of GPU memory: llama.cpp 131072 tokens (the model's maximum)" in run.output
 
@@ -204,6 +195,5 @@ def test_inspect_memory_estimate_human(bundled):
     (["--kv-type", "q3_k"], "--kv-type"),
 ])
 def test_bad_memory_options_are_one_error_line(bundled, args, message):
-    run = CliRunner().invoke(cli, ["inspect", str(bundled), *args])
-    assert run.exit_code == 2
+    run = run_cli("inspect", bundled, *args, code=2)
     assert message in run.output and "Traceback" not in run.output

@@ -10,15 +10,14 @@ import weakref
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 from oss_convert.checkpoint import open_checkpoint
-from oss_convert.cli import cli
 from oss_convert.runtime.execution.forward import forward, load_model, streamed_logits
 from oss_convert.runtime.model import cache as cache_module
 from oss_convert.runtime.model.cache import KVCache
 from oss_convert.runtime.model.moe import MoEBlock
 from oss_convert.runtime.weights import products, source
+from tests.cli import run_cli
 
 # longer than the 128-token sliding window, so even layers really slide
 TOKENS = [(i * 37 + 11) % 350 for i in range(200)]
@@ -48,11 +47,10 @@ def test_logits_match_transformers(checkpoints, name):
 
 
 @pytest.mark.reference
-def test_logits_match_llama_cpp(bundled, tmp_path, llama_cpp):
+def test_logits_match_llama_cpp(bundled, tiny_gguf, llama_cpp):
     """llama.cpp's CPU backend rounds activations (bf16/q8_0 dot products), so parity is
     statistical: within 5% relative, 95% top-1, and as close to it as transformers is."""
-    gguf = tmp_path / "t.gguf"
-    CliRunner().invoke(cli, ["convert", str(bundled), "-o", str(gguf)])
+    gguf = tiny_gguf
     llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=512, n_batch=512, verbose=False, logits_all=True, n_threads=2)
     llm.eval(TOKENS)
     ref = np.array(llm.scores[: len(TOKENS)])
@@ -115,12 +113,11 @@ def test_kv_cache_gives_the_same_logits(bundled, activations, monkeypatch):
 
 
 @pytest.mark.reference
-def test_q8_activations_cost_about_what_llama_cpps_rounding_costs(bundled, tmp_path, llama_cpp):
+def test_q8_activations_cost_about_what_llama_cpps_rounding_costs(bundled, tiny_gguf, llama_cpp):
     """--activations q8 rounds the expert products' activations as llama.cpp's CPU backend does:
     the same logits from the safetensors and the lossless GGUF (the values decide, not the
     layout); a bounded distance from transformers, of the order of llama.cpp's own."""
-    gguf = tmp_path / "t.gguf"
-    CliRunner().invoke(cli, ["convert", str(bundled), "-o", str(gguf)])
+    gguf = tiny_gguf
     with torch.no_grad():
         from_safetensors = forward(load_model(open_checkpoint(bundled), torch.device("cpu"), "q8"), torch.tensor(TOKENS))
         from_gguf = forward(load_model(open_checkpoint(gguf), torch.device("cpu"), "q8"), torch.tensor(TOKENS))
@@ -136,14 +133,11 @@ def test_q8_activations_cost_about_what_llama_cpps_rounding_costs(bundled, tmp_p
 
 
 @pytest.mark.parametrize("kind", ["safetensors", "q4_k_m"])
-def test_streaming_layers_gives_the_resident_models_logits(bundled, tmp_path, monkeypatch, kind):
+def test_streaming_layers_gives_the_resident_models_logits(bundled, bundled_ports, monkeypatch, kind):
     """compare --full reads one layer at a time; its logits are the resident forward's, bit for
     bit, window by window, and no layer's experts outlive the next layer's loading. The dense
     weights are widened a few rows at a time there (as the 201088-row embedding is)."""
-    path = bundled
-    if kind != "safetensors":
-        path = tmp_path / "q.gguf"
-        CliRunner().invoke(cli, ["convert", str(bundled), "-o", str(path), "--type", kind])
+    path = bundled if kind == "safetensors" else bundled_ports[kind]
     ckpt = open_checkpoint(path)
     windows = [torch.tensor(TOKENS[:130]), torch.tensor(TOKENS[130:])]
     with torch.no_grad():
@@ -167,15 +161,11 @@ def test_streaming_layers_gives_the_resident_models_logits(bundled, tmp_path, mo
 
 
 def compare_full(*args) -> dict:
-    result = CliRunner().invoke(cli, ["compare", *map(str, args), "--full", "--json"])
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
+    return json.loads(run_cli("compare", *args, "--full", "--json").stdout)
 
 
-def test_compare_full_original_vs_lossless_and_q4_k_m(bundled, tmp_path):
-    lossless, q = tmp_path / "l.gguf", tmp_path / "q.gguf"
-    CliRunner().invoke(cli, ["convert", str(bundled), "-o", str(lossless)])
-    CliRunner().invoke(cli, ["convert", str(bundled), "-o", str(q), "--type", "q4_k_m"])
+def test_compare_full_original_vs_lossless_and_q4_k_m(bundled, bundled_ports, tmp_path):
+    lossless, q = bundled_ports["mxfp4"], bundled_ports["q4_k_m"]
     ids = tmp_path / "ids.txt"
     ids.write_text(" ".join(map(str, TOKENS)))
     doc = compare_full(bundled, lossless, "--tokens-file", ids, "--save-logits", tmp_path / "logits")
@@ -191,29 +181,25 @@ def test_compare_full_original_vs_lossless_and_q4_k_m(bundled, tmp_path):
     assert len(doc["per_position"]) == 200
 
 
-def test_compare_full_with_a_prompt_and_generate(bundled, tmp_path):
+def test_compare_full_with_a_prompt_and_generate(bundled, tiny_gguf):
     pytest.importorskip("tokenizers")
-    lossless = tmp_path / "l.gguf"
-    CliRunner().invoke(cli, ["convert", str(bundled), "-o", str(lossless)])
+    lossless = tiny_gguf
     doc = compare_full(bundled, lossless, "--prompt", "The quick brown fox jumps over the lazy dog.")
     assert doc["summary"]["max_logit_diff"] == 0 and len(doc["tokens"]) > 5
     # the same greedy continuation from the checkpoint and from its GGUF, through the chat template
     outs = []
     for model in (bundled, lossless):
-        result = CliRunner().invoke(cli, ["generate", str(model), "--prompt", "Hello, world!", "--max-tokens", "12",
-                                          "--json"])
-        assert result.exit_code == 0, result.output
+        result = run_cli("generate", model, "--prompt", "Hello, world!", "--max-tokens", "12", "--json")
         outs.append(json.loads(result.stdout))
     assert outs[0]["tokens"] == outs[1]["tokens"] and outs[0]["prompt"].startswith("<|start|>user<|message|>")
     assert 0 < len(outs[0]["tokens"]) <= 12
 
 
-def test_compare_full_evaluates_a_text_file_in_windows(bundled, tmp_path):
+def test_compare_full_evaluates_a_text_file_in_windows(bundled, bundled_ports, tmp_path):
     """--text-file is the whole file as --prompt would tokenize it, in windows of --ctx, each
     position labelled with its window; a file that is not UTF-8 text is one error line."""
     pytest.importorskip("tokenizers")
-    q = tmp_path / "q.gguf"
-    CliRunner().invoke(cli, ["convert", str(bundled), "-o", str(q), "--type", "q8_0"])
+    q = bundled_ports["q8_0"]
     text = "The quick brown fox jumps over the lazy dog.\nPack my box with five dozen liquor jugs.\n" * 3
     (tmp_path / "t.txt").write_text(text)
     from_file = compare_full(bundled, q, "--text-file", tmp_path / "t.txt", "--ctx", "32")
@@ -222,8 +208,8 @@ def test_compare_full_evaluates_a_text_file_in_windows(bundled, tmp_path):
     assert from_file["summary"] == from_prompt["summary"] and from_file["summary"]["kl_mean"] > 0
     assert [p["window"] for p in from_file["per_position"]] == [i // 32 for i in range(len(from_file["tokens"]))]
     (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00bad")
-    result = CliRunner().invoke(cli, ["compare", str(bundled), str(q), "--full", "--text-file", str(tmp_path / "bin.txt")])
-    assert result.exit_code == 1 and result.output.startswith(f"Error: {tmp_path / 'bin.txt'}: not a readable UTF-8")
+    result = run_cli("compare", bundled, q, "--full", "--text-file", tmp_path / "bin.txt", code=1)
+    assert result.output.startswith(f"Error: {tmp_path / 'bin.txt'}: not a readable UTF-8")
     assert len(result.output.strip().splitlines()) == 1
 
 
@@ -231,15 +217,13 @@ def test_text_without_its_packages_is_one_error_line(bundled, monkeypatch):
     """Without the 'text' extra each command says which package it lacks, and offers only what it
     has: compare --full takes token ids instead, generate has no such option."""
     monkeypatch.setitem(sys.modules, "tokenizers", None)  # makes `import tokenizers` raise ImportError
-    result = CliRunner().invoke(cli, ["compare", str(bundled), str(bundled), "--full", "--prompt", "hi"])
-    assert result.exit_code == 1
+    result = run_cli("compare", bundled, bundled, "--full", "--prompt", "hi", code=1)
     assert result.output == ("Error: tokenizing text needs the 'tokenizers' package (pip install tokenizers, or the "
                              "'text' extra); or pass token ids with --tokens-file\n")
-    result = CliRunner().invoke(cli, ["generate", str(bundled), "--prompt", "hi"])
-    assert result.exit_code == 1 and "--tokens-file" not in result.output
+    result = run_cli("generate", bundled, "--prompt", "hi", code=1)
+    assert "--tokens-file" not in result.output
     assert result.output.startswith("Error: tokenizing text needs the 'tokenizers' package")
     monkeypatch.setitem(sys.modules, "jinja2", None)
-    result = CliRunner().invoke(cli, ["generate", str(bundled), "--prompt", "hi"])
-    assert result.exit_code == 1
+    result = run_cli("generate", bundled, "--prompt", "hi", code=1)
     assert result.output == ("Error: the chat template needs the 'jinja2' package (pip install jinja2, or the "
                              "'text' extra)\n")

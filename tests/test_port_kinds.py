@@ -10,14 +10,11 @@ import numpy as np
 import pytest
 import torch
 from gguf import GGMLQuantizationType as T
-from click.testing import CliRunner
 
 from oss_convert.checkpoint import open_checkpoint
-from oss_convert.cli import cli
-from oss_convert.convert.to_gguf import convert_lossless
 from oss_convert.formats.registry import QUANTIZERS
 from oss_convert.runtime.execution.forward import forward, load_model
-from tests.reference.llama_quantize import llama_quantize
+from tests.cli import run_cli
 
 # llama_ftype of each kind (include/llama.h)
 KINDS = {"F16": 1, "BF16": 32, "Q8_0": 7, "Q6_K": 18, "Q5_K_M": 17, "Q5_K_S": 16, "Q5_1": 9, "Q5_0": 8,
@@ -27,26 +24,9 @@ TOKENS = [(i * 37 + 11) % 350 for i in range(96)]
 
 
 @pytest.fixture(scope="module")
-def ports(checkpoints, llama_cpp, tmp_path_factory):
-    """(source checkpoint, port) per (model, kind), made on first use."""
-    base = tmp_path_factory.mktemp("port-kinds")
-    made = {}
-
-    def port(model: str, kind: str):
-        if (model, kind) not in made:
-            src = checkpoints[model]
-            lossless = base / f"{model}.gguf"
-            if not lossless.exists():  # byte for byte what llama.cpp's converter writes (test_convert_lossless)
-                convert_lossless(open_checkpoint(src), lossless, show_progress=False)
-            out = base / f"{model}-{kind}.gguf"
-            llama_quantize(lossless, out, KINDS[kind])
-            made[model, kind] = (src, out)
-        return made[model, kind]
-    return port
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
+def ports(checkpoints, llama_quantized):
+    """(source checkpoint, port) per (model, kind): llama-quantize's file from llama.cpp's converter output."""
+    return lambda model, kind: (checkpoints[model], llama_quantized(checkpoints[model], KINDS[kind]))
 
 
 @pytest.mark.reference
@@ -55,13 +35,12 @@ def invoke(*args):
 def test_inspect_and_verify_account_for_every_tensor(ports, model, kind):
     src, port = ports(model, kind)
     stored = open_checkpoint(port).tensors
-    run = invoke("inspect", port, "--json")
-    assert run.exit_code == 0, run.output
+    run = run_cli("inspect", port, "--json")
     doc = json.loads(run.output)
     assert len(doc["tensors"]) == len(stored)
     assert sum(f["tensors"] for f in doc["summary"]["formats"].values()) == len(stored)
 
-    run = invoke("verify", src, port, "--json")
+    run = run_cli("verify", src, port, "--json", code=None)
     assert run.exit_code in (0, 1), run.output  # 1: lossy; 2 would be an input it could not read
     report = json.loads(run.output)
     assert {t["port"] for t in report["tensors"]} == {t.name for t in stored}

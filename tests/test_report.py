@@ -14,10 +14,9 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from oss_convert.cli import cli
 from tests import gguf_edit
+from tests.cli import run_cli
 from tests.conftest import need_reference
 
 pytest.importorskip("torch")
@@ -89,7 +88,8 @@ class Page(HTMLParser):
 
 
 def run(*args) -> tuple[int, str]:
-    result = CliRunner().invoke(cli, [*map(str, args)])
+    """(exit code: 0, or 1 for a finding; stdout) of a report or verify run."""
+    result = run_cli(*args, code=None)
     assert result.exit_code in (0, 1), result.output
     return result.exit_code, result.stdout
 
@@ -100,11 +100,9 @@ def report(src, port, out: Path, *extra) -> tuple[int, Page, dict]:
 
 
 @pytest.fixture(scope="module")
-def ports(bundled, tmp_path_factory):
+def ports(bundled_ports, tmp_path_factory):
     d = tmp_path_factory.mktemp("report")
-    lossless, q4 = d / "lossless.gguf", d / "q4_k_m.gguf"
-    for out, extra in ((lossless, []), (q4, ["--type", "q4_k_m"])):
-        assert CliRunner().invoke(cli, ["convert", str(bundled), "-o", str(out), *extra]).exit_code == 0
+    lossless, q4 = bundled_ports["mxfp4"], bundled_ports["q4_k_m"]
 
     def flip_one_nibble(raw):  # expert 2, row 3, block 1: byte 1 + 4 of the block holds codes 4 and 20
         raw[2, 3, 1 * 17 + 1 + 4] ^= 0x01
@@ -194,28 +192,27 @@ def test_report_marks_exactly_the_corrupted_tensor(bundled, ports, tmp_path):
 def test_report_refuses_bad_input_before_any_work(bundled, ports, tmp_path):
     out = tmp_path / "r.html"
     out.write_text("keep me")
-    result = CliRunner().invoke(cli, ["report", str(bundled), str(ports["lossless"]), "-o", str(out)])
-    assert result.exit_code == 2 and result.output.strip().splitlines() == [
+    result = run_cli("report", bundled, ports["lossless"], "-o", out, code=2)
+    assert result.output.strip().splitlines() == [
         f"Error: {out}: already exists (use --force to overwrite)"]
     assert out.read_text() == "keep me"
     fresh = tmp_path / "fresh.html"
     for args, message in [((ports["lossless"], bundled), "is a GGUF; verify takes the source checkpoint first"),
                           ((bundled, ports["lossless"], "--layers", "9"), "--layers '9': the model has layers 0..3"),
                           ((bundled, ports["lossless"], "--tokens-file", ports["text"]), "expected whitespace-separated")]:
-        result = CliRunner().invoke(cli, ["report", *map(str, args), "-o", str(fresh)])
-        assert result.exit_code == 2 and message in result.output, result.output
+        result = run_cli("report", *args, "-o", fresh, code=2)
+        assert message in result.output, result.output
         assert len(result.output.strip().splitlines()) == 1 and not fresh.exists()
-    result = CliRunner().invoke(cli, ["report", str(bundled), str(ports["lossless"]), "-o", str(fresh), "--ctx", "8"])
-    assert result.exit_code == 2 and "--ctx: applies with a text" in result.output
-    result = CliRunner().invoke(cli, ["report", str(bundled), str(ports["lossless"]), "-o", str(tmp_path / "r.json"),
-                                      "--json"])
-    assert result.exit_code == 2 and "name the page .html" in result.output and not (tmp_path / "r.json").exists()
+    result = run_cli("report", bundled, ports["lossless"], "-o", fresh, "--ctx", "8", code=2)
+    assert "--ctx: applies with a text" in result.output
+    result = run_cli("report", bundled, ports["lossless"], "-o", tmp_path / "r.json", "--json", code=2)
+    assert "name the page .html" in result.output and not (tmp_path / "r.json").exists()
 
 
 def test_report_without_matplotlib_says_how_to_install_it(bundled, ports, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
-    result = CliRunner().invoke(cli, ["report", str(bundled), str(ports["lossless"]), "-o", str(tmp_path / "r.html")])
-    assert result.exit_code == 2 and result.output.strip().splitlines() == [
+    result = run_cli("report", bundled, ports["lossless"], "-o", tmp_path / "r.html", code=2)
+    assert result.output.strip().splitlines() == [
         "Error: report draws its plots with matplotlib, which is not installed: pip install 'oss-convert[report]'"]
 
 

@@ -10,11 +10,9 @@ import sys
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from gguf import GGMLQuantizationType as T
 
 from oss_convert.checkpoint import open_checkpoint
-from oss_convert.cli import cli
 from oss_convert.files.gguf import read_gguf
 from oss_convert.formats import mxfp4
 from oss_convert.formats.registry import decode, encode
@@ -22,6 +20,8 @@ from oss_convert.runtime.model.moe import MoEBlock, mix_experts
 from oss_convert.runtime.weights.experts import PackedExperts
 from oss_convert.runtime.weights.source import WeightSource
 from tests import gguf_edit
+from tests.cli import run_cli
+from tests.hopper import check_compiled_for_hopper
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # Kernels run on a GPU when there is one, else on the CPU under Triton's interpreter.
@@ -60,7 +60,7 @@ def ragged_layer(tokens: int, hidden: int, inter: int):
     return (x.to(dev), experts.to(dev), weights.to(dev), w1.to(dev), b1.to(dev), w2.to(dev), b2.to(dev)), want
 
 
-RAGGED_SHAPES = [(1, 64, 32), (8, 64, 64), (23, 96, 64), (70, 64, 96)]
+RAGGED_SHAPES = [(1, 64, 32), (8, 64, 64), (23, 96, 64), pytest.param(70, 64, 96, marks=pytest.mark.slow)]
 # both tile layouts, whichever the size would pick; K in whole blocks, a part of one, or both
 # (hidden 96 in blocks of 64)
 LAYOUTS = (dict(one_per_tile=True), dict(one_per_tile=False), dict(one_per_tile=True, block_k=64))
@@ -95,11 +95,11 @@ def test_the_kernels_take_the_swiglu_settings():
 
 @kernels_runnable
 @pytest.mark.parametrize("source", ["safetensors", "gguf"])
-def test_a_layer_loaded_from_an_artifact_runs_through_the_kernels(bundled, small_lossless, checkpoints, source):
+def test_a_layer_loaded_from_an_artifact_runs_through_the_kernels(bundled, small_gguf, checkpoints, source):
     """From the file to the kernels: the layer as the runtime loads it (left in the file on the
     CPU, read in for the kernels), routed by its own router, against the torch path."""
     from oss_convert.runtime.execution.moe import run_moe
-    path = checkpoints["small"] if source == "safetensors" else small_lossless
+    path = checkpoints["small"] if source == "safetensors" else small_gguf
     layer = load_layer(path, 1)
     # bf16-exact inputs: the kernels round activations to bf16, the router sees the same x
     x = torch.randn(12, layer.router_w.shape[1], generator=torch.Generator().manual_seed(3)).bfloat16().float()
@@ -197,15 +197,8 @@ def test_packed_mxfp4_expands_exactly():
 GGUF_TYPES = [T.Q4_0, T.Q5_0, T.Q5_1, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K, T.F16, T.BF16, T.F32]
 
 
-@pytest.fixture(scope="module")
-def small_lossless(checkpoints, tmp_path_factory):
-    out = tmp_path_factory.mktemp("rt") / "small.gguf"
-    CliRunner().invoke(cli, ["convert", str(checkpoints["small"]), "-o", str(out)])
-    return out
-
-
 @pytest.mark.parametrize("qtype", GGUF_TYPES, ids=lambda t: t.name)
-def test_gguf_expert_loaders_agree_with_the_dequantizers(small_lossless, tmp_path, qtype):
+def test_gguf_expert_loaders_agree_with_the_dequantizers(small_gguf, tmp_path, qtype):
     names = ["blk.0.ffn_gate_exps.weight", "blk.0.ffn_up_exps.weight", "blk.0.ffn_down_exps.weight"]
 
     def requant(raw):
@@ -214,7 +207,7 @@ def test_gguf_expert_loaders_agree_with_the_dequantizers(small_lossless, tmp_pat
     edits = {n: requant for n in names}
     port = tmp_path / f"{qtype.name}.gguf"
     from oss_convert.files.gguf import GGUFWriteTensor, write_gguf
-    src = read_gguf(small_lossless)
+    src = read_gguf(small_gguf)
     with open(port, "wb") as f:
         write_gguf(f, src.metadata, [GGUFWriteTensor(n, int(qtype) if n in edits else t.type, t.shape,
                                                    (lambda t=t, fn=edits.get(n): fn(np.array(t.raw())) if fn else t.raw()))
@@ -228,7 +221,7 @@ def test_gguf_expert_loaders_agree_with_the_dequantizers(small_lossless, tmp_pat
         np.testing.assert_array_equal(layer.gate_up[e].numpy()[1::2], up[e])
         np.testing.assert_array_equal(layer.down[e].numpy(), down[e])
     # and the values are the source's, to the format's precision
-    original = load_layer(small_lossless, 0)
+    original = load_layer(small_gguf, 0)
     err = (layer.gate_up[0] - original.gate_up[0]).abs().max().item()
     assert err < 0.05
     # what `to(device)` copies onto a GPU, expanded there by torch ops, is the same again
@@ -243,11 +236,11 @@ def test_gguf_expert_loaders_agree_with_the_dequantizers(small_lossless, tmp_pat
                 np.testing.assert_array_equal(expand_in_torch(resident, e).numpy(), want)
 
 
-def test_experts_in_a_type_the_runtime_cannot_run_are_refused_in_one_line(small_lossless, tmp_path):
+def test_experts_in_a_type_the_runtime_cannot_run_are_refused_in_one_line(small_gguf, tmp_path):
     """Q8_K (ggml's intermediate type for K-quant dot products, never a weight type) has no
     dequantizer anywhere; every type a port can hold runs (tests/test_port_kinds.py)."""
     from oss_convert.files.gguf import GGUFWriteTensor, write_gguf
-    src = read_gguf(small_lossless)
+    src = read_gguf(small_gguf)
     q8_k = "blk.0.ffn_down_exps.weight"
     port = tmp_path / "q8_k.gguf"
 
@@ -257,16 +250,15 @@ def test_experts_in_a_type_the_runtime_cannot_run_are_refused_in_one_line(small_
         write_gguf(f, src.metadata, [GGUFWriteTensor(n, int(T.Q8_K), t.shape, zeros_q8_k(t)) if n == q8_k else
                                      GGUFWriteTensor(n, t.type, t.shape, lambda t=t: t.raw())
                                      for n, t in src.tensors.items()])
-    result = CliRunner().invoke(cli, ["compare", str(small_lossless), str(port), "--layers", "0"])
-    assert result.exit_code == 1
+    result = run_cli("compare", small_gguf, port, "--layers", "0", code=1)
     assert result.output.strip().splitlines() == [f"Error: {port}: {q8_k} is Q8_K, which has no dequantizer here"]
 
 
-def test_ollama_layout_loads_the_same_layer(checkpoints, small_lossless, tmp_path):
+def test_ollama_layout_loads_the_same_layer(checkpoints, small_gguf, tmp_path):
     """The same packed experts from the safetensors, llama.cpp's GGUF layout and Ollama's."""
-    port = gguf_edit.ollama_layout(checkpoints["small"], small_lossless, tmp_path / "o.gguf")
+    port = gguf_edit.ollama_layout(checkpoints["small"], small_gguf, tmp_path / "o.gguf")
     a = load_layer(checkpoints["small"], 1)
-    for other in (small_lossless, port):
+    for other in (small_gguf, port):
         b = load_layer(other, 1)
         for experts_a, experts_b in ((a.gate_up, b.gate_up), (a.down, b.down)):
             for e in range(experts_a.shape[0]):
@@ -277,14 +269,12 @@ def test_ollama_layout_loads_the_same_layer(checkpoints, small_lossless, tmp_pat
 
 
 def compare_json(*args) -> dict:
-    result = CliRunner().invoke(cli, ["compare", *map(str, args), "--json"])
-    assert result.exit_code == 0, result.output
+    result = run_cli("compare", *args, "--json")
     return json.loads(result.stdout)
 
 
-def test_safetensors_and_lossless_gguf_give_identical_outputs(bundled, tmp_path):
-    gguf = tmp_path / "t.gguf"
-    CliRunner().invoke(cli, ["convert", str(bundled), "-o", str(gguf)])
+def test_safetensors_and_lossless_gguf_give_identical_outputs(bundled, tiny_gguf):
+    gguf = tiny_gguf
     doc = compare_json(bundled, gguf, "--tokens", "40", "--device", "cpu")
     assert doc["summary"]["identical"]
     assert [r["layer"] for r in doc["layers"]] == [0, 1, 2, 3]
@@ -294,9 +284,8 @@ def test_safetensors_and_lossless_gguf_give_identical_outputs(bundled, tmp_path)
     assert doc["summary"]["identical"] and [r["layer"] for r in doc["layers"]] == [1, 3]
 
 
-def test_requantized_port_shows_a_nonzero_difference(bundled, tmp_path):
-    q = tmp_path / "q.gguf"
-    CliRunner().invoke(cli, ["convert", str(bundled), "-o", str(q), "--type", "q4_k_m"])
+def test_requantized_port_shows_a_nonzero_difference(bundled, bundled_ports):
+    q = bundled_ports["q4_k_m"]
     doc = compare_json(bundled, q, "--tokens", "32")
     assert not doc["summary"]["identical"]
     for r in doc["layers"]:
@@ -319,44 +308,18 @@ def test_a_triton_older_than_the_kernels_need_is_left_alone(bundled, monkeypatch
 
 
 def test_compare_rejects_bad_layers(bundled):
-    result = CliRunner().invoke(cli, ["compare", str(bundled), str(bundled), "--layers", "7"])
-    assert result.exit_code == 1 and "layers 0..3" in result.output
+    assert "layers 0..3" in run_cli("compare", bundled, bundled, "--layers", "7", code=1).output
 
 
+@pytest.mark.slow
 def test_kernels_compile_for_hopper_without_spills():
     """The interpreter runs code that the compiler rejects (globals that are not constexpr, for
-    one), so the kernels are also compiled for sm_90, as a launch on an H100 would, in a
-    process without TRITON_INTERPRET. In both tile layouts the main loop must use the tensor
-    cores (wgmma) and keep everything in registers; so must the two-warp decode tiles the GPU
-    benchmark sweeps (mma.sync there); the helper kernels must compile unspilled."""
-    check_compiled_for_hopper([(("1", "64"), [], "HGMMA"), (("1", "8"), ["--warps", "2"], "HMMA"),
-                               (("1", "8"), ["--warps", "2", "--block-n", "32", "--block-k", "256"], "HMMA")])
-
-
-def check_compiled_for_hopper(launches) -> None:
-    """benchmarks/kernel_stats.py for each (tokens, its options, the MMA the loop must use)."""
-    import subprocess
-    from pathlib import Path
-    script = Path(__file__).resolve().parent.parent / "benchmarks" / "kernel_stats.py"
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    for tokens, launch, mma in launches:
-        done = subprocess.run([sys.executable, str(script), "--tokens", *tokens, *launch, "--json"],
-                              env=env, capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stderr[-2000:]
-        report = json.loads(done.stdout)
-        kernels = report["kernels"]
-        assert {(k["tokens"], k["kernel"]) for k in kernels} == {(int(t), n) for t in tokens
-                                                                 for n in ("gate_up", "down")}
-        for k in kernels:
-            assert k["ops"].get(mma, 0) > 0, (launch, k)
-            assert not k["ops"].get("LDL") and not k["ops"].get("STL"), (launch, k)
-            assert k["registers"] <= 255
-            if "--words" in launch:  # the words' decode multiplies two weights an instruction
-                knobs = report["launch"]
-                values_per_thread = knobs["block_n"] * knobs["block_k"] // (32 * knobs["num_warps"])
-                assert k["ops"]["HMUL2"] == values_per_thread // 2, (launch, k)
-    for name, helper in report["helpers"].items():  # the expert sort, split-K's SwiGLU pass
-        assert helper["instructions"] > 0 and helper["spills"] == 0, (name, helper)
+    one), so the kernels are also compiled for sm_90, as a launch on an H100 would. In both tile
+    layouts the main loop must use the tensor cores (wgmma) and keep everything in registers; so
+    must the two-warp decode tiles the GPU benchmark sweeps (mma.sync there); the helper kernels
+    must compile unspilled."""
+    check_compiled_for_hopper([([1, 64], {}, "HGMMA"), ([1, 8], {"num_warps": 2}, "HMMA"),
+                               ([1, 8], {"num_warps": 2, "block_n": 32, "block_k": 256}, "HMMA")])
 
 
 def _mapped_kb(path) -> int:

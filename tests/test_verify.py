@@ -6,14 +6,14 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from oss_convert.cli import cli
 from tests import gguf_edit
+from tests.cli import run_cli
 
 
 def verify(*args):
-    result = CliRunner().invoke(cli, ["verify", *map(str, args), "--json"])
+    """(exit code: 0, or 1 for a finding; the JSON document) of verify."""
+    result = run_cli("verify", *args, "--json", code=None)
     assert result.exit_code in (0, 1), result.output
     return result.exit_code, json.loads(result.stdout)
 
@@ -23,10 +23,8 @@ def by_port(doc, name):
 
 
 @pytest.fixture(scope="module")
-def lossless(checkpoints, tmp_path_factory):
-    out = tmp_path_factory.mktemp("verify") / "lossless.gguf"
-    assert CliRunner().invoke(cli, ["convert", str(checkpoints["small"]), "-o", str(out)]).exit_code == 0
-    return out
+def lossless(small_gguf):
+    return small_gguf
 
 
 @pytest.fixture
@@ -45,14 +43,14 @@ def test_our_lossless_file_preserves_fp4(src, lossless):
 
 def test_original_layout_source(checkpoints, tmp_path):
     out = tmp_path / "m.gguf"
-    CliRunner().invoke(cli, ["convert", str(checkpoints["mid-sharded"]), "-o", str(out)])
+    run_cli("convert", checkpoints["mid-sharded"], "-o", out)
     code, doc = verify(checkpoints["mid-sharded"] / "original", out)
     assert code == 0 and doc["summary"]["fp4_preserved"]
 
 
 def test_requantized_file_is_reference_requantized(src, tmp_path):
     out = tmp_path / "q.gguf"
-    CliRunner().invoke(cli, ["convert", str(src), "-o", str(out), "--type", "q4_k_m"])
+    run_cli("convert", src, "-o", out, "--type", "q4_k_m")
     code, doc = verify(src, out)
     s = doc["summary"]
     assert code == 0 and not s["fp4_preserved"] and s["ok"]
@@ -72,7 +70,7 @@ def test_ollama_layout_is_recognized_and_preserved(src, lossless, tmp_path):
     assert code == 0 and doc["summary"]["fp4_preserved"], doc["summary"]
     fused = by_port(doc, "blk.1.ffn_gate_up_exps.weight")
     assert fused["status"] == "bit-identical" and fused["port_format"] == "MXFP4"
-    inspect = json.loads(CliRunner().invoke(cli, ["inspect", str(port), "--json"]).stdout)
+    inspect = json.loads(run_cli("inspect", port, "--json").stdout)
     assert inspect["summary"]["gguf"]["expert_tensors_mxfp4"] == 4
 
 
@@ -186,11 +184,8 @@ def test_missing_tensor_and_wrong_hyperparameter(src, lossless, tmp_path):
 
 
 def test_human_output_and_unreadable_input(src, lossless, tmp_path):
-    result = CliRunner().invoke(cli, ["verify", str(src), str(lossless)])
-    assert result.exit_code == 0 and result.output.startswith("FP4 preserved")
+    assert run_cli("verify", src, lossless).output.startswith("FP4 preserved")
     (tmp_path / "bad.gguf").write_bytes(b"nope")
-    result = CliRunner().invoke(cli, ["verify", str(src), str(tmp_path / "bad.gguf")])
-    assert result.exit_code == 2 and result.output.startswith("Error: ")
-    result = CliRunner().invoke(cli, ["verify", str(lossless), str(src)])  # the two the wrong way round
-    assert result.exit_code == 2
+    assert run_cli("verify", src, tmp_path / "bad.gguf", code=2).output.startswith("Error: ")
+    result = run_cli("verify", lossless, src, code=2)  # the two the wrong way round
     assert result.output == f"Error: {lossless}: is a GGUF; verify takes the source checkpoint first, then the GGUF port\n"
