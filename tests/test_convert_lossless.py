@@ -21,6 +21,7 @@ def convert(*args) -> None:
 
 
 @pytest.mark.reference
+@pytest.mark.slow  # llama.cpp's converter: 4 s a run, most of it importing transformers
 @pytest.mark.parametrize("name,outtype", [
     ("tiny", "bf16"), ("tiny-sharded", "bf16"), ("small", "bf16"), ("mid-sharded", "bf16"),
     ("tiny", "f16"), ("tiny", "f32"), ("mid-sharded", "q8_0"),

@@ -132,6 +132,7 @@ def test_the_refusal_is_the_only_thing_on_stderr_after_the_plan(bundled, tmp_pat
 
 
 @pytest.mark.reference
+@pytest.mark.slow
 def test_llama_quantize_refuses_the_same_source(bundled, llama_convert, llama_cpp, tmp_path):
     src = _with_infinity(bundled, tmp_path / "inf")
     with pytest.raises(RuntimeError, match="llama_model_quantize failed"):
