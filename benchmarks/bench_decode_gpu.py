@@ -32,6 +32,11 @@ def tensor_bytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
+def matrix_bytes(m) -> int:
+    """A weight matrix's bytes on the GPU (float32 values there)."""
+    return tensor_bytes(m.values)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--preset", default="20b")
@@ -44,10 +49,16 @@ def main() -> None:
         model = load_model(open_checkpoint(d), torch.device("cuda"))
         load_s = time.perf_counter() - t0
     cfg = model.config
-    per_expert = (model.moe[0].gate_up.nbytes + model.moe[0].down.nbytes) / cfg.num_experts
-    dense = sum(tensor_bytes(v) for a in model.attention for v in vars(a).values())
-    dense += sum(tensor_bytes(t) for m in model.moe for t in (m.router_w, m.router_b, m.b1, m.b2, m.norm_w))
-    per_token = dense + tensor_bytes(model.lm_head) + cfg.num_layers * cfg.experts_per_token * per_expert
+    first = model.blocks[0].moe
+    per_expert = (first.gate_up.nbytes + first.down.nbytes) / cfg.num_experts
+    dense = sum(matrix_bytes(m) + tensor_bytes(bias) for b in model.blocks
+                for m, bias in ((b.attention.q, b.attention.q_bias), (b.attention.k, b.attention.k_bias),
+                                (b.attention.v, b.attention.v_bias), (b.attention.o, b.attention.o_bias)))
+    dense += sum(tensor_bytes(t) for b in model.blocks for t in (b.attention.norm, b.attention.sinks))
+    dense += sum(tensor_bytes(t) for b in model.blocks for t in (b.moe.router_w, b.moe.router_b, b.moe.b1, b.moe.b2,
+                                                                 b.moe.norm))
+    lm_head = matrix_bytes(model.unembedding)
+    per_token = dense + lm_head + cfg.num_layers * cfg.experts_per_token * per_expert
     with torch.no_grad():
         cache = KVCache()
         logits = forward(model, torch.arange(16, device="cuda"), cache)
@@ -62,8 +73,9 @@ def main() -> None:
             torch.cuda.synchronize()
         launches = sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
     print(f"device {name}; {args.preset} shape; model loaded in {load_s:.1f} s")
-    print(f"weights read per token: {per_token / 1e9:.2f} GB (experts {cfg.num_layers * cfg.experts_per_token * per_expert / 1e9:.2f} GB "
-          f"MXFP4, dense {dense / 1e9:.2f} GB + lm_head {tensor_bytes(model.lm_head) / 1e9:.2f} GB as float32)")
+    experts = cfg.num_layers * cfg.experts_per_token * per_expert
+    print(f"weights read per token: {per_token / 1e9:.2f} GB (experts {experts / 1e9:.2f} GB MXFP4, "
+          f"dense {dense / 1e9:.2f} GB + lm_head {lm_head / 1e9:.2f} GB as float32)")
     print(f"decode: {1 / dt:.1f} tokens/s ({dt * 1e3:.2f} ms/token); bandwidth ceiling "
           f"{peak / per_token:.0f} tokens/s; {100 * per_token / dt / peak:.1f}% of HBM bandwidth")
     print(f"device work per token: {launches} kernels and copies ({launches / cfg.num_layers:.0f} per layer)")

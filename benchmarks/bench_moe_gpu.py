@@ -26,11 +26,11 @@ import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from oss_convert.runtime.weights.expand import mxfp4_to_float  # noqa: E402
-from oss_convert.runtime.model.moe import mix_experts, swiglu  # noqa: E402
 from oss_convert.runtime.kernels.triton_moe import moe_mxfp4_triton  # noqa: E402
 from oss_convert.runtime.kernels.variants.mxfp4_words import to_words  # noqa: E402
 from oss_convert.runtime.kernels.variants.triton_moe_variants import moe_mxfp4_variants  # noqa: E402
+from oss_convert.runtime.model.moe import mix_experts, swiglu  # noqa: E402
+from oss_convert.runtime.weights.expand import mxfp4_to_float  # noqa: E402
 from oss_convert.runtime.weights.experts import PackedExperts  # noqa: E402
 
 HBM_PEAK = {"H100": 3.35e12, "H200": 4.8e12}  # bytes/s, SXM parts

@@ -39,7 +39,8 @@ def main() -> None:
     work = args.workdir
     src = ensure_fixture(work / f"gpt-oss-{args.preset}", args.preset)
     mixture = MIXTURES[args.mixture]
-    lossless, ref, ours = work / "lossless.gguf", work / f"llama-{args.mixture}.gguf", work / f"ours-{args.mixture}.gguf"
+    lossless = work / "lossless.gguf"
+    ref, ours = work / f"llama-{args.mixture}.gguf", work / f"ours-{args.mixture}.gguf"
     run_measured([sys.executable, "-m", "oss_convert.cli", "convert", str(src), "-o", str(lossless), "--force"])
     tools = {
         f"llama-quantize {mixture.name} (from MXFP4 GGUF)": (

@@ -45,7 +45,7 @@ from triton.compiler import ASTSource
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_moe_gpu import HBM_PEAK, H, I, TOP_K  # noqa: E402
+from bench_moe_gpu import HBM_PEAK, TOP_K, H, I  # noqa: E402
 
 HOPPER = GPUTarget("cuda", 90, 32)
 WARP_ISSUE_PER_S = 132 * 4 * 1.98e9  # H100/H200 SXM: SMs x schedulers x boost clock, one warp instruction each

@@ -24,8 +24,8 @@ from fixtures.checkpoints import write_checkpoint, write_sparse_gguf  # noqa: E4
 from oss_convert.checkpoint import open_checkpoint  # noqa: E402
 from oss_convert.convert.to_gguf import convert_lossless  # noqa: E402
 from oss_convert.memory.context import ContextOptions  # noqa: E402
-from oss_convert.memory.llama import llama_cpp_memory  # noqa: E402
 from oss_convert.memory.estimate import gguf_weight_bytes, model_shape  # noqa: E402
+from oss_convert.memory.llama import llama_cpp_memory  # noqa: E402
 
 MiB = 1 << 20
 PROBE = ROOT / "tests" / "reference" / "llama_memory.py"
@@ -89,8 +89,8 @@ def main() -> int:
             worst["total"] = [min(worst["total"][0], total), max(worst["total"][1], total)]
             worst["exact"] = max(worst["exact"], exact)
             print(f"{json.dumps(case):78s} KV {mine['kv_cache']:9.2f}/{theirs['kv_cache']:9.2f} MiB  "
-                  f"compute {mine['compute']:8.2f}/{theirs['compute']:8.2f} MiB ({compute:+5.1f}%)  total {total:+5.1f}%",
-                  flush=True)
+                  f"compute {mine['compute']:8.2f}/{theirs['compute']:8.2f} MiB ({compute:+5.1f}%)  "
+                  f"total {total:+5.1f}%", flush=True)
     print(f"\nweights, KV cache, output: largest difference {worst['exact']:.3f} MiB (llama.cpp prints 2 decimals)")
     print(f"compute: {worst['compute'][0]:+.1f}% to {worst['compute'][1]:+.1f}%; "
           f"total: {worst['total'][0]:+.1f}% to {worst['total'][1]:+.1f}%")

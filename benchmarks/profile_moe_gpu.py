@@ -21,7 +21,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_moe_gpu import H, I, TOP_K, both_layouts, random_experts, run_layer  # noqa: E402
+from bench_moe_gpu import TOP_K, H, I, both_layouts, random_experts, run_layer  # noqa: E402
 
 CONFIGS = [dict(), dict(split_k=2), dict(split_k=4), dict(one_per_tile=False), dict(block_n=32, block_k=256),
            dict(block_n=128, block_k=128, num_stages=3), dict(num_warps=2),

@@ -20,6 +20,7 @@ from .memory.context import KV_TYPES as KV_CACHE_TYPES
 from .plan.lossless import LOSSLESS, OUTTYPES
 from .plan.mixtures import MIXTURES
 
+
 class UserError(click.ClickException):
     """One `Error: ...` line, with the exit status the command reserves for bad input."""
 
@@ -144,7 +145,8 @@ def parse_bytes(value: str) -> int:
               help="Micro-batch size (llama.cpp's -ub).")
 @click.option("--batch", type=click.IntRange(1, 1 << 16), default=2048, show_default=True,
               help="Logical batch size (llama.cpp's -b).")
-@click.option("--swa-full", is_flag=True, help="Sliding-window layers cache the whole context (llama.cpp's --swa-full).")
+@click.option("--swa-full", is_flag=True,
+              help="Sliding-window layers cache the whole context (llama.cpp's --swa-full).")
 @click.option("--kv-unified", is_flag=True, help="One KV cache shared by all sequences (llama.cpp's --kv-unified).")
 @click.option("--gpu-memory", type=str, default=None,
               help="GPU memory to fit into, such as 24GB or 80GiB (GB = GiB, as cards are specified): "
@@ -325,8 +327,8 @@ def generate_cmd(model: Path, prompt: str, max_tokens: int, activations: str, de
     """Greedy generation through the chat template, from a checkpoint or a GGUF."""
     refuse_cuda_q8(activations, device)
     require_runtime("generate")
-    from .hub import open_downloaded
     from .generate import generate
+    from .hub import open_downloaded
 
     doc = generate(open_downloaded(model, local_dir), prompt, max_tokens=max_tokens, device=device,
                    activations=activations)
@@ -376,7 +378,8 @@ def verify_cmd(src: Path, port: Path, as_json: bool, require_fp4: bool, local_di
               help="MoE comparison: hidden states per layer.")
 @click.option("--seed", default=0, show_default=True, type=int, help="MoE comparison: seed of the hidden states.")
 @device_option
-@click.option("--json", "as_json", is_flag=True, help="Also write the report's data as JSON beside it (OUT with the suffix .json).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Also write the report's data as JSON beside it (OUT with the suffix .json).")
 @click.option("--force", is_flag=True, help="Overwrite OUT (and its .json) if they exist.")
 @local_dir_option
 @user_errors(exit_code=2)  # as verify: 1 is a finding

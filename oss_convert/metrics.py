@@ -27,7 +27,7 @@ class ErrorStats:
         if err.size:
             self.max_abs_err = max(self.max_abs_err, float(np.abs(err).max()))
 
-    def merge(self, other: "ErrorStats") -> None:
+    def merge(self, other: ErrorStats) -> None:
         self.n += other.n
         self.sum_sq_x += other.sum_sq_x
         self.sum_sq_err += other.sum_sq_err

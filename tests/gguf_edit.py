@@ -9,8 +9,6 @@ from gguf import GGMLQuantizationType as T
 
 from oss_convert.checkpoint import open_checkpoint
 from oss_convert.checkpoint.names import gguf_names
-from oss_convert.plan.layout import Target, iter_chunks
-from oss_convert.plan.lossless import float_type
 from oss_convert.files.gguf import (
     GGUFWriteTensor,
     Value,
@@ -19,6 +17,8 @@ from oss_convert.files.gguf import (
     write_gguf,
 )
 from oss_convert.formats import floats, mxfp4
+from oss_convert.plan.layout import Target, iter_chunks
+from oss_convert.plan.lossless import float_type
 
 
 def rewrite(src: Path, dst: Path, *, edit: dict | None = None, drop=(), meta: dict | None = None) -> Path:

@@ -30,7 +30,8 @@ def check_compiled_for_hopper(launches: list[tuple[list[int], dict, str]]) -> No
         for tokens, launch, mma in launches:
             report = stats.report(triton_moe, variants, tokens, **launch)
             kernels = report["kernels"]
-            assert {(k["tokens"], k["kernel"]) for k in kernels} == {(t, n) for t in tokens for n in ("gate_up", "down")}
+            expected = {(t, n) for t in tokens for n in ("gate_up", "down")}
+            assert {(k["tokens"], k["kernel"]) for k in kernels} == expected
             for k in kernels:
                 assert k["ops"].get(mma, 0) > 0, (launch, k)
                 assert not k["ops"].get("LDL") and not k["ops"].get("STL"), (launch, k)

@@ -31,7 +31,8 @@ def test_convert_refuses_options_of_the_other_mode(bundled, tmp_path):
                        "--outtype", "applies to the lossless --type mxfp4 only")
     assert_usage_error(run_cli("convert", bundled, "-o", out, "--keep-mxfp4-experts", code=2),
                        "--keep-mxfp4-experts", "applies only when requantizing")
-    assert_usage_error(run_cli("convert", bundled, "-o", out, "--threads", "2", code=2), "--threads", "applies only when requantizing")
+    assert_usage_error(run_cli("convert", bundled, "-o", out, "--threads", "2", code=2), "--threads",
+                       "applies only when requantizing")
     assert not out.exists()
 
 
@@ -49,14 +50,15 @@ def test_compare_refuses_options_of_the_other_mode(bundled, tiny_gguf):
                        "--seed", "not to --full")
     assert_usage_error(run_cli("compare", bundled, tiny_gguf, "--prompt", "hi", code=2), "--prompt", "with --full only")
     assert_usage_error(run_cli("compare", bundled, tiny_gguf, "--ctx", "64", code=2), "--ctx", "with --full only")
-    assert_usage_error(run_cli("compare", bundled, tiny_gguf, "--ctx", "64", "--prompt", "x", code=2), "--prompt, --ctx",
-                       "apply with --full only")
+    assert_usage_error(run_cli("compare", bundled, tiny_gguf, "--ctx", "64", "--prompt", "x", code=2),
+                       "--prompt, --ctx", "apply with --full only")
 
 
 def test_q8_activations_are_refused_where_they_cannot_run(bundled, tiny_gguf):
-    assert_usage_error(run_cli("compare", bundled, tiny_gguf, "--activations", "q8", code=2), "--activations", "with --full only")
-    assert_usage_error(run_cli("generate", bundled, "--prompt", "hi", "--activations", "q8", "--device", "cuda", code=2),
-                       "--activations q8", "--device cpu")
+    assert_usage_error(run_cli("compare", bundled, tiny_gguf, "--activations", "q8", code=2), "--activations",
+                       "with --full only")
+    assert_usage_error(run_cli("generate", bundled, "--prompt", "hi", "--activations", "q8", "--device", "cuda",
+                               code=2), "--activations q8", "--device cpu")
     assert_usage_error(run_cli("compare", bundled, tiny_gguf, "--full", "--prompt", "hi", "--activations", "q8",
                            "--device", "cuda", code=2), "--activations q8")
 

@@ -64,7 +64,8 @@ def test_expert_bytes_are_the_source_fp4_codes(tiny_gguf):
     blocks = tensor_array(src["model.layers.2.mlp.experts.gate_up_proj_blocks"], 0)
     scales = tensor_array(src["model.layers.2.mlp.experts.gate_up_proj_scales"], 0)
     want = mxfp4.decode_hf(blocks, scales)
-    for name, rows in (("blk.2.ffn_gate_exps.weight", slice(0, None, 2)), ("blk.2.ffn_up_exps.weight", slice(1, None, 2))):
+    for name, rows in (("blk.2.ffn_gate_exps.weight", slice(0, None, 2)),
+                       ("blk.2.ffn_up_exps.weight", slice(1, None, 2))):
         raw = g[name].raw().reshape(8, 64, 3, 17)
         # ggml's own reading of a block: byte 0 the exponent, qs[j] low = x[j], high = x[j + 16]
         codes = np.concatenate([raw[..., 1:] & 0x0F, raw[..., 1:] >> 4], axis=-1)

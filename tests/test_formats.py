@@ -243,7 +243,8 @@ FAKE_ROW = textwrap.dedent("""
     x = np.arange(32, dtype=np.float32)[None]
     print(json.dumps({
         "quantizers": 99 in registry.QUANTIZERS,
-        "decode": bool((registry.decode(registry.encode(x, 99), 99) == Q8_0Codec.dequantize(Q8_0Codec.quantize(x))).all()),
+        "decode": bool((registry.decode(registry.encode(x, 99), 99)
+                        == Q8_0Codec.dequantize(Q8_0Codec.quantize(x))).all()),
         "row check": validate.FP16_SCALES.get(99) == (0,),
         "kernel numbers": abi.FORMATS.get("FAKE") == 10,
         "Q8 formats": "FAKE" in abi.Q8_FORMATS,

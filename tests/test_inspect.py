@@ -10,6 +10,7 @@ import pytest
 from fixtures.checkpoints import PRESETS, ground_truth, write_checkpoint
 from tests.cli import run_cli
 
+
 def run_json(*args) -> dict:
     return json.loads(run_cli("inspect", *args, "--json").stdout)  # the whole of stdout is one JSON document
 

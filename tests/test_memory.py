@@ -14,8 +14,8 @@ from fixtures.checkpoints import write_checkpoint, write_sparse_gguf
 from oss_convert.checkpoint import open_checkpoint
 from oss_convert.convert.to_gguf import convert_lossless
 from oss_convert.memory.context import ContextOptions
-from oss_convert.memory.llama import llama_cpp_memory
 from oss_convert.memory.estimate import gguf_weight_bytes, memory_estimate, model_shape
+from oss_convert.memory.llama import llama_cpp_memory
 from oss_convert.memory.runtime import runtime_kv_bytes, runtime_weight_bytes
 from tests.cli import run_cli
 

@@ -119,8 +119,9 @@ def test_q8_activations_cost_about_what_llama_cpps_rounding_costs(bundled, tiny_
     layout); a bounded distance from transformers, of the order of llama.cpp's own."""
     gguf = tiny_gguf
     with torch.no_grad():
-        from_safetensors = forward(load_model(open_checkpoint(bundled), torch.device("cpu"), "q8"), torch.tensor(TOKENS))
-        from_gguf = forward(load_model(open_checkpoint(gguf), torch.device("cpu"), "q8"), torch.tensor(TOKENS))
+        q8_logits = lambda path: forward(load_model(open_checkpoint(path), torch.device("cpu"), "q8"),  # noqa: E731
+                                         torch.tensor(TOKENS))
+        from_safetensors, from_gguf = q8_logits(bundled), q8_logits(gguf)
     assert torch.equal(from_safetensors, from_gguf)
     hf, exact = hf_logits(bundled), ours(bundled)
     llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=512, n_batch=512, verbose=False, logits_all=True, n_threads=2)

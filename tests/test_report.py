@@ -199,7 +199,8 @@ def test_report_refuses_bad_input_before_any_work(bundled, ports, tmp_path):
     fresh = tmp_path / "fresh.html"
     for args, message in [((ports["lossless"], bundled), "is a GGUF; verify takes the source checkpoint first"),
                           ((bundled, ports["lossless"], "--layers", "9"), "--layers '9': the model has layers 0..3"),
-                          ((bundled, ports["lossless"], "--tokens-file", ports["text"]), "expected whitespace-separated")]:
+                          ((bundled, ports["lossless"], "--tokens-file", ports["text"]),
+                           "expected whitespace-separated")]:
         result = run_cli("report", *args, "-o", fresh, code=2)
         assert message in result.output, result.output
         assert len(result.output.strip().splitlines()) == 1 and not fresh.exists()

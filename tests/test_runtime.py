@@ -208,9 +208,11 @@ def test_gguf_expert_loaders_agree_with_the_dequantizers(small_gguf, tmp_path, q
     port = tmp_path / f"{qtype.name}.gguf"
     from oss_convert.files.gguf import GGUFWriteTensor, write_gguf
     src = read_gguf(small_gguf)
+    def data(name, t):
+        return (lambda: requant(np.array(t.raw()))) if name in edits else t.raw
+
     with open(port, "wb") as f:
-        write_gguf(f, src.metadata, [GGUFWriteTensor(n, int(qtype) if n in edits else t.type, t.shape,
-                                                   (lambda t=t, fn=edits.get(n): fn(np.array(t.raw())) if fn else t.raw()))
+        write_gguf(f, src.metadata, [GGUFWriteTensor(n, int(qtype) if n in edits else t.type, t.shape, data(n, t))
                                      for n, t in src.tensors.items()])
     layer = load_layer(port, 0)
     stored = read_gguf(port).tensors

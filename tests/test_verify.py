@@ -88,7 +88,8 @@ def _flip_nibble(expert, row, block, which):
 
 
 def test_one_flipped_nibble_is_located(src, lossless, tmp_path):
-    port = gguf_edit.rewrite(lossless, tmp_path / "p.gguf", edit={"blk.1.ffn_up_exps.weight": _flip_nibble(2, 17, 5, 3)})
+    flip = {"blk.1.ffn_up_exps.weight": _flip_nibble(2, 17, 5, 3)}
+    port = gguf_edit.rewrite(lossless, tmp_path / "p.gguf", edit=flip)
     code, doc = verify(src, port)
     assert code == 1
     t = by_port(doc, "blk.1.ffn_up_exps.weight")
@@ -177,7 +178,8 @@ def test_missing_tensor_and_wrong_hyperparameter(src, lossless, tmp_path):
     code, doc = verify(src, port)
     assert code == 1
     missing = [t for t in doc["tensors"] if t["status"] == "missing"]
-    assert [(t["source"], t["port"]) for t in missing] == [("model.layers.1.self_attn.sinks", "blk.1.attn_sinks.weight")]
+    assert [(t["source"], t["port"]) for t in missing] == [
+        ("model.layers.1.self_attn.sinks", "blk.1.attn_sinks.weight")]
     bad = [m for m in doc["metadata"] if not m["ok"]]
     assert bad == [{"key": "gpt-oss.expert_used_count", "expected": 4, "found": 2, "ok": False}]
     assert doc["summary"]["fp4_preserved"]  # the experts themselves are intact
@@ -188,4 +190,5 @@ def test_human_output_and_unreadable_input(src, lossless, tmp_path):
     (tmp_path / "bad.gguf").write_bytes(b"nope")
     assert run_cli("verify", src, tmp_path / "bad.gguf", code=2).output.startswith("Error: ")
     result = run_cli("verify", lossless, src, code=2)  # the two the wrong way round
-    assert result.output == f"Error: {lossless}: is a GGUF; verify takes the source checkpoint first, then the GGUF port\n"
+    assert result.output == (f"Error: {lossless}: is a GGUF; verify takes the source checkpoint first, "
+                             "then the GGUF port\n")

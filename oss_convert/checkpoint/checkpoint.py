@@ -10,9 +10,9 @@ Two views of the same weights, both as `Tensor`s:
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
-from typing import Callable
 
 from ..errors import OssConvertError
 from .config import GptOssConfig

@@ -49,7 +49,7 @@ class GptOssConfig:
         return d
 
     @classmethod
-    def from_hf(cls, cfg: dict, where: str) -> "GptOssConfig":
+    def from_hf(cls, cfg: dict, where: str) -> GptOssConfig:
         f = _Fields(cfg, where)
         rope = f.table("rope_scaling")
         r = _Fields(rope, f"{where}: rope_scaling")
@@ -70,7 +70,7 @@ class GptOssConfig:
         ), where)
 
     @classmethod
-    def from_original(cls, cfg: dict, where: str) -> "GptOssConfig":
+    def from_original(cls, cfg: dict, where: str) -> GptOssConfig:
         f = _Fields(cfg, where)
         factor = f.float("rope_scaling_factor", 32.0)
         initial = f.int("initial_context_length", 4096, hi=MAX_CONTEXT)
@@ -87,7 +87,7 @@ class GptOssConfig:
         ), where)
 
     @classmethod
-    def from_gguf(cls, meta: dict, arch: str, where: str) -> "GptOssConfig":
+    def from_gguf(cls, meta: dict, arch: str, where: str) -> GptOssConfig:
         f = _Fields({k[len(arch) + 1:]: v for k, v in meta.items() if k.startswith(arch + ".")},
                     where, prefix=arch + ".")
         tokens = meta.get("tokenizer.ggml.tokens")
@@ -116,7 +116,7 @@ class GptOssConfig:
         ), where)
 
 
-def _json_fields(f: "_Fields") -> dict:
+def _json_fields(f: _Fields) -> dict:
     """The fields the HF config.json and OpenAI's original/ config.json name alike."""
     return dict(num_layers=f.int("num_hidden_layers"), vocab_size=f.int("vocab_size"),
                 hidden_size=f.int("hidden_size"), intermediate_size=f.int("intermediate_size"),

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Callable
 
 import numpy as np
 from gguf import GGMLQuantizationType as T
@@ -69,7 +69,7 @@ class Tensor:
     viewer: Callable[[int], Stored]  # row i of axis 0 (an expert), memory-mapped
     ggml_type: int | None = None  # the type code, for tensors stored in a GGUF
     stored_name: str = ""  # the name in the file, where it differs (for messages)
-    interleaved: tuple["Tensor", "Tensor"] | None = None  # the gate and up this gate_up's rows alternate
+    interleaved: tuple[Tensor, Tensor] | None = None  # the gate and up this gate_up's rows alternate
     mapper: Callable[[], Stored] | None = None  # the whole stored form, memory-mapped (where it is one piece)
 
     def __post_init__(self):
@@ -124,7 +124,7 @@ class Tensor:
     def values(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         return self.decode(self.read(start, stop))
 
-    def renamed(self, name: str, role: Role, layer: int | None) -> "Tensor":
+    def renamed(self, name: str, role: Role, layer: int | None) -> Tensor:
         return dataclasses.replace(self, name=name, role=role, layer=layer)
 
 

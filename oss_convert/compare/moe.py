@@ -55,7 +55,8 @@ def compare_moe(a: Checkpoint, b: Checkpoint, layers: str = "all", tokens: int =
     dev = pick_device(device)
     source_a, source_b = WeightSource(a, dev), WeightSource(b, dev)
     results = []
-    for n in tqdm(parse_layers(layers, ca.num_layers), desc="MoE layers", unit="layer", disable=not sys.stderr.isatty()):
+    chosen = parse_layers(layers, ca.num_layers)
+    for n in tqdm(chosen, desc="MoE layers", unit="layer", disable=not sys.stderr.isatty()):
         la, lb = MoEBlock.from_weights(source_a, n), MoEBlock.from_weights(source_b, n)
         x = hidden_states(la.norm, tokens, seed, n, dev)
         with torch.no_grad():

@@ -8,8 +8,8 @@ from gguf import GGML_QUANT_VERSION
 from gguf.utility import size_label
 
 from ..checkpoint.config import GptOssConfig
-from ..files.gguf import Value, ValueType
 from ..checkpoint.tokenizer import GGUF_SPECIAL_KEYS, GPT_OSS_PRE_TOKENIZER, Vocab
+from ..files.gguf import Value, ValueType
 
 ARCH = "gpt-oss"
 # llama_ftype values (include/llama.h)

@@ -12,9 +12,9 @@ from __future__ import annotations
 import contextvars
 import math
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 from gguf import GGMLQuantizationType as T

@@ -40,8 +40,8 @@ def _write_plan(ckpt: Checkpoint) -> list[SafetensorsWriteTensor]:
     for t in ckpt.model_tensors:
         if t.role.is_expert_weight:
             if t.format != "MXFP4":
-                raise OssConvertError(f"{t.where}: {t.stored_name} is {t.format}, not MXFP4; --to safetensors keeps the "
-                                      "FP4 bits and cannot re-encode requantized experts")
+                raise OssConvertError(f"{t.where}: {t.stored_name} is {t.format}, not MXFP4; --to safetensors keeps "
+                                      "the FP4 bits and cannot re-encode requantized experts")
             E, rows, K = t.shape
             out.append(SafetensorsWriteTensor(t.name + "_blocks", "U8", (E, rows, K // 32, 16),
                                               lambda t=t: (t.hf_mxfp4(t.read(e, e + 1))[0] for e in range(t.shape[0]))))
@@ -49,8 +49,8 @@ def _write_plan(ckpt: Checkpoint) -> list[SafetensorsWriteTensor]:
                                               lambda t=t: (t.hf_mxfp4(t.read(e, e + 1))[1] for e in range(t.shape[0]))))
             continue
         if t.format not in NARROWABLE:
-            raise OssConvertError(f"{t.where}: {t.stored_name} is {t.format}; --to safetensors takes lossless checkpoints "
-                                  "(MXFP4 experts, F32/BF16/F16/Q8_0 elsewhere)")
+            raise OssConvertError(f"{t.where}: {t.stored_name} is {t.format}; --to safetensors takes lossless "
+                                  "checkpoints (MXFP4 experts, F32/BF16/F16/Q8_0 elsewhere)")
         out.append(SafetensorsWriteTensor(t.name, "BF16", t.shape, lambda t=t: _bf16_words(t)))
     return sorted(out, key=lambda t: t.name)
 

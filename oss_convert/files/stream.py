@@ -15,7 +15,8 @@ import functools
 import mmap
 import os
 import sys
-from typing import BinaryIO, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import BinaryIO
 
 import numpy as np
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import ctypes
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -96,7 +96,7 @@ class Tables:
     d16_unit: np.ndarray  # float32 [16]: that d after fp16 storage
 
 
-@lru_cache(maxsize=None)
+@cache
 def tables(codec: type[Codec]) -> Tables:
     layout = LAYOUTS[codec]
     m, c = np.divmod(np.arange(256), 16)

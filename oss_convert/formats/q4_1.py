@@ -21,7 +21,8 @@ class Q4_1Codec(Codec, ggml_type=T.Q4_1):
     def quantize_blocks(blocks: np.ndarray) -> np.ndarray:
         mn, mx = first_min_max(blocks)
         d = ((mx - mn) / F32(15)).astype(F32)
-        as_int8 = ((toward_zero((blocks - mn[:, None]) * reciprocal_or_zero(d)[:, None] + F32(0.5)) & 0xFF) ^ 0x80) - 0x80
+        codes = toward_zero((blocks - mn[:, None]) * reciprocal_or_zero(d)[:, None] + F32(0.5))
+        as_int8 = ((codes & 0xFF) ^ 0x80) - 0x80
         q = np.minimum(15, as_int8) & 0xFF
         out = np.empty((blocks.shape[0], Q4_1Codec.block_bytes), np.uint8)
         out[:, 0:2] = fp16_bits(d).reshape(-1, 1).view(np.uint8)

@@ -32,7 +32,7 @@ class ContextOptions:
         if self.parallel < 1 or self.ubatch < 1 or self.batch < 1:
             raise OssConvertError("--parallel, --ubatch and --batch must be at least 1")
 
-    def with_ctx(self, ctx: int) -> "ContextOptions":
+    def with_ctx(self, ctx: int) -> ContextOptions:
         return ContextOptions(ctx, self.kv_type, self.parallel, self.ubatch, self.batch, self.swa_full,
                               self.kv_unified)
 

@@ -7,8 +7,8 @@ says which rows of its source it takes.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from ..checkpoint import Checkpoint, Tensor
 from ..checkpoint.names import gguf_names

@@ -17,7 +17,8 @@ STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1150px; padding: 0 1em; color: #222; }
 h1 { font-size: 1.5em; margin-bottom: 0.2em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ccc; }
 .verdict { font-size: 1.1em; padding: 0.8em 1em; border-radius: 4px; }
-.ok { background: #e6f4ea; border-left: 6px solid #1b7837; } .finding { background: #fdecea; border-left: 6px solid #d7191c; }
+.ok { background: #e6f4ea; border-left: 6px solid #1b7837; }
+.finding { background: #fdecea; border-left: 6px solid #d7191c; }
 table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; }
 th, td { border: 1px solid #ddd; padding: 2px 8px; text-align: left; vertical-align: top; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
@@ -151,6 +152,8 @@ def render_page(doc: dict) -> str:
                         if c != figures.MODEL_COLUMN), default=-1)
     counts = ", ".join(f"{n} {k}" for k, n in v["summary"]["counts"].items() if n)
     status = doc["exit_status"]
+    meaning = "every tensor bit-identical or a reference requantization, metadata agrees" if status == 0 \
+        else "a finding"
     changed = sum(t["status"] != "bit-identical" for t in v["tensors"])
     body = [
         f"<h1>Port report: {_e(doc['artifacts']['port']['where'])}</h1>",
@@ -158,7 +161,7 @@ def render_page(doc: dict) -> str:
         f'<section id="verdict"><p class="verdict {"ok" if status == 0 else "finding"}" data-field="verdict">'
         f'{_e(v["summary"]["verdict"])}</p><p data-field="exit_status" data-value="{status}">'
         f"<code>oss-convert verify</code> exits {status}"
-        f' ({"every tensor bit-identical or a reference requantization, metadata agrees" if status == 0 else "a finding"})'
+        f" ({meaning})"
         "</p></section>",
         _section("artifacts", "The two artifacts", _artifacts(doc)),
         _section("tensors", "Error per layer and tensor",

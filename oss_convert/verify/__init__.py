@@ -99,8 +99,8 @@ def render(doc: dict) -> str:
                            f"{fb['expert']} row {fb['row']} block {fb['block']}")
             if "expected_shape" in t:
                 detail = f"expected {t['expected_shape']}, found {t['found_shape']}"
-            rows.append([t["source"] or "-", t["port"] or "-", f"{t['source_format'] or '-'}->{t['port_format'] or '-'}",
-                         t["status"], detail])
+            formats = f"{t['source_format'] or '-'}->{t['port_format'] or '-'}"
+            rows.append([t["source"] or "-", t["port"] or "-", formats, t["status"], detail])
         lines += ["  " + r for r in table(rows, ["source", "port", "format", "status", "details"])]
     bad_meta = [m for m in doc["metadata"] if not m["ok"]]
     lines.append(f"Metadata: {len(doc['metadata']) - len(bad_meta)}/{len(doc['metadata'])} checks agree")

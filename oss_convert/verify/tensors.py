@@ -48,8 +48,8 @@ def pair_tensors(src: Checkpoint, port: Checkpoint) -> tuple[list[tuple[Target, 
                 continue
             used.add(t.name)
             if t.ggml_shape != target.ggml_shape:
-                decided.append(TensorCheck(hf.name, t.name, hf.format, t.format, "shape-mismatch",
-                                           {"expected_shape": list(target.ggml_shape), "found_shape": list(t.ggml_shape)}))
+                shapes = {"expected_shape": list(target.ggml_shape), "found_shape": list(t.ggml_shape)}
+                decided.append(TensorCheck(hf.name, t.name, hf.format, t.format, "shape-mismatch", shapes))
                 continue
             pairs.append((target, t))
     for name, t in tensors.items():

@@ -20,5 +20,5 @@ def llama_quantize(src: Path, dst: Path, file_type: int, *, pure: bool = False, 
 
 if __name__ == "__main__":
     import sys
-    llama_quantize(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), pure=len(sys.argv) > 4 and sys.argv[4] == "pure",
-                   threads=int(sys.argv[5]) if len(sys.argv) > 5 else 2)
+    pure, threads = len(sys.argv) > 4 and sys.argv[4] == "pure", int(sys.argv[5]) if len(sys.argv) > 5 else 2
+    llama_quantize(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), pure=pure, threads=threads)

@@ -62,7 +62,7 @@ class AttentionBlock:
     native: object | None = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def from_weights(cls, source: WeightSource, layer: int) -> "AttentionBlock":
+    def from_weights(cls, source: WeightSource, layer: int) -> AttentionBlock:
         cfg = source.config
         prefix = f"model.layers.{layer}."
         matrix = lambda name: source.matrix(prefix + name)  # noqa: E731

@@ -88,7 +88,7 @@ class MoEBlock:
     native: object | None = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def from_weights(cls, source: WeightSource, layer: int) -> "MoEBlock":
+    def from_weights(cls, source: WeightSource, layer: int) -> MoEBlock:
         """Layer `layer`'s MoE block, the experts left in the file's pages on the CPU."""
         cfg = source.config
         prefix = f"model.layers.{layer}."
@@ -99,7 +99,7 @@ class MoEBlock:
                    source.experts(prefix + "mlp.experts.down_proj"), vector("mlp.experts.down_proj_bias"),
                    cfg.swiglu_limit, cfg.swiglu_alpha)
 
-    def to(self, device) -> "MoEBlock":
+    def to(self, device) -> MoEBlock:
         move = lambda t: t.to(device)  # noqa: E731
         return MoEBlock(self.layer, self.top_k, move(self.norm), move(self.router_w), move(self.router_b),
                         self.gate_up.to(device), move(self.b1), self.down.to(device), move(self.b2),

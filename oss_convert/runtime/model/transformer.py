@@ -32,7 +32,7 @@ class DecoderBlock:
     moe: MoEBlock
 
     @classmethod
-    def from_weights(cls, source: WeightSource, layer: int) -> "DecoderBlock":
+    def from_weights(cls, source: WeightSource, layer: int) -> DecoderBlock:
         return cls(AttentionBlock.from_weights(source, layer), MoEBlock.from_weights(source, layer))
 
     def forward(self, x: torch.Tensor, step: StepInputs, cache: KVCache | None) -> torch.Tensor:
@@ -52,7 +52,7 @@ class Transformer:
     device: torch.device
 
     @classmethod
-    def from_weights(cls, source: WeightSource) -> "Transformer":
+    def from_weights(cls, source: WeightSource) -> Transformer:
         """Every weight at once, for generation (a KV cache needs all layers at every step). The
         embedding stays in the file's pages, a token's row read at a time (1.2 GB on the 20b)."""
         blocks = [DecoderBlock.from_weights(source, n) for n in range(source.config.num_layers)]

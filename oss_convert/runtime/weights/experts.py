@@ -37,7 +37,7 @@ class PackedExperts:
     scales: torch.Tensor | None = None  # MXFP4: E8M0 bytes [E, N, K/32]
     activations: str = "float32"  # on the CPU, "q8": rounded as llama.cpp does (native.ACTIVATIONS)
 
-    def to(self, device) -> "PackedExperts":
+    def to(self, device) -> PackedExperts:
         return PackedExperts(self.format, self.shape, self.data.to(device),
                              None if self.scales is None else self.scales.to(device), self.activations)
 
@@ -111,7 +111,7 @@ class MappedExperts:
         products = [matmul(native.library(), p.format, p.data, p.scales, (n, k), x, self.activations) for p in parts]
         return products[0] if len(products) == 1 else torch.stack(products, dim=-1).flatten(-2)
 
-    def to(self, device) -> "MappedExperts | PackedExperts":
+    def to(self, device) -> MappedExperts | PackedExperts:
         device = torch.device(device)
         return self if device.type == "cpu" else self.resident(device)
 
@@ -121,9 +121,9 @@ class MappedExperts:
         for e in range(self.shape[0]):
             data, scales = (None if a is None else torch.from_numpy(np.array(a)) for a in self.packed(e))
             if out is None:
-                out = PackedExperts(self.format, self.shape, data.new_empty((self.shape[0],) + data.shape, device=device),
-                                    None if scales is None else
-                                    scales.new_empty((self.shape[0],) + scales.shape, device=device), self.activations)
+                stack = lambda a: a.new_empty((self.shape[0],) + a.shape, device=device)  # noqa: E731
+                out = PackedExperts(self.format, self.shape, stack(data), None if scales is None else stack(scales),
+                                    self.activations)
             out.data[e] = data
             if scales is not None:
                 out.scales[e] = scales

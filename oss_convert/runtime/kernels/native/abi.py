@@ -36,7 +36,8 @@ class MoeLayerStruct(ctypes.Structure):
 
 def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     """Each exported function's argument and result types (as kernels.h and decoder.c declare them)."""
-    pointers, int64s, ints = ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_int)
+    pointers, int64s = ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_int64)
+    ints = ctypes.POINTER(ctypes.c_int)
     product = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
                ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
     signatures = {

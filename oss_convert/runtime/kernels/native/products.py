@@ -72,12 +72,13 @@ def batch_matmul(lib: ctypes.CDLL, products: list[Product], activations: str = "
         if x.shape != (tokens, p.shape[1]) or p.y.shape != (tokens, p.shape[0]) or not p.y.is_contiguous() \
                 or p.y.dtype != torch.float32:
             raise ValueError(f"batch_matmul: {p.format} {p.shape} with x {tuple(x.shape)}, y {tuple(p.y.shape)}")
+    ints, int64s, pointers = ctypes.c_int * count, ctypes.c_int64 * count, ctypes.c_void_p * count
     check(lib.oss_matmul_batch(
-        count, (ctypes.c_int * count)(*(FORMATS[p.format] for p in products)),
-        (ctypes.c_void_p * count)(*map(address, data)), (ctypes.c_void_p * count)(*map(address, scales)),
-        (ctypes.c_int64 * count)(*(p.shape[0] for p in products)), (ctypes.c_int64 * count)(*(p.shape[1] for p in products)),
-        (ctypes.c_void_p * count)(*(x.data_ptr() for x in xs)), (ctypes.c_void_p * count)(*(p.y.data_ptr() for p in products)),
-        (ctypes.c_int * count)(*(q8_flag(activations, p.format) for p in products)), tokens, torch.get_num_threads()),
+        count, ints(*(FORMATS[p.format] for p in products)), pointers(*map(address, data)),
+        pointers(*map(address, scales)), int64s(*(p.shape[0] for p in products)),
+        int64s(*(p.shape[1] for p in products)), pointers(*(x.data_ptr() for x in xs)),
+        pointers(*(p.y.data_ptr() for p in products)), ints(*(q8_flag(activations, p.format) for p in products)),
+        tokens, torch.get_num_threads()),
         f"batch_matmul of {[(p.format, p.shape) for p in products]}")
 
 
