@@ -130,11 +130,17 @@ def compiled(sources: Sources, extra_flags: tuple[str, ...] = (), openmp: bool =
     return build(sources, extra_flags, openmp).path
 
 
+def _load(path: Path) -> ctypes.CDLL:
+    return ctypes.CDLL(str(path))
+
+
 def library(sources: Sources, what: str, fallback: str, openmp: bool = False,
-            load: Callable[[Path], ctypes.CDLL] = ctypes.CDLL) -> ctypes.CDLL | None:
+            load: Callable[[Path], ctypes.CDLL] | None = None) -> ctypes.CDLL | None:
     """The library built from `sources`, loaded by `load` (a cached one that will not load, say
     truncated, is built anew); None where it cannot be built or loaded, with one note on stderr
     that says why: "note: {what} could not be built (...); {fallback}"."""
+    if load is None:
+        load = _load
     made = build(sources, openmp=openmp)
     if made.path is not None:
         try:

@@ -242,6 +242,7 @@ def convert_cmd(src: Path, out: Path | None, target: str, qtype: str, outtype: s
     ckpt = open_downloaded(src, local_dir)
     if not to_gguf:
         from .convert.to_safetensors import convert_to_safetensors
+        assert out is not None  # (--dry-run is gguf's)
         result = convert_to_safetensors(ckpt, out, force=force)
         return emit_json(result) if as_json else click.echo(f"wrote {out} ({result['tensors']} tensors)", err=True)
 
@@ -252,6 +253,7 @@ def convert_cmd(src: Path, out: Path | None, target: str, qtype: str, outtype: s
         return emit_json({"plan": doc}) if as_json else click.echo(render_plan(doc))
     if not as_json:  # the whole plan where types are being chosen, its headline otherwise
         click.echo(render_plan(doc, groups=requantizing), err=True)
+    assert out is not None  # (checked above, where it is not a dry run)
     result = conversion.run(out, force=force)
     if as_json:
         emit_json({"plan": doc, "result": result})

@@ -197,6 +197,8 @@ def open_remote(spec, files: list[str] | None = None) -> Checkpoint:
     """A header-only checkpoint for a Hub repo: nothing of the weights is downloaded. `files`:
     the repo's listing, where the caller has it already."""
     ref = parse(spec)
+    if ref is None:
+        raise OssConvertError(f"{spec}: not a Hub repo id")
     files = repo_files(ref) if files is None else files
     ggufs = _ggufs(files, ref)
     if ggufs and (ref.path or not any(f.endswith(".safetensors") for f in files)):

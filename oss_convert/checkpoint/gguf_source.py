@@ -31,11 +31,11 @@ def gguf_checkpoint(path, gguf: GGUFFile) -> Checkpoint:
     architecture = gguf.get("general.architecture")
     if architecture is not None and not isinstance(architecture, str):
         raise OssConvertError(f"{where}: metadata general.architecture must be a string, found {architecture!r}"[:300])
-    layout = LAYOUTS.get(architecture, "other")
+    layout = LAYOUTS.get(architecture, "other") if architecture is not None else "other"
     metadata = {k: v.value for k, v in gguf.metadata.items()}
     tensors = [_tensor(t, layout) for t in gguf.tensors.values()]
     config, model = None, []
-    if layout != "other":
+    if architecture is not None and layout != "other":
         config = GptOssConfig.from_gguf(metadata, architecture, where)
         model = _hf_view({t.name: t for t in tensors}, layout, config.num_layers)
         check_shapes(model, config)
@@ -75,11 +75,12 @@ def _hf_view(by_name: dict[str, Tensor], layout: str, num_layers: int) -> list[T
     out = []
     for hf in hf_names(num_layers):
         parts = gguf_names(hf, layout)
-        found = [by_name.get(p.gguf) for p in parts]
-        if not parts or None in found:
+        found = [by_name[p.gguf] for p in parts if p.gguf in by_name]
+        if not parts or len(found) < len(parts):
             continue
         role, layer = classify(hf, "hf")
         if len(found) == 2:
+            assert layer is not None  # gate and up are a layer's
             out.append(fused_gate_up(hf, role, layer, *found))
         else:
             out.append(found[0].renamed(hf, role, layer))

@@ -110,7 +110,7 @@ class GGUFName:
     part: str = "all"  # "all", "gate" (even rows of gate_up), "up" (odd rows), "fused"
 
 
-_LLAMA_CPP_LAYER = {
+_LLAMA_CPP_LAYER: dict[str, list[str | tuple[str, str]]] = {
     "input_layernorm.weight": ["attn_norm.weight"],
     "post_attention_layernorm.weight": ["post_attention_norm.weight"],
     "self_attn.q_proj.weight": ["attn_q.weight"], "self_attn.q_proj.bias": ["attn_q.bias"],
@@ -124,7 +124,7 @@ _LLAMA_CPP_LAYER = {
     "mlp.experts.down_proj": ["ffn_down_exps.weight"],
     "mlp.experts.down_proj_bias": ["ffn_down_exps.bias"],
 }
-_OLLAMA_LAYER = {
+_OLLAMA_LAYER: dict[str, list[str | tuple[str, str]]] = {
     **_LLAMA_CPP_LAYER,
     "post_attention_layernorm.weight": ["ffn_norm.weight"],
     "self_attn.o_proj.weight": ["attn_out.weight"], "self_attn.o_proj.bias": ["attn_out.bias"],

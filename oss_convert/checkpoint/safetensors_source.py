@@ -177,7 +177,7 @@ def _mxfp4_tensor(base: str, blocks: StoredTensor, scales: StoredTensor, layout:
 
 def infer_config(tensors: list[Tensor], layout: str, root) -> GptOssConfig:
     """Hyperparameters read off the tensor shapes, for a checkpoint without config.json."""
-    by_role = {}
+    by_role: dict[Role, Tensor] = {}
     for t in tensors:
         by_role.setdefault(t.role, t)
     try:

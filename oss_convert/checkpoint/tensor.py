@@ -22,6 +22,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from typing import cast
 
 import numpy as np
 from gguf import GGMLQuantizationType as T
@@ -101,15 +102,16 @@ class Tensor:
     def hf_mxfp4(self, stored: Stored) -> tuple[np.ndarray, np.ndarray]:
         """HF blocks and scales of (part of) an MXFP4 tensor's stored form, from any layout."""
         if self.ggml_type == T.MXFP4:
-            return mxfp4.ggml_to_hf(stored)
+            return mxfp4.ggml_to_hf(cast(np.ndarray, stored))
         if self.ggml_type == OLLAMA_MXFP4:
-            return mxfp4.ollama_to_hf(stored)
-        return stored
+            return mxfp4.ollama_to_hf(cast(np.ndarray, stored))
+        return cast(tuple[np.ndarray, np.ndarray], stored)  # safetensors' pair
 
     def decode(self, stored: Stored) -> np.ndarray:
         """float32 values of (part of) this tensor's stored form, exactly as its codec defines them."""
         if self.format == "MXFP4":
             return mxfp4.decode_hf(*self.hf_mxfp4(stored))
+        stored = cast(np.ndarray, stored)  # (only MXFP4 comes as a pair)
         if self.format in FLOAT_FORMATS:
             return floats.to_float32(stored, self.format)
         if self.ggml_type is None:
@@ -131,7 +133,8 @@ class Tensor:
 def interleave_rows(gate: Stored, up: Stored, axis: int = 1) -> Stored:
     """gate rows at even, up rows at odd positions of `axis` (MXFP4: of blocks and scales alike)."""
     if isinstance(gate, tuple):
-        return tuple(interleave_rows(g, u, axis) for g, u in zip(gate, up))
+        blocks, scales = (cast(np.ndarray, interleave_rows(g, u, axis)) for g, u in zip(gate, up))
+        return blocks, scales
     shape = list(gate.shape)
     shape[axis] *= 2
     out = np.empty(shape, gate.dtype)
@@ -164,7 +167,11 @@ def fused_gate_up(name: str, role: Role, layer: int, gate: Tensor, up: Tensor) -
 def row_slice(name: str, t: Tensor, start: int, rows: int) -> Tensor:
     """Rows [start, start + rows) of a tensor as a tensor of its own (a q/k/v of a fused qkv)."""
     per_row = t.nbytes // t.shape[0]
+    whole = t.mapper
+
+    def mapper() -> Stored:
+        assert whole is not None
+        return cast(np.ndarray, whole())[start:start + rows]
     return Tensor(name, t.role, t.layer, t.format, (rows,) + t.shape[1:], per_row * rows, t.where,
                   lambda a, b: t.read(start + a, start + b), lambda i: t.view(start + i), t.ggml_type,
-                  f"rows {start}-{start + rows - 1} of {t.stored_name}",
-                  mapper=None if t.mapper is None else lambda: t.mapper()[start:start + rows])
+                  f"rows {start}-{start + rows - 1} of {t.stored_name}", mapper=None if whole is None else mapper)

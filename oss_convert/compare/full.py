@@ -24,7 +24,7 @@ def model_logits(ckpt: Checkpoint, tokens: list[int], ctx: int, device, activati
     layer in memory at a time."""
     check_token_ids(ckpt, tokens)
     windows = [torch.tensor(tokens[start:start + ctx]) for start in range(0, len(tokens), ctx)]
-    with tqdm(total=ckpt.config.num_layers, unit="layer", desc=Path(ckpt.where).name,
+    with tqdm(total=ckpt.require_config().num_layers, unit="layer", desc=Path(ckpt.where).name,
               disable=not sys.stderr.isatty()) as bar:
         logits = streamed_logits(ckpt, windows, device, progress=lambda _: bar.update(), activations=activations)
     if len(logits) == 1:  # not copied: [positions, vocab] float32 is 412 MB at 512 positions

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
+from collections.abc import Sequence
 
 from ..files.gguf import tensor_nbytes
 from ..plan.lossless import PlannedTensor
@@ -13,15 +14,13 @@ _LAYER = re.compile(r"^blk\.(\d+)\.")
 
 
 def _ranges(layers: list[int]) -> str:
-    out, start, prev = [], None, None
-    for n in sorted(layers) + [None]:
-        if start is None:
-            start = prev = n
-        elif n is not None and n == prev + 1:
-            prev = n
+    """0,1,2,5,7,8 -> 0-2,5,7-8"""
+    out: list[str] = []
+    for n in sorted(layers):
+        if out and n == int(out[-1].split("-")[-1]) + 1:
+            out[-1] = f"{out[-1].split('-')[0]}-{n}"
         else:
-            out.append(str(start) if start == prev else f"{start}-{prev}")
-            start = prev = n
+            out.append(str(n))
     return ",".join(out)
 
 
@@ -41,7 +40,7 @@ def plan_groups(tensors: list[PlannedTensor]) -> list[dict]:
     return list(groups.values())
 
 
-def plan_document(title: str, tensors: list[PlannedTensor], warnings: list[str] = ()) -> dict:
+def plan_document(title: str, tensors: list[PlannedTensor], warnings: Sequence[str] = ()) -> dict:
     types: dict[str, int] = {}
     for p in tensors:
         types[p.type.name] = types.get(p.type.name, 0) + 1

@@ -86,9 +86,10 @@ def decode_piece(target: Target, piece) -> np.ndarray:
 
 def _requantize_piece(target: Target, qtype: T, piece) -> tuple[np.ndarray, ErrorStats]:
     codec = QUANTIZERS.get(qtype)
-    if target.source.format == "MXFP4" and mxfp4_requant.supports(codec):
+    by_table = mxfp4_requant.requantizer(codec)
+    if target.source.format == "MXFP4" and by_table is not None:
         blocks, scales = piece
-        data, stats = mxfp4_requant.requantize(blocks, scales, codec)
+        data, stats = mxfp4_requant.requantize(blocks, scales, by_table)
         return data.reshape(blocks.shape[0], -1), stats
     values = decode_piece(target, piece)
     data = encode(values, qtype)
@@ -140,7 +141,7 @@ def cost_document(plan: RequantPlan) -> dict:
     """Per requantized tensor error figures, and the bits per weight of the whole file."""
     tensors = []
     for p in plan.tensors:
-        if p.name in plan.stats:
+        if p.name in plan.stats and p.converter_type is not None:  # (a requantized tensor)
             tensors.append({"name": p.name, "from": p.converter_type.name, "to": p.type.name,
                             **plan.stats[p.name].summary()})
     params = sum(math.prod(p.shape) for p in plan.tensors)

@@ -3,6 +3,7 @@ streamed tensor by tensor into a temporary file and renamed when complete."""
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -47,7 +48,7 @@ class Conversion:
 
     @property
     def document(self) -> dict:
-        return plan_document(self.title, self.tensors, llama_cpp_caveats(self.ckpt.config))
+        return plan_document(self.title, self.tensors, llama_cpp_caveats(self.ckpt.require_config()))
 
     def run(self, out: Path, *, force: bool = False, show_progress: bool | None = None) -> dict:
         size = write_tensors(out, self.metadata, self.tensors, self.produce, force=force,
@@ -66,8 +67,7 @@ def plan_conversion(ckpt: Checkpoint, qtype: str = LOSSLESS, *, outtype: str = "
     metadata = gguf_metadata(ckpt, base, lossless_file_type(outtype if qtype == LOSSLESS else "bf16"))
     if qtype == LOSSLESS:
         return Conversion(ckpt, f"lossless MXFP4 ({outtype} elsewhere)", base, metadata, lossless_chunks)
-    cfg = ckpt.config
-    tensors = plan_mixture(base, qtype, cfg, keep_mxfp4_experts)
+    tensors = plan_mixture(base, qtype, ckpt.require_config(), keep_mxfp4_experts)
     check_encoders(tensors)
     requant = RequantPlan(qtype, tensors)
     threads = threads or os.cpu_count() or 1
@@ -87,7 +87,8 @@ def llama_cpp_caveats(cfg: GptOssConfig) -> list[str]:
 
 def gguf_metadata(ckpt: Checkpoint, plan: list[PlannedTensor], file_type: int) -> dict[str, Value]:
     shapes = [(p.name, tuple(reversed(p.shape))) for p in plan]
-    return model_metadata(ckpt.config, ckpt.vocab(), name=ckpt.model_name(), file_type=file_type, tensors=shapes)
+    return model_metadata(ckpt.require_config(), ckpt.vocab(), name=ckpt.model_name(), file_type=file_type,
+                          tensors=shapes)
 
 
 def lossless_file_type(outtype: str) -> int:
@@ -110,7 +111,7 @@ def write_tensors(out: Path, metadata: dict[str, Value], plan: list[PlannedTenso
                   produce: Callable[[PlannedTensor], Iterator], *, force: bool,
                   show_progress: bool | None = None) -> int:
     """Write the planned tensors to `out` atomically; returns the file size."""
-    tensors = [GGUFWriteTensor(p.name, int(p.type), p.shape, lambda p=p: produce(p)) for p in plan]
+    tensors = [GGUFWriteTensor(p.name, int(p.type), p.shape, functools.partial(produce, p)) for p in plan]
     total = sum(t.nbytes for t in tensors)
     if show_progress is None:
         show_progress = sys.stderr.isatty()

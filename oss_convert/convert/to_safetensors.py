@@ -8,8 +8,10 @@ rebuilt from the checkpoint's config and vocabulary.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,11 @@ from ..formats import floats
 NARROWABLE = FLOAT_FORMATS + ("Q8_0",)
 
 
+def _hf_part(t: Tensor, part: int) -> Callable[[], Iterator[np.ndarray]]:
+    """An MXFP4 tensor's HF blocks (part 0) or scales (part 1), expert by expert."""
+    return lambda: (t.hf_mxfp4(t.read(e, e + 1))[part] for e in range(t.shape[0]))
+
+
 def _bf16_words(t: Tensor) -> np.ndarray:
     if t.format == "BF16":
         return np.asarray(t.read())
@@ -43,15 +50,13 @@ def _write_plan(ckpt: Checkpoint) -> list[SafetensorsWriteTensor]:
                 raise OssConvertError(f"{t.where}: {t.stored_name} is {t.format}, not MXFP4; --to safetensors keeps "
                                       "the FP4 bits and cannot re-encode requantized experts")
             E, rows, K = t.shape
-            out.append(SafetensorsWriteTensor(t.name + "_blocks", "U8", (E, rows, K // 32, 16),
-                                              lambda t=t: (t.hf_mxfp4(t.read(e, e + 1))[0] for e in range(t.shape[0]))))
-            out.append(SafetensorsWriteTensor(t.name + "_scales", "U8", (E, rows, K // 32),
-                                              lambda t=t: (t.hf_mxfp4(t.read(e, e + 1))[1] for e in range(t.shape[0]))))
+            out.append(SafetensorsWriteTensor(t.name + "_blocks", "U8", (E, rows, K // 32, 16), _hf_part(t, 0)))
+            out.append(SafetensorsWriteTensor(t.name + "_scales", "U8", (E, rows, K // 32), _hf_part(t, 1)))
             continue
         if t.format not in NARROWABLE:
             raise OssConvertError(f"{t.where}: {t.stored_name} is {t.format}; --to safetensors takes lossless "
                                   "checkpoints (MXFP4 experts, F32/BF16/F16/Q8_0 elsewhere)")
-        out.append(SafetensorsWriteTensor(t.name, "BF16", t.shape, lambda t=t: _bf16_words(t)))
+        out.append(SafetensorsWriteTensor(t.name, "BF16", t.shape, functools.partial(_bf16_words, t)))
     return sorted(out, key=lambda t: t.name)
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
@@ -318,7 +318,9 @@ def read_gguf(path, open_part=LocalFile) -> GGUFFile:
         parts = split_parts(path)
     else:
         parts = [Path(p) for p in split_names(str(path))]
-    version, metadata, tensors = None, {}, {}
+    version: int | None = None
+    metadata: dict[str, Value] = {}
+    tensors: dict[str, GGUFTensor] = {}
     for part in parts:
         v, meta, part_tensors = _read_one(open_part(part))
         if version is None:
@@ -327,6 +329,7 @@ def read_gguf(path, open_part=LocalFile) -> GGUFFile:
             if t.name in tensors:
                 raise OssConvertError(f"{part}: tensor {t.name!r} appears twice")
             tensors[t.name] = t
+    assert version is not None  # (every file has at least one part)
     return GGUFFile(parts, version, metadata, tensors)
 
 
@@ -353,14 +356,15 @@ def _pack_string(s: str) -> bytes:
 
 def _pack_value(v: Value) -> bytes:
     if v.type == ValueType.STRING:
-        return _pack_string(v.value)
+        return _pack_string(cast(str, v.value))
     if v.type != ValueType.ARRAY:
         return struct.pack(_SCALAR_FORMATS[v.type], v.value)
-    items = list(v.value)
-    head = struct.pack("<IQ", v.item_type, len(items))
-    if v.item_type == ValueType.STRING:
+    items = list(cast(list, v.value))
+    item_type = cast(ValueType, v.item_type)  # (an array's is always set)
+    head = struct.pack("<IQ", item_type, len(items))
+    if item_type == ValueType.STRING:
         return head + b"".join(_pack_string(s) for s in items)
-    return head + np.asarray(items, dtype=_NUMPY_SCALARS[v.item_type]).tobytes()
+    return head + np.asarray(items, dtype=_NUMPY_SCALARS[item_type]).tobytes()
 
 
 def write_gguf_header(out: BinaryIO, metadata: dict[str, Value], tensors: list[GGUFWriteTensor],

@@ -61,13 +61,13 @@ def release_freed_memory() -> None:
         trim(0)
 
 
-def write_produced(out: BinaryIO, name: str, produced: Produced, expected: int,
+def write_produced(out: BinaryIO | BackgroundWriter, name: str, produced: Produced, expected: int,
                    on_bytes: Callable[[int], None] | None = None) -> None:
     chunks = [produced] if isinstance(produced, np.ndarray) else produced
     written = 0
     for chunk in chunks:
         chunk = np.ascontiguousarray(chunk)
-        out.write(memoryview(chunk).cast("B"))  # the chunk object stays alive in the view
+        out.write(memoryview(chunk).cast("B"))  # type: ignore[arg-type]  # an ndarray is a buffer; the view keeps it
         written += chunk.nbytes
         if on_bytes:
             on_bytes(chunk.nbytes)
@@ -95,7 +95,8 @@ class BackgroundWriter:
     def __init__(self, out: BinaryIO, depth: int = 2):
         import queue
         import threading
-        self.out, self.error = out, None
+        self.out = out
+        self.error: BaseException | None = None
         self.queue: queue.Queue = queue.Queue(maxsize=depth)
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()

@@ -50,3 +50,22 @@ class Codec:
     def dequantize_blocks(blocks: np.ndarray) -> np.ndarray:
         """bytes [N, block_bytes] -> float32 [N, block]."""
         raise NotImplementedError
+
+
+class ScaleAndCodes(Codec):
+    """A block format of one fp16 scale and 32 codes (Q8_0, Q4_0, Q5_0), its quantizer in two
+    steps: the scale and the codes, then their bytes (formats/mxfp4_requant.py builds on both)."""
+
+    @staticmethod
+    def scales_and_codes(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """float32 blocks [N, 32] -> (d float32 [N], codes [N, 32])."""
+        raise NotImplementedError
+
+    @staticmethod
+    def pack(d: np.ndarray, q: np.ndarray) -> np.ndarray:
+        """(d [N], codes [N, 32]) -> bytes [N, block_bytes]."""
+        raise NotImplementedError
+
+    @classmethod
+    def quantize_blocks(cls, blocks: np.ndarray) -> np.ndarray:
+        return cls.pack(*cls.scales_and_codes(blocks))

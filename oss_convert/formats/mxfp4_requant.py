@@ -19,14 +19,14 @@ operations), else in numpy (`table_requantize_numpy`, column by column).
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
 
 import numpy as np
 
 from ..metrics import ErrorStats
 from . import compiled, mxfp4
-from .codec import Codec
+from .codec import Codec, ScaleAndCodes
 from .floats import fp16_bits, fp16_value
 from .q4_0 import Q4_0Codec
 from .q5_0 import Q5_0Codec
@@ -43,9 +43,9 @@ class Layout:
     hold elements 2j, 2j+1; GGML bytes hold j, j+16) and what the table keeps per byte."""
 
     ggml_pairs: bool
-    word: object  # (code of the low nibble, code of the high nibble) -> table entry
+    word: Callable[[np.ndarray, np.ndarray], np.ndarray]  # (code of the low nibble, of the high one) -> entry
     dtype: type
-    assemble: object  # (fp16 d [N], table entries [16, N]) -> block bytes [N, block_bytes]
+    assemble: Callable[[np.ndarray, np.ndarray], np.ndarray]  # (fp16 d [N], entries [16, N]) -> bytes [N, size]
 
 
 def _assemble_q8_0(d16: np.ndarray, words: np.ndarray) -> np.ndarray:
@@ -77,7 +77,7 @@ def _assemble_q5_0(d16: np.ndarray, words: np.ndarray) -> np.ndarray:
     return out
 
 
-LAYOUTS: dict[type[Codec], Layout] = {
+LAYOUTS: dict[type[ScaleAndCodes], Layout] = {
     Q8_0Codec: Layout(False, lambda lo, hi: lo | (hi << 8), np.uint16, _assemble_q8_0),
     Q4_0Codec: Layout(True, lambda lo, hi: lo | (hi << 4), np.uint8, _assemble_q4_0),
     Q5_0Codec: Layout(True, lambda lo, hi: (lo & 15) | ((hi & 15) << 4) | ((lo >> 4) << 8) | ((hi >> 4) << 24),
@@ -96,8 +96,17 @@ class Tables:
     d16_unit: np.ndarray  # float32 [16]: that d after fp16 storage
 
 
-@cache
-def tables(codec: type[Codec]) -> Tables:
+_TABLES: dict[type[ScaleAndCodes], Tables] = {}
+
+
+def tables(codec: type[ScaleAndCodes]) -> Tables:
+    """The codec's tables, made at its first use."""
+    if codec not in _TABLES:
+        _TABLES[codec] = _make_tables(codec)
+    return _TABLES[codec]
+
+
+def _make_tables(codec: type[ScaleAndCodes]) -> Tables:
     layout = LAYOUTS[codec]
     m, c = np.divmod(np.arange(256), 16)
     reachable = (c & 7) <= (m & 7)  # c can share a block with m only if |c| <= |m|
@@ -157,8 +166,9 @@ def leading_codes(pairs: np.ndarray, ggml_pairs: bool) -> np.ndarray:
     return lead
 
 
-def supports(codec: type[Codec]) -> bool:
-    return codec in LAYOUTS
+def requantizer(codec: type[Codec] | None) -> type[ScaleAndCodes] | None:
+    """`codec` where MXFP4 blocks go into it by table (Q8_0, Q4_0, Q5_0), else None."""
+    return next((known for known in LAYOUTS if known is codec), None)
 
 
 def compiled_lookup() -> ctypes.CDLL | None:
@@ -174,7 +184,7 @@ def compiled_lookup() -> ctypes.CDLL | None:
 _KINDS = {Q8_0Codec: 0, Q4_0Codec: 1, Q5_0Codec: 2}  # mxfp4_requant.c's names for the codecs
 
 
-def requantize(blocks: np.ndarray, scales: np.ndarray, codec: type[Codec]) -> tuple[np.ndarray, ErrorStats]:
+def requantize(blocks: np.ndarray, scales: np.ndarray, codec: type[ScaleAndCodes]) -> tuple[np.ndarray, ErrorStats]:
     """HF MXFP4 blocks [N, 16] and scales [N] -> (the codec's bytes [N, block_bytes], the
     error of those bytes against the MXFP4 values)."""
     blocks = np.ascontiguousarray(blocks, np.uint8).reshape(-1, 16)
@@ -195,7 +205,7 @@ def requantize(blocks: np.ndarray, scales: np.ndarray, codec: type[Codec]) -> tu
 
 
 def _table_requantize_compiled(lib: ctypes.CDLL, blocks: np.ndarray, scales: np.ndarray,
-                               codec: type[Codec]) -> tuple[np.ndarray, np.ndarray, ErrorStats]:
+                               codec: type[ScaleAndCodes]) -> tuple[np.ndarray, np.ndarray, ErrorStats]:
     t = tables(codec)
     out = np.empty((blocks.shape[0], codec.block_bytes), np.uint8)
     regular = np.empty(blocks.shape[0], np.bool_)
@@ -209,7 +219,7 @@ def _table_requantize_compiled(lib: ctypes.CDLL, blocks: np.ndarray, scales: np.
 
 
 def table_requantize_numpy(blocks: np.ndarray, scales: np.ndarray,
-                           codec: type[Codec]) -> tuple[np.ndarray, np.ndarray, ErrorStats]:
+                           codec: type[ScaleAndCodes]) -> tuple[np.ndarray, np.ndarray, ErrorStats]:
     """The table's bytes for every block, which blocks they are right for (`regular`), and the
     error figures of those. Worked on column-wise ([16, N]: byte j of every block), where
     numpy's element-wise ops and per-block reductions run over contiguous rows."""

@@ -22,8 +22,8 @@ NMAX, RMIN, RDELTA, NSTEP = 3, -0.5, 0.1, 15
 
 
 @np.errstate(all="ignore")  # inf/NaN from extreme inputs follow the C reference's IEEE semantics
-def quantize_super_blocks(x: np.ndarray) -> np.ndarray:
-    blocks = x.reshape(-1, 16, 16)
+def quantize_super_blocks(blocks: np.ndarray) -> np.ndarray:
+    blocks = blocks.reshape(-1, 16, 16)
     B = blocks.shape[0]
     groups = blocks.reshape(-1, 16)
     scales, mins, L = make_qkx2_quants(groups, np.abs(groups), NMAX, RMIN, RDELTA, NSTEP, use_mad=True)

@@ -60,8 +60,8 @@ def make_q3_quants(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 @np.errstate(all="ignore")  # inf/NaN from extreme inputs follow the C reference's IEEE semantics
-def quantize_super_blocks(x: np.ndarray) -> np.ndarray:
-    blocks = x.reshape(-1, 16, 16)
+def quantize_super_blocks(blocks: np.ndarray) -> np.ndarray:
+    blocks = blocks.reshape(-1, 16, 16)
     B = blocks.shape[0]
     scales, L = make_q3_quants(blocks.reshape(-1, 16))
     scales, L = scales.reshape(B, 16), L.reshape(B, 16, 16)

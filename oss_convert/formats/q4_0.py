@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from gguf import GGMLQuantizationType as T
 
-from .codec import Codec
+from .codec import ScaleAndCodes
 from .floats import F32, fp16_bits, fp16_value
 from .rounding import reciprocal_or_zero, signed_absmax, toward_zero
 
@@ -36,13 +36,9 @@ def pack(d: np.ndarray, q: np.ndarray) -> np.ndarray:
     return out
 
 
-class Q4_0Codec(Codec, ggml_type=T.Q4_0):
+class Q4_0Codec(ScaleAndCodes, ggml_type=T.Q4_0):
     scales_and_codes = staticmethod(scales_and_codes)
     pack = staticmethod(pack)
-
-    @staticmethod
-    def quantize_blocks(blocks: np.ndarray) -> np.ndarray:
-        return pack(*scales_and_codes(blocks))
 
     @staticmethod
     def dequantize_blocks(blocks: np.ndarray) -> np.ndarray:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from gguf import GGMLQuantizationType as T
 
-from .codec import Codec
+from .codec import ScaleAndCodes
 from .floats import F32, fp16_bits, fp16_value
 from .q4_0 import symmetric_scales_and_codes
 
@@ -39,13 +39,9 @@ def pack(d: np.ndarray, q: np.ndarray) -> np.ndarray:
     return out
 
 
-class Q5_0Codec(Codec, ggml_type=T.Q5_0):
+class Q5_0Codec(ScaleAndCodes, ggml_type=T.Q5_0):
     scales_and_codes = staticmethod(scales_and_codes)
     pack = staticmethod(pack)
-
-    @staticmethod
-    def quantize_blocks(blocks: np.ndarray) -> np.ndarray:
-        return pack(*scales_and_codes(blocks))
 
     @staticmethod
     def dequantize_blocks(blocks: np.ndarray) -> np.ndarray:

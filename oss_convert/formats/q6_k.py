@@ -18,8 +18,8 @@ from .rounding import first_absmax_index, nearest_int
 
 
 @np.errstate(all="ignore")
-def quantize_super_blocks(x: np.ndarray) -> np.ndarray:
-    groups = x.reshape(-1, 16, 16)
+def quantize_super_blocks(blocks: np.ndarray) -> np.ndarray:
+    groups = blocks.reshape(-1, 16, 16)
     B = groups.shape[0]
     scales, L = make_qx_quants_rmse1(groups.reshape(-1, 16), 32)
     scales, L = scales.reshape(B, 16), L.reshape(B, 16, 16).astype(np.int32)

@@ -17,7 +17,7 @@ QUANTIZERS = table.quantizers()
 def encode(values: np.ndarray, qtype: int) -> np.ndarray:
     """float32 rows -> the stored form of ggml type `qtype` (rows keep their leading shape)."""
     row = table.by_type(qtype)
-    if row is None or not row.quantizes:
+    if row is None or row.codec is None or not row.quantizes:
         raise NotImplementedError(f"no quantizer for ggml type {qtype}")
     return row.codec.quantize(values)
 
@@ -37,7 +37,7 @@ def decodable(qtype: int) -> bool:
 def decode(raw: np.ndarray, qtype: int) -> np.ndarray:
     """Stored bytes of ggml type `qtype`, rows along the last axis -> float32 values."""
     row = table.by_type(qtype)
-    if row is not None:
+    if row is not None and row.codec is not None:  # (every row with a ggml type has its codec)
         return row.codec.dequantize(np.asarray(raw))
     # Every other type (the IQ and TQ families, ...): gguf-py's dequantizers, bit for bit what
     # libggml's to_float gives (tests/test_formats.py checks each one). It raises

@@ -35,7 +35,7 @@ def parameter_summary(ckpt) -> dict:
 
 
 def format_summary(tensors: list[Tensor]) -> dict:
-    by = defaultdict(lambda: {"tensors": 0, "bytes": 0, "params": 0})
+    by: defaultdict[str, dict[str, int]] = defaultdict(lambda: {"tensors": 0, "bytes": 0, "params": 0})
     for t in tensors:
         entry = by[t.format]
         entry["tensors"] += 1
@@ -51,7 +51,7 @@ def kquant_summary(tensors: list[Tensor]) -> dict:
         Role.EXPERT_UP, Role.EXPERT_DOWN)]
     ok = [t for t in weights if t.row_length % QK_K == 0]
     fallback = [t for t in weights if t.row_length % QK_K]
-    rows = defaultdict(int)
+    rows: defaultdict[int, int] = defaultdict(int)
     for t in fallback:
         rows[t.row_length] += 1
     return {
@@ -74,13 +74,13 @@ def size_estimates(ckpt: Checkpoint) -> dict:
     """Tensor data of the lossless GGUF and of llama-quantize's Q4_K_M, planned from this checkpoint."""
     if not ckpt.has_mxfp4_experts():
         return {"unavailable": "the experts are not MXFP4: there is no lossless GGUF to plan from this checkpoint"}
-    cfg = ckpt.config
+    cfg = ckpt.require_config()
     try:
         lossless = plan_lossless(ckpt)
     except OssConvertError as e:
         return {"unavailable": str(e)}
     q4_k_m = plan_mixture(lossless, "q4_k_m", cfg)
-    types = defaultdict(int)
+    types: defaultdict[str, int] = defaultdict(int)
     for p in q4_k_m:
         types[p.type.name] += 1
     return {"mxfp4_gguf_tensor_bytes": sum(tensor_nbytes(p.type, p.shape) for p in lossless),
@@ -149,7 +149,7 @@ def gguf_summary(ckpt: Checkpoint) -> dict:
 
 
 def format_count(tensors) -> dict:
-    out = defaultdict(int)
+    out: defaultdict[str, int] = defaultdict(int)
     for t in tensors:
         out[t.format] += 1
     return out

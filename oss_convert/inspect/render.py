@@ -67,7 +67,7 @@ def _per_layer(tensors: list[dict]) -> list[str]:
     rows = []
     for layer in sorted(layers):
         ts = layers[layer]
-        counts = defaultdict(int)
+        counts: defaultdict[str, int] = defaultdict(int)
         for t in ts:
             counts[t["format"]] += 1
         rows.append([str(layer), str(len(ts))] + [str(counts.get(f, "")) for f in formats]

@@ -12,7 +12,7 @@ from ..text import human_bytes, table
 
 def _types(tensors) -> dict[str, int]:
     """ggml types by bytes held, largest first."""
-    held = Counter()
+    held: Counter[str] = Counter()
     for t in tensors:
         held[t.format] += t.nbytes
     return dict(held.most_common())

@@ -33,7 +33,7 @@ def gguf_weight_bytes(ckpt: Checkpoint) -> tuple[int, int]:
             raise OssConvertError(f"{ckpt.where}: the experts are not MXFP4, so there is no lossless GGUF "
                                   "to size llama.cpp's buffers from; inspect a GGUF of it instead")
         alignment = DEFAULT_ALIGNMENT
-        sizes = [(Role.EMBEDDING if p.name == "token_embd.weight" else None, tensor_nbytes(p.type, p.shape))
+        sizes = [(Role.EMBEDDING if p.name == "token_embd.weight" else Role.OTHER, tensor_nbytes(p.type, p.shape))
                  for p in plan_lossless(ckpt)]
     padded = [(role, n + (-n % alignment)) for role, n in sizes]
     return sum(n for _, n in padded), sum(n for role, n in padded if role == Role.EMBEDDING)
@@ -64,10 +64,11 @@ def memory_estimate(ckpt: Checkpoint, opts: ContextOptions, *, contexts: list[in
         o = opts.with_ctx(ctx)
         llama = llama_cpp_memory(shape, weights, o)
         llama["gpu_bytes"] = llama_gpu_bytes(llama, embedding)
-        row = {"ctx": ctx, "llama_cpp": llama, "runtime": runtime_memory(shape, ours, ctx)}
+        runtime = runtime_memory(shape, ours, ctx)
+        row = {"ctx": ctx, "llama_cpp": llama, "runtime": runtime}
         if gpu_memory is not None:
             row["fits_llama_cpp"] = llama["gpu_bytes"] <= gpu_memory
-            row["fits_runtime"] = row["runtime"]["total_bytes"] <= gpu_memory
+            row["fits_runtime"] = runtime["total_bytes"] <= gpu_memory
         rows.append(row)
     doc = {"options": {k: v for k, v in asdict(opts).items() if k != "ctx"}, "max_context": shape.max_context,
            "contexts": rows, "notes": NOTES}

@@ -40,7 +40,8 @@ class Target:
 
 
 def targets(ckpt: Checkpoint) -> list[Target]:
-    experts, rest = [], []
+    experts: list[Target] = []
+    rest: list[Target] = []
     for src in ckpt.model_tensors:
         names = gguf_names(src.name, "gpt-oss")
         if not names:

@@ -164,7 +164,7 @@ class MixturePlanner:
             more = ATTN_OUTPUT_MORE_BITS[m.name]
             return more, f"{m.name}: attn_output gets {more.name}"
         if cat == "ffn_down":
-            layer = int(re.match(r"blk\.(\d+)\.", name)[1])
+            layer = int(name.split(".")[1])  # blk.N.ffn_down...
             if m.name in ("Q4_K_M", "Q5_K_M") and _use_more_bits(layer, self.n_layers):
                 return T.Q6_K, f"{m.name}: ffn_down of layer {layer} gets more bits (Q6_K)"
             if m.name in ("Q4_K_S", "IQ4_NL", "IQ4_XS") and layer < self.n_layers // 8:

@@ -13,7 +13,7 @@ from ..errors import OssConvertError
 
 def describe(ckpt: Checkpoint) -> dict:
     """Where it is, its bytes and its mix of types (bytes per format, largest first)."""
-    by_format = Counter()
+    by_format: Counter[str] = Counter()
     for t in ckpt.tensors:
         by_format[t.format] += t.nbytes
     local = [Path(f) for f in ckpt.files if isinstance(f, Path)]
@@ -36,7 +36,7 @@ def build_report(src: Checkpoint, port: Checkpoint, *, prompt: str | None = None
     check_inputs(src, port)
     for ckpt in (src, port):
         ckpt.require_config()
-    parse_layers(layers, src.config.num_layers)
+    parse_layers(layers, src.require_config().num_layers)
     pick_device(device)
     if prompt is not None:
         tokens = load_tokenizer(src, "; or pass token ids with --tokens-file").encode(prompt).ids

@@ -17,10 +17,10 @@ def _same(expected, found) -> bool:
 
 
 def metadata_checks(src: Checkpoint, port: Checkpoint) -> list[dict]:
-    cfg, meta, arch = src.config, port.metadata, port.architecture
-    checks = [{"key": "general.architecture", "expected": "gpt-oss (or Ollama's gptoss)", "found": arch,
-               "ok": arch in ("gpt-oss", "gptoss")}]
-    expected = {
+    cfg, meta, arch = src.require_config(), port.metadata, port.architecture
+    checks: list[dict] = [{"key": "general.architecture", "expected": "gpt-oss (or Ollama's gptoss)", "found": arch,
+                           "ok": arch in ("gpt-oss", "gptoss")}]
+    expected: dict[str, int | float] = {
         "block_count": cfg.num_layers,
         "context_length": cfg.context_length,
         "embedding_length": cfg.hidden_size,
@@ -49,11 +49,12 @@ def _tokenizer_checks(src: Checkpoint, port: Checkpoint) -> list[dict]:
     meta = port.metadata
     tokens = meta.get("tokenizer.ggml.tokens")
     tokens = tokens if isinstance(tokens, list) else []
-    checks = [
+    vocab_size = src.require_config().vocab_size
+    checks: list[dict] = [
         {"key": "tokenizer.ggml.model", "expected": "gpt2", "found": meta.get("tokenizer.ggml.model"),
          "ok": meta.get("tokenizer.ggml.model") == "gpt2"},
-        {"key": "tokenizer.ggml.tokens (count)", "expected": src.config.vocab_size, "found": len(tokens),
-         "ok": len(tokens) == src.config.vocab_size},
+        {"key": "tokenizer.ggml.tokens (count)", "expected": vocab_size, "found": len(tokens),
+         "ok": len(tokens) == vocab_size},
         {"key": "tokenizer.chat_template", "expected": "present", "found":
          "present" if "tokenizer.chat_template" in meta else "absent", "ok": "tokenizer.chat_template" in meta},
     ]

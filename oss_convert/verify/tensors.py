@@ -9,6 +9,7 @@ layout, so a difference is located at (expert, row, block).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 from gguf import GGMLQuantizationType as T
@@ -72,7 +73,7 @@ class _Comparison:
         self.per_expert: dict[int, ErrorStats] | None = {} if target.source.role.is_expert_weight else None
         self.unchanged: list[tuple[int, int]] = []  # chunks settled by comparing bytes, not values
         self.blocks = self.blocks_differ = self.codes = self.codes_differ = 0
-        self.first_diff = None
+        self.first_diff: dict[str, int] | None = None
 
     def add(self, start: int, source, port_piece) -> None:
         source_format = self.target.source.format
@@ -88,7 +89,7 @@ class _Comparison:
         if self.port.ggml_type in QUANTIZERS or (self.identical and not np.array_equal(values, restored)):
             self.identical = False
         if self.reference_equal and not self.identical:
-            expected = np.ascontiguousarray(encode(values, self.port.ggml_type))
+            expected = np.ascontiguousarray(encode(values, cast(int, self.port.ggml_type)))  # (a GGUF tensor's)
             self.reference_equal = expected.tobytes() == np.ascontiguousarray(port_piece).tobytes()
         self._add_error(start, values, restored)
 

@@ -15,6 +15,8 @@ bit for bit.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 
 from ..kernels import native
@@ -35,15 +37,15 @@ def attention_takes(block: AttentionBlock, x: torch.Tensor, cache: KVCache | Non
 
 
 def _native_attention(block: AttentionBlock, next_norm: torch.Tensor) -> NativeAttention:
-    if block.native is None:
-        matrices = [m.stored_rows for m in (block.q, block.k, block.v, block.o)]  # type: ignore[union-attr]
-        block.native = NativeAttention(native.library(), matrices, block.q.activations,  # type: ignore[union-attr]
+    if not isinstance(block.native, NativeAttention):  # made at the block's first token
+        stored = [cast(StoredMatrix, m) for m in (block.q, block.k, block.v, block.o)]  # (attention_takes)
+        block.native = NativeAttention(native.loaded(), [m.stored_rows for m in stored], stored[0].activations,
                                        [b.float().contiguous() for b in (block.q_bias, block.k_bias, block.v_bias,
                                                                          block.o_bias)],
                                        block.norm.float().contiguous(), block.sinks.float().contiguous(),
                                        next_norm.float().contiguous(), block.heads, block.kv_heads, block.head_dim,
                                        block.window, block.eps)
-    return block.native  # type: ignore[return-value]
+    return block.native
 
 
 def attention_one_token(block: AttentionBlock, next_norm: torch.Tensor, x: torch.Tensor, step: StepInputs,
@@ -65,19 +67,18 @@ def moe_takes(block: MoEBlock, h: torch.Tensor) -> bool:
 
 
 def _native_moe(block: MoEBlock) -> NativeMoe:
-    if block.native is None:
-        block.native = NativeMoe(native.library(), block.top_k, block.router_w.float().contiguous(),
+    if not isinstance(block.native, NativeMoe):  # made at the block's first token
+        block.native = NativeMoe(native.loaded(), block.top_k, block.router_w.float().contiguous(),
                                  block.router_b.float().contiguous(), block.b1.float().contiguous(),
                                  block.b2.float().contiguous(), block.swiglu_limit, block.swiglu_alpha)
-    return block.native  # type: ignore[return-value]
+    return block.native
 
 
 def add_moe_one_token(block: MoEBlock, h: torch.Tensor, x: torch.Tensor) -> None:
     """x [1, H] += the MoE block on one normalized token h [1, H] (where `moe_takes`), in place;
     both float32 and contiguous."""
     layer = _native_moe(block)
-    gate_up, down = block.gate_up, block.down
-    assert isinstance(gate_up, MappedExperts) and isinstance(down, MappedExperts)
+    gate_up, down = cast(MappedExperts, block.gate_up), cast(MappedExperts, block.down)  # (moe_takes)
     for e in layer.route(h):
         if e not in layer.known:
             layer.add(e, gate_up.stored(e), down.stored(e), gate_up.activations)

@@ -36,8 +36,8 @@ def run_block(block: DecoderBlock, x: torch.Tensor, step: StepInputs, cache: KVC
               backend: str = "auto") -> torch.Tensor:
     """x after the block. A decode step on the CPU updates x in place; the caller's x is consumed."""
     attention, moe = block.attention, block.moe
-    if decode.attention_takes(attention, x, cache):
-        h = decode.attention_one_token(attention, moe.norm, x, step, cache)  # type: ignore[arg-type]
+    if cache is not None and decode.attention_takes(attention, x, cache):
+        h = decode.attention_one_token(attention, moe.norm, x, step, cache)
         return run_moe(moe, h, backend, residual=x)
     x = x + attention.forward(x, step, cache)
     return x + run_moe(moe, rms_norm(x, moe.norm, attention.eps), backend)

@@ -31,7 +31,7 @@ import triton.language as tl
 from ...checkpoint.config import DEFAULT_SWIGLU_ALPHA as SWIGLU_ALPHA
 from ...checkpoint.config import DEFAULT_SWIGLU_LIMIT as SWIGLU_LIMIT
 
-TRITON_VERSION = tuple(int(part) for part in re.match(r"(\d+)\.(\d+)", triton.__version__).groups())
+TRITON_VERSION = tuple(int(part) for part in re.findall(r"\d+", triton.__version__)[:2])
 ALIGN_WARPS = 8  # the sort is one program: two warps per scheduler hide some latency
 DECODE_ASSIGNMENTS = 16  # up to this many (token, slot) pairs, skip the sort by expert
 

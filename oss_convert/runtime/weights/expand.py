@@ -115,6 +115,7 @@ def expand_in_numpy(format: str, shape: tuple[int, int], data: np.ndarray, scale
     if format == "F32":
         return torch.from_numpy(np.array(data, dtype=np.float32))
     if format == "MXFP4":
+        assert scales is not None  # HF's layout: the E8M0 bytes come apart
         values = mxfp4.decode_hf(data.reshape(data.shape[0], -1, 16), scales)
     else:
         values = decode(data, T[format])

@@ -108,7 +108,7 @@ class MappedExperts:
             return x.float() @ self[e].T
         parts = self.stored(e)
         n, k = self.shape[1] // len(parts), self.shape[2]
-        products = [matmul(native.library(), p.format, p.data, p.scales, (n, k), x, self.activations) for p in parts]
+        products = [matmul(native.loaded(), p.format, p.data, p.scales, (n, k), x, self.activations) for p in parts]
         return products[0] if len(products) == 1 else torch.stack(products, dim=-1).flatten(-2)
 
     def to(self, device) -> MappedExperts | PackedExperts:
@@ -117,7 +117,7 @@ class MappedExperts:
 
     def resident(self, device) -> PackedExperts:
         """Every expert copied into memory on `device`, one expert at a time through the host."""
-        out = None
+        out: PackedExperts | None = None
         for e in range(self.shape[0]):
             data, scales = (None if a is None else torch.from_numpy(np.array(a)) for a in self.packed(e))
             if out is None:
@@ -125,8 +125,9 @@ class MappedExperts:
                 out = PackedExperts(self.format, self.shape, stack(data), None if scales is None else stack(scales),
                                     self.activations)
             out.data[e] = data
-            if scales is not None:
+            if scales is not None and out.scales is not None:
                 out.scales[e] = scales
+        assert out is not None  # a stack of at least one expert
         return out
 
 

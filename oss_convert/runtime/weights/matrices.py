@@ -18,7 +18,8 @@ from .products import matmul
 
 
 class Matrix(Protocol):
-    shape: tuple[int, ...]
+    @property
+    def shape(self) -> tuple[int, ...]: ...
 
     def matmul(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """x [T, K] @ W.T (+ bias), float32 [T, N]."""
@@ -52,7 +53,7 @@ class StoredRows:
         self.format, self.data, self.scales = format, data, scales
 
     @cached_property
-    def addresses(self) -> tuple[int, int | None]:
+    def addresses(self) -> tuple[int | None, int | None]:
         """Where the kernels read data and scales (kept, as a decode step takes the same experts'
         addresses again and again)."""
         self.data, self.scales = contiguous(self.data), contiguous(self.scales)
@@ -74,7 +75,7 @@ class StoredMatrix:
 
     def matmul(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         self._map_in()
-        y = matmul(native.library(), self.format, self.data, None, self.shape, x, self.activations)
+        y = matmul(native.loaded(), self.format, self.data, None, self.shape, x, self.activations)
         return y if bias is None else y + bias
 
     @cached_property
@@ -85,4 +86,4 @@ class StoredMatrix:
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         picked = self.data[ids.cpu().numpy()]
-        return expand(native.library(), self.format, picked, None, (len(picked), self.shape[1]))
+        return expand(native.loaded(), self.format, picked, None, (len(picked), self.shape[1]))

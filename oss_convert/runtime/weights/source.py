@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import cast
 
 import numpy as np
 import torch
@@ -77,15 +78,17 @@ class WeightSource:
 
     def _stored(self, t: Tensor, mapped: bool) -> StoredMatrix | None:
         row = table.in_place(t.ggml_type, t.format)
-        expected = row_bytes(native.library(), row.name, t.shape[1]) if row is not None and len(t.shape) == 2 else -1
+        if row is None or len(t.shape) != 2:
+            return None
+        expected = row_bytes(native.loaded(), row.name, t.shape[1])
         if expected < 0:  # (a row length the format cannot have: the numpy path says so)
             return None
         data = np.ascontiguousarray(t.mapped() if mapped else t.read())
         if data.nbytes != expected * t.shape[0]:
             raise OssConvertError(f"{t.where}: {t.stored_name} holds {data.nbytes} bytes, not {t.shape[0]} rows of "
                                   f"{expected}")
-        return StoredMatrix(row.name, t.shape, data.view(np.uint8).reshape(t.shape[0], expected), self.activations,
-                            mapped)
+        rows = data.view(np.uint8).reshape(t.shape[0], expected)
+        return StoredMatrix(row.name, (t.shape[0], t.shape[1]), rows, self.activations, mapped)
 
     def embedding_rows(self, name: str, tokens: torch.Tensor) -> torch.Tensor:
         """The rows of `tokens` alone, read one by one: what `matrix(name).rows(tokens)` gives,
@@ -115,7 +118,8 @@ def mapped_experts(t: Tensor, activations: str = "float32") -> MappedExperts:
         return MappedExperts("F32", t.shape, t.nbytes, lambda e: (t.decode(t.view(e)).reshape(N, K), None))
     if not decodable(t.ggml_type):
         raise OssConvertError(f"{t.where}: {t.stored_name} is {t.format}, which has no dequantizer here")
-    return MappedExperts(t.format, t.shape, t.nbytes, lambda e: (t.view(e), None), in_place(t), activations)
+    return MappedExperts(t.format, t.shape, t.nbytes, lambda e: (cast(np.ndarray, t.view(e)), None), in_place(t),
+                         activations)
 
 
 def in_place(t: Tensor) -> Callable[[int], list[StoredRows]] | None:
@@ -123,7 +127,8 @@ def in_place(t: Tensor) -> Callable[[int], list[StoredRows]] | None:
     blocks without HF's reordering, GGUF's gate and up apart instead of copied interleaved.
     (Ollama's MXFP4 layout is not read in place: it goes through HF's.)"""
     parts = t.interleaved or (t,)
-    rows = [table.in_place(p.ggml_type, p.format) if p.ggml_type is not None else None for p in parts]
-    if None in rows:
+    rows = [r for r in (table.in_place(p.ggml_type, p.format) for p in parts if p.ggml_type is not None)
+            if r is not None]
+    if len(rows) < len(parts):
         return None
-    return lambda e: [StoredRows(r.name, p.view(e)) for r, p in zip(rows, parts)]
+    return lambda e: [StoredRows(r.name, cast(np.ndarray, p.view(e))) for r, p in zip(rows, parts)]

@@ -23,7 +23,7 @@ SOURCES = tuple(Path(__file__).with_name(f"{stem}.c")
 # to Q8_0 first (per 32 values), as llama.cpp's CPU backend multiplies Q8_FORMATS, in integers
 ACTIVATIONS = ("float32", "q8")
 
-__all__ = ["ACTIVATIONS", "FORMATS", "Q8_FORMATS", "SOURCES", "build", "for_format", "library", "load"]
+__all__ = ["ACTIVATIONS", "FORMATS", "Q8_FORMATS", "SOURCES", "build", "for_format", "library", "load", "loaded"]
 
 
 def build(extra_flags: tuple[str, ...] = ()) -> Path | None:
@@ -51,6 +51,14 @@ def library() -> ctypes.CDLL | None:
         return None
     return cbuild.library(SOURCES, "the CPU kernels", "the CPU runtime runs on numpy and torch, slower",
                           openmp=True, load=load)
+
+
+def loaded() -> ctypes.CDLL:
+    """The library, where the caller has made sure it is built (a weight kept in its stored form)."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError("the CPU kernels are not built")
+    return lib
 
 
 def for_format(format: str) -> ctypes.CDLL | None:

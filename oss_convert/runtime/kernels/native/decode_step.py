@@ -8,6 +8,7 @@ data and scales, its `data` and `scales`), in the order the C side takes them.
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Sequence
 from typing import NamedTuple, Protocol
 
 import numpy as np
@@ -23,7 +24,7 @@ class Rows(Protocol):
     scales: np.ndarray | None
 
     @property
-    def addresses(self) -> tuple[int, int | None]: ...
+    def addresses(self) -> tuple[int | None, int | None]: ...
 
 
 class Matrices(NamedTuple):
@@ -33,10 +34,10 @@ class Matrices(NamedTuple):
     data: ctypes.Array
     scales: ctypes.Array
     q8: ctypes.Array
-    held: list
+    held: Sequence
 
 
-def matrices(stored: list[Rows], activations: str) -> Matrices:
+def matrices(stored: Sequence[Rows], activations: str) -> Matrices:
     count = len(stored)
     addresses = [p.addresses for p in stored]
     return Matrices((ctypes.c_int * count)(*(FORMATS[p.format] for p in stored)),
@@ -52,7 +53,7 @@ def _float32_vectors(tensors) -> bool:
 class NativeAttention:
     """One layer's attention block as the library takes it, for a token at a time."""
 
-    def __init__(self, lib: ctypes.CDLL, stored: list[Rows], activations: str, biases: list[torch.Tensor],
+    def __init__(self, lib: ctypes.CDLL, stored: Sequence[Rows], activations: str, biases: list[torch.Tensor],
                  norm: torch.Tensor, sinks: torch.Tensor, next_norm: torch.Tensor, heads: int, kv_heads: int,
                  head_dim: int, window: int, eps: float):
         """`stored`: q, k, v and o; `biases` theirs; `norm` the attention's RMSNorm weight,
@@ -113,7 +114,7 @@ class NativeMoe:
         self.known: set[int] = set()
         self.ids, self.weights = (ctypes.c_int64 * top_k)(), (ctypes.c_float * top_k)()
 
-    def add(self, e: int, first: list[Rows], second: list[Rows], activations: str) -> None:
+    def add(self, e: int, first: Sequence[Rows], second: Sequence[Rows], activations: str) -> None:
         """Expert e's matrices: its first ones (1, or GGUF's gate and up, as every expert's), its
         second one."""
         if len(first) not in (1, 2) or self.layer.parts not in (0, len(first)) or len(second) != 1 \

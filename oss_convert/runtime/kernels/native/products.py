@@ -5,14 +5,14 @@ layout, its E8M0 bytes [N, K/32] (`scales`); x and y are float32 torch tensors o
 from __future__ import annotations
 
 import ctypes
-from typing import NamedTuple
+from typing import NamedTuple, TypeAlias
 
 import numpy as np
 import torch
 
 from .abi import FORMATS, check, q8_flag
 
-Array = np.ndarray | torch.Tensor
+Array: TypeAlias = "np.ndarray | torch.Tensor"
 
 
 def row_bytes(lib: ctypes.CDLL, format: str, k: int) -> int:
