@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The MoE kernels' check on a CUDA GPU, one call of about 6 minutes on an H100 or H200:
-#   1. the runtime's kernel tests on CUDA, and those of the variants in runtime/variants (words
+#   1. the runtime's kernel tests on CUDA, and those of the variants in runtime/kernels/variants (words
 #      layout, split-K, fused sum): the tests CI runs under Triton's interpreter, here
 #      compiled, so they also cover what no CPU runs (the words layout's inline PTX multiply,
 #      bf16 arithmetic on subnormal inputs, the fused sum's atomics across SMs), and a layer

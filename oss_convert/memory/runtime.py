@@ -1,4 +1,4 @@
-"""What our runtime (`generate`, runtime/model.py) holds on its device for a context.
+"""What our runtime (`generate`, runtime/execution/forward.py) holds on its device for a context.
 
 - weights: the expert matrices as stored (MXFP4 or ggml blocks stay packed and are multiplied
   from their stored form; 16-bit float experts are widened to float32); on the CPU, with the

@@ -1,7 +1,7 @@
 /* A decode step's blocks on one token, around the batched products (batch.c).
  *
  * One token's experts (a decode step's MoE block after routing), around their batched products:
- * the elementwise operations of moe_reference (mix_experts, swiglu_halves) on one token, each the
+ * the elementwise operations of runtime/model/moe.py (mix_experts, swiglu_halves) on one token, each the
  * one correctly rounded float operation torch does, in torch's order. All but the sigmoid, which
  * the caller (oss_moe_experts) runs between the two calls.
  *
@@ -97,7 +97,7 @@ int oss_moe_down(int count, const int *formats, const uint8_t *const *ws, const 
  * (their rows ns[0], ns[1], ns[2]; each x @ W^T + its bias), then the NeoX rotation of the first
  * `rotated` heads of head_dim values (q's and k's): value i of a head and its partner
  * j = i + head_dim/2 become (x_i cos_i + (-x_j) sin_i, x_j cos_j + x_i sin_j), each product
- * rounded, then the sum, as model.apply_rope computes them in torch, so the same floats.
+ * rounded, then the sum, as runtime/model/rope.py's apply_rope computes them in torch, so the same floats.
  * Returns as oss_matmul_batch. */
 int oss_qkv_one_token(const int *formats, const uint8_t *const *ws, const int64_t *ns, int64_t k, const float *x,
                       const int *q8, const float *const *biases, int64_t head_dim, int64_t rotated, const float *cos,
@@ -132,7 +132,7 @@ int oss_qkv_one_token(const int *formats, const uint8_t *const *ws, const int64_
  * written into the caller's cache, and the MoE block's normalized input computed from the new x.
  * The products and the rotation are oss_qkv_one_token's and oss_matmul_batch's (the same floats
  * as the per-product paths); the norm and the softmax are this file's own, in float, summed in
- * another order than torch's: within a few units in the last place of model.attention's.
+ * another order than torch's: within a few units in the last place of AttentionBlock's (runtime/model/attention.py).
  * ------------------------------------------------------------------------------------------------ */
 
 typedef struct {
@@ -148,7 +148,7 @@ typedef struct {
     const float *next_norm;       /* [hidden]: the MoE block's RMSNorm weight */
 } oss_attention_layer;
 
-/* y = (x * r) * w, r = 1 / sqrt(mean(x^2) + eps), as model.rms_norm; the squares summed in double */
+/* y = (x * r) * w, r = 1 / sqrt(mean(x^2) + eps), as runtime/model/norm.py's rms_norm; the squares summed in double */
 static void rms_norm_one(const float *x, const float *w, int64_t n, float eps, float *y) {
     double squares = 0;
     for (int64_t i = 0; i < n; i++) squares += (double)x[i] * (double)x[i];
@@ -242,7 +242,7 @@ int oss_attention_one_token(const oss_attention_layer *layer, float *x, const fl
  * this file's own. Between the two the caller makes sure the chosen experts' matrices are in the
  * layer's arrays (it fills an expert's entries at its first use, mapping its pages in). The
  * router's products, its softmax and the sigmoid round in another order than torch's: within a
- * few units in the last place of moe_reference's.
+ * few units in the last place of the torch path's (runtime/model/moe.py).
  * ------------------------------------------------------------------------------------------------ */
 
 typedef struct {
