@@ -22,16 +22,17 @@ from .plan.mixtures import MIXTURES
 
 
 class UserError(click.ClickException):
-    """One `Error: ...` line, with the exit status the command reserves for bad input."""
-
-    def __init__(self, message: str, exit_code: int = 1):
-        super().__init__(message)
-        self.exit_code = exit_code
+    """One `Error: ...` line and exit status 1: bad input."""
 
 
-def user_errors(exit_code: int = 1):
-    """Our errors as one `Error: ...` line and `exit_code`; Ctrl-C and SIGTERM as a clean exit
-    (temporary files are removed on the way out)."""
+class CheckerUserError(UserError):
+    """Bad input to a command whose exit status 1 is a finding (verify, report): status 2."""
+    exit_code = 2
+
+
+def user_errors(error: type[UserError] = UserError):
+    """Our errors as one `Error: ...` line and `error`'s exit status; Ctrl-C and SIGTERM as a
+    clean exit (temporary files are removed on the way out)."""
     def decorate(fn):
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
@@ -39,7 +40,7 @@ def user_errors(exit_code: int = 1):
             try:
                 return fn(*args, **kwargs)
             except OssConvertError as e:
-                raise UserError(str(e), exit_code) from None
+                raise error(str(e)) from None
             except KeyboardInterrupt:
                 click.echo("Error: interrupted", err=True)
                 sys.exit(130)
@@ -343,7 +344,7 @@ def generate_cmd(model: Path, prompt: str, max_tokens: int, activations: str, de
 @json_option
 @click.option("--require-fp4", is_flag=True, help="Also fail unless every MXFP4 tensor is bit-identical MXFP4.")
 @local_dir_option
-@user_errors(exit_code=2)  # 1 is a finding: something is lossy, missing or wrong
+@user_errors(CheckerUserError)  # 1 is a finding: something is lossy, missing or wrong
 def verify_cmd(src: Path, port: Path, as_json: bool, require_fp4: bool, local_dir: Path | None):
     """Prove whether PORT (any GPT-OSS GGUF) preserves the FP4 bits of SRC, tensor by tensor.
 
@@ -384,7 +385,7 @@ def verify_cmd(src: Path, port: Path, as_json: bool, require_fp4: bool, local_di
               help="Also write the report's data as JSON beside it (OUT with the suffix .json).")
 @click.option("--force", is_flag=True, help="Overwrite OUT (and its .json) if they exist.")
 @local_dir_option
-@user_errors(exit_code=2)  # as verify: 1 is a finding
+@user_errors(CheckerUserError)  # as verify: 1 is a finding
 def report_cmd(src: Path, port: Path, out: Path, text_file: Path | None, prompt: str | None, tokens_file: Path | None,
                ctx: int, layers: str, tokens: int, seed: int, device: str, as_json: bool, force: bool,
                local_dir: Path | None):

@@ -119,15 +119,20 @@ def download(spec, local_dir: Path | None = None) -> Path:
     if ref is None:
         return Path(spec)
     from huggingface_hub import constants, hf_hub_download, snapshot_download
-    kw = {"revision": ref.revision, "local_dir": local_dir}
+
+    def file(name: str) -> Path:
+        return Path(hf_hub_download(ref.repo_id, name, revision=ref.revision, local_dir=local_dir))
+
+    def files_matching(allow: list[str], ignore: list[str] | None = None) -> Path:
+        return Path(snapshot_download(ref.repo_id, allow_patterns=allow, ignore_patterns=ignore,
+                                      revision=ref.revision, local_dir=local_dir))
     if constants.HF_HUB_OFFLINE:  # no listing: take what the cache holds
         with hub_errors(ref):
             if ref.path and ref.path.endswith(".gguf"):
-                return Path(hf_hub_download(ref.repo_id, ref.path, **kw))
+                return file(ref.path)
             if ref.path:
-                root = Path(snapshot_download(ref.repo_id, allow_patterns=[f"{ref.path}/*"] + TOKENIZER_FILES, **kw))
-                return root / ref.path
-            return Path(snapshot_download(ref.repo_id, allow_patterns=HF_PATTERNS, ignore_patterns=SKIPPED, **kw))
+                return files_matching([f"{ref.path}/*"] + TOKENIZER_FILES) / ref.path
+            return files_matching(HF_PATTERNS, SKIPPED)
     files = repo_files(ref)
     with hub_errors(ref):
         ggufs = _ggufs(files, ref)
@@ -136,15 +141,13 @@ def download(spec, local_dir: Path | None = None) -> Path:
             if len(ggufs) != 1 and not (ref.path and ref.path.endswith(".gguf")):
                 raise OssConvertError(f"{ref}: the repo has {len(ggufs)} GGUF files; name one as "
                                       f"{ref.repo_id}:FILE.gguf ({', '.join(ggufs[:4])}...)")
-            paths = [hf_hub_download(ref.repo_id, name, **kw) for name in split_names(ggufs[0])]
-            return Path(paths[0])
+            paths = [file(name) for name in split_names(ggufs[0])]
+            return paths[0]
         if ref.path:  # a folder such as original/, plus the tokenizer at the root
-            patterns = [f"{ref.path}/*"] + TOKENIZER_FILES
-            root = Path(snapshot_download(ref.repo_id, allow_patterns=patterns, **kw))
-            return root / ref.path
+            return files_matching([f"{ref.path}/*"] + TOKENIZER_FILES) / ref.path
         if not any(fnmatch.fnmatch(f, "*.safetensors") and "/" not in f for f in files):
             raise OssConvertError(f"{ref}: not a GPT-OSS checkpoint (no safetensors or GGUF files at its root)")
-        return Path(snapshot_download(ref.repo_id, allow_patterns=HF_PATTERNS, ignore_patterns=SKIPPED, **kw))
+        return files_matching(HF_PATTERNS, SKIPPED)
 
 
 # ------------------------------------------------------------------------------ headers only
@@ -161,7 +164,10 @@ class RemoteFile:
         self.name = f"{ref.repo_id}/{path}"
         self.url = hf_hub_url(ref.repo_id, path, revision=ref.revision)
         with hub_errors(HubRef(ref.repo_id, ref.revision, path)):
-            self.size = get_hf_file_metadata(self.url).size
+            size = get_hf_file_metadata(self.url).size
+        if size is None:
+            raise OssConvertError(f"{self.name}: the Hub does not say the file's size")
+        self.size: int = size
 
     def read(self, offset: int, n: int) -> bytes:
         from huggingface_hub.utils import build_hf_headers, get_session

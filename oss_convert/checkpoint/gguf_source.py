@@ -18,7 +18,7 @@ from .tensor import Tensor, fused_gate_up
 from .tokenizer import tokenizer_files, vocab_from_gguf
 
 LAYOUTS = {"gpt-oss": "gpt-oss", "gptoss": "gptoss"}
-_VIEWS = {T.F32: np.float32, T.F16: np.float16, T.BF16: np.uint16, T.F64: np.float64, T.I8: np.int8,
+_VIEWS: dict[int, type] = {T.F32: np.float32, T.F16: np.float16, T.BF16: np.uint16, T.F64: np.float64, T.I8: np.int8,
           T.I16: np.int16, T.I32: np.int32, T.I64: np.int64}
 
 

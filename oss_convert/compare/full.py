@@ -36,20 +36,25 @@ METRIC_ROWS = 32  # positions whose float64 log-probabilities exist at once (26 
 
 
 def logit_metrics(a: np.ndarray, b: np.ndarray, tokens: list[int], ctx: int) -> dict:
-    kl, top1, max_diff, nll_a, nll_b = [], [], [], [], []
+    kl_parts: list[torch.Tensor] = []
+    top1_parts: list[torch.Tensor] = []
+    max_diff_parts: list[torch.Tensor] = []
+    nll_a_parts: list[torch.Tensor] = []
+    nll_b_parts: list[torch.Tensor] = []
     for start in range(0, len(tokens), METRIC_ROWS):
         stop = min(start + METRIC_ROWS, len(tokens))
         la, lb = torch.from_numpy(a[start:stop]).double(), torch.from_numpy(b[start:stop]).double()
         pa, pb = torch.log_softmax(la, -1), torch.log_softmax(lb, -1)
-        kl.append((pa.exp() * (pa - pb)).sum(-1).clamp(min=0))
-        top1.append((la.argmax(-1) == lb.argmax(-1)).double())
-        max_diff.append((la - lb).abs().amax(-1))
+        kl_parts.append((pa.exp() * (pa - pb)).sum(-1).clamp(min=0))
+        top1_parts.append((la.argmax(-1) == lb.argmax(-1)).double())
+        max_diff_parts.append((la - lb).abs().amax(-1))
         nxt = torch.tensor(tokens[start + 1:stop + 1])  # the token each position predicts, where there is one
-        nll_a.append(-pa[:len(nxt)].gather(1, nxt[:, None]).squeeze(1))
-        nll_b.append(-pb[:len(nxt)].gather(1, nxt[:, None]).squeeze(1))
+        nll_a_parts.append(-pa[:len(nxt)].gather(1, nxt[:, None]).squeeze(1))
+        nll_b_parts.append(-pb[:len(nxt)].gather(1, nxt[:, None]).squeeze(1))
         del la, lb, pa, pb
         release_freed_memory()
-    kl, top1, max_diff, nll_a, nll_b = (torch.cat(v) for v in (kl, top1, max_diff, nll_a, nll_b))
+    kl, top1, max_diff = torch.cat(kl_parts), torch.cat(top1_parts), torch.cat(max_diff_parts)
+    nll_a, nll_b = torch.cat(nll_a_parts), torch.cat(nll_b_parts)
     return {
         "positions": len(tokens),
         "kl_mean": float(kl.mean()), "kl_p99": float(torch.quantile(kl, 0.99)), "kl_max": float(kl.max()),

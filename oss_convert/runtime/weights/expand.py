@@ -46,7 +46,9 @@ def _legacy_blocks(rows: torch.Tensor, qtype: T) -> torch.Tensor:
     if qtype == T.Q4_0:
         return (d * (low - 8).float()).flatten(1)
     qh_bytes = b[..., 2:6] if qtype == T.Q5_0 else b[..., 4:8]
-    qh = sum(qh_bytes[..., i].int() << (8 * i) for i in range(4))
+    qh = qh_bytes[..., 0].int()
+    for i in range(1, 4):
+        qh = qh | (qh_bytes[..., i].int() << (8 * i))
     bit = torch.arange(32, device=rows.device, dtype=torch.int32)
     q = low | (((qh[..., None] >> bit) & 1) << 4)
     if qtype == T.Q5_0:
@@ -101,8 +103,9 @@ def expand_in_torch(packed, e: int) -> torch.Tensor:
     if packed.format == "MXFP4":
         return mxfp4_to_float(packed.data[e], packed.scales[e])
     row = table.BY_NAME.get(packed.format)
-    if row is not None and row.torch:
-        return IN_TORCH[T(row.ggml_type)](packed.data[e], T(row.ggml_type))
+    if row is not None and row.torch and row.ggml_type is not None:
+        qtype = T(row.ggml_type)
+        return IN_TORCH[qtype](packed.data[e], qtype)
     # no port ships its experts in the other types (IQ*, TQ*, Q2_K, Q3_K, Q4_1) at scale: they
     # are decoded on the host and the values copied to the device
     device = packed.data.device

@@ -119,7 +119,9 @@ class MappedExperts:
         """Every expert copied into memory on `device`, one expert at a time through the host."""
         out: PackedExperts | None = None
         for e in range(self.shape[0]):
-            data, scales = (None if a is None else torch.from_numpy(np.array(a)) for a in self.packed(e))
+            stored_data, stored_scales = self.packed(e)
+            data = torch.from_numpy(np.array(stored_data))
+            scales = None if stored_scales is None else torch.from_numpy(np.array(stored_scales))
             if out is None:
                 stack = lambda a: a.new_empty((self.shape[0],) + a.shape, device=device)  # noqa: E731
                 out = PackedExperts(self.format, self.shape, stack(data), None if scales is None else stack(scales),
