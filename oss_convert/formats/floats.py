@@ -18,8 +18,18 @@ def fp16_bits(x: np.ndarray) -> np.ndarray:
 
 
 def fp16_value(bits: np.ndarray) -> np.ndarray:
-    """fp16 words (uint16, or two bytes of a block: pass them with .copy().view(np.uint16)) -> float32."""
+    """fp16 words (uint16) -> float32."""
     return np.asarray(bits, np.uint16).view(np.float16).astype(F32)
+
+
+def block_fp16(blocks: np.ndarray, start: int) -> np.ndarray:
+    """The fp16 at bytes start:start+2 of each block (bytes [N, block_bytes]), as float32 [N, 1]."""
+    return fp16_value(blocks[:, start:start + 2].copy().view(np.uint16))
+
+
+def put_block_fp16(out: np.ndarray, start: int, values: np.ndarray) -> None:
+    """Each block's fp16 at bytes start:start+2 of `out` (bytes [N, block_bytes]), from float32 [N]."""
+    out[:, start:start + 2] = fp16_bits(values).reshape(-1, 1).view(np.uint8)
 
 
 def bf16_to_float32(words: np.ndarray) -> np.ndarray:

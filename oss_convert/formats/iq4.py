@@ -25,7 +25,7 @@ from gguf import GGMLQuantizationType as T
 
 from . import compiled
 from .codec import Codec
-from .floats import F32, fp16_bits, fp16_value
+from .floats import F32, block_fp16, put_block_fp16
 from .kquant_search import seq_sum_rows
 from .rounding import nearest_int, reciprocal_or_zero, signed_absmax
 
@@ -112,7 +112,7 @@ class IQ4_NLCodec(Codec, ggml_type=T.IQ4_NL):
 
     @staticmethod
     def dequantize_blocks(blocks: np.ndarray) -> np.ndarray:
-        d = fp16_value(blocks[:, 0:2].copy().view(np.uint16)).reshape(-1, 1)
+        d = block_fp16(blocks, 0)
         return d * LEVELS_F[_unpack_indices(blocks[:, 2:])]
 
 
@@ -122,7 +122,7 @@ def quantize_nl_numpy(blocks: np.ndarray) -> np.ndarray:
     d = block_scales(blocks)
     indices = best_index(blocks * reciprocal_or_zero(d)[:, None])
     out = np.empty((blocks.shape[0], IQ4_NLCodec.block_bytes), np.uint8)
-    out[:, 0:2] = fp16_bits(d).reshape(-1, 1).view(np.uint8)
+    put_block_fp16(out, 0, d)
     out[:, 2:] = _pack_indices(indices)
     return out
 
@@ -156,7 +156,7 @@ def quantize_xs_numpy(supers: np.ndarray) -> np.ndarray:
         scales_h |= (biased[:, ib] >> 4) << (2 * ib)
     low = (biased & 0xF).astype(np.uint8)
     out = np.empty((n, IQ4_XSCodec.block_bytes), np.uint8)
-    out[:, 0:2] = fp16_bits(d).reshape(-1, 1).view(np.uint8)
+    put_block_fp16(out, 0, d)
     out[:, 2:4] = scales_h.reshape(-1, 1).view(np.uint8)
     out[:, 4:8] = low[:, 0::2] | (low[:, 1::2] << 4)
     out[:, 8:] = _pack_indices(indices)
@@ -165,7 +165,7 @@ def quantize_xs_numpy(supers: np.ndarray) -> np.ndarray:
 
 def dequantize_xs_blocks(blocks: np.ndarray) -> np.ndarray:
     n = blocks.shape[0]
-    d = fp16_value(blocks[:, 0:2].copy().view(np.uint16)).reshape(n)
+    d = block_fp16(blocks, 0).reshape(n)
     scales_h = blocks[:, 2:4].copy().view(np.uint16).reshape(n)
     low = np.stack([blocks[:, 4:8] & 0xF, blocks[:, 4:8] >> 4], axis=2).reshape(n, 8)
     high = np.stack([(scales_h >> (2 * ib)) & 3 for ib in range(8)], axis=1)

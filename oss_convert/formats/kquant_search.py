@@ -14,7 +14,7 @@ import ctypes
 import numpy as np
 
 from . import compiled
-from .floats import F32, fp16_value
+from .floats import F32, block_fp16
 from .rounding import MAGIC, first_absmax_index, nearest_int
 
 
@@ -209,9 +209,8 @@ def unpack_scales_mins_k4(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def super_block_header(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Q4_K/Q5_K blocks [B, bytes] -> (d [B,1], dmin [B,1], group scales [B,8], group mins [B,8])."""
-    B = blocks.shape[0]
-    d = fp16_value(blocks[:, 0:2].copy().view(np.uint16)).reshape(B, 1)
-    dmin = fp16_value(blocks[:, 2:4].copy().view(np.uint16)).reshape(B, 1)
+    d = block_fp16(blocks, 0)
+    dmin = block_fp16(blocks, 2)
     sc, m = unpack_scales_mins_k4(blocks[:, 4:16])
     return d, dmin, sc, m
 

@@ -14,7 +14,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 
 from .codec import Codec
-from .floats import F32, fp16_bits, fp16_value
+from .floats import F32, block_fp16, fp16_bits, fp16_value
 from .kquant_search import make_qkx2_quants
 from .rounding import max_ignoring_nan, nearest_int
 
@@ -52,8 +52,8 @@ def quantize_super_blocks(blocks: np.ndarray) -> np.ndarray:
 
 def dequantize_super_blocks(blocks: np.ndarray) -> np.ndarray:
     B = blocks.shape[0]
-    d = fp16_value(blocks[:, 80:82].copy().view(np.uint16)).reshape(B, 1)
-    dmin = fp16_value(blocks[:, 82:84].copy().view(np.uint16)).reshape(B, 1)
+    d = block_fp16(blocks, 80)
+    dmin = block_fp16(blocks, 82)
     sc = blocks[:, 0:16]
     L = unpack_2bit(blocks[:, 16:80]).reshape(B, 16, 16).astype(F32)
     return ((d * (sc & 0xF))[..., None] * L - (dmin * (sc >> 4))[..., None]).reshape(B, -1)

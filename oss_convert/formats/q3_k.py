@@ -15,7 +15,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 
 from .codec import Codec
-from .floats import F32, fp16_bits, fp16_value
+from .floats import F32, block_fp16, fp16_bits, fp16_value
 from .q2_k import pack_2bit, unpack_2bit
 from .rounding import nearest_int, signed_absmax
 
@@ -91,7 +91,7 @@ def quantize_super_blocks(blocks: np.ndarray) -> np.ndarray:
 
 def dequantize_super_blocks(blocks: np.ndarray) -> np.ndarray:
     B = blocks.shape[0]
-    d = fp16_value(blocks[:, 108:110].copy().view(np.uint16)).reshape(B, 1)
+    d = block_fp16(blocks, 108)
     packed = blocks[:, 96:108]
     low4 = np.concatenate([packed[:, 0:8] & 0xF, packed[:, 0:8] >> 4], axis=1)
     high2 = np.stack([(packed[:, 8 + j % 4] >> (2 * (j // 4))) & 3 for j in range(16)], axis=1)

@@ -10,7 +10,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 
 from .codec import ScaleAndCodes
-from .floats import F32, fp16_bits, fp16_value
+from .floats import F32, block_fp16, put_block_fp16
 from .rounding import reciprocal_or_zero, signed_absmax, toward_zero
 
 
@@ -31,7 +31,7 @@ def scales_and_codes(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def pack(d: np.ndarray, q: np.ndarray) -> np.ndarray:
     out = np.empty((q.shape[0], Q4_0Codec.block_bytes), np.uint8)
-    out[:, 0:2] = fp16_bits(d).reshape(-1, 1).view(np.uint8)
+    put_block_fp16(out, 0, d)
     out[:, 2:] = q[:, :16] | (q[:, 16:] << 4)
     return out
 
@@ -42,5 +42,5 @@ class Q4_0Codec(ScaleAndCodes, ggml_type=T.Q4_0):
 
     @staticmethod
     def dequantize_blocks(blocks: np.ndarray) -> np.ndarray:
-        d = fp16_value(blocks[:, 0:2].copy().view(np.uint16)).reshape(-1, 1)
+        d = block_fp16(blocks, 0)
         return d * (np.concatenate([blocks[:, 2:] & 0xF, blocks[:, 2:] >> 4], axis=1).astype(F32) - 8)

@@ -12,7 +12,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 
 from .codec import Codec
-from .floats import F32, fp16_bits, fp16_value
+from .floats import F32, block_fp16, put_block_fp16
 from .rounding import first_min_max, reciprocal_or_zero, toward_zero
 
 
@@ -25,13 +25,13 @@ class Q4_1Codec(Codec, ggml_type=T.Q4_1):
         as_int8 = ((codes & 0xFF) ^ 0x80) - 0x80
         q = np.minimum(15, as_int8) & 0xFF
         out = np.empty((blocks.shape[0], Q4_1Codec.block_bytes), np.uint8)
-        out[:, 0:2] = fp16_bits(d).reshape(-1, 1).view(np.uint8)
-        out[:, 2:4] = fp16_bits(mn).reshape(-1, 1).view(np.uint8)
+        put_block_fp16(out, 0, d)
+        put_block_fp16(out, 2, mn)
         out[:, 4:] = (q[:, :16] | (q[:, 16:] << 4)) & 0xFF
         return out
 
     @staticmethod
     def dequantize_blocks(blocks: np.ndarray) -> np.ndarray:
-        d = fp16_value(blocks[:, 0:2].copy().view(np.uint16)).reshape(-1, 1)
-        m = fp16_value(blocks[:, 2:4].copy().view(np.uint16)).reshape(-1, 1)
+        d = block_fp16(blocks, 0)
+        m = block_fp16(blocks, 2)
         return d * np.concatenate([blocks[:, 4:] & 0xF, blocks[:, 4:] >> 4], axis=1).astype(F32) + m

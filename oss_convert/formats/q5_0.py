@@ -9,7 +9,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 
 from .codec import ScaleAndCodes
-from .floats import F32, fp16_bits, fp16_value
+from .floats import F32, block_fp16, put_block_fp16
 from .q4_0 import symmetric_scales_and_codes
 
 
@@ -33,7 +33,7 @@ def scales_and_codes(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def pack(d: np.ndarray, q: np.ndarray) -> np.ndarray:
     qh, qs = pack_5bit(q)
     out = np.empty((q.shape[0], Q5_0Codec.block_bytes), np.uint8)
-    out[:, 0:2] = fp16_bits(d).reshape(-1, 1).view(np.uint8)
+    put_block_fp16(out, 0, d)
     out[:, 2:6] = qh
     out[:, 6:] = qs
     return out
@@ -45,5 +45,5 @@ class Q5_0Codec(ScaleAndCodes, ggml_type=T.Q5_0):
 
     @staticmethod
     def dequantize_blocks(blocks: np.ndarray) -> np.ndarray:
-        d = fp16_value(blocks[:, 0:2].copy().view(np.uint16)).reshape(-1, 1)
+        d = block_fp16(blocks, 0)
         return d * (unpack_5bit(blocks[:, 2:6], blocks[:, 6:]).astype(F32) - 16)

@@ -9,7 +9,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 
 from .codec import Codec
-from .floats import F32, fp16_bits, fp16_value
+from .floats import F32, block_fp16, put_block_fp16
 from .q5_0 import pack_5bit, unpack_5bit
 from .rounding import first_min_max, reciprocal_or_zero, toward_zero
 
@@ -22,14 +22,14 @@ class Q5_1Codec(Codec, ggml_type=T.Q5_1):
         q = (toward_zero((blocks - mn[:, None]) * reciprocal_or_zero(d)[:, None] + F32(0.5)) & 0xFF).astype(np.uint8)
         qh, qs = pack_5bit(q)
         out = np.empty((blocks.shape[0], Q5_1Codec.block_bytes), np.uint8)
-        out[:, 0:2] = fp16_bits(d).reshape(-1, 1).view(np.uint8)
-        out[:, 2:4] = fp16_bits(mn).reshape(-1, 1).view(np.uint8)
+        put_block_fp16(out, 0, d)
+        put_block_fp16(out, 2, mn)
         out[:, 4:8] = qh
         out[:, 8:] = qs
         return out
 
     @staticmethod
     def dequantize_blocks(blocks: np.ndarray) -> np.ndarray:
-        d = fp16_value(blocks[:, 0:2].copy().view(np.uint16)).reshape(-1, 1)
-        m = fp16_value(blocks[:, 2:4].copy().view(np.uint16)).reshape(-1, 1)
+        d = block_fp16(blocks, 0)
+        m = block_fp16(blocks, 2)
         return d * unpack_5bit(blocks[:, 4:8], blocks[:, 8:]).astype(F32) + m

@@ -12,7 +12,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 
 from .codec import Codec
-from .floats import F32, fp16_bits, fp16_value
+from .floats import F32, block_fp16, fp16_bits, fp16_value
 from .kquant_search import make_qx_quants_rmse1
 from .rounding import first_absmax_index, nearest_int
 
@@ -51,7 +51,7 @@ def dequantize_super_blocks(blocks: np.ndarray) -> np.ndarray:
     ql = blocks[:, 0:128].reshape(B, 2, 64)
     qh = blocks[:, 128:192].reshape(B, 2, 32)
     sc = blocks[:, 192:208].view(np.int8).astype(F32).reshape(B, 16)
-    d = fp16_value(blocks[:, 208:210].copy().view(np.uint16)).reshape(B, 1)
+    d = block_fp16(blocks, 208)
     q = np.stack([(ql[:, :, :32] & 0xF) | ((qh & 3) << 4),
                   (ql[:, :, 32:] & 0xF) | (((qh >> 2) & 3) << 4),
                   (ql[:, :, :32] >> 4) | (((qh >> 4) & 3) << 4),

@@ -10,7 +10,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 
 from .codec import ScaleAndCodes
-from .floats import F32, fp16_bits, fp16_value
+from .floats import F32, block_fp16, put_block_fp16
 from .rounding import block_reduce, reciprocal_or_zero, roundf
 
 
@@ -23,7 +23,7 @@ def scales_and_codes(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def pack(d: np.ndarray, q: np.ndarray) -> np.ndarray:
     out = np.empty((q.shape[0], Q8_0Codec.block_bytes), np.uint8)
-    out[:, :2] = fp16_bits(d).reshape(-1, 1).view(np.uint8)
+    put_block_fp16(out, 0, d)
     out[:, 2:] = q
     return out
 
@@ -34,5 +34,5 @@ class Q8_0Codec(ScaleAndCodes, ggml_type=T.Q8_0):
 
     @staticmethod
     def dequantize_blocks(blocks: np.ndarray) -> np.ndarray:
-        d = fp16_value(blocks[:, :2].copy().view(np.uint16))
+        d = block_fp16(blocks, 0)
         return d * blocks[:, 2:].view(np.int8).astype(F32)
