@@ -6,11 +6,12 @@ Each heatmap cell is its own patch whose SVG id names the tensor and its verify 
 
 from __future__ import annotations
 
-import io
 import math
 import re
 
 import numpy as np
+
+from ..plotting import inline_svg, pyplot
 
 IDENTICAL_COLOR = "#d0d0d0"  # bit-identical: a neutral grey, outside the SNR scale
 ABSENT_COLOR = "#000000"  # missing, extra or of the wrong shape
@@ -18,27 +19,6 @@ LOSSY_EDGE = "#d7191c"  # not what llama-quantize makes: outlined
 SNR_RANGE = (0.0, 60.0)  # dB; Q4 ports sit near 25-30, Q8_0 near 45, a flipped nibble far above
 SNR_CMAP = "viridis"
 MODEL_COLUMN = "model"  # tensors outside the blocks (embedding, output)
-
-
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def _svg(fig, name: str) -> str:
-    """The figure as an <svg> element to inline: no XML prolog, no DOCTYPE (it names an external
-    DTD), no RDF metadata, and ids salted by the figure's name so that two figures in one page
-    never share one."""
-    import matplotlib
-    with matplotlib.rc_context({"svg.hashsalt": name, "svg.fonttype": "path"}):
-        buf = io.StringIO()
-        fig.savefig(buf, format="svg", bbox_inches="tight",
-                    metadata={"Creator": None, "Date": None, "Format": None, "Type": None})
-    _pyplot().close(fig)
-    text = buf.getvalue()
-    return text[text.index("<svg"):]
 
 
 def split_name(port_name: str) -> tuple[str, str]:
@@ -64,7 +44,7 @@ def cell_color(tensor: dict) -> str:
 
 def tensor_heatmap(tensors: list[dict], n_layers: int) -> str:
     """SNR per layer (columns) and tensor kind (rows), from verify's tensor list."""
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.patches import Rectangle
     cells = {}
     for t in tensors:
@@ -95,13 +75,13 @@ def tensor_heatmap(tensors: list[dict], n_layers: int) -> str:
         side.set_visible(False)
     sm = plt.cm.ScalarMappable(cmap=SNR_CMAP, norm=plt.Normalize(*SNR_RANGE))
     fig.colorbar(sm, ax=ax, fraction=0.025, pad=0.01).set_label("SNR (dB)", fontsize=8)
-    return _svg(fig, "tensors")
+    return inline_svg(fig, "tensors")
 
 
 def expert_heatmap(kind: str, per_layer: dict[int, list[dict]], n_layers: int, n_experts: int) -> str:
     """SNR of each expert (columns) in each layer (rows) for one expert tensor kind; unchanged
     experts and layers in the bit-identical colour."""
-    plt = _pyplot()
+    plt = pyplot()
     import matplotlib
     grid = np.full((n_layers, n_experts), np.inf)
     for layer, experts in per_layer.items():
@@ -116,12 +96,12 @@ def expert_heatmap(kind: str, per_layer: dict[int, list[dict]], n_layers: int, n
     ax.set_xlabel("expert")
     ax.set_ylabel("layer")
     fig.colorbar(image, ax=ax, fraction=0.03, pad=0.01).set_label("SNR (dB)", fontsize=8)
-    return _svg(fig, f"experts-{kind}")
+    return inline_svg(fig, f"experts-{kind}")
 
 
 def moe_plot(layers: list[dict]) -> str:
     """Relative error of each layer's MoE output, and the share of tokens routed alike."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 2.6))
     xs = [r["layer"] for r in layers]
     ax.bar(xs, [r["rel_error"] for r in layers], color="#4575b4")
@@ -132,11 +112,11 @@ def moe_plot(layers: list[dict]) -> str:
     same.plot(xs, [100 * r["same_experts_fraction"] for r in layers], "o-", color="#d73027", markersize=3)
     same.set_ylabel("same experts (%)", color="#d73027")
     same.set_ylim(0, 105)
-    return _svg(fig, "moe")
+    return inline_svg(fig, "moe")
 
 
 def kl_per_position(per_position: list[dict], ctx: int) -> str:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 2.6))
     kl = [p["kl"] for p in per_position]
     ax.plot(range(len(kl)), kl, linewidth=0.8, color="#4575b4")
@@ -145,11 +125,11 @@ def kl_per_position(per_position: list[dict], ctx: int) -> str:
     ax.set_xlabel("position (dotted: a new window)")
     ax.set_ylabel("KL(source || port)")
     ax.set_xlim(0, max(1, len(kl) - 1))
-    return _svg(fig, "kl-positions")
+    return inline_svg(fig, "kl-positions")
 
 
 def kl_distribution(per_position: list[dict]) -> str:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 2.4))
     kl = np.array([p["kl"] for p in per_position])
     positive = kl[kl > 0]
@@ -161,4 +141,4 @@ def kl_distribution(per_position: list[dict]) -> str:
             ax.set_xscale("log")
     ax.set_xlabel(f"KL per position ({int((kl == 0).sum())} positions with KL 0 not drawn)")
     ax.set_ylabel("positions")
-    return _svg(fig, "kl-distribution")
+    return inline_svg(fig, "kl-distribution")
