@@ -196,6 +196,61 @@ def survey(ref, first_parts: list[str]) -> dict:
     return survey_document(str(ref), rows)
 
 
+@cli.command("models")
+@click.option("--hub", "base_model", metavar="OWNER/BASE",
+              help="A census of this base model's quantizations on the Hub, instead of this machine's stores.")
+@click.option("--limit", type=click.IntRange(1, 10000), default=None,
+              help="--hub: the N most downloaded quantization repos only.")
+@click.option("--html", "html_out", type=click.Path(path_type=Path),
+              help="--hub: also write the census as a page with a size-against-bits plot.")
+@click.option("--force", is_flag=True, help="Overwrite the --html file if it exists.")
+@click.option("--ctx", type=click.IntRange(1, 1 << 24), default=8192, show_default=True,
+              help="The memory plan at this context (llama.cpp's -c).")
+@click.option("--kv-type", type=click.Choice(KV_CACHE_TYPES), default="f16", show_default=True,
+              help="KV cache type (llama.cpp's -ctk/-ctv).")
+@click.option("--gpu-memory", type=str, default=None,
+              help="GPU memory to fit into, such as 24GB: says whether each model fits at --ctx.")
+@json_option
+@user_errors()
+def models_cmd(base_model: str | None, limit: int | None, html_out: Path | None, force: bool, ctx: int,
+               kv_type: str, gpu_memory: str | None, as_json: bool):
+    """List the GPT-OSS models Ollama, LM Studio, llama.cpp and the Hugging Face cache hold on
+    this machine (or, with --hub, every quantization of a base model on the Hub), from headers.
+
+    Each NAME shown works wherever a path does: ollama:gpt-oss:20b,
+    lmstudio:PUBLISHER/REPO[/FILE.gguf], llamacpp:FILE.gguf, hf-cache:OWNER/REPO[:FILE.gguf].
+    """
+    from tqdm import tqdm
+    refuse_unless(base_model is not None, "limit", "html_out", "force", where="with --hub only")
+    refuse_unless(base_model is None, "ctx", "kv_type", "gpu_memory", where="to this machine's models, not to --hub")
+    show = sys.stderr.isatty() and not as_json
+    if base_model is not None:
+        from .files.atomic import atomic_path, check_target
+        from .models import census_document, render_census
+        if html_out is not None:
+            check_target(html_out, force)
+            try:
+                import matplotlib  # noqa: F401
+            except ImportError:
+                raise OssConvertError("--html draws its plot with matplotlib, which is not installed: "
+                                      "pip install 'oss-convert[report]'") from None
+        doc = census_document(base_model, limit, progress=lambda it, total: tqdm(
+            it, total=total, desc="headers", unit="model", disable=not show))
+        if html_out is not None:
+            from .models.page import render_census_page
+            with atomic_path(html_out, force) as tmp:
+                tmp.write_text(render_census_page(doc), encoding="utf-8")
+        emit_json(doc) if as_json else click.echo(render_census(doc))
+        return
+    from .memory.context import ContextOptions
+    from .models import local_document, render_local
+    from .stores import scan
+    budget = parse_bytes(gpu_memory) if gpu_memory is not None else None
+    doc = local_document(scan(), ContextOptions(ctx, kv_type), budget,
+                         progress=lambda it: tqdm(it, desc="headers", unit="model", disable=not show))
+    emit_json(doc) if as_json else click.echo(render_local(doc))
+
+
 CONVERT_TYPES = [LOSSLESS, *MIXTURES]  # the lossless copy, then llama-quantize's mixtures
 
 
@@ -357,12 +412,27 @@ def verify_cmd(src: Path, port: Path, as_json: bool, require_fp4: bool, local_di
 
     source, port_ckpt = open_downloaded(src, local_dir), open_downloaded(port, local_dir)
     check_inputs(source, port_ckpt)
+    check_blob_digests(source, port_ckpt)
     doc = verify(source, port_ckpt)
     if as_json:
         emit_json(doc)
     else:
         click.echo(render(doc))
     sys.exit(exit_status(doc, require_fp4))
+
+
+def check_blob_digests(*ckpts) -> None:
+    """Ollama's blobs among the inputs checked against their digests (a pass through the page
+    cache that verify's own reads then hit), with a progress bar on a terminal."""
+    from tqdm import tqdm
+
+    from .stores.ollama import check_digests, expected_digest
+    files = [f for c in ckpts for f in c.files if expected_digest(Path(str(f)))]
+    if not files:
+        return
+    total = sum(Path(str(f)).stat().st_size for f in files)
+    with tqdm(total=total, unit="B", unit_scale=True, desc="blob digests", disable=not sys.stderr.isatty()) as bar:
+        check_digests(files, bar.update)
 
 
 @cli.command("report")

@@ -1,4 +1,5 @@
-"""Hugging Face Hub repo ids wherever a path is taken: `owner/name[@revision][:path]`.
+"""Hugging Face Hub repo ids wherever a path is taken: `owner/name[@revision][:path]`; and,
+through oss_convert.stores, the names of models the apps keep (`ollama:`, `lmstudio:`, ...).
 
 `inspect` reads headers only, by HTTP range requests (kilobytes for a safetensors repo, the
 header's few MB for a GGUF). The other commands download what they need into the standard
@@ -17,6 +18,7 @@ from pathlib import Path, PurePosixPath
 from .checkpoint import Checkpoint, gguf_checkpoint, open_checkpoint, open_safetensors_files
 from .errors import OssConvertError
 from .files.gguf import read_gguf, split_names
+from .stores import locate, store_name
 
 SPEC = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[^:@]+))?(?::(?P<path>.+))?$")
 # What a HF-layout conversion needs; never original/ or metal/ unless asked for.
@@ -44,7 +46,7 @@ def parse(spec) -> HubRef | None:
     A local path wins, and so does anything whose folder exists here (`models/typo` is a
     mistyped path, not a repo of a user called `models`)."""
     text = str(spec)
-    if text.startswith((".", "/", "~")) or Path(text).exists():
+    if text.startswith((".", "/", "~")) or Path(text).exists() or store_name(text):
         return None
     owner_folder = Path(text.split(":")[0].split("@")[0]).parent
     if owner_folder != Path(".") and owner_folder.is_dir():
@@ -113,11 +115,17 @@ def _ggufs(files: list[str], ref: HubRef) -> list[str]:
 
 # ------------------------------------------------------------------------------ downloads
 
+def local_path(spec) -> Path:
+    """The local path `spec` names: itself, or where an app's store keeps the model named."""
+    located = locate(spec)
+    return Path(spec) if located is None else located
+
+
 def download(spec, local_dir: Path | None = None) -> Path:
     """A local path for `spec`: itself if local, else the repo's needed files downloaded."""
     ref = parse(spec)
     if ref is None:
-        return Path(spec)
+        return local_path(spec)
     from huggingface_hub import constants, hf_hub_download, snapshot_download
 
     def file(name: str) -> Path:
@@ -188,7 +196,7 @@ def open_headers_or_models(spec) -> Checkpoint | tuple[HubRef, list[str]]:
     counted once) the repo and each model's first part."""
     ref = parse(spec)
     if ref is None:
-        return open_checkpoint(spec)
+        return open_checkpoint(local_path(spec))
     files = repo_files(ref)
     models = _gguf_models(ref, files)
     return models if models is not None else open_remote(spec, files)
@@ -242,3 +250,32 @@ def _gguf_models(ref: HubRef, files: list[str]) -> tuple[HubRef, list[str]] | No
         return None
     models = _ggufs(files, ref)
     return (ref, models) if len(models) > 1 else None
+
+
+# ------------------------------------------------------------------------------ quantizations of a base model
+
+@dataclass(frozen=True)
+class HubFile:
+    path: str
+    size: int
+    sha256: str | None  # the LFS object's sha256 (the file's content), where the Hub records one
+
+
+def quantization_repos(base_model: str, limit: int | None) -> list[dict]:
+    """The model repos the Hub records as quantizations of `base_model` (its base_model
+    relation), most downloaded first: id, author and downloads of each."""
+    ref = HubRef(base_model, None, None)
+    _quiet_hub_logs()
+    with hub_errors(ref):
+        models = _api().list_models(filter=f"base_model:quantized:{base_model}", sort="downloads", limit=limit)
+        found = [{"repo": m.id, "author": m.author or m.id.split("/")[0], "downloads": m.downloads or 0}
+                 for m in models]
+    return sorted(found, key=lambda m: -m["downloads"])
+
+
+def repo_files_with_hashes(repo_id: str) -> list[HubFile]:
+    """Every file of a repo with its size and content sha256 (one request)."""
+    ref = HubRef(repo_id, None, None)
+    with hub_errors(ref):
+        info = _api().model_info(repo_id, files_metadata=True)
+    return [HubFile(s.rfilename, s.size or 0, s.lfs.sha256 if s.lfs else None) for s in info.siblings or []]

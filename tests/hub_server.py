@@ -4,7 +4,9 @@ huggingface_hub client in tests.
 It serves folders as model repos: repo info (/api/models/...), file trees, and files through
 /{repo}/resolve/{revision}/{path} with HEAD, ETag, X-Repo-Commit, Content-Length and byte
 ranges; the Hub's error codes for a missing repo, revision or file and for a gated repo.
-It counts the bytes of file content it sends, per file.
+It counts the bytes of file content it sends, per file. Model search (/api/models) answers
+the base_model filter from the model cards registered with `describe`, most downloaded first;
+repo info with `blobs` gives each file's size and, as the Hub does for LFS files, its sha256.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import threading
 from collections import defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 
 class HubState:
@@ -25,7 +27,14 @@ class HubState:
         self.gated: dict[str, str] = {}  # repo id -> the token that opens it
         self.bytes_sent: dict[str, int] = defaultdict(int)  # "repo/path" -> content bytes served
         self.listings: dict[str, int] = defaultdict(int)  # repo id -> file listings served
+        self.cards: dict[str, dict] = {}  # repo id -> {"author", "downloads", "base_model", "relation"}
         self.lock = threading.Lock()
+
+    def describe(self, repo_id: str, *, base_model: str, downloads: int, relation: str = "quantized") -> None:
+        """The model card facts the search filters on: a repo described here is listed even if
+        it has no files (a repo that disappears between the search and its listing)."""
+        self.cards[repo_id] = {"author": repo_id.split("/")[0], "downloads": downloads, "base_model": base_model,
+                               "relation": relation}
 
     def add(self, repo_id: str, folder: Path, revision: str = "main", gated_token: str | None = None) -> None:
         self.repos.setdefault(repo_id, {})[revision] = Path(folder)
@@ -93,8 +102,39 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         self._serve()
 
+    def _search(self, query: dict) -> None:
+        """GET /api/models?filter=base_model:RELATION:BASE&sort=downloads&limit=N"""
+        wanted = query.get("filter", [])
+        found = []
+        for repo_id, card in self.state.cards.items():
+            tags = ["gguf", f"base_model:{card['base_model']}", f"base_model:{card['relation']}:{card['base_model']}"]
+            if all(f in tags for f in wanted):
+                found.append({"id": repo_id, "modelId": repo_id, "author": card["author"],
+                              "downloads": card["downloads"], "likes": 0, "private": False, "tags": tags})
+        if query.get("sort") == ["downloads"]:
+            found.sort(key=lambda m: -m["downloads"])
+        if query.get("limit"):
+            found = found[:int(query["limit"][0])]
+        self._json(found)
+
+    def _sibling(self, folder: Path, name: str, blobs: bool) -> dict:
+        if not blobs:
+            return {"rfilename": name}
+        file = folder / name
+        size = file.stat().st_size
+        entry = {"rfilename": name, "size": size, "blobId": hashlib.sha1(name.encode()).hexdigest()}
+        if name.endswith((".gguf", ".safetensors")):
+            with self.state.lock:  # hashed on the server's side: not content sent
+                digest = hashlib.sha256(file.read_bytes()).hexdigest()
+            entry["lfs"] = {"size": size, "sha256": digest, "pointerSize": 134}
+        return entry
+
     def _serve(self):
-        path = unquote(urlparse(self.path).path)
+        url = urlparse(self.path)
+        path = unquote(url.path)
+        if path == "/api/models":
+            self._search(parse_qs(url.query))
+            return
         m = re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/([^/]+))?", path)
         if m:
             found = self._repo(m[1], m[2] or "main")
@@ -102,9 +142,10 @@ class _Handler(BaseHTTPRequestHandler):
                 folder, commit = found
                 with self.state.lock:
                     self.state.listings[m[1]] += 1
+                blobs = parse_qs(url.query).get("blobs") == ["True"] or parse_qs(url.query).get("blobs") == ["true"]
                 self._json({"id": m[1], "modelId": m[1], "sha": commit, "private": False,
                             "gated": bool(self.state.gated.get(m[1])), "disabled": False, "tags": [],
-                            "siblings": [{"rfilename": f} for f in _files(folder)]})
+                            "siblings": [self._sibling(folder, f, blobs) for f in _files(folder)]})
             return
         m = re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)(?:/(.*))?", path)
         if m:

@@ -10,26 +10,6 @@ import pytest
 
 from fixtures.checkpoints import write_checkpoint
 from tests.cli import run_cli
-from tests.hub_server import HubServer
-
-
-@pytest.fixture
-def hub(monkeypatch, tmp_path, checkpoints, bundled):
-    with HubServer() as server:
-        monkeypatch.setenv("HF_ENDPOINT", server.url)
-        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
-        monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-        monkeypatch.delenv("HF_TOKEN", raising=False)
-        import huggingface_hub.constants as c
-        monkeypatch.setattr(c, "ENDPOINT", server.url)
-        monkeypatch.setattr(c, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}")
-        monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "cache"))
-        monkeypatch.setattr(c, "HF_HUB_OFFLINE", False)
-        server.state.add("openai/gpt-oss-tiny", bundled)
-        server.state.add("openai/gpt-oss-mid", checkpoints["mid-sharded"])
-        yield server
-
 
 run = run_cli
 

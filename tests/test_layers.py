@@ -21,23 +21,25 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "oss_convert"
 
-BASE = {"errors", "text", "metrics", "cbuild"}
+BASE = {"errors", "text", "metrics", "cbuild", "plotting"}
 BELOW = {
-    "errors": set(), "text": set(), "metrics": set(), "cbuild": set(),
+    "errors": set(), "text": set(), "metrics": set(), "cbuild": set(), "plotting": set(),
     "files": {"errors"},
     "formats": {"errors", "metrics", "cbuild"},
     "checkpoint": {"errors", "files", "formats"},
     "plan": BASE | {"files", "formats", "checkpoint"},
     "memory": BASE | {"files", "formats", "checkpoint", "plan"},
-    "hub": BASE | {"files", "checkpoint"},
+    "stores": BASE | {"files"},
+    "hub": BASE | {"files", "checkpoint", "stores"},
     "runtime": BASE | {"files", "formats", "checkpoint", "plan", "memory"},
 }
-COMMANDS = {"inspect", "convert", "verify", "compare", "generate"}
+COMMANDS = {"inspect", "convert", "verify", "compare", "generate", "models"}
 RUNS_THE_MODEL = {"compare", "generate"}
 for command in COMMANDS:
     BELOW[command] = BASE | {"files", "formats", "checkpoint", "plan", "memory"}
     if command in RUNS_THE_MODEL:
         BELOW[command] |= {"runtime"}
+BELOW["models"] |= {"stores", "hub"}  # it finds the models it surveys
 BELOW["report"] = BELOW["compare"] | COMMANDS  # the port report puts the commands' documents together
 BELOW["cli"] = set(BELOW) | COMMANDS
 TORCH = {"torch", "triton"}

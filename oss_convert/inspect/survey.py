@@ -4,39 +4,16 @@ port can only be ruled out (its experts are not MXFP4) or kept in the running.""
 
 from __future__ import annotations
 
-from collections import Counter
-
 from ..checkpoint import Checkpoint
+from ..checkpoint.summary import storage_summary
 from ..text import human_bytes, table
 
 
-def _types(tensors) -> dict[str, int]:
-    """ggml types by bytes held, largest first."""
-    held: Counter[str] = Counter()
-    for t in tensors:
-        held[t.format] += t.nbytes
-    return dict(held.most_common())
-
-
 def survey_row(name: str, ckpt: Checkpoint, file_bytes: int, header_bytes: int, parts: int) -> dict:
-    experts = [t for t in ckpt.tensors if t.role.is_expert_weight]
-    rest = [t for t in ckpt.tensors if not t.role.is_expert_weight]
-    params = sum(t.n_params for t in ckpt.tensors)
-    data = sum(t.nbytes for t in ckpt.tensors)
-    expert_types = _types(experts)
-    if not experts:
-        fp4 = "no expert tensors found"
-    elif set(expert_types) == {"MXFP4"}:
-        fp4 = "can be intact (experts MXFP4; verify proves it)"
-    elif "MXFP4" in expert_types:
-        fp4 = "partly requantized"
-    else:
-        fp4 = "lost (experts requantized)"
-    return {"file": name, "parts": parts, "bytes": file_bytes, "tensors": len(ckpt.tensors),
-            "file_type": ckpt.metadata.get("general.file_type"), "expert_types": expert_types,
-            "other_types": _types(rest), "bits_per_weight": 8 * data / params if params else None,
-            "experts_mxfp4": bool(experts) and set(expert_types) == {"MXFP4"}, "fp4_bits": fp4,
-            "header_bytes_read": header_bytes}
+    summary = storage_summary(ckpt)
+    summary.pop("data_bytes")
+    return {"file": name, "parts": parts, "bytes": file_bytes, **summary,
+            "file_type": ckpt.metadata.get("general.file_type"), "header_bytes_read": header_bytes}
 
 
 def survey_document(repo: str, rows: list[dict]) -> dict:
