@@ -266,6 +266,8 @@ CONVERT_TYPES = [LOSSLESS, *MIXTURES]  # the lossless copy, then llama-quantize'
               help="Lossless only: type of the non-expert 2-D weights (norms, biases, router stay F32).")
 @click.option("--keep-mxfp4-experts", is_flag=True,
               help="Requantizing: keep the expert tensors lossless MXFP4, apply the mixture to the rest.")
+@click.option("--allow-requantize", is_flag=True,
+              help="Requantizing a GGUF port that is already lossy (llama-quantize's flag of that name).")
 @click.option("--dry-run", is_flag=True, help="Show the plan (type per tensor group and why) and stop.")
 @click.option("--threads", type=click.IntRange(1, 1024), default=None,
               help="Requantizing: worker threads (default: all cores).")
@@ -274,12 +276,15 @@ CONVERT_TYPES = [LOSSLESS, *MIXTURES]  # the lossless copy, then llama-quantize'
 @local_dir_option
 @user_errors()
 def convert_cmd(src: Path, out: Path | None, target: str, qtype: str, outtype: str, keep_mxfp4_experts: bool,
-                dry_run: bool, threads: int | None, force: bool, as_json: bool, local_dir: Path | None):
-    """Convert a GPT-OSS safetensors checkpoint to GGUF (or a GGUF back to safetensors).
+                allow_requantize: bool, dry_run: bool, threads: int | None, force: bool, as_json: bool,
+                local_dir: Path | None):
+    """Convert a GPT-OSS checkpoint to GGUF (or a GGUF back to safetensors).
 
-    Lossless by default: the MXFP4 experts are copied bit for bit, the file is the one
-    llama.cpp's convert_hf_to_gguf.py writes. With --type q4_k_m (etc.) the result is
-    the file llama-quantize makes from it, and a report of what each tensor lost.
+    SRC is the original safetensors checkpoint or a lossless GGUF of it (llama.cpp's layout or
+    Ollama's older one), local, on the Hub or in an app's store. Lossless by default: the MXFP4
+    experts are copied bit for bit, the file is the one llama.cpp's convert_hf_to_gguf.py writes.
+    With --type q4_k_m (etc.) the result is the file llama-quantize makes from it, and a report
+    of what each tensor lost.
     """
     from .convert.plan_document import render_cost, render_plan
     from .convert.to_gguf import plan_conversion
@@ -290,7 +295,8 @@ def convert_cmd(src: Path, out: Path | None, target: str, qtype: str, outtype: s
                   where="to --to gguf only (--to safetensors writes the lossless HF checkpoint)")
     requantizing = to_gguf and qtype != LOSSLESS
     refuse_unless(not requantizing, "outtype", where="to the lossless --type mxfp4 only")
-    refuse_unless(requantizing, "keep_mxfp4_experts", "threads", where="only when requantizing (--type q4_k_m etc.)")
+    refuse_unless(requantizing, "keep_mxfp4_experts", "threads", "allow_requantize",
+                  where="only when requantizing (--type q4_k_m etc.)")
     if out is None and not dry_run:
         raise click.UsageError("missing -o/--output")
     if out is not None and out.exists() and not force and not dry_run:  # before any download
@@ -303,7 +309,7 @@ def convert_cmd(src: Path, out: Path | None, target: str, qtype: str, outtype: s
         return emit_json(result) if as_json else click.echo(f"wrote {out} ({result['tensors']} tensors)", err=True)
 
     conversion = plan_conversion(ckpt, qtype, outtype=outtype, keep_mxfp4_experts=keep_mxfp4_experts,
-                                 threads=threads)
+                                 threads=threads, allow_requantize=allow_requantize)
     doc = conversion.document
     if dry_run:
         return emit_json({"plan": doc}) if as_json else click.echo(render_plan(doc))

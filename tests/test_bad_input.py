@@ -109,9 +109,11 @@ def test_gguf_cut_short_after_it_was_opened(tiny_gguf, tmp_path):
     assert first.file is last.file
 
 
-def test_converting_a_gguf_to_gguf(tiny_gguf, tmp_path):
-    assert_clean_error(["convert", tiny_gguf, "-o", tmp_path / "again.gguf"], "tiny.gguf", "is already a GGUF",
-                       "--to safetensors")
+def test_converting_a_gguf_of_another_model(tmp_path):
+    from tests.app_stores import other_gguf
+    llama = other_gguf(tmp_path / "llama.gguf")
+    assert_clean_error(["convert", llama, "-o", tmp_path / "again.gguf", "--type", "q4_k_m"], "llama.gguf",
+                       "not a GPT-OSS model")
     assert not (tmp_path / "again.gguf").exists()
 
 

@@ -137,3 +137,60 @@ def test_llama_quantize_refuses_the_same_source(bundled, llama_convert, llama_cp
     src = _with_infinity(bundled, tmp_path / "inf")
     with pytest.raises(RuntimeError, match="llama_model_quantize failed"):
         llama_quantize(llama_convert(src), tmp_path / "ref.gguf", MIXTURES["q4_k_m"].file_type)
+
+
+# --------------------------------------------------------------------------- a GGUF as the source
+
+@pytest.fixture(scope="module")
+def ollama_gguf(bundled, tmp_path_factory):
+    """Ollama's older layout of the bundled model, and the llama.cpp-layout file the converter
+    writes from the same weights (--to safetensors, then llama.cpp's convert_hf_to_gguf.py)."""
+    from tests import gguf_edit
+    folder = tmp_path_factory.mktemp("ollama-source")
+    lossless = folder / "lossless.gguf"
+    convert(bundled, "-o", lossless)
+    return gguf_edit.ollama_layout(bundled, lossless, folder / "ollama.gguf")
+
+
+@pytest.fixture(scope="module")
+def converter_of_ollama(ollama_gguf, llama_convert, tmp_path_factory):
+    weights = tmp_path_factory.mktemp("ollama-weights") / "tiny"  # the folder's name is general.name
+    convert(ollama_gguf, "--to", "safetensors", "-o", weights)
+    return llama_convert(weights)
+
+
+@pytest.mark.reference
+@pytest.mark.slow
+@pytest.mark.parametrize("mixture", list(MIXTURES))
+def test_a_lossless_gguf_requantizes_as_llama_quantize_does(tiny_gguf, ollama_gguf, converter_of_ollama, llama_cpp,
+                                                             tmp_path, mixture):
+    """From llama.cpp's layout, the file llama-quantize --allow-requantize writes from it; from
+    Ollama's, the file llama-quantize writes from the converter's file of the same weights."""
+    m = MIXTURES[mixture]
+    for source, reference_source in ((tiny_gguf, tiny_gguf), (ollama_gguf, converter_of_ollama)):
+        ours, reference = tmp_path / f"ours-{source.stem}.gguf", tmp_path / f"ref-{source.stem}.gguf"
+        convert(source, "-o", ours, "--type", mixture)
+        llama_quantize(reference_source, reference, m.file_type, pure=m.pure)
+        assert gguf_differences(ours, reference) == [], (source.name, mixture)
+
+
+@pytest.mark.reference
+def test_ollamas_layout_converts_to_llama_cpps_lossless_file(ollama_gguf, converter_of_ollama, tiny_gguf, tmp_path):
+    ours = tmp_path / "from-ollama.gguf"
+    convert(ollama_gguf, "-o", ours)
+    assert gguf_differences(ours, converter_of_ollama) == []
+    assert gguf_differences(ours, tiny_gguf) == []  # and the lossless file of the original weights
+
+
+@pytest.mark.reference
+def test_a_lossy_port_is_refused_unless_allowed(bundled_ports, llama_cpp, tmp_path):
+    q8 = bundled_ports["q8_0"]
+    for args, reason in ((["--type", "q4_k_m"], "compounds the loss"), ([], "the lossless file can only be made"),
+                         (["--type", "q4_k_m", "--keep-mxfp4-experts", "--allow-requantize"], "not MXFP4")):
+        line = run_cli("convert", q8, "-o", tmp_path / "x.gguf", *args, code=1).output.strip()
+        assert line.startswith("Error: ") and reason in line and "\n" not in line, line
+    assert not (tmp_path / "x.gguf").exists()
+    ours, reference = tmp_path / "ours.gguf", tmp_path / "ref.gguf"
+    convert(q8, "-o", ours, "--type", "q4_k_m", "--allow-requantize")
+    llama_quantize(q8, reference, MIXTURES["q4_k_m"].file_type)
+    assert gguf_differences(ours, reference) == []

@@ -75,8 +75,10 @@ class Checkpoint:
 
     def model_name(self) -> str:
         """Our naming rule for general.name: the checkpoint folder's name (the repo's, for an
-        original/ folder; the file's stem for a GGUF)."""
+        original/ folder); for a GGUF, the name it carries, else the file's stem (an Ollama blob
+        is named by its digest)."""
         if self.kind == "gguf":
-            return Path(str(self.files[0])).stem
+            carried = self.metadata.get("general.name")
+            return carried if isinstance(carried, str) and carried else Path(str(self.files[0])).stem
         root = self.root.parent if self.layout == "original" and self.root.name == "original" else self.root
         return Path(root).resolve().name if isinstance(root, Path) else root.name

@@ -16,13 +16,16 @@ from ..checkpoint import Checkpoint
 from ..checkpoint.config import DEFAULT_SWIGLU_ALPHA, DEFAULT_SWIGLU_LIMIT, GptOssConfig
 from ..errors import OssConvertError
 from ..files.atomic import atomic_path
-from ..files.gguf import GGUFWriteTensor, Value, ValueType, write_gguf
+from ..files.gguf import GGUFWriteTensor, Value, ValueType, read_gguf, write_gguf
 from ..plan.lossless import LOSSLESS, OUTTYPES, PlannedTensor, plan_lossless
 from ..plan.mixtures import plan_mixture
 from .lossless import lossless_chunks
 from .metadata import FILE_TYPES, model_metadata
 from .plan_document import plan_document
 from .requantize import RequantPlan, check_encoders, cost_document, requantized_chunks
+
+QUANTIZATION_VERSION = 2  # ggml's GGML_QNT_VERSION, which llama-quantize writes
+LOSSLESS_GGUF_FORMATS = {"MXFP4", "BF16", "F16", "F32"}  # what the converter writes from the original
 
 
 def require_original(ckpt: Checkpoint, if_gguf: str = "is already a GGUF; convert takes a safetensors "
@@ -33,6 +36,31 @@ def require_original(ckpt: Checkpoint, if_gguf: str = "is already a GGUF; conver
     if not ckpt.has_mxfp4_experts():
         raise OssConvertError(f"{ckpt.where}: has no MXFP4 expert tensors; not an original GPT-OSS checkpoint")
     return ckpt
+
+
+def lossy_formats(ckpt: Checkpoint) -> list[str]:
+    """The formats of a GGUF's weights that the converter never writes from the original."""
+    return sorted({t.format for t in ckpt.model_tensors} - LOSSLESS_GGUF_FORMATS
+                  | ({"experts not MXFP4"} if not ckpt.has_mxfp4_experts() else set()))
+
+
+def require_convertible(ckpt: Checkpoint, qtype: str, allow_requantize: bool) -> None:
+    """The original checkpoint, or a GGUF of it: lossless (llama.cpp's layout or Ollama's older
+    one) for anything, lossy only to be requantized when the user says so, as llama-quantize asks."""
+    if ckpt.kind != "gguf":
+        require_original(ckpt)
+        return
+    ckpt.require_config()
+    lossy = lossy_formats(ckpt)
+    if not lossy:
+        return
+    what = f"{ckpt.where}: is a lossy port ({', '.join(lossy)})"
+    if qtype == LOSSLESS:
+        raise OssConvertError(f"{what}: the lossless file can only be made from the original weights or a "
+                              "lossless GGUF of them")
+    if not allow_requantize:
+        raise OssConvertError(f"{what}; requantizing a requantization compounds the loss: convert the original "
+                              "weights, or pass --allow-requantize (as llama-quantize asks)")
 
 
 @dataclass
@@ -60,11 +88,20 @@ class Conversion:
 
 
 def plan_conversion(ckpt: Checkpoint, qtype: str = LOSSLESS, *, outtype: str = "bf16",
-                    keep_mxfp4_experts: bool = False, threads: int | None = None) -> Conversion:
-    """Everything decided and checked before a byte is written: types, metadata, tokenizer."""
-    require_original(ckpt)
+                    keep_mxfp4_experts: bool = False, threads: int | None = None,
+                    allow_requantize: bool = False) -> Conversion:
+    """Everything decided and checked before a byte is written: types, metadata, tokenizer.
+
+    From a GGUF of llama.cpp's layout, a mixture keeps the file's own metadata, as llama-quantize
+    does; the lossless file, and anything from Ollama's layout, takes the converter's."""
+    require_convertible(ckpt, qtype, allow_requantize)
+    if keep_mxfp4_experts and not ckpt.has_mxfp4_experts():
+        raise OssConvertError(f"{ckpt.where}: --keep-mxfp4-experts: the source's experts are not MXFP4")
     base = plan_lossless(ckpt, outtype if qtype == LOSSLESS else "bf16")
-    metadata = gguf_metadata(ckpt, base, lossless_file_type(outtype if qtype == LOSSLESS else "bf16"))
+    if qtype != LOSSLESS and ckpt.kind == "gguf" and ckpt.layout == "gpt-oss":
+        metadata = source_metadata(ckpt)
+    else:
+        metadata = gguf_metadata(ckpt, base, lossless_file_type(outtype if qtype == LOSSLESS else "bf16"))
     if qtype == LOSSLESS:
         return Conversion(ckpt, f"lossless MXFP4 ({outtype} elsewhere)", base, metadata, lossless_chunks)
     tensors = plan_mixture(base, qtype, ckpt.require_config(), keep_mxfp4_experts)
@@ -91,6 +128,11 @@ def gguf_metadata(ckpt: Checkpoint, plan: list[PlannedTensor], file_type: int) -
                           tensors=shapes)
 
 
+def source_metadata(ckpt: Checkpoint) -> dict[str, Value]:
+    """A GGUF's own key/values, re-read typed (the checkpoint keeps plain values)."""
+    return {k: v for k, v in read_gguf(ckpt.files[0]).metadata.items() if not k.startswith("split.")}
+
+
 def lossless_file_type(outtype: str) -> int:
     # llama.cpp labels any float output of an MXFP4 checkpoint MOSTLY_MXFP4_MOE.
     return FILE_TYPES["Q8_0"] if outtype == "q8_0" else FILE_TYPES["MXFP4_MOE"]
@@ -100,8 +142,8 @@ def requantized_metadata(converter_metadata: dict[str, Value], file_type: int) -
     """The converter's metadata as llama-quantize rewrites it: every key copied, then
     general.quantization_version and general.file_type removed and appended anew."""
     meta = dict(converter_metadata)
-    version = meta.pop("general.quantization_version")
-    meta.pop("general.file_type")
+    version = meta.pop("general.quantization_version", Value(ValueType.UINT32, QUANTIZATION_VERSION))
+    meta.pop("general.file_type", None)
     meta["general.quantization_version"] = version
     meta["general.file_type"] = Value(ValueType.UINT32, file_type)
     return meta
