@@ -266,6 +266,9 @@ CONVERT_TYPES = [LOSSLESS, *MIXTURES]  # the lossless copy, then llama-quantize'
               help="Lossless only: type of the non-expert 2-D weights (norms, biases, router stay F32).")
 @click.option("--keep-mxfp4-experts", is_flag=True,
               help="Requantizing: keep the expert tensors lossless MXFP4, apply the mixture to the rest.")
+@click.option("--install", type=click.Choice(["lmstudio", "ollama"]),
+              help="lmstudio: write the GGUF where LM Studio lists it (no -o); ollama: also write a Modelfile "
+                   "beside -o and run `ollama create` (or print the command where ollama is not installed).")
 @click.option("--allow-requantize", is_flag=True,
               help="Requantizing a GGUF port that is already lossy (llama-quantize's flag of that name).")
 @click.option("--dry-run", is_flag=True, help="Show the plan (type per tensor group and why) and stop.")
@@ -276,8 +279,8 @@ CONVERT_TYPES = [LOSSLESS, *MIXTURES]  # the lossless copy, then llama-quantize'
 @local_dir_option
 @user_errors()
 def convert_cmd(src: Path, out: Path | None, target: str, qtype: str, outtype: str, keep_mxfp4_experts: bool,
-                allow_requantize: bool, dry_run: bool, threads: int | None, force: bool, as_json: bool,
-                local_dir: Path | None):
+                install: str | None, allow_requantize: bool, dry_run: bool, threads: int | None, force: bool,
+                as_json: bool, local_dir: Path | None):
     """Convert a GPT-OSS checkpoint to GGUF (or a GGUF back to safetensors).
 
     SRC is the original safetensors checkpoint or a lossless GGUF of it (llama.cpp's layout or
@@ -297,11 +300,20 @@ def convert_cmd(src: Path, out: Path | None, target: str, qtype: str, outtype: s
     refuse_unless(not requantizing, "outtype", where="to the lossless --type mxfp4 only")
     refuse_unless(requantizing, "keep_mxfp4_experts", "threads", "allow_requantize",
                   where="only when requantizing (--type q4_k_m etc.)")
-    if out is None and not dry_run:
+    refuse_unless(to_gguf and not dry_run, "install", where="to a GGUF being written (not --to safetensors, "
+                                                             "not --dry-run)")
+    if install == "lmstudio" and out is not None:
+        raise click.UsageError("--install lmstudio chooses the path (LM Studio's models folder): leave out -o")
+    if out is None and not dry_run and install != "lmstudio":
         raise click.UsageError("missing -o/--output")
     if out is not None and out.exists() and not force and not dry_run:  # before any download
         raise OssConvertError(f"{out}: already exists (use --force to overwrite)")
     ckpt = open_downloaded(src, local_dir)
+    if install == "lmstudio":
+        from .files.atomic import check_target
+        from .stores.install import lmstudio_target
+        out, installed_name = lmstudio_target(ckpt.model_name(), qtype)
+        check_target(out, force)
     if not to_gguf:
         from .convert.to_safetensors import convert_to_safetensors
         assert out is not None  # (--dry-run is gguf's)
@@ -317,12 +329,24 @@ def convert_cmd(src: Path, out: Path | None, target: str, qtype: str, outtype: s
         click.echo(render_plan(doc, groups=requantizing), err=True)
     assert out is not None  # (checked above, where it is not a dry run)
     result = conversion.run(out, force=force)
+    if install == "lmstudio":
+        result["installed"] = {"app": "LM Studio", "name": installed_name}
+    elif install == "ollama":
+        from .stores.install import install_ollama, ollama_name
+        result["installed"] = {"app": "Ollama"} | install_ollama(out, ollama_name(ckpt.model_name(), qtype), force)
     if as_json:
         emit_json({"plan": doc, "result": result})
         return
     if "cost" in result:
         click.echo(render_cost(result["cost"]), err=True)
     click.echo(f"wrote {result['output']} ({result['bytes']:,} bytes, {result['tensors']} tensors)", err=True)
+    installed = result.get("installed")
+    if installed and installed["app"] == "LM Studio":
+        click.echo(f"LM Studio lists it; elsewhere here it is {installed['name']}", err=True)
+    elif installed:
+        click.echo(f"wrote {installed['modelfile']}", err=True)
+        click.echo(f"created {installed['name']} in Ollama" if installed["ran"] else
+                   f"ollama is not installed here; to add it to Ollama run:\n  {installed['command']}", err=True)
 
 
 @cli.command("compare")

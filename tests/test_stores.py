@@ -5,6 +5,7 @@ folders, llama.cpp's cache and the Hugging Face cache, each laid out as the app 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -184,3 +185,44 @@ def test_broken_stores_give_one_error_line(stores):
     rows = {r["name"]: r for r in doc["models"]}
     assert "ollama:gpt-oss-tiny:q4_k_m" in rows
     assert "not an Ollama manifest" in rows["ollama:gpt-oss-tiny:mxfp4"]["error"]
+
+
+def test_install_into_lmstudio(stores, bundled, bundled_ports):
+    result = run_cli("convert", bundled, "--type", "q4_k_m", "--install", "lmstudio", "--json")
+    doc = json.loads(result.stdout)["result"]
+    placed = stores / ".lmstudio/models/oss-convert/tiny-GGUF/tiny-Q4_K_M.gguf"
+    assert doc["output"] == str(placed)
+    assert doc["installed"]["name"] == "lmstudio:oss-convert/tiny-GGUF/tiny-Q4_K_M.gguf"
+    assert placed.read_bytes() == bundled_ports["q4_k_m"].read_bytes()
+    names = {r["name"] for r in json.loads(run_cli("models", "--json").stdout)["models"]}
+    assert doc["installed"]["name"] in names  # where LM Studio's layout lists it
+    run_cli("convert", bundled, "--type", "q4_k_m", "--install", "lmstudio", code=1)  # not over it without --force
+    line = run_cli("convert", bundled, "-o", stores / "x.gguf", "--install", "lmstudio", code=2).output
+    assert "leave out -o" in line
+
+
+def test_install_into_ollama(stores, bundled, tmp_path, monkeypatch):
+    out = tmp_path / "gpt-oss-tiny.gguf"
+    monkeypatch.setenv("PATH", str(tmp_path / "no-ollama"))
+    result = run_cli("convert", bundled, "-o", out, "--type", "q8_0", "--install", "ollama")
+    modelfile = tmp_path / "gpt-oss-tiny.Modelfile"
+    command = f"ollama create tiny:q8_0 -f {modelfile}"
+    assert f"ollama is not installed here; to add it to Ollama run:\n  {command}" in result.output
+    text = modelfile.read_text()
+    assert "FROM ./gpt-oss-tiny.gguf\n" in text
+    template = text.split('TEMPLATE """')[1].split('"""')[0]
+    # what Ollama's shouldUseHarmony looks for in a gpt-oss template
+    assert "<|start|>" in template and "<|end|>" in template and template.endswith("<|start|>assistant")
+    instructions = re.findall(r"^(FROM|TEMPLATE|PARAMETER|SYSTEM|ADAPTER|LICENSE|MESSAGE|RENDERER|PARSER|REQUIRES)\b",
+                              text, re.MULTILINE)
+    assert instructions == ["FROM", "TEMPLATE"]  # nothing that Ollama's import infers itself
+    # with ollama on the PATH, the command is run
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "ollama-args"
+    (bin_dir / "ollama").write_text(f"#!/bin/sh\necho \"$@\" > {log}\n")
+    (bin_dir / "ollama").chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    result = run_cli("convert", bundled, "-o", out, "--type", "q8_0", "--install", "ollama", "--force")
+    assert "created ollama:tiny:q8_0 in Ollama" in result.output
+    assert log.read_text().split() == ["create", "tiny:q8_0", "-f", str(modelfile)]
