@@ -275,7 +275,12 @@ def quantization_repos(base_model: str, limit: int | None) -> list[dict]:
 
 def repo_files_with_hashes(repo_id: str) -> list[HubFile]:
     """Every file of a repo with its size and content sha256 (one request)."""
+    from huggingface_hub import errors
     ref = HubRef(repo_id, None, None)
     with hub_errors(ref):
-        info = _api().model_info(repo_id, files_metadata=True)
+        try:
+            info = _api().model_info(repo_id, files_metadata=True)
+        except errors.RepositoryNotFoundError:
+            raise OssConvertError(f"{repo_id}: the Hub has no such repo now (removed, renamed or made "
+                                  "private since it was listed)") from None
     return [HubFile(s.rfilename, s.size or 0, s.lfs.sha256 if s.lfs else None) for s in info.siblings or []]

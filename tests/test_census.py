@@ -70,7 +70,7 @@ def test_the_census_ranks_every_quantization_and_reads_each_header_once(quantiza
     split = next(m for m in rest if "Q8_0" in m["model"])
     assert split["parts"] == 2 and set(split["expert_types"]) == {"Q8_0"}
     assert [r["repo"] for r in doc["failed_repos"]] == ["gone/gpt-oss-tiny-GGUF"]
-    assert "no such" in doc["failed_repos"][0]["error"]
+    assert "the Hub has no such repo now" in doc["failed_repos"][0]["error"]
     assert doc["other_models_skipped"] == 1  # the llama file
     # the bytes the census says it read are the bytes the server sent, and far less than the files
     sent = sum(n for key, n in hub.state.bytes_sent.items() if key.endswith(".gguf"))

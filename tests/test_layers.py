@@ -1,9 +1,11 @@
 """The package's layers look only down, and torch stays the runtime's.
 
 Containers (files) and codecs (formats) at the bottom (with the C build helper, cbuild), the
-checkpoint model above them, the conversion plans and memory estimates above that, the Hub above
-the checkpoint model, the runtime (a library: no command) above those, the commands (inspect,
-convert, verify, compare, generate) above all of them, never importing each other, the report
+checkpoint model above them, the conversion plans and memory estimates above that, the apps'
+stores above the containers and the Hub above the checkpoint model and the stores, the runtime (a
+library: no command) above those, the commands (inspect, convert, verify, compare, generate,
+models: only models looks into the stores and the Hub) above all of them, never importing each
+other, the report
 above the commands (it puts their documents on one page), and the CLI on top. Inside the runtime,
 kernels, weights, model and execution look only down too.
 """
