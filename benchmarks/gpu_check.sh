@@ -8,12 +8,14 @@
 #   2. bench_moe_gpu.py: one layer of both models at 1, 8, 64 and 512 tokens, both expert
 #      layouts, each at its defaults (and for decode with two warps, and the words with the
 #      sum over slots fused into the down kernel);
-#   3. profile_moe_gpu.py: where the time of a decode step goes, kernel by kernel.
+#   3. profile_moe_gpu.py: where the time of a decode step goes, kernel by kernel;
+#   4. nvml_check.py: check's NVML path, reading our own generate's GPU memory per process
+#      against torch.cuda.memory_reserved (needs nvidia-ml-py: carried in .whl/ as gguf is).
 # Each log goes to $OUT (where the device tool collects files) or ./gpu_check.
 #
 # A device image with torch and triton but not gguf (which the package imports) needs gguf's
 # wheel carried along (.whl/ is ignored by git). Here, once:
-#   pip download --no-deps --only-binary=:all: gguf==0.19.0 -d .whl
+#   pip download --no-deps --only-binary=:all: gguf==0.19.0 nvidia-ml-py -d .whl
 # then run `bash benchmarks/gpu_check.sh` there with .whl carried.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -37,4 +39,5 @@ python3 -m pytest -q -p no:cacheprovider tests/test_memory.py -k runtime_peak_on
     2>&1 | tee -a "$out/tests.log" || status=1
 python3 benchmarks/bench_moe_gpu.py --models 20b 120b --tokens 1 8 64 512 2>&1 | tee "$out/bench.log" || status=1
 python3 benchmarks/profile_moe_gpu.py --tokens 1 8 2>&1 | tee "$out/profile.log" || status=1
+python3 benchmarks/nvml_check.py 2>&1 | tee "$out/nvml.log" || status=1
 exit $status

@@ -7,6 +7,7 @@ import json
 import re
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -420,7 +421,82 @@ def generate_cmd(model: Path, prompt: str, max_tokens: int, activations: str, de
 
     doc = generate(open_downloaded(model, local_dir), prompt, max_tokens=max_tokens, device=device,
                    activations=activations)
-    return emit_json(doc) if as_json else click.echo(doc["text"])
+    if as_json:
+        return emit_json(doc)
+    click.echo(doc["text"])
+    t = doc["timings"]
+    rate = lambda v: f"{v:.1f}" if v is not None else "-"  # noqa: E731
+    click.echo(f"prompt {t['prompt_n']} tokens, {rate(t['prompt_per_second'])} tokens/s; first token after "
+               f"{t['time_to_first_token_ms']:.0f} ms; decode {t['predicted_n']} tokens, "
+               f"{rate(t['predicted_per_second'])} tokens/s", err=True)
+
+
+@cli.command("check")
+@click.argument("url", required=False)
+@click.option("--model", help="The model to check, where the server has several (LM Studio, Ollama).")
+@click.option("--file", "file_spec", help="The GGUF the server should be running (a path, repo id or store name); "
+                                          "default: the one the server names.")
+@click.option("--runs", type=click.IntRange(1, 100), default=3, show_default=True)
+@click.option("--tokens", "n_predict", type=click.IntRange(2, 4096), default=32, show_default=True,
+              help="Tokens generated a run.")
+@click.option("--kv-type", type=click.Choice(KV_CACHE_TYPES), default="f16", show_default=True,
+              help="The server's KV cache type, for the memory plan.")
+@click.option("--bandwidth", type=click.FloatRange(min=0.001), default=None,
+              help="Memory bandwidth in GB/s where the model runs (default: the GPU's from a table of known "
+                   "cards, or a read measured here).")
+@click.option("--no-agreement", is_flag=True, help="Do not run our runtime on the file for the agreement line.")
+@json_option
+@user_errors()
+def check_cmd(url: str | None, model: str | None, file_spec: str | None, runs: int, n_predict: int, kv_type: str,
+              bandwidth: float | None, no_agreement: bool, as_json: bool):
+    """Is a running llama-server, LM Studio or Ollama running a GPT-OSS model as it should?
+
+    URL: the server (default: llama-server's :8080, LM Studio's :1234, Ollama's :11434 on
+    localhost, the first that answers). Says which file it runs and whether its experts are
+    MXFP4, its speed (the server's figures and the stream's clock), the memory it holds against
+    the plan, its decode speed against the memory-bandwidth ceiling, and whether its tokens
+    agree with our runtime on the same file.
+    """
+    from tqdm import tqdm
+
+    from .check import check_document, render_check
+    from .check.apps import DEFAULT_URLS, recognise
+    from .hub import open_downloaded
+    served = None
+    if url is None:
+        tried = []
+        for candidate in DEFAULT_URLS:
+            try:
+                served = recognise(candidate, model)
+                break
+            except OssConvertError as e:
+                tried.append(str(e))
+        if served is None:
+            raise OssConvertError("no LLM server on this machine's default ports: " + "; ".join(tried))
+    else:
+        served = recognise(url, model)
+    spec = file_spec or served.file
+    if spec is None:
+        raise OssConvertError(f"{served.app} at {served.url} does not say which file {served.model} is; name it "
+                              "with --file")
+    ckpt = open_downloaded(spec)
+    if ckpt.config is None:
+        raise OssConvertError(f"{spec}: not a GPT-OSS model ({ckpt.architecture or 'no architecture'}); "
+                              "check knows GPT-OSS only")
+    compare_tokens: Callable | None = None
+    if not no_agreement:
+        try:
+            import torch  # noqa: F401
+
+            from .check.agreement import agreement as compare_tokens
+        except ImportError:  # the agreement line says it was skipped, and why
+            pass
+    show = sys.stderr.isatty() and not as_json
+    doc = check_document(served, ckpt, str(spec), runs=runs, n_predict=n_predict, kv_type=kv_type,
+                         bandwidth=bandwidth * 1e9 if bandwidth else None, agreement=compare_tokens,
+                         no_agreement="--no-agreement" if no_agreement else None,
+                         progress=lambda n: tqdm(range(n), desc="runs", disable=not show))
+    emit_json(doc) if as_json else click.echo(render_check(doc))
 
 
 @cli.command("verify")

@@ -4,7 +4,7 @@ Containers (files) and codecs (formats) at the bottom (with the C build helper, 
 checkpoint model above them, the conversion plans and memory estimates above that, the apps'
 stores above the containers and the Hub above the checkpoint model and the stores, the runtime (a
 library: no command) above those, the commands (inspect, convert, verify, compare, generate,
-models: only models looks into the stores and the Hub) above all of them, never importing each
+models, check: only these two look into the stores, and models into the Hub) above all of them, never importing each
 other, the report
 above the commands (it puts their documents on one page), and the CLI on top. Inside the runtime,
 kernels, weights, model and execution look only down too.
@@ -35,13 +35,14 @@ BELOW = {
     "hub": BASE | {"files", "checkpoint", "stores"},
     "runtime": BASE | {"files", "formats", "checkpoint", "plan", "memory"},
 }
-COMMANDS = {"inspect", "convert", "verify", "compare", "generate", "models"}
-RUNS_THE_MODEL = {"compare", "generate"}
+COMMANDS = {"inspect", "convert", "verify", "compare", "generate", "models", "check"}
+RUNS_THE_MODEL = {"compare", "generate", "check"}
 for command in COMMANDS:
     BELOW[command] = BASE | {"files", "formats", "checkpoint", "plan", "memory"}
     if command in RUNS_THE_MODEL:
         BELOW[command] |= {"runtime"}
 BELOW["models"] |= {"stores", "hub"}  # it finds the models it surveys
+BELOW["check"] |= {"stores"}  # it finds the file behind a server's model
 BELOW["report"] = BELOW["compare"] | COMMANDS  # the port report puts the commands' documents together
 BELOW["cli"] = set(BELOW) | COMMANDS
 TORCH = {"torch", "triton"}
