@@ -156,9 +156,10 @@ def verdict(doc: dict) -> list[str]:
         lines.append(f"memory: {m['reading']}")
     decode = s["decode_per_second"]["server"] or s["decode_per_second"]["clock"]
     if decode and "share_of_ceiling" in c:
-        lines.append(f"speed: decode {decode:.1f} tokens/s, {100 * c['share_of_ceiling']:.0f}% of the "
-                     f"{c['ceiling_tokens_per_s']:.0f} tokens/s that {c['bandwidth_of']}'s bandwidth allows "
-                     f"({c['bandwidth_source']})")
+        lines.append(f"speed: decode {decode:.1f} tokens/s, {100 * c['share_of_ceiling']:.0f}% of the ceiling, "
+                     f"{c['ceiling_tokens_per_s']:.0f} tokens/s ({human_binary(c['step_bytes']['total_bytes'])} a "
+                     f"token at {c['bandwidth_bytes_per_s'] / 1e9:.0f} GB/s, {c['bandwidth_of']}: "
+                     f"{c['bandwidth_source']})")
     if "skipped" in a:
         lines.append(f"computing: not compared ({a['skipped']})")
     elif "kl_topk_mean" in a:
