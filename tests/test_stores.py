@@ -47,6 +47,8 @@ def stores(monkeypatch, tmp_path, hub, bundled, bundled_ports):
     hub.state.add("unsloth/gpt-oss-tiny-GGUF", repo)
     from huggingface_hub import hf_hub_download, snapshot_download
     hf_hub_download("unsloth/gpt-oss-tiny-GGUF", "gpt-oss-tiny-MXFP4.gguf")
+    # llama.cpp 0.3.36's -hf downloads: the Hub's layout, in LLAMA_CACHE where it is set
+    hf_hub_download("unsloth/gpt-oss-tiny-GGUF", "gpt-oss-tiny-MXFP4.gguf", cache_dir=tmp_path / "llama-cache")
     snapshot_download("openai/gpt-oss-tiny", allow_patterns=["*.safetensors", "*.json"])
     return home
 
@@ -59,6 +61,7 @@ NAMES = {
     "lmstudio:lmstudio-community/gpt-oss-tiny-GGUF/gpt-oss-tiny-MXFP4.gguf": ("gguf", True),
     "llamacpp:ggml-org_gpt-oss-tiny-GGUF_gpt-oss-tiny-Q4_K_M.gguf": ("gguf", False),
     "hf-cache:unsloth/gpt-oss-tiny-GGUF:gpt-oss-tiny-MXFP4.gguf": ("gguf", True),
+    "llamacpp:unsloth/gpt-oss-tiny-GGUF:gpt-oss-tiny-MXFP4.gguf": ("gguf", True),
     "hf-cache:openai/gpt-oss-tiny": ("safetensors", True),
 }
 
