@@ -148,6 +148,7 @@ def test_report_on_a_bit_identical_port(bundled, ports, tmp_path):
     assert_page_says_what_verify_says(page, code, verified)
     assert all(fill == IDENTICAL_FILL for _, fill in page.heat.values())
     assert all(float(v) == 0 for v in page.values["rel_error"]) and doc["full"] is None
+    assert 'class="verdict ok"' in (tmp_path / "r.html").read_text()  # FP4 kept: green
     assert_self_contained(page)
 
 
@@ -171,6 +172,11 @@ def test_report_on_a_q4_k_m_port_with_a_text(bundled, ports, tmp_path):
     _, full = run("compare", bundled, ports["q4_k_m"], "--full", "--text-file", ports["text"], "--ctx", "32", "--json")
     full = json.loads(full)
     assert page.text_of["full-verdict"] == full["summary"]["verdict"]
+    assert page.text_of["full-reading"] == full["summary"]["reading"]
+    changed = round((1 - full["summary"]["top1_agreement"]) * full["summary"]["positions"])
+    assert full["summary"]["reading"].startswith(f"B's most likely next token differs from A's at {changed} of ")
+    # requantized as llama-quantize would: verify exits 0, but the FP4 bits are gone: amber, not green
+    assert 'class="verdict requantized"' in (tmp_path / "r.html").read_text()
     for field in ("kl_mean", "kl_p99", "kl_max", "top1_agreement", "perplexity_a", "perplexity_b"):
         assert page.values[field] == [repr(full["summary"][field])]
     assert full["summary"]["positions"] > 64 and doc["full"]["per_position"] == full["per_position"]
@@ -184,6 +190,7 @@ def test_report_marks_exactly_the_corrupted_tensor(bundled, ports, tmp_path):
     assert_page_says_what_verify_says(page, code, verified)
     marked = {name: cell for name, cell in page.heat.items() if cell[1] != IDENTICAL_FILL}
     assert list(marked) == ["blk.1.ffn_up_exps.weight"] and marked["blk.1.ffn_up_exps.weight"][0] == "lossy"
+    assert 'class="verdict finding"' in (tmp_path / "r.html").read_text()
     t = page.rows[("data-tensor", "blk.1.ffn_up_exps.weight")]
     assert 0 < float(t["relative_error"]) < 1e-2
     assert_self_contained(page)

@@ -92,14 +92,28 @@ def compare_full(a: Checkpoint, b: Checkpoint, *, tokens: list[int] | None = Non
                f"KL mean {metrics['kl_mean']:.3g} (p99 {metrics['kl_p99']:.3g}), top-1 agreement "
                f"{100 * metrics['top1_agreement']:.1f}%, max logit difference {metrics['max_logit_diff']:.3g}")
     return {"a": a.where, "b": b.where, "device": str(dev), "activations": activations, "ctx": ctx, "tokens": tokens,
-            "summary": {"verdict": verdict, **{k: v for k, v in metrics.items() if k != "per_position"}},
+            "summary": {"verdict": verdict, "reading": reading(metrics),
+                        **{k: v for k, v in metrics.items() if k != "per_position"}},
             "per_position": metrics["per_position"]}
+
+
+def reading(metrics: dict) -> str:
+    """The figures in words, for someone who has never read a KL divergence."""
+    n = len(metrics["per_position"])
+    changed = round((1 - metrics["top1_agreement"]) * n)
+    if metrics["max_logit_diff"] == 0:
+        return "B predicts exactly what A predicts at every position"
+    return (f"B's most likely next token differs from A's at {changed} of {n} positions "
+            f"({100 * changed / max(n, 1):.1f}%); KL 0 would mean the same predictions, and the mean KL "
+            f"{metrics['kl_mean']:.3g} is the information (in nats) a token loses, on average, when B's "
+            "probabilities stand in for A's")
 
 
 def render_full(doc: dict) -> str:
     s = doc["summary"]
     arithmetic = ", activations rounded to Q8_0" if doc.get("activations") == "q8" else ""
-    lines = [s["verdict"], f"A {doc['a']}, B {doc['b']}; {s['positions']} positions on {doc['device']}{arithmetic}"]
+    lines = [s["verdict"], s["reading"],
+             f"A {doc['a']}, B {doc['b']}; {s['positions']} positions on {doc['device']}{arithmetic}"]
     if s["perplexity_a"] is not None:
         lines.append(f"perplexity on the text: A {s['perplexity_a']:.4g}, B {s['perplexity_b']:.4g}")
     lines.append(f"KL(A||B): mean {s['kl_mean']:.4g}, p99 {s['kl_p99']:.4g}, max {s['kl_max']:.4g}; "

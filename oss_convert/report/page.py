@@ -19,6 +19,7 @@ h1 { font-size: 1.5em; margin-bottom: 0.2em; } h2 { font-size: 1.2em; margin-top
 .verdict { font-size: 1.1em; padding: 0.8em 1em; border-radius: 4px; }
 .ok { background: #e6f4ea; border-left: 6px solid #1b7837; }
 .finding { background: #fdecea; border-left: 6px solid #d7191c; }
+.requantized { background: #fff4e0; border-left: 6px solid #e08214; }
 table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; }
 th, td { border: 1px solid #ddd; padding: 2px 8px; text-align: left; vertical-align: top; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
@@ -131,7 +132,7 @@ def _text(full: dict | None) -> str:
     s = full["summary"]
     rows = [f"<tr><td>{_e(label)}</td>" + _num(key, s[key], _fmt(s[key], spec)) + "</tr>"
             for key, label, spec in SUMMARY_FIELDS]
-    return (f'<p data-field="full-verdict">{_e(s["verdict"])}</p>'
+    return (f'<p data-field="full-verdict">{_e(s["verdict"])}</p><p data-field="full-reading">{_e(s["reading"])}</p>'
             f'<p class="note">{s["positions"]} tokens in windows of {full["ctx"]}, on {_e(full["device"])}.</p>'
             + _table(["", ""], rows, "full")
             + figures.kl_per_position(full["per_position"], full["ctx"])
@@ -146,6 +147,14 @@ def _metadata(checks: list[dict]) -> str:
     return f"<p>{agree}/{len(checks)} checks agree.</p>" + _table(["key", "expected", "found", ""], rows, "metadata")
 
 
+def verdict_class(summary: dict, status: int) -> str:
+    """The verdict box's colour follows the user's question: FP4 kept (green), requantized as
+    llama-quantize would (amber), anything lossy or missing (red)."""
+    if status != 0:
+        return "finding"
+    return "ok" if summary["fp4_preserved"] else "requantized"
+
+
 def render_page(doc: dict) -> str:
     v = doc["verify"]
     n_layers = 1 + max((int(c) for c in (figures.split_name(t["port"] or t["source"])[0] for t in v["tensors"])
@@ -158,7 +167,7 @@ def render_page(doc: dict) -> str:
     body = [
         f"<h1>Port report: {_e(doc['artifacts']['port']['where'])}</h1>",
         f'<p class="note">against {_e(doc["artifacts"]["source"]["where"])} · {_e(doc["created_by"])}</p>',
-        f'<section id="verdict"><p class="verdict {"ok" if status == 0 else "finding"}" data-field="verdict">'
+        f'<section id="verdict"><p class="verdict {verdict_class(v["summary"], status)}" data-field="verdict">'
         f'{_e(v["summary"]["verdict"])}</p><p data-field="exit_status" data-value="{status}">'
         f"<code>oss-convert verify</code> exits {status}"
         f" ({meaning})"
