@@ -22,12 +22,15 @@ def kl_bound(ckpt: Checkpoint) -> float:
 
 
 def _topk_kl(app: list[tuple[int, float]], ours_logprobs) -> float:
-    """KL(app ‖ ours) over the app's top-k tokens, both renormalized over that set."""
+    """KL(app ‖ ours) over the app's top-k tokens and one bucket for all the others: a lower
+    bound of the KL over the whole vocabulary (merging outcomes never raises it), which needs no
+    more than the app returns."""
     ids = [i for i, _ in app]
     p = [math.exp(lp) for _, lp in app]
     q = [math.exp(float(ours_logprobs[i])) for i in ids]
-    sp, sq = sum(p), sum(q)
-    return sum(pi / sp * (math.log(pi / sp) - math.log(max(qi / sq, 1e-30))) for pi, qi in zip(p, q) if pi > 0)
+    p.append(max(1.0 - sum(p), 0.0))
+    q.append(max(1.0 - sum(q), 1e-30))
+    return sum(pi * (math.log(pi) - math.log(max(qi, 1e-30))) for pi, qi in zip(p, q) if pi > 0)
 
 
 def agreement(ckpt: Checkpoint, prompt_ids: list[int], generated: list[int],

@@ -164,7 +164,7 @@ def verdict(doc: dict) -> list[str]:
         lines.append(f"computing: not compared ({a['skipped']})")
     elif "kl_topk_mean" in a:
         ok = "agrees with" if a["within_bound"] else "DISAGREES with"
-        lines.append(f"computing: {ok} our runtime on this file: KL over its top {a['top_k']} "
+        lines.append(f"computing: {ok} our runtime on this file: KL over its top {a['top_k']} and the rest "
                      f"{a['kl_topk_mean']:.2g} (bound {a['kl_bound']:g}), same next token at {a['top1_agree']} of "
                      f"{a['positions']} positions")
     elif "text_agreement" in a:
