@@ -17,7 +17,7 @@ import pytest
 
 from tests import gguf_edit
 from tests.cli import run_cli
-from tests.conftest import need_reference
+from tests.conftest import ROOT, need_reference
 
 pytest.importorskip("torch")
 pytest.importorskip("matplotlib")
@@ -246,8 +246,14 @@ def test_the_page_renders_in_chromium_without_console_errors(bundled, ports, tmp
     broken.write_text("<!DOCTYPE html><html><body><script>console.error('boom'); nosuch();</script></body></html>")
     _, console = chromium_run(broken, tmp_path)
     assert any('"boom"' in line for line in console) and any("nosuch" in line for line in console)
+    # the bundled model's Q4_K_M port on its held-out text: perplexities near each other, and far
+    # below the 576 tokens of its vocabulary (a model that knows its text)
     out = tmp_path / "report.html"
-    run("report", bundled, ports["q4_k_m"], "-o", out, "--text-file", ports["text"], "--ctx", "32")
+    run("report", bundled, ports["q4_k_m"], "-o", out, "--text-file", ROOT / "fixtures/text/heldout.txt",
+        "--ctx", "256")
+    page = Page(out.read_text(encoding="utf-8"))
+    source, port = (float(page.values[key][0]) for key in ("perplexity_a", "perplexity_b"))
+    assert source < 576 / 20 and abs(port / source - 1) < 0.05, (source, port)
     shot, console = chromium_run(out, tmp_path)
     assert console == []
     png = shot.read_bytes()
