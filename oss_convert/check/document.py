@@ -64,10 +64,12 @@ def memory_section(served: Served, ckpt: Checkpoint, ctx: int, kv_type: str) -> 
     if held is None:
         doc["reading"] = "unknown: the server's process is not on this machine (or not readable), and it says nothing"
         return doc
-    excess = held - plan["total_bytes"]
-    doc |= {"held_bytes": held, "held_from": source, "ratio": held / plan["total_bytes"]}
+    # a GPU holds what the plan puts there (all but the token embedding and the output buffer)
+    planned = plan["gpu_bytes"] if doc.get("gpu_bytes") else plan["total_bytes"]
+    excess = held - planned
+    doc |= {"held_bytes": held, "held_from": source, "compared_with_bytes": planned, "ratio": held / planned}
     if excess <= MEMORY_ALLOWANCE:
-        reading = "weights as stored" if held >= 0.5 * plan["total_bytes"] else \
+        reading = "weights as stored" if held >= 0.5 * planned else \
             "below the plan: the file is memory-mapped and only the pages read so far count"
     elif excess >= WIDENED_SHARE * weights:
         reading = "weights widened: it holds the plan plus at least half the weights again"
@@ -150,7 +152,7 @@ def verdict(doc: dict) -> list[str]:
         lines.append(f"file: experts requantized to {', '.join(f['expert_types']) or '?'} "
                      f"({f['bits_per_weight']:.2f} bits/weight; from its headers)")
     if "held_bytes" in m:
-        lines.append(f"memory: holds {human_binary(m['held_bytes'])}, plan {human_binary(m['plan_bytes'])} at "
+        lines.append(f"memory: holds {human_binary(m['held_bytes'])}, plan {human_binary(m['compared_with_bytes'])} at "
                      f"{m['ctx']} tokens: {m['reading']} (from {m['held_from']})")
     else:
         lines.append(f"memory: {m['reading']}")
