@@ -4,8 +4,8 @@ Each response follows the app's own API documentation, field for field:
 - LM Studio: lmstudio-ai/docs, 1_developer/2_rest/endpoints.mdx ("REST API v0"): `GET /api/v0/models`
   and `POST /api/v0/completions` with `usage`, `stats`, `model_info` and `runtime`.
 - Ollama: ollama/ollama docs/api.md ("Generate a completion", "Show Model Information", "List
-  Running Models", "Version") and api/types.go (`logprobs`, `top_logprobs`, and /api/ps's
-  `context_length`, newer than the document's example): a stream of JSON
+  Running Models", "Version") and api/types.go (/api/ps's `context_length`, newer than the
+  document's example): a stream of JSON
   objects, one a line, the last with the counts and durations in nanoseconds.
 The answer text is given by the test (what a correct app would say, or a faulty one).
 """
@@ -96,7 +96,7 @@ def lmstudio_handler(model_id: str, publisher: str, answer: str, *, completion_t
 
 
 def ollama_handler(model: str, answer_tokens: list[str], *, size: int, size_vram: int, prompt_tokens: int,
-                   top: list[list[tuple[str, float]]] | None = None, stop_after: int | None = None):
+                   stop_after: int | None = None):
     class Ollama(_Handler):
         def route(self, path, body):
             details = {"parent_model": "", "format": "gguf", "family": "gpt-oss", "families": ["gpt-oss"],
@@ -126,9 +126,6 @@ def ollama_handler(model: str, answer_tokens: list[str], *, size: int, size_vram
                         return
                     chunk = {"model": model, "created_at": "2026-12-07T08:52:19.385406455-07:00", "response": token,
                              "done": False}
-                    if body and body.get("logprobs") and top:
-                        chunk["logprobs"] = [{"token": token, "logprob": top[i][0][1],
-                                              "top_logprobs": [{"token": t, "logprob": lp} for t, lp in top[i]]}]
                     self.wfile.write((json.dumps(chunk) + "\n").encode())
                     self.wfile.flush()
                     time.sleep(0.002)

@@ -52,15 +52,11 @@ def agreement(ckpt: Checkpoint, prompt_ids: list[int], generated: list[int],
     doc: dict = {"positions": len(generated), "top1_agree": sum(same), "top1_agreement": sum(same) / len(same),
                  "first_difference": same.index(0) if 0 in same else None}
     if app_top:
-        tokenizer = load_tokenizer(ckpt)
         kls = []
         for position, top in enumerate(app_top[:len(generated)]):
             if not top:  # the app gave no log-probabilities here
                 continue
-            found = [(_token_id(t, tokenizer), lp) for t, lp in top]
-            ids = [(i, lp) for i, lp in found if i is not None]
-            if ids:
-                kls.append(_topk_kl(ids, logprobs[position]))
+            kls.append(_topk_kl(top, logprobs[position]))
         if kls:
             bound = kl_bound(ckpt)
             doc |= {"top_k": max(len(t) for t in app_top if t), "kl_positions": len(kls),
@@ -93,11 +89,3 @@ def text_agreement(ckpt: Checkpoint, prompt_ids: list[int], app_text: str, n_tok
     compared = max(len(app_text), 1)
     return {"characters": len(app_text), "same_characters": same, "text_agreement": same / compared,
             "ours": ours, "theirs": app_text}
-
-
-def _token_id(token, tokenizer) -> int | None:
-    """A token id as the app gave it, or its text (Ollama) as one token of our vocabulary."""
-    if isinstance(token, int):
-        return token
-    ids = tokenizer.encode(str(token), add_special_tokens=False).ids
-    return ids[0] if len(ids) == 1 else None

@@ -9,7 +9,7 @@ the model it serves and the file behind it, and one greedy run with its timings.
   time_to_first_token; `model_info`; `runtime`: the llama.cpp engine it ran).
 - Ollama (docs/api.md of ollama/ollama): `GET /api/version`, `GET /api/ps` (size, size_vram),
   `POST /api/show` (details, model_info), `POST /api/generate` streamed (raw prompt, eval counts
-  and durations, `logprobs` with `top_logprobs`).
+  and durations).
 """
 
 from __future__ import annotations
@@ -40,8 +40,6 @@ class Run:
     prompt_tokens: int
     generated: int
     text: str
-    token_ids: list[int] | None  # llama-server only
-    top_logprobs: list[list[tuple]] | None  # per generated position: (id or token text, logprob)
     server: dict  # prompt_per_second, decode_per_second, ttft_s where the server gives them
     clock: dict  # the same from the stream's own clock
     reported: dict  # the server's own figures, as it sent them
@@ -123,7 +121,7 @@ def run_once(served: Served, prompt_ids: list[int], prompt_text: str, n_predict:
         return _run_llama_server(served, prompt_ids, n_predict, top_k)
     if served.app == "LM Studio":
         return _run_lmstudio(served, prompt_text, n_predict)
-    return _run_ollama(served, prompt_text, n_predict, top_k)
+    return _run_ollama(served, prompt_text, n_predict)
 
 
 def _clock(start: float, arrivals: list[float], prompt_tokens: int) -> dict:
@@ -162,7 +160,7 @@ def _run_llama_server(served: Served, prompt_ids: list[int], n_predict: int, top
               "decode_per_second": timings.get("predicted_per_second")}
     if timings.get("prompt_ms") is not None:
         server["ttft_s"] = timings["prompt_ms"] / 1000
-    return Run(len(prompt_ids), int(timings.get("predicted_n") or predicted), "".join(text), None, None, server,
+    return Run(len(prompt_ids), int(timings.get("predicted_n") or predicted), "".join(text), server,
                _clock(start, arrivals, len(prompt_ids)), timings)
 
 
@@ -207,26 +205,25 @@ def _run_lmstudio(served: Served, prompt_text: str, n_predict: int) -> Run:
               "prompt_per_second": prompt_tokens / ttft if ttft else None}
     clock = {"ttft_s": None, "prompt_per_second": None,
              "decode_per_second": generated / took if took > 0 else None, "note": "whole request, unstreamed"}
-    return Run(prompt_tokens, generated, str(body["choices"][0].get("text") or ""), None, None, server, clock,
+    return Run(prompt_tokens, generated, str(body["choices"][0].get("text") or ""), server, clock,
                {"stats": stats, "usage": usage})
 
 
-def _run_ollama(served: Served, prompt_text: str, n_predict: int, top_k: int) -> Run:
+def _run_ollama(served: Served, prompt_text: str, n_predict: int) -> Run:
+    """Ollama's log-probabilities name tokens by their text, which cannot say which of our tokens
+    they are (a token that ends inside a character has none of its own): not asked for; its
+    answer is compared as text."""
     payload = {"model": served.model, "prompt": prompt_text, "raw": True, "stream": True,
-               "options": {"temperature": 0, "top_k": 1, "num_predict": n_predict}, "logprobs": True,
-               "top_logprobs": min(top_k, 20)}
+               "options": {"temperature": 0, "top_k": 1, "num_predict": n_predict}}
     start = time.perf_counter()
     arrivals: list[float] = []
     text: list[str] = []
-    tops: list[list[tuple]] = []
     final: dict = {}
     for event in stream(served.url + "/api/generate", payload):
         d = event.data
         if d.get("response"):
             arrivals.append(event.at)
             text.append(str(d["response"]))
-        for p in d.get("logprobs") or []:
-            tops.append([(str(t.get("token")), float(t.get("logprob"))) for t in p.get("top_logprobs") or []])
         if d.get("done"):
             final = d
     n_prompt, n_eval = int(final.get("prompt_eval_count") or 0), int(final.get("eval_count") or 0)
@@ -235,5 +232,4 @@ def _run_ollama(served: Served, prompt_text: str, n_predict: int, top_k: int) ->
               "decode_per_second": n_eval / e_ns * 1e9 if e_ns else None}
     reported = {k: final.get(k) for k in ("prompt_eval_count", "prompt_eval_duration", "eval_count", "eval_duration",
                                           "load_duration", "total_duration")}
-    return Run(n_prompt, n_eval, "".join(text), None, tops or None, server, _clock(start, arrivals, n_prompt),
-               reported)
+    return Run(n_prompt, n_eval, "".join(text), server, _clock(start, arrivals, n_prompt), reported)
