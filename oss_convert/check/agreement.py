@@ -1,7 +1,8 @@
 """Is the app computing what the file says? Our runtime reads the same file and is fed the
 app's own tokens (the prompt, then what the app generated), so that every position compares the
 two models on the same context: whether our most likely next token is the app's, and, where the
-app returns its top-k log-probabilities, the KL divergence over those k tokens.
+app returns its top-k log-probabilities by token id (llama-server), the KL divergence over those k
+tokens and the rest. An app that answers in text only is compared as greedy text.
 
 The bounds are SPEC §6's for our runtime against llama.cpp on the same port: KL < 1e-3 where the
 weights are float (F32/F16/BF16), < 5e-3 where any is quantized (llama.cpp rounds activations to
