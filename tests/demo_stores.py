@@ -5,7 +5,6 @@ local Hub server. Run: python -m tests.demo_stores"""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -48,14 +47,9 @@ def main() -> None:
         print("$ oss-convert models --ctx 8192 --gpu-memory 8GB")
         print(oss_convert("models", "--ctx", "8192", "--gpu-memory", "8GB", env=env))
 
-        def repo(repo_id: str, downloads: int, files: dict) -> None:
-            folder = tmp / "repos" / repo_id
-            folder.mkdir(parents=True)
-            for name, source in files.items():
-                shutil.copy(source, folder / name)
-            hub.state.add(repo_id, folder)
-            hub.state.describe(repo_id, base_model="openai/gpt-oss-tiny", downloads=downloads)
-            return folder
+        def repo(repo_id: str, downloads: int, files: dict) -> Path:
+            return hub.state.publish(repo_id, tmp / "repos" / repo_id, files, base_model="openai/gpt-oss-tiny",
+                                     downloads=downloads)
 
         repo("ggml-org/gpt-oss-tiny-GGUF", 500, {"gpt-oss-tiny-mxfp4.gguf": ports["mxfp4"]})
         unsloth = repo("unsloth/gpt-oss-tiny-GGUF", 900, {"gpt-oss-tiny-F16.gguf": ports["mxfp4"],

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import threading
 from collections import defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,6 +30,17 @@ class HubState:
         self.listings: dict[str, int] = defaultdict(int)  # repo id -> file listings served
         self.cards: dict[str, dict] = {}  # repo id -> {"author", "downloads", "base_model", "relation"}
         self.lock = threading.Lock()
+
+    def publish(self, repo_id: str, folder: Path, files: dict[str, Path], *, base_model: str,
+                downloads: int) -> Path:
+        """A quantization repo of `base_model`: `files` (name in the repo -> source file) copied
+        into `folder`, served, and described for the search."""
+        folder.mkdir(parents=True)
+        for name, source in files.items():
+            shutil.copy(source, folder / name)
+        self.add(repo_id, folder)
+        self.describe(repo_id, base_model=base_model, downloads=downloads)
+        return folder
 
     def describe(self, repo_id: str, *, base_model: str, downloads: int, relation: str = "quantized") -> None:
         """The model card facts the search filters on: a repo described here is listed even if

@@ -5,7 +5,6 @@ LFS sha256, and reads GGUF headers by range requests; the server counts the byte
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
@@ -24,13 +23,7 @@ def quantizations(hub, tmp_path, monkeypatch, bundled_ports):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
 
     def repo(repo_id: str, downloads: int, files: dict, base: str = BASE):
-        folder = tmp_path / "repos" / repo_id
-        folder.mkdir(parents=True)
-        for name, source in files.items():
-            shutil.copy(source, folder / name)
-        hub.state.add(repo_id, folder)
-        hub.state.describe(repo_id, base_model=base, downloads=downloads)
-        return folder
+        return hub.state.publish(repo_id, tmp_path / "repos" / repo_id, files, base_model=base, downloads=downloads)
 
     repo("ggml-org/gpt-oss-tiny-GGUF", 500, {"gpt-oss-tiny-mxfp4.gguf": bundled_ports["mxfp4"]})
     unsloth = repo("unsloth/gpt-oss-tiny-GGUF", 900, {"gpt-oss-tiny-F16.gguf": bundled_ports["mxfp4"],

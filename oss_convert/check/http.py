@@ -3,6 +3,7 @@ lines) read as they arrive: every failure one error line, never a hang."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import urllib.error
@@ -41,17 +42,24 @@ def _open(url: str, payload: dict | None, timeout: float):
         raise OssConvertError(f"{url}: connection failed ({e})") from None
 
 
+@contextlib.contextmanager
+def _reading(url: str, response, timeout: float, what: str) -> Iterator[None]:
+    """A reply's body read: a silence past the timeout or a broken connection as one error line."""
+    try:
+        yield
+    except TimeoutError:
+        raise OssConvertError(f"{url}: {what} stopped (no data for {timeout:g} s)") from None
+    except (ConnectionError, OSError) as e:
+        raise OssConvertError(f"{url}: {what} broke midway ({e})") from None
+    finally:
+        response.close()
+
+
 def get_json(url: str, payload: dict | None = None, timeout: float = TIMEOUT_S) -> Reply:
     """One request; the reply's status and JSON body (None where it is not JSON)."""
     response = _open(url, payload, timeout)
-    try:
+    with _reading(url, response, timeout, "the answer"):
         raw = response.read(MAX_BODY + 1)
-    except TimeoutError:
-        raise OssConvertError(f"{url}: the answer stopped coming (no data for {timeout:g} s)") from None
-    except (ConnectionError, OSError) as e:
-        raise OssConvertError(f"{url}: the connection broke while answering ({e})") from None
-    finally:
-        response.close()
     try:
         return Reply(response.status, json.loads(raw.decode("utf-8")))
     except (UnicodeDecodeError, ValueError):
@@ -72,7 +80,7 @@ def stream(url: str, payload: dict, timeout: float = TIMEOUT_S * 6) -> Iterator[
         body = response.read(4096).decode("utf-8", "replace").strip().splitlines()
         raise OssConvertError(f"{url}: the server answered {response.status} ({body[0][:200] if body else 'no body'})")
     finished = False
-    try:
+    with _reading(url, response, timeout, "the stream"):
         for line in response:
             text = line.decode("utf-8", "replace").strip()
             if not text or text.startswith(":"):
@@ -93,11 +101,5 @@ def stream(url: str, payload: dict, timeout: float = TIMEOUT_S * 6) -> Iterator[
             yield Event(data, time.perf_counter())
             if data.get("stop") is True or data.get("done") is True:
                 finished = True
-    except TimeoutError:
-        raise OssConvertError(f"{url}: the stream stopped (no data for {timeout:g} s)") from None
-    except (ConnectionError, OSError) as e:
-        raise OssConvertError(f"{url}: the stream broke midway ({e})") from None
-    finally:
-        response.close()
     if not finished:
         raise OssConvertError(f"{url}: the stream ended before the answer did (the server stopped midway?)")
