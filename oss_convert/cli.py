@@ -309,6 +309,10 @@ def convert_cmd(src: Path, out: Path | None, target: str, qtype: str, outtype: s
         raise click.UsageError("missing -o/--output")
     if out is not None and out.exists() and not force and not dry_run:  # before any download
         raise OssConvertError(f"{out}: already exists (use --force to overwrite)")
+    if install == "ollama" and out is not None:  # its Modelfile too, before the work
+        from .files.atomic import check_target
+        from .stores.install import modelfile_path
+        check_target(modelfile_path(out), force)
     ckpt = open_downloaded(src, local_dir)
     if install == "lmstudio":
         from .files.atomic import check_target

@@ -226,6 +226,9 @@ def test_install_into_ollama(stores, bundled, tmp_path, monkeypatch):
     (bin_dir / "ollama").write_text(f"#!/bin/sh\necho \"$@\" > {log}\n")
     (bin_dir / "ollama").chmod(0o755)
     monkeypatch.setenv("PATH", str(bin_dir))
+    out.unlink()
+    line = run_cli("convert", bundled, "-o", out, "--type", "q8_0", "--install", "ollama", code=1).output.strip()
+    assert line == f"Error: {modelfile}: already exists (use --force to overwrite)" and not out.exists(), line
     result = run_cli("convert", bundled, "-o", out, "--type", "q8_0", "--install", "ollama", "--force")
     assert "created ollama:tiny:q8_0 in Ollama" in result.output
     assert log.read_text().split() == ["create", "tiny:q8_0", "-f", str(modelfile)]

@@ -60,9 +60,13 @@ def modelfile_text(gguf: Path) -> str:
             f'TEMPLATE """{HARMONY_TEMPLATE}"""\n')
 
 
+def modelfile_path(gguf: Path) -> Path:
+    return gguf.with_name(gguf.stem + ".Modelfile")
+
+
 def install_ollama(gguf: Path, name: str, force: bool) -> dict:
     """Write the Modelfile beside the GGUF; run `ollama create` where ollama is on the PATH."""
-    modelfile = gguf.with_name(gguf.stem + ".Modelfile")
+    modelfile = modelfile_path(gguf)
     with atomic_path(modelfile, force) as tmp:
         tmp.write_text(modelfile_text(gguf), encoding="utf-8")
     command = ["ollama", "create", name, "-f", str(modelfile)]
