@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 
 from .checkpoint import Checkpoint, gguf_checkpoint, open_checkpoint, open_safetensors_files
 from .errors import OssConvertError
-from .files.gguf import read_gguf, split_names
+from .files.gguf import gguf_models, read_gguf, split_names
 from .stores import locate, store_name
 
 SPEC = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[^:@]+))?(?::(?P<path>.+))?$")
@@ -105,12 +105,11 @@ def repo_files(ref: HubRef) -> list[str]:
 
 def _ggufs(files: list[str], ref: HubRef) -> list[str]:
     """The GGUF models of the repo (a split model once, by its first part), or the one named."""
-    ggufs = [f for f in files if f.endswith(".gguf")]
     if ref.path and ref.path.endswith(".gguf"):
-        if ref.path not in ggufs:
+        if ref.path not in files:
             raise OssConvertError(f"{ref}: no such file in the repo")
         return [split_names(ref.path)[0]]
-    return sorted({split_names(f)[0] for f in ggufs})
+    return gguf_models(files)
 
 
 # ------------------------------------------------------------------------------ downloads

@@ -299,6 +299,11 @@ def split_names(name: str) -> list[str]:
     return [f"{m['stem']}-{i:05d}-of-{count:05d}.gguf" for i in range(1, count + 1)]
 
 
+def gguf_models(names: Iterable[str]) -> list[str]:
+    """The GGUF models among file names, sorted: each `.gguf` once, a split model by its first part."""
+    return sorted({split_names(n)[0] for n in names if n.endswith(".gguf")})
+
+
 def split_parts(path: Path) -> list[Path]:
     """All parts of a local split GGUF given any one of them, checking that they exist."""
     parts = [path.with_name(n) for n in split_names(path.name)]

@@ -18,7 +18,7 @@ from pathlib import Path
 from ..checkpoint.summary import storage_summary
 from ..errors import OssConvertError
 from ..files.atomic import atomic_path
-from ..files.gguf import split_names
+from ..files.gguf import gguf_models, split_names
 from ..hub import HubFile, HubRef, open_remote_gguf, quantization_repos, repo_files_with_hashes
 from ..text import human_bytes, table
 
@@ -59,8 +59,7 @@ class RowCache:
 def _models_of(files: list[HubFile]) -> list[tuple[str, list[HubFile]]]:
     """(first part, every part) of each GGUF model in a repo's files."""
     by_path = {f.path: f for f in files}
-    firsts = sorted({split_names(f.path)[0] for f in files if f.path.endswith(".gguf")})
-    return [(first, [by_path[p] for p in split_names(first) if p in by_path]) for first in firsts]
+    return [(first, [by_path[p] for p in split_names(first) if p in by_path]) for first in gguf_models(by_path)]
 
 
 def _key(parts: list[HubFile]) -> str | None:
@@ -95,10 +94,7 @@ def census_document(base_model: str, limit: int | None = None, cache: RowCache |
         except OssConvertError as e:
             failed_repos.append(repo | {"error": str(e)})
             continue
-        repo["gguf_models"] = 0
-        for first, parts in _models_of(files):
-            repo["gguf_models"] += 1
-            jobs.append((repo, first, parts))
+        jobs += [(repo, first, parts) for first, parts in _models_of(files)]
 
     def key_of(job) -> str:
         repo, first, parts = job

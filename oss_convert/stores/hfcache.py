@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import OssConvertError
-from ..files.gguf import split_names
+from ..files.gguf import gguf_models, split_names
 from .similar import hint
 
 
@@ -49,7 +49,7 @@ def list_models(cache: Path) -> list[CachedModel]:
             continue
         revision = max(repo.revisions, key=lambda r: r.last_modified)
         files = {str(f.file_path.relative_to(revision.snapshot_path)): f for f in revision.files}
-        for name in sorted({split_names(f)[0] for f in files if f.endswith(".gguf")}):
+        for name in gguf_models(files):
             parts = [n for n in split_names(name) if n in files]
             found.append(CachedModel(f"{repo.repo_id}:{name}", revision.snapshot_path / name,
                                      sum(files[n].size_on_disk for n in parts)))

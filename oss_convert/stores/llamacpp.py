@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from ..errors import OssConvertError
-from ..files.gguf import split_names
+from ..files.gguf import gguf_models
 from .similar import hint
 
 
@@ -31,8 +31,7 @@ def list_models() -> list[tuple[str, Path]]:
     folder = cache_dir()
     if not folder.is_dir():
         return []
-    names = {split_names(p.name)[0] for p in folder.glob("*.gguf") if p.is_file()}
-    return [(name, folder / name) for name in sorted(names)]
+    return [(name, folder / name) for name in gguf_models(p.name for p in folder.glob("*.gguf") if p.is_file())]
 
 
 def resolve_flat(text: str) -> Path | None:

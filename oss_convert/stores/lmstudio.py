@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from ..errors import OssConvertError
-from ..files.gguf import split_names
+from ..files.gguf import gguf_models
 from .similar import hint
 
 
@@ -51,10 +51,9 @@ def install_dir() -> Path:
     return existing[0] if existing else model_dirs()[0]
 
 
-def gguf_models(folder: Path) -> list[Path]:
+def repo_models(folder: Path) -> list[Path]:
     """The GGUF models of a repo folder, a split model once (by its first part)."""
-    files = sorted(p.name for p in folder.glob("*.gguf") if p.is_file())
-    return [folder / name for name in sorted({split_names(f)[0] for f in files})]
+    return [folder / name for name in gguf_models(p.name for p in folder.glob("*.gguf") if p.is_file())]
 
 
 def list_models() -> list[tuple[str, Path]]:
@@ -64,7 +63,7 @@ def list_models() -> list[tuple[str, Path]]:
         if not root.is_dir():
             continue
         for repo in sorted(p for p in root.glob("*/*") if p.is_dir()):
-            for model in gguf_models(repo):
+            for model in repo_models(repo):
                 found.append((f"{repo.parent.name}/{repo.name}/{model.name}", model))
     return found
 
@@ -80,7 +79,7 @@ def resolve(text: str) -> Path:
         searched.append(str(root))
         if not repo.is_dir():
             continue
-        models = gguf_models(repo)
+        models = repo_models(repo)
         if len(parts) == 3:
             if not (repo / parts[2]).is_file():
                 raise OssConvertError(f"lmstudio:{text}: {repo} has no file {parts[2]}"
