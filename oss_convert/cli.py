@@ -539,12 +539,12 @@ def start_blob_digests(*ckpts):
     are none; `.result()` raises where a blob does not match."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from .stores.ollama import check_digests, expected_digest
-    files = [f for c in ckpts for f in c.files if expected_digest(Path(str(f)))]
-    if not files:
+    from .stores.ollama import check_digests, named_blobs
+    blobs = named_blobs(str(f) for c in ckpts for f in c.files)
+    if not blobs:
         return None
     pool = ThreadPoolExecutor(1)
-    future = pool.submit(check_digests, files)
+    future = pool.submit(check_digests, blobs)
     pool.shutdown(wait=False)
     return future
 

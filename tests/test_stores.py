@@ -180,6 +180,12 @@ def test_broken_stores_give_one_error_line(stores):
     fails("ollama:gpt-oss-tiny:mxfp4", "not an Ollama manifest")
     manifest.write_text(json.dumps({"schemaVersion": 2, "layers": [{"digest": "sha256:xyz", "size": 1}]}))
     fails("ollama:gpt-oss-tiny:mxfp4", "not an Ollama manifest")
+    # a per-tensor model whose view of links exists already: its blobs are still checked
+    run_cli("inspect", "ollama:tiny")
+    tensors = json.loads((base / "manifests/registry.ollama.ai/library/tiny/latest").read_text())["layers"]
+    tensor_blob = base / "blobs" / tensors[0]["digest"].replace(":", "-")
+    tensor_blob.write_bytes(tensor_blob.read_bytes()[:-1])
+    fails("ollama:tiny", "cut short", str(tensor_blob))
     empty = stores / ".lmstudio/models/someone/empty-GGUF"
     empty.mkdir(parents=True)
     fails("lmstudio:someone/empty-GGUF", "holds no GGUF file")

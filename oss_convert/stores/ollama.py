@@ -102,10 +102,6 @@ class Manifest:
     def tensor_layers(self) -> list[Layer]:
         return [lay for lay in self.layers if lay.kind == TENSOR_LAYER]
 
-    @property
-    def size(self) -> int:
-        return sum(lay.size for lay in self.layers)
-
 
 def _media_parameter(media_type: str, key: str) -> str | None:
     for part in media_type.split(";")[1:]:
@@ -205,17 +201,17 @@ def views_dir() -> Path:
 def tensor_view(manifest: Manifest) -> Path:
     """A checkpoint folder for a per-tensor manifest: `config.json` and the tokenizer's files,
     and each tensor blob as a safetensors shard, all links to the blobs (nothing copied). Made
-    once per manifest content."""
-    digest = hashlib.sha256(manifest.path.read_bytes()).hexdigest()[:16]
-    view = views_dir() / digest / manifest.name.model  # the folder's name is the model's (general.name)
-    if view.is_dir():
-        return view
+    once per manifest content; its blobs are checked each time."""
     links: dict[str, Path] = {}
     for i, layer in enumerate(manifest.tensor_layers()):
         links[f"tensors-{i:05d}.safetensors"] = check_blob(manifest, layer)
     for layer in manifest.layers:
         if layer.kind == JSON_LAYER and layer.name and re.fullmatch(r"[\w.-]+\.json", layer.name):
             links[layer.name] = check_blob(manifest, layer)
+    digest = hashlib.sha256(manifest.path.read_bytes()).hexdigest()[:16]
+    view = views_dir() / digest / manifest.name.model  # the folder's name is the model's (general.name)
+    if view.is_dir():
+        return view
     view.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(view, directory=True) as tmp:
         for link, blob in links.items():
@@ -223,31 +219,28 @@ def tensor_view(manifest: Manifest) -> Path:
     return view
 
 
-def expected_digest(path: Path) -> str | None:
-    """The sha256 a file must have, where its name says it (an Ollama blob, or a link to one)."""
-    m = BLOB_NAME.match(Path(path).resolve().name)
-    return m[1] if m else None
-
-
-def check_digests(paths, on_bytes=None) -> int:
-    """Hash every file among `paths` that is an Ollama blob against the digest it is named by;
-    an error names the first that does not match. Returns the bytes hashed."""
-    hashed = 0
+def named_blobs(paths) -> list[tuple[Path, str]]:
+    """(blob, the sha256 its name says) of each file among `paths` that is an Ollama blob or a
+    link to one."""
+    found = []
     for path in paths:
-        want = expected_digest(Path(path))
-        if want is None:
-            continue
+        blob = Path(path).resolve()
+        m = BLOB_NAME.match(blob.name)
+        if m:
+            found.append((blob, m[1]))
+    return found
+
+
+def check_digests(blobs: list[tuple[Path, str]]) -> None:
+    """Hash each blob against its digest; an error names the first that does not match."""
+    for blob, want in blobs:
         sha = hashlib.sha256()
         try:
-            with open(path, "rb") as f:
+            with open(blob, "rb") as f:
                 while chunk := f.read(1 << 24):
                     sha.update(chunk)
-                    hashed += len(chunk)
-                    if on_bytes:
-                        on_bytes(len(chunk))
         except OSError as e:
-            raise OssConvertError(f"{path}: cannot read ({e.strerror or e})") from None
+            raise OssConvertError(f"{blob}: cannot read ({e.strerror or e})") from None
         if sha.hexdigest() != want:
-            raise OssConvertError(f"{Path(path).resolve()}: blob's bytes do not match its digest (sha256 "
+            raise OssConvertError(f"{blob}: blob's bytes do not match its digest (sha256 "
                                   f"{sha.hexdigest()[:16]}..., named sha256:{want[:16]}...): the blob is corrupt")
-    return hashed
