@@ -22,6 +22,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .user_cache import cache_folder
+
 # -ffp-contract=off: a separate multiply and add in the source must not become one fused
 # operation, or the results would not be the numpy codecs' (and ggml's) bit for bit
 FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fPIC", "-shared"]
@@ -63,8 +65,7 @@ def compiler() -> str | None:
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "oss-convert" / "native"
+    return cache_folder("native")
 
 
 def _as_list(sources: Sources) -> list[Path]:

@@ -23,9 +23,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "oss_convert"
 
-BASE = {"errors", "text", "metrics", "cbuild", "plotting"}
+BASE = {"errors", "text", "metrics", "cbuild", "plotting", "user_cache"}
 BELOW = {
-    "errors": set(), "text": set(), "metrics": set(), "cbuild": set(), "plotting": set(),
+    "errors": set(), "text": set(), "metrics": set(), "cbuild": {"user_cache"}, "plotting": set(),
+    "user_cache": set(),
     "files": {"errors"},
     "formats": {"errors", "metrics", "cbuild"},
     "checkpoint": {"errors", "files", "formats"},

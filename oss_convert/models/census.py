@@ -10,7 +10,6 @@ reads only what is new. A repo or file that fails becomes a row saying why; the 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,14 +20,10 @@ from ..files.atomic import atomic_path
 from ..files.gguf import gguf_models, split_names
 from ..hub import HubFile, HubRef, open_remote_gguf, quantization_repos, repo_files_with_hashes
 from ..text import human_bytes, table
+from ..user_cache import cache_folder
 
 CONCURRENT_READS = 6
 CACHE_VERSION = 1
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "oss-convert" / "census"
 
 
 class RowCache:
@@ -85,7 +80,7 @@ def _survey(repo: str, first: str, parts: list[HubFile]) -> dict:
 
 def census_document(base_model: str, limit: int | None = None, cache: RowCache | None = None,
                     progress: Callable | None = None) -> dict:
-    cache = cache or RowCache(cache_dir())
+    cache = cache or RowCache(cache_folder("census"))
     repos = quantization_repos(base_model, limit)
     failed_repos, jobs = [], []
     for repo in repos:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ..errors import OssConvertError
 from ..files.atomic import atomic_path
+from ..user_cache import cache_folder
 from .similar import hint
 
 DEFAULT_HOST, DEFAULT_NAMESPACE, DEFAULT_TAG = "registry.ollama.ai", "library", "latest"
@@ -193,11 +194,6 @@ def model_path(manifest: Manifest) -> Path:
                           f"({MODEL_LAYER}) and no tensor layers ({TENSOR_LAYER})")
 
 
-def views_dir() -> Path:
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "oss-convert" / "ollama-views"
-
-
 def tensor_view(manifest: Manifest) -> Path:
     """A checkpoint folder for a per-tensor manifest: `config.json` and the tokenizer's files,
     and each tensor blob as a safetensors shard, all links to the blobs (nothing copied). Made
@@ -209,7 +205,8 @@ def tensor_view(manifest: Manifest) -> Path:
         if layer.kind == JSON_LAYER and layer.name and re.fullmatch(r"[\w.-]+\.json", layer.name):
             links[layer.name] = check_blob(manifest, layer)
     digest = hashlib.sha256(manifest.path.read_bytes()).hexdigest()[:16]
-    view = views_dir() / digest / manifest.name.model  # the folder's name is the model's (general.name)
+    # the folder's name is the model's: what general.name is made from
+    view = cache_folder("ollama-views") / digest / manifest.name.model
     if view.is_dir():
         return view
     view.parent.mkdir(parents=True, exist_ok=True)
