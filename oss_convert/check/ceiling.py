@@ -6,8 +6,10 @@ from __future__ import annotations
 import time
 
 import numpy as np
+from gguf import GGMLQuantizationType as T
 
 from ..checkpoint import Checkpoint, Role
+from ..files.gguf import block_geometry, tensor_nbytes
 from ..memory.estimate import model_shape
 
 # Peak memory bandwidth by the name NVML reports (first match wins: specific names first), in
@@ -32,7 +34,6 @@ GPU_BANDWIDTH: list[tuple[str, float, str]] = [
     ("GB10", 273e9, "NVIDIA DGX Spark specification: LPDDR5x, 273 GB/s"),
     ("DGX Spark", 273e9, "NVIDIA DGX Spark specification: LPDDR5x, 273 GB/s"),
 ]
-MXFP4_BYTES_PER_WEIGHT = 17 / 32  # a block of 32 codes: 16 bytes of nibbles and one E8M0 scale
 
 
 def gpu_bandwidth(name: str) -> tuple[float, str] | None:
@@ -68,20 +69,22 @@ def cpu_read_bandwidth(seconds: float = 0.3, size: int = 256 << 20, threads: int
             return best
 
 
-def step_bytes(ckpt: Checkpoint, length: int, kv_bytes_per_value: float = 2.0, experts_mxfp4: bool = False) -> dict:
+def step_bytes(ckpt: Checkpoint, length: int, kv_type: str = "f16", experts_mxfp4: bool = False) -> dict:
     """The bytes one decode step reads at `length` cached tokens: every dense weight, one row of
-    the token embedding, the top-k experts' share of each expert tensor, and the KV rows (the
-    sliding-window layers' at most a window). `experts_mxfp4`: the experts counted as MXFP4."""
+    the token embedding, the top-k experts' share of each expert tensor, and the KV rows of the
+    cache type (the sliding-window layers' at most a window). `experts_mxfp4`: the experts
+    counted as MXFP4."""
     shape = model_shape(ckpt)
+    block, block_bytes = block_geometry(T.MXFP4)
     dense = experts = 0.0
     for t in ckpt.tensors:
         if t.role.is_expert_weight or t.role == Role.EXPERT_BIAS:
-            stored = t.n_params * MXFP4_BYTES_PER_WEIGHT if experts_mxfp4 and t.role.is_expert_weight else t.nbytes
+            stored = t.n_params * block_bytes / block if experts_mxfp4 and t.role.is_expert_weight else t.nbytes
             experts += stored * shape.experts_per_token / shape.experts
         elif t.role == Role.EMBEDDING:
             dense += t.nbytes / max(t.shape[0], 1)
         else:
             dense += t.nbytes
-    row = shape.kv_heads * shape.head_dim * 2 * kv_bytes_per_value  # K and V of one token in one layer
+    row = 2 * tensor_nbytes(T[kv_type.upper()], (shape.kv_heads * shape.head_dim,))  # K and V, a token, a layer
     kv = (shape.swa_layers * min(length, shape.sliding_window) + (shape.layers - shape.swa_layers) * length) * row
     return {"dense_bytes": dense, "expert_bytes": experts, "kv_bytes": kv, "total_bytes": dense + experts + kv}

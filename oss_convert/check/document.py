@@ -81,9 +81,8 @@ def memory_section(served: Served, ckpt: Checkpoint, ctx: int, kv_type: str) -> 
 
 def ceiling_section(ckpt: Checkpoint, memory: dict, length: int, kv_type: str, decode: float | None,
                     bandwidth: float | None) -> dict:
-    kv_bytes = 1.0 if kv_type == "q8_0" else 0.5 if kv_type == "q4_0" else 4.0 if kv_type == "f32" else 2.0
-    step = ceiling.step_bytes(ckpt, length, kv_bytes)
-    as_mxfp4 = ceiling.step_bytes(ckpt, length, kv_bytes, experts_mxfp4=True)
+    step = ceiling.step_bytes(ckpt, length, kv_type)
+    as_mxfp4 = ceiling.step_bytes(ckpt, length, kv_type, experts_mxfp4=True)
     if bandwidth is not None:
         where, source = "as given", "--bandwidth"
     elif memory.get("gpu_bytes") and memory.get("gpu_name") and ceiling.gpu_bandwidth(memory["gpu_name"]):
