@@ -37,6 +37,7 @@ class Checkpoint:
     read_tokenizer_json: Callable[[], str] = field(repr=False)  # a `tokenizers` Tokenizer's JSON
     metadata: dict = field(default_factory=dict)  # a GGUF's key/values; empty for safetensors
     architecture: str | None = None  # a GGUF's general.architecture
+    typed_metadata: dict = field(default_factory=dict, repr=False)  # the same as files.gguf.Value, to write again
 
     @property
     def where(self) -> str:

@@ -41,7 +41,8 @@ def gguf_checkpoint(path, gguf: GGUFFile) -> Checkpoint:
         check_shapes(model, config)
     vocab = functools.partial(vocab_from_gguf, metadata, where)
     return Checkpoint(path, "gguf", layout, gguf.paths[0].parent, gguf.paths, config, tensors, model, vocab,
-                      lambda: tokenizer_files(vocab())["tokenizer.json"], metadata, architecture)
+                      lambda: tokenizer_files(vocab())["tokenizer.json"], metadata, architecture,
+                      dict(gguf.metadata))
 
 
 def _tensor(t: GGUFTensor, layout: str) -> Tensor:

@@ -16,7 +16,7 @@ from ..checkpoint import Checkpoint
 from ..checkpoint.config import DEFAULT_SWIGLU_ALPHA, DEFAULT_SWIGLU_LIMIT, GptOssConfig
 from ..errors import OssConvertError
 from ..files.atomic import atomic_path
-from ..files.gguf import GGUFWriteTensor, Value, ValueType, read_gguf, write_gguf
+from ..files.gguf import GGUFWriteTensor, Value, ValueType, write_gguf
 from ..plan.lossless import LOSSLESS, OUTTYPES, PlannedTensor, plan_lossless
 from ..plan.mixtures import plan_mixture
 from .lossless import lossless_chunks
@@ -129,8 +129,8 @@ def gguf_metadata(ckpt: Checkpoint, plan: list[PlannedTensor], file_type: int) -
 
 
 def source_metadata(ckpt: Checkpoint) -> dict[str, Value]:
-    """A GGUF's own key/values, re-read typed (the checkpoint keeps plain values)."""
-    return {k: v for k, v in read_gguf(ckpt.files[0]).metadata.items() if not k.startswith("split.")}
+    """A GGUF's own key/values, typed, less a split file's keys."""
+    return {k: v for k, v in ckpt.typed_metadata.items() if not k.startswith("split.")}
 
 
 def lossless_file_type(outtype: str) -> int:
