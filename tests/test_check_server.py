@@ -98,18 +98,16 @@ class Relay:
             threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
 
     def _pump(self, src: socket.socket, dst: socket.socket, from_server: bool) -> None:
-        request = b""
         try:
             while chunk := src.recv(65536):
                 if from_server:
+                    callback = None
                     with self.lock:
                         self.received += chunk
-                        fire = self.on_completion is not None and b"tokens_predicted" in chunk
-                    if fire:
-                        callback, self.on_completion = self.on_completion, None
+                        if b"tokens_predicted" in chunk:  # once, whichever connection sees it first
+                            callback, self.on_completion = self.on_completion, None
+                    if callback is not None:
                         callback()
-                else:
-                    request += chunk
                 dst.sendall(chunk)
         except OSError:
             pass
