@@ -11,6 +11,7 @@ import pytest
 from oss_convert.check.document import PROMPT
 from tests import app_servers, app_stores
 from tests.cli import run_cli
+from tests.greedy import greedy as greedy_continuation
 
 
 @pytest.fixture
@@ -29,20 +30,8 @@ def home(monkeypatch, tmp_path, bundled_ports):
 def greedy(bundled_ports):
     """What a correct app answers: our runtime's greedy continuation of the check's prompt on the
     lossless file."""
-    import torch
-
-    from oss_convert.checkpoint import open_checkpoint
-    from oss_convert.checkpoint.text_tokenizer import load_tokenizer
-    from oss_convert.runtime.execution.forward import forward, load_model
-    ckpt = open_checkpoint(bundled_ports["mxfp4"])
-    tokenizer = load_tokenizer(ckpt)
-    ids = tokenizer.encode(PROMPT, add_special_tokens=False).ids
-    model = load_model(ckpt, torch.device("cpu"))
-    out: list[int] = []
-    with torch.inference_mode():
-        for _ in range(12):
-            out.append(int(forward(model, torch.tensor(ids + out))[-1].argmax()))
-    return {"prompt_tokens": len(ids), "text": tokenizer.decode(out)}
+    prompt_ids, _, text = greedy_continuation(bundled_ports["mxfp4"], PROMPT, 12)
+    return {"prompt_tokens": len(prompt_ids), "text": text}
 
 
 def check(url, *args, code=0) -> dict | str:

@@ -13,6 +13,7 @@ import pytest
 
 from tests.cli import run_cli
 from tests.conftest import ROOT, need_reference
+from tests.greedy import greedy
 
 HELD_OUT = ROOT / "fixtures" / "text" / "heldout.txt"
 CTX = 256
@@ -118,31 +119,14 @@ def test_compare_full_measures_the_damage_llama_cpp_measures(comparisons, bundle
     print(f"{qtype}: KL ours {ours:.5f}, llama-perplexity {theirs:.5f}")
 
 
-def greedy(ckpt_path: Path, prompt: str, n: int) -> tuple[list[int], str]:
-    import torch
-
-    from oss_convert.checkpoint import open_checkpoint
-    from oss_convert.checkpoint.text_tokenizer import load_tokenizer
-    from oss_convert.runtime.execution.forward import forward, load_model
-    ckpt = open_checkpoint(ckpt_path)
-    tokenizer = load_tokenizer(ckpt)
-    ids = tokenizer.encode(prompt, add_special_tokens=False).ids
-    model = load_model(ckpt, torch.device("cpu"))
-    out: list[int] = []
-    with torch.inference_mode():
-        for _ in range(n):
-            out.append(int(forward(model, torch.tensor(ids + out))[-1].argmax()))
-    return out, tokenizer.decode(out)
-
-
 def test_greedy_generation_continues_with_the_training_texts_words(bundled, tiny_gguf):
     from fixtures.train import corpus
     text = HELD_OUT.read_text(encoding="utf-8")
     prose = next(p for p in text.split("\n\n")  # the first paragraph of words, not of grammar or code
                  if len(p) > 200 and sum(c.isalpha() or c == " " for c in p) / len(p) > 0.9)
     prompt = prose[:200].rsplit(" ", 1)[0]
-    ids, text = greedy(bundled, prompt, 40)
-    gguf_ids, _ = greedy(tiny_gguf, prompt, 40)
+    _, ids, text = greedy(bundled, prompt, 40)
+    _, gguf_ids, _ = greedy(tiny_gguf, prompt, 40)
     assert ids == gguf_ids  # the lossless GGUF is the same model
     known = set(re.findall(r"[A-Za-z]+", corpus()[0]))
     words = [w for w in re.findall(r"[A-Za-z]+", text) if len(w) >= 3]
